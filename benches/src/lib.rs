@@ -1,0 +1,1 @@
+//! Keel benches: see `benches/`.

@@ -1,0 +1,1 @@
+//! Keel examples: see the binaries in `examples/`.
