@@ -12,7 +12,8 @@
 //! };
 //!
 //! async fn order(id: CorrelationId) -> Result<String, ApiError<Problem>> {
-//!     tracing::info!("looking the order up"); // this line carries the correlation id
+//!     // This line carries the correlation id, trace id and request fields.
+//!     tracing::info!(caller = %id, "looking the order up");
 //!     Err(Problem::new(ErrorCode::RES_NOT_FOUND).with_detail("No such order."))?
 //! }
 //!
@@ -61,6 +62,7 @@
 //! The MSRV is in the workspace's `rust-version`; raising it is a minor-version change.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod buckets;
 pub mod correlation;
 pub mod logging;
 #[cfg(feature = "otlp")]
@@ -74,15 +76,16 @@ mod prometheus;
 pub mod red;
 pub mod slo;
 
-pub use correlation::{
-    in_current_context, spawn, CorrelationId, CorrelationLayer, RequestContext, TraceContext,
-};
+pub use buckets::LATENCY_BUCKETS;
 #[cfg(feature = "reqwest")]
 pub use correlation::CorrelationMiddleware;
-pub use logging::{init, InitError, JsonLayer, LogConfig, LogFormat, LogGuard};
+pub use correlation::{
+    CorrelationId, CorrelationLayer, RequestContext, TraceContext, in_current_context, spawn,
+};
+pub use logging::{InitError, JsonLayer, LogConfig, LogFormat, LogGuard, init};
 pub use problem::{ApiError, ErrorCode, ErrorFamily, IntoProblem, Problem};
 #[cfg(feature = "prometheus")]
 #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
-pub use prometheus::{MetricsError, PrometheusMetrics, LATENCY_BUCKETS};
+pub use prometheus::{MetricsError, PrometheusMetrics};
 #[cfg(feature = "axum")]
 pub use red::RedLayer;

@@ -55,8 +55,9 @@ impl PostgresServer {
             .map_err(TestkitError::io("creating a temporary folder for postgres"))?;
         if run_as.is_some() {
             let (uid, gid) = user_ids(SERVICE_USER)?;
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
-                .map_err(TestkitError::io("giving the postgres folder to the postgres user"))?;
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).map_err(
+                TestkitError::io("giving the postgres folder to the postgres user"),
+            )?;
         }
         let mut server = PostgresServer {
             port: 0,
@@ -67,10 +68,15 @@ impl PostgresServer {
         };
         let data = server.data_dir();
         let mut initdb = server.command("initdb");
-        initdb
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]);
+        initdb.arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]);
         binary::run(&mut initdb)?;
 
         let mut last_error = None;
@@ -132,7 +138,9 @@ impl PostgresServer {
             .status()
             .map_err(TestkitError::io("running pg_ctl start"))?;
         let port = self.port;
-        if status.success() && net::wait_until(Duration::from_secs(10), || net::accepts(port), || false) {
+        if status.success()
+            && net::wait_until(Duration::from_secs(10), || net::accepts(port), || false)
+        {
             self.running = true;
             Ok(())
         } else {
@@ -200,7 +208,14 @@ impl PostgresServer {
         let mut command = Command::new(psql);
         command
             .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
-            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres"])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
             .args(["-c", sql])
             .stdin(Stdio::null());
         let output = binary::run(&mut command)?;
@@ -263,8 +278,8 @@ fn running_as_root() -> bool {
 }
 
 fn user_ids(user: &str) -> Result<(u32, u32)> {
-    let passwd = std::fs::read_to_string("/etc/passwd")
-        .map_err(TestkitError::io("reading /etc/passwd"))?;
+    let passwd =
+        std::fs::read_to_string("/etc/passwd").map_err(TestkitError::io("reading /etc/passwd"))?;
     passwd
         .lines()
         .map(|line| line.split(':').collect::<Vec<_>>())

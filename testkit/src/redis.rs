@@ -43,12 +43,12 @@ impl RedisServer {
     /// [`TestkitError::MissingBinary`] when `redis-server` is not installed,
     /// [`TestkitError::NotReady`] when it does not answer within 15 s.
     pub fn start() -> Result<Self> {
-        Self::start_with_args(Vec::new(), 0)
+        Self::start_with_args(&[], 0)
     }
 
     /// Starts a server with extra `redis-server` arguments. `bus_offset` > 0 asks for a
     /// port whose `port + bus_offset` is free as well (cluster nodes).
-    pub(crate) fn start_with_args(extra_args: Vec<String>, bus_offset: u16) -> Result<Self> {
+    pub(crate) fn start_with_args(extra_args: &[String], bus_offset: u16) -> Result<Self> {
         let binary = binary::find("redis-server", PACKAGE, &redis_dirs())?;
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
@@ -65,7 +65,7 @@ impl RedisServer {
                 port,
                 binary: binary.clone(),
                 dir,
-                extra_args: extra_args.clone(),
+                extra_args: extra_args.to_vec(),
                 child: None,
             };
             match server.spawn_and_wait() {
@@ -219,7 +219,7 @@ impl RedisCluster {
         let mut nodes = Vec::with_capacity(masters);
         for _ in 0..masters {
             nodes.push(RedisServer::start_with_args(
-                vec![
+                &[
                     "--cluster-enabled".into(),
                     "yes".into(),
                     "--cluster-config-file".into(),

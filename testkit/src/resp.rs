@@ -59,7 +59,9 @@ pub(crate) fn command(port: u16, args: &[&str]) -> Result<Reply> {
         request.extend_from_slice(arg.as_bytes());
         request.extend_from_slice(b"\r\n");
     }
-    stream.write_all(&request).map_err(TestkitError::io(action()))?;
+    stream
+        .write_all(&request)
+        .map_err(TestkitError::io(action()))?;
     let mut reader = BufReader::new(stream);
     read_reply(&mut reader).map_err(TestkitError::io(action()))
 }
@@ -68,8 +70,11 @@ fn read_reply(reader: &mut impl BufRead) -> std::io::Result<Reply> {
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let line = line.trim_end_matches(['\r', '\n']);
-    let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
-    let (kind, rest) = line.split_at_checked(1).ok_or_else(|| invalid("empty reply"))?;
+    let invalid =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let (kind, rest) = line
+        .split_at_checked(1)
+        .ok_or_else(|| invalid("empty reply"))?;
     let number = || rest.parse::<i64>().map_err(|_| invalid("bad length"));
     Ok(match kind {
         "+" => Reply::Status(rest.to_owned()),

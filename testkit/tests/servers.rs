@@ -6,7 +6,9 @@ use keel_testkit::{PostgresServer, RedisCluster, RedisServer, Reply};
 fn process_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|stat| {
-            let state = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next());
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next());
             !matches!(state, Some("Z" | "X"))
         })
         .unwrap_or(false)
@@ -21,11 +23,20 @@ fn redis_starts_answers_and_leaves_nothing_behind() {
     let redis = RedisServer::start().expect("redis starts");
     let (pid, port) = (redis.pid().expect("running"), redis.port());
     assert!(redis.url().starts_with("redis://127.0.0.1:"));
-    assert_eq!(redis.command(&["SET", "k", "v"]).unwrap(), Reply::Status("OK".into()));
+    assert_eq!(
+        redis.command(&["SET", "k", "v"]).unwrap(),
+        Reply::Status("OK".into())
+    );
     assert_eq!(redis.command(&["GET", "k"]).unwrap().as_text(), Some("v"));
     // Bound to loopback only, with persistence off.
     let save = redis.command(&["CONFIG", "GET", "save"]).unwrap();
-    assert_eq!(save, Reply::Array(Some(vec![Reply::Bulk(Some(b"save".to_vec())), Reply::Bulk(Some(Vec::new()))])));
+    assert_eq!(
+        save,
+        Reply::Array(Some(vec![
+            Reply::Bulk(Some(b"save".to_vec())),
+            Reply::Bulk(Some(Vec::new()))
+        ]))
+    );
     drop(redis);
     assert!(!process_alive(pid), "redis-server {pid} survived drop");
     assert!(!port_open(port), "port {port} still open after drop");
@@ -37,7 +48,10 @@ fn two_redis_servers_never_share_a_port() {
     let b = RedisServer::start().unwrap();
     assert_ne!(a.port(), b.port());
     a.command(&["SET", "only-in-a", "1"]).unwrap();
-    assert_eq!(b.command(&["EXISTS", "only-in-a"]).unwrap().as_integer(), Some(0));
+    assert_eq!(
+        b.command(&["EXISTS", "only-in-a"]).unwrap().as_integer(),
+        Some(0)
+    );
 }
 
 #[test]
@@ -46,10 +60,16 @@ fn redis_stops_and_restarts_on_the_same_port() {
     let port = redis.port();
     redis.stop();
     assert!(!redis.is_running());
-    assert!(redis.command(&["PING"]).is_err(), "a stopped server must not answer");
+    assert!(
+        redis.command(&["PING"]).is_err(),
+        "a stopped server must not answer"
+    );
     redis.restart().unwrap();
     assert_eq!(redis.port(), port);
-    assert_eq!(redis.command(&["PING"]).unwrap(), Reply::Status("PONG".into()));
+    assert_eq!(
+        redis.command(&["PING"]).unwrap(),
+        Reply::Status("PONG".into())
+    );
 }
 
 #[test]
@@ -63,7 +83,10 @@ fn redis_is_stopped_when_the_test_panics() {
     .join();
     assert!(result.is_err());
     let pid = rx.recv().unwrap();
-    assert!(!process_alive(pid), "redis-server {pid} survived a panicking test");
+    assert!(
+        !process_alive(pid),
+        "redis-server {pid} survived a panicking test"
+    );
 }
 
 #[test]
@@ -82,7 +105,10 @@ fn redis_cluster_of_three_masters_serves_every_slot() {
         .iter()
         .map(|n| n.command(&["SET", "some-key", "x"]).unwrap())
         .collect();
-    let ok = replies.iter().filter(|r| **r == Reply::Status("OK".into())).count();
+    let ok = replies
+        .iter()
+        .filter(|r| **r == Reply::Status("OK".into()))
+        .count();
     let moved = replies
         .iter()
         .filter(|r| matches!(r, Reply::Error(e) if e.starts_with("MOVED")))
@@ -119,7 +145,10 @@ fn postgres_stops_and_restarts_with_its_data() {
     pg.psql("CHECKPOINT").unwrap();
     pg.stop();
     assert!(!pg.is_running());
-    assert!(pg.psql("SELECT 1").is_err(), "a stopped server must not answer");
+    assert!(
+        pg.psql("SELECT 1").is_err(),
+        "a stopped server must not answer"
+    );
     pg.restart().unwrap();
     assert_eq!(pg.psql("SELECT v FROM kept").unwrap(), "survives");
 }

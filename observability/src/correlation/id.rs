@@ -109,7 +109,9 @@ impl fmt::Display for CorrelationId {
 
 impl fmt::Debug for CorrelationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("CorrelationId").field(&self.as_str()).finish()
+        f.debug_tuple("CorrelationId")
+            .field(&self.as_str())
+            .finish()
     }
 }
 
@@ -117,7 +119,8 @@ fn is_valid(bytes: &[u8]) -> bool {
     !bytes.is_empty()
         && bytes.len() <= MAX_CORRELATION_ID_LEN
         && bytes.iter().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@' | b'/' | b'+' | b'=')
+            b.is_ascii_alphanumeric()
+                || matches!(b, b'-' | b'_' | b'.' | b':' | b'@' | b'/' | b'+' | b'=')
         })
 }
 
@@ -138,7 +141,16 @@ mod tests {
 
     #[test]
     fn hostile_ids_are_refused() {
-        for bad in ["", " ", "a b", "a\r\nx-injected: 1", "é", "a\0", "<x>", "\"q\""] {
+        for bad in [
+            "",
+            " ",
+            "a b",
+            "a\r\nx-injected: 1",
+            "é",
+            "a\0",
+            "<x>",
+            "\"q\"",
+        ] {
             assert!(CorrelationId::parse(bad).is_none(), "accepted {bad:?}");
         }
         assert!(CorrelationId::parse(&"a".repeat(MAX_CORRELATION_ID_LEN)).is_some());
@@ -147,9 +159,17 @@ mod tests {
 
     #[test]
     fn uuid_detection() {
-        assert!(CorrelationId::parse("0190a6b2-7c4e-7d3a-9f1e-2b3c4d5e6f70").unwrap().is_uuid());
+        assert!(
+            CorrelationId::parse("0190a6b2-7c4e-7d3a-9f1e-2b3c4d5e6f70")
+                .unwrap()
+                .is_uuid()
+        );
         assert!(!CorrelationId::parse("order-1234").unwrap().is_uuid());
-        assert!(!CorrelationId::parse("0190a6b2x7c4e-7d3a-9f1e-2b3c4d5e6f70").unwrap().is_uuid());
+        assert!(
+            !CorrelationId::parse("0190a6b2x7c4e-7d3a-9f1e-2b3c4d5e6f70")
+                .unwrap()
+                .is_uuid()
+        );
     }
 
     proptest! {
@@ -164,10 +184,10 @@ mod tests {
 
         #[test]
         fn header_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-            if let Ok(value) = HeaderValue::from_bytes(&bytes) {
-                if let Some(id) = CorrelationId::from_header(&value) {
-                    prop_assert_eq!(id.as_str().as_bytes(), &bytes[..]);
-                }
+            if let Ok(value) = HeaderValue::from_bytes(&bytes)
+                && let Some(id) = CorrelationId::from_header(&value)
+            {
+                prop_assert_eq!(id.as_str().as_bytes(), &bytes[..]);
             }
         }
     }

@@ -9,10 +9,10 @@ use pin_project_lite::pin_project;
 use tokio::task::futures::TaskLocalFuture;
 use tower_layer::Layer;
 use tower_service::Service;
-use tracing::instrument::Instrumented;
 use tracing::Instrument;
+use tracing::instrument::Instrumented;
 
-use super::{headers, RequestContext};
+use super::{RequestContext, headers};
 
 /// A tower layer for servers: reads the correlation id and `traceparent` from each
 /// request (or makes them), runs the request inside their scope and inside a
@@ -88,6 +88,8 @@ where
             trace_id = %format_args!("{:032x}", context.trace().trace_id()),
             span_id = %format_args!("{:016x}", context.trace().span_id()),
         );
+        #[cfg(feature = "otlp")]
+        continue_remote_trace(&span, context.trace());
         let inner = context.scope(self.inner.call(request).instrument(span));
         CorrelationFuture {
             inner,
@@ -95,6 +97,33 @@ where
             echo_request_id,
         }
     }
+}
+
+/// With OTLP export on, makes the request span a child of the caller's span so the
+/// exported trace continues the caller's.
+#[cfg(feature = "otlp")]
+fn continue_remote_trace(span: &tracing::Span, trace: &super::TraceContext) {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    let Some(parent) = trace.parent_span_id() else {
+        return;
+    };
+    let flags = if trace.sampled() {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::default()
+    };
+    let remote = SpanContext::new(
+        TraceId::from(trace.trace_id()),
+        SpanId::from(parent),
+        flags,
+        true,
+        TraceState::default(),
+    );
+    let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
 }
 
 pin_project! {

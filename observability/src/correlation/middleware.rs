@@ -4,7 +4,7 @@ use http::Extensions;
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next, Result};
 
-use super::{headers, RequestContext};
+use super::{RequestContext, headers};
 
 /// A `reqwest-middleware` middleware that sends the current [`RequestContext`] on every
 /// outgoing call: the id as `x-correlation-id` (and as Microsoft Graph's
@@ -44,10 +44,10 @@ impl CorrelationMiddleware {
             if id.is_uuid() && !request_headers.contains_key(headers::CLIENT_REQUEST_ID) {
                 request_headers.insert(headers::CLIENT_REQUEST_ID, id.as_header_value().clone());
             }
-            if !request_headers.contains_key(headers::TRACEPARENT) {
-                if let Ok(value) = http::HeaderValue::from_str(&context.trace().to_traceparent()) {
-                    request_headers.insert(headers::TRACEPARENT, value);
-                }
+            if !request_headers.contains_key(headers::TRACEPARENT)
+                && let Ok(value) = http::HeaderValue::from_str(&context.trace().to_traceparent())
+            {
+                request_headers.insert(headers::TRACEPARENT, value);
             }
         });
     }

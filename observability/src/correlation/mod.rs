@@ -252,8 +252,14 @@ mod tests {
     #[test]
     fn traceparent_alone_gives_the_trace_id_as_correlation_id() {
         let ctx = RequestContext::from_headers(&headers(&[(&headers::TRACEPARENT, TRACEPARENT)]));
-        assert_eq!(ctx.correlation_id().as_str(), "4bf92f35-77b3-4da6-a3ce-929d0e0e4736");
-        assert_eq!(ctx.trace().trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            ctx.correlation_id().as_str(),
+            "4bf92f35-77b3-4da6-a3ce-929d0e0e4736"
+        );
+        assert_eq!(
+            ctx.trace().trace_id_hex(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
         assert_eq!(ctx.trace().parent_span_id(), Some(0x00f0_67aa_0ba9_02b7));
     }
 

@@ -78,7 +78,11 @@ impl TraceContext {
     #[must_use]
     pub fn with_trace_id(trace_id: u128) -> Self {
         TraceContext {
-            trace_id: if trace_id == 0 { new_trace_id() } else { trace_id },
+            trace_id: if trace_id == 0 {
+                new_trace_id()
+            } else {
+                trace_id
+            },
             span_id: new_span_id(),
             parent_span_id: None,
             flags: SAMPLED,
@@ -124,7 +128,10 @@ impl TraceContext {
     /// The `traceparent` to send on outgoing calls: same trace, our span as the parent.
     #[must_use]
     pub fn to_traceparent(&self) -> String {
-        format!("00-{:032x}-{:016x}-{:02x}", self.trace_id, self.span_id, self.flags)
+        format!(
+            "00-{:032x}-{:016x}-{:02x}",
+            self.trace_id, self.span_id, self.flags
+        )
     }
 }
 
@@ -170,9 +177,9 @@ fn hex_digit(b: u8) -> Option<u8> {
 }
 
 fn hex_u128(digits: &[u8]) -> Option<u128> {
-    digits
-        .iter()
-        .try_fold(0u128, |acc, &b| Some((acc << 4) | u128::from(hex_digit(b)?)))
+    digits.iter().try_fold(0u128, |acc, &b| {
+        Some((acc << 4) | u128::from(hex_digit(b)?))
+    })
 }
 
 fn hex_u64(digits: &[u8]) -> Option<u64> {
@@ -217,7 +224,10 @@ mod tests {
             "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ] {
-            assert!(TraceContext::from_traceparent(bad).is_none(), "accepted {bad:?}");
+            assert!(
+                TraceContext::from_traceparent(bad).is_none(),
+                "accepted {bad:?}"
+            );
         }
     }
 

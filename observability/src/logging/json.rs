@@ -8,12 +8,12 @@ use std::time::SystemTime;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Subscriber};
+use tracing_subscriber::Layer;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::Layer;
 
-use super::escape::{escape_into, Escaper};
+use super::escape::{Escaper, escape_into};
 use super::timestamp::write_rfc3339;
 use crate::correlation::RequestContext;
 

@@ -263,7 +263,7 @@ pub fn init(config: LogConfig) -> Result<LogGuard, InitError> {
     #[cfg(feature = "otlp")]
     let (otel_layer, otlp_guard) = match config.otlp {
         Some(otlp) => {
-            let (layer, guard) = crate::otlp::tracing_layer(otlp)?;
+            let (layer, guard) = crate::otlp::tracing_layer(&otlp)?;
             (Some(layer), Some(guard))
         }
         None => (None, None),

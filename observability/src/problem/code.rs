@@ -142,8 +142,11 @@ impl ErrorCode {
         "Authentication is required.",
     );
     /// 401: the presented token has expired.
-    pub const AUTH_TOKEN_EXPIRED: ErrorCode =
-        ErrorCode::new(ErrorFamily::Auth, "TOKEN_EXPIRED", "The access token has expired.");
+    pub const AUTH_TOKEN_EXPIRED: ErrorCode = ErrorCode::new(
+        ErrorFamily::Auth,
+        "TOKEN_EXPIRED",
+        "The access token has expired.",
+    );
     /// 403: authenticated, but not allowed to do this.
     pub const AUTH_FORBIDDEN: ErrorCode = ErrorCode::new(
         ErrorFamily::Auth,
@@ -178,9 +181,12 @@ impl ErrorCode {
     )
     .with_status(StatusCode::CONFLICT);
     /// 410: the resource existed and is gone.
-    pub const RES_GONE: ErrorCode =
-        ErrorCode::new(ErrorFamily::Resource, "GONE", "The resource is no longer available.")
-            .with_status(StatusCode::GONE);
+    pub const RES_GONE: ErrorCode = ErrorCode::new(
+        ErrorFamily::Resource,
+        "GONE",
+        "The resource is no longer available.",
+    )
+    .with_status(StatusCode::GONE);
     /// 412: a precondition (`If-Match`) failed.
     pub const RES_PRECONDITION_FAILED: ErrorCode = ErrorCode::new(
         ErrorFamily::Resource,

@@ -106,7 +106,13 @@ impl Problem {
     pub fn with_extension(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
         let name = name.into();
         const RESERVED: [&str; 8] = [
-            "type", "title", "status", "detail", "instance", "code", "correlation_id",
+            "type",
+            "title",
+            "status",
+            "detail",
+            "instance",
+            "code",
+            "correlation_id",
             "retry_after",
         ];
         if !RESERVED.contains(&name.as_str()) {
@@ -153,6 +159,8 @@ impl Problem {
             .unwrap_or_else(|_| http::Response::new(bytes::Bytes::new()))
     }
 }
+
+impl std::error::Error for Problem {}
 
 impl From<ErrorCode> for Problem {
     fn from(code: ErrorCode) -> Self {
@@ -351,7 +359,9 @@ mod tests {
 
     #[test]
     fn response_has_the_media_type_and_retry_after() {
-        let response = Problem::new(ErrorCode::RATE_LIMITED).with_retry_after(7).to_response();
+        let response = Problem::new(ErrorCode::RATE_LIMITED)
+            .with_retry_after(7)
+            .to_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[http::header::CONTENT_TYPE], PROBLEM_JSON);
         assert_eq!(response.headers()[http::header::RETRY_AFTER], "7");

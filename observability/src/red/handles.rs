@@ -53,13 +53,12 @@ pub(crate) struct HandleCache {
 
 impl HandleCache {
     pub(crate) fn active(&self, route: &str, method: &'static str) -> Gauge {
-        if let Ok(routes) = self.routes.read() {
-            if let Some(gauge) = routes
+        if let Ok(routes) = self.routes.read()
+            && let Some(gauge) = routes
                 .get(route)
                 .and_then(|r| r.active.iter().find(|(m, _)| *m == method))
-            {
-                return gauge.1.clone();
-            }
+        {
+            return gauge.1.clone();
         }
         let gauge = metrics::gauge!(ACTIVE, "method" => method, "route" => route.to_owned());
         let mut routes = match self.routes.write() {
@@ -79,14 +78,14 @@ impl HandleCache {
         method: &'static str,
         status: u16,
     ) -> std::sync::Arc<Completed> {
-        if let Ok(routes) = self.routes.read() {
-            if let Some(found) = routes.get(route).and_then(|r| {
+        if let Ok(routes) = self.routes.read()
+            && let Some(found) = routes.get(route).and_then(|r| {
                 r.completed
                     .iter()
                     .find(|(m, s, _)| *m == method && *s == status)
-            }) {
-                return found.2.clone();
-            }
+            })
+        {
+            return found.2.clone();
         }
         let status_label = status.to_string();
         let labels = [
@@ -104,7 +103,11 @@ impl HandleCache {
             Err(poisoned) => poisoned.into_inner(),
         };
         let entry = routes.entry(route.into()).or_default();
-        if !entry.completed.iter().any(|(m, s, _)| *m == method && *s == status) {
+        if !entry
+            .completed
+            .iter()
+            .any(|(m, s, _)| *m == method && *s == status)
+        {
             entry.completed.push((method, status, handles.clone()));
         }
         handles

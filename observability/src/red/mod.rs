@@ -16,7 +16,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::slo::SloTracker;
-use handles::{method_label, HandleCache, ACTIVE, DURATION, ERRORS, REQUESTS, UNMATCHED};
+use handles::{ACTIVE, DURATION, ERRORS, HandleCache, REQUESTS, UNMATCHED, method_label};
 
 /// A tower layer that records, per matched route, method and status:
 ///
@@ -28,8 +28,10 @@ use handles::{method_label, HandleCache, ACTIVE, DURATION, ERRORS, REQUESTS, UNM
 /// | `http_server_active_requests` | gauge (by route and method) |
 ///
 /// The route is axum's matched path template (`/users/{id}`), never the raw path, and
-/// unknown methods are `_OTHER`, so the number of series stays bounded. Add the layer
-/// with `Router::layer` so it runs after routing. With [`with_slo`](Self::with_slo) it
+/// unknown methods are `_OTHER`, so the number of series stays bounded; unmatched
+/// requests are counted under the route `<unmatched>`. Add the layer with
+/// `Router::layer` so it runs after routing, and set a `Router::fallback` if 404s should
+/// be counted: axum layers the fallback only when one is set. With [`with_slo`](Self::with_slo) it
 /// also feeds an [`SloTracker`].
 ///
 /// Metric handles are cached per label set; install the metrics recorder (for example
@@ -43,6 +45,7 @@ use handles::{method_label, HandleCache, ACTIVE, DURATION, ERRORS, REQUESTS, UNM
 /// let slo = SloTracker::new(SloConfig::standard());
 /// let app: Router = Router::new()
 ///     .route("/users/{id}", get(|| async { "user" }))
+///     .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
 ///     .layer(RedLayer::new().with_slo(slo.clone()))
 ///     .layer(CorrelationLayer::new());
 /// ```

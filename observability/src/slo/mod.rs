@@ -21,6 +21,8 @@ pub use clock::{Clock, ManualClock, SystemClock};
 /// The route name that collects routes past [`SloConfigBuilder::max_routes`].
 pub const OTHER_ROUTE: &str = "<other>";
 
+static DESCRIBE: std::sync::Once = std::sync::Once::new();
+
 /// Highest latency tracked exactly: one hour (higher values count as one hour).
 const MAX_TRACKED_MICROS: u64 = 3_600_000_000;
 
@@ -240,7 +242,10 @@ impl fmt::Debug for SloTracker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SloTracker")
             .field("config", &self.inner.config)
-            .field("routes", &self.inner.routes.read().map(|r| r.len()).unwrap_or(0))
+            .field(
+                "routes",
+                &self.inner.routes.read().map(|r| r.len()).unwrap_or(0),
+            )
             .finish()
     }
 }
@@ -255,8 +260,9 @@ impl SloTracker {
     /// A tracker on the given clock.
     #[must_use]
     pub fn with_clock(config: SloConfig, clock: Arc<dyn Clock>) -> Self {
-        let slice_nanos =
-            u64::try_from((config.window / config.slices).as_nanos()).unwrap_or(u64::MAX).max(1);
+        let slice_nanos = u64::try_from((config.window / config.slices).as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
         SloTracker {
             inner: Arc::new(Inner {
                 config,
@@ -274,11 +280,18 @@ impl SloTracker {
     }
 
     fn current_slice(&self) -> u64 {
-        u64::try_from(self.inner.clock.now().as_nanos()).unwrap_or(u64::MAX) / self.inner.slice_nanos
+        u64::try_from(self.inner.clock.now().as_nanos()).unwrap_or(u64::MAX)
+            / self.inner.slice_nanos
     }
 
     fn window_for(&self, route: &str) -> Arc<Mutex<RouteWindow>> {
-        if let Some(window) = self.inner.routes.read().ok().and_then(|r| r.get(route).cloned()) {
+        if let Some(window) = self
+            .inner
+            .routes
+            .read()
+            .ok()
+            .and_then(|r| r.get(route).cloned())
+        {
             return window;
         }
         let mut routes = match self.inner.routes.write() {
@@ -293,7 +306,9 @@ impl SloTracker {
         routes
             .entry(key.into())
             .or_insert_with(|| {
-                let slices = (0..self.inner.config.slices).map(|_| Slice::new()).collect();
+                let slices = (0..self.inner.config.slices)
+                    .map(|_| Slice::new())
+                    .collect();
                 Arc::new(Mutex::new(RouteWindow { slices }))
             })
             .clone()
@@ -320,7 +335,8 @@ impl SloTracker {
             slot.failures += 1;
         }
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        slot.latencies.saturating_record(micros.clamp(1, MAX_TRACKED_MICROS));
+        slot.latencies
+            .saturating_record(micros.clamp(1, MAX_TRACKED_MICROS));
     }
 
     /// The route's SLO over the current window, `None` if the route was never seen.
@@ -388,14 +404,31 @@ impl SloTracker {
         }
     }
 
-    /// Sets the SLO gauges for every route: `slo_latency_seconds{route,quantile}`,
+    /// Sets the SLO gauges for every route: `slo_latency_seconds{route,percentile}`
+    /// (`percentile` is `50`, `95` or `99`; `quantile` is reserved for summaries),
     /// `slo_availability_ratio{route}`, `slo_error_budget_burn_rate{route}` and
     /// `slo_window_requests{route}`. The Prometheus endpoint calls this before each
     /// scrape.
     pub fn export_metrics(&self) {
+        DESCRIBE.call_once(|| {
+            metrics::describe_gauge!(
+                "slo_latency_seconds",
+                metrics::Unit::Seconds,
+                "Latency percentile over the SLO window."
+            );
+            metrics::describe_gauge!(
+                "slo_availability_ratio",
+                "Share of requests that did not fail over the SLO window."
+            );
+            metrics::describe_gauge!(
+                "slo_error_budget_burn_rate",
+                "Failure rate over the SLO window divided by the rate the objective allows."
+            );
+            metrics::describe_gauge!("slo_window_requests", "Requests in the SLO window.");
+        });
         for slo in self.snapshots() {
-            for (quantile, value) in [("0.5", slo.p50), ("0.95", slo.p95), ("0.99", slo.p99)] {
-                metrics::gauge!("slo_latency_seconds", "route" => slo.route.clone(), "quantile" => quantile)
+            for (percentile, value) in [("50", slo.p50), ("95", slo.p95), ("99", slo.p99)] {
+                metrics::gauge!("slo_latency_seconds", "route" => slo.route.clone(), "percentile" => percentile)
                     .set(value.as_secs_f64());
             }
             metrics::gauge!("slo_availability_ratio", "route" => slo.route.clone())
@@ -403,8 +436,7 @@ impl SloTracker {
             metrics::gauge!("slo_error_budget_burn_rate", "route" => slo.route.clone())
                 .set(slo.error_budget_burn_rate);
             #[allow(clippy::cast_precision_loss)]
-            metrics::gauge!("slo_window_requests", "route" => slo.route)
-                .set(slo.requests as f64);
+            metrics::gauge!("slo_window_requests", "route" => slo.route).set(slo.requests as f64);
         }
     }
 }
@@ -427,7 +459,11 @@ mod tests {
 
     /// Nearest-rank percentile of a sample.
     fn reference(sorted: &[u64], q: f64) -> u64 {
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
         let rank = (q * sorted.len() as f64).ceil() as usize;
         sorted[rank.max(1) - 1]
     }
@@ -452,7 +488,10 @@ mod tests {
             let want = reference(&sample, q);
             let got = u64::try_from(got.as_micros()).unwrap();
             let tolerance = want / 100 + 1;
-            assert!(got.abs_diff(want) <= tolerance, "p{q}: got {got}µs, reference {want}µs");
+            assert!(
+                got.abs_diff(want) <= tolerance,
+                "p{q}: got {got}µs, reference {want}µs"
+            );
         }
         assert_eq!(slo.requests, 20_000);
     }
@@ -499,6 +538,11 @@ mod tests {
             Err(SloConfigError::Objective(1.0))
         );
         assert!(SloConfig::builder().slices(0).build().is_err());
-        assert!(SloConfig::builder().window(Duration::from_millis(10)).build().is_err());
+        assert!(
+            SloConfig::builder()
+                .window(Duration::from_millis(10))
+                .build()
+                .is_err()
+        );
     }
 }
