@@ -33,14 +33,25 @@ fn bare() -> Router {
     Router::new().route("/orders/{id}", get(handler))
 }
 
+/// Both layers in one `ServiceBuilder`: axum boxes and clones each `Router::layer`
+/// call per request, so one call costs less than two.
 fn layered(slo: Option<SloTracker>) -> Router {
     let red = match slo {
         Some(slo) => RedLayer::new().with_slo(slo),
         None => RedLayer::new(),
     };
+    Router::new().route("/orders/{id}", get(handler)).layer(
+        tower::ServiceBuilder::new()
+            .layer(CorrelationLayer::new())
+            .layer(red),
+    )
+}
+
+/// The same layers added with two `Router::layer` calls.
+fn layered_separately() -> Router {
     Router::new()
         .route("/orders/{id}", get(handler))
-        .layer(red)
+        .layer(RedLayer::new())
         .layer(CorrelationLayer::new())
 }
 
@@ -57,9 +68,14 @@ fn in_process(c: &mut Criterion) {
         .expect("runtime");
     let mut group = c.benchmark_group("layers/in_process");
     let slo = SloTracker::new(SloConfig::standard());
+    let correlation_only = bare().layer(CorrelationLayer::new());
+    let red_only = bare().layer(RedLayer::new());
     for (name, router) in [
         ("bare", bare()),
+        ("correlation", correlation_only),
+        ("red", red_only),
         ("correlation+red", layered(None)),
+        ("correlation+red/two_layer_calls", layered_separately()),
         ("correlation+red+slo", layered(Some(slo))),
     ] {
         group.bench_function(name, |b| {
@@ -78,26 +94,32 @@ fn loopback_http(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let serve = |router: Router| {
-        runtime.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let addr = listener.local_addr().expect("addr");
-            tokio::spawn(async move { axum::serve(listener, router).await });
-            format!("http://{addr}/orders/42")
-        })
-    };
-    let bare_url = serve(bare());
-    let layered_url = serve(layered(None));
-    let client = reqwest::Client::new();
+    // One server and one keep-alive connection for both variants, so they see the same
+    // network path; only the layers differ.
+    let bare_routes = Router::new().route("/bare/{id}", get(handler));
+    let layered_routes = Router::new().route("/layered/{id}", get(handler)).layer(
+        tower::ServiceBuilder::new()
+            .layer(CorrelationLayer::new())
+            .layer(RedLayer::new()),
+    );
+    let base = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = bare_routes.merge(layered_routes);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    });
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .expect("client");
     let mut group = c.benchmark_group("layers/loopback_http");
-    for (name, url) in [("bare", bare_url), ("correlation+red", layered_url)] {
-        group.bench_function(name, |b| {
+    group.measurement_time(std::time::Duration::from_secs(8));
+    for name in ["bare", "layered"] {
+        let url = format!("{base}/{name}/42");
+        group.bench_function(if name == "bare" { "bare" } else { "correlation+red" }, |b| {
             b.to_async(&runtime).iter(|| {
-                let request = client
-                    .get(&url)
-                    .header("x-correlation-id", "bench-0190a6b2-7c4e");
+                let request = client.get(&url).header("x-correlation-id", "bench-0190a6b2-7c4e");
                 async move {
                     let response = request.send().await.expect("loopback call");
                     black_box(response.bytes().await.expect("body"))
