@@ -103,7 +103,9 @@ fn loopback_http(c: &mut Criterion) {
             .layer(RedLayer::new()),
     );
     let base = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let app = bare_routes.merge(layered_routes);
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -117,15 +119,24 @@ fn loopback_http(c: &mut Criterion) {
     group.measurement_time(std::time::Duration::from_secs(8));
     for name in ["bare", "layered"] {
         let url = format!("{base}/{name}/42");
-        group.bench_function(if name == "bare" { "bare" } else { "correlation+red" }, |b| {
-            b.to_async(&runtime).iter(|| {
-                let request = client.get(&url).header("x-correlation-id", "bench-0190a6b2-7c4e");
-                async move {
-                    let response = request.send().await.expect("loopback call");
-                    black_box(response.bytes().await.expect("body"))
-                }
-            });
-        });
+        group.bench_function(
+            if name == "bare" {
+                "bare"
+            } else {
+                "correlation+red"
+            },
+            |b| {
+                b.to_async(&runtime).iter(|| {
+                    let request = client
+                        .get(&url)
+                        .header("x-correlation-id", "bench-0190a6b2-7c4e");
+                    async move {
+                        let response = request.send().await.expect("loopback call");
+                        black_box(response.bytes().await.expect("body"))
+                    }
+                });
+            },
+        );
     }
     group.finish();
 }

@@ -82,3 +82,46 @@ pub(crate) fn process_alive(pid: u32) -> bool {
         Err(_) => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_binary_names_the_package_to_install() {
+        let error = find(
+            "keel-no-such-server",
+            "keel-server-package",
+            &[PathBuf::from("/nonexistent")],
+        )
+        .unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.contains("`keel-no-such-server` was not found"),
+            "{message}"
+        );
+        assert!(
+            message.contains("apt-get install -y keel-server-package"),
+            "{message}"
+        );
+        assert!(
+            message.contains("/nonexistent"),
+            "says where it looked: {message}"
+        );
+    }
+
+    #[test]
+    fn finds_a_binary_on_path() {
+        let sh = find("sh", "dash", &[]).unwrap();
+        assert!(sh.ends_with("sh"));
+    }
+
+    #[test]
+    fn exited_processes_are_not_alive() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!process_alive(pid));
+        assert!(process_alive(std::process::id()));
+    }
+}
