@@ -8,6 +8,9 @@
 //! |---|---|
 //! | [`breaker`] | [`CircuitBreaker`](breaker::CircuitBreaker): count- and time-based windows, failure and slow-call rates, half-open trials, fixed or backing-off open waits, manual states, events, a tower layer |
 //! | [`classify`] | [`ErrorClass`] and [`Classify`]: transient / throttled / permanent, shared by every Keel crate |
+//! | [`retry`] | [`Retry`](retry::Retry): exponential (full jitter) or decorrelated backoff, delays from `Retry-After`, max attempts and elapsed time, a retry budget, idempotency |
+//! | [`timeout`] | [`with_timeout`](timeout::with_timeout): a limit that cancels the work |
+//! | [`bulkhead`] | [`Bulkhead`](bulkhead::Bulkhead): a concurrency limit with a bounded wait |
 //! | [`parse_retry_after`] | `Retry-After` as seconds, fractional seconds or an HTTP date |
 //!
 //! ```
@@ -23,17 +26,21 @@
 //! # }
 //! ```
 //!
-//! **Status:** the circuit breaker, the error classification and `Retry-After` parsing
-//! are here. Retry with budgets, timeouts, bulkheads, rate limiters (in-process and a
-//! Redis GCRA), the keyed registry, fallback, hedging and the composed pipeline are
-//! being built (see the workspace's issue tracker).
+//! **Status:** the circuit breaker, retry, timeout, bulkhead, the error classification
+//! and `Retry-After` parsing are here. Rate limiters (in-process and a Redis GCRA), the
+//! keyed registry, fallback, hedging, the composed pipeline and tower layers beyond the
+//! breaker's are being built (see the workspace's issue tracker).
 //!
 //! It depends on no other Keel crate.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod breaker;
+pub mod bulkhead;
 pub mod classify;
+pub mod retry;
 mod retry_after;
+mod rolling;
+pub mod timeout;
 
 pub use classify::{Classify, ErrorClass};
 pub use retry_after::{MAX_RETRY_AFTER, parse_retry_after};

@@ -5,6 +5,8 @@
 //! when a failure or slow call might have pushed a rate over its threshold.
 
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+
+use crate::rolling::RollingCounter;
 use std::time::Duration;
 
 use super::config::SlidingWindow;
@@ -144,118 +146,45 @@ fn adjust(total: &AtomicU32, was: bool, is: bool) {
     }
 }
 
-/// Buckets of a fixed span; each counter is one `u64` holding the bucket's epoch in the
-/// high half and its count in the low half, updated by compare-and-swap, so a bucket
-/// that rolls over to a new epoch restarts from zero without a lock and without losing
-/// a concurrent increment.
+/// Three rolling counters: calls, failures, slow calls.
 pub(crate) struct TimeWindow {
-    buckets: Box<[Bucket]>,
-    bucket_nanos: u64,
+    calls: RollingCounter,
+    failures: RollingCounter,
+    slow: RollingCounter,
 }
-
-struct Bucket {
-    calls: AtomicU64,
-    failures: AtomicU64,
-    slow: AtomicU64,
-}
-
-const EMPTY: u64 = u64::MAX;
 
 impl TimeWindow {
     fn new(duration: Duration) -> Self {
-        let count = duration.as_secs().clamp(1, 600);
-        let bucket_nanos = u64::try_from(duration.as_nanos() / u128::from(count))
-            .unwrap_or(u64::MAX)
-            .max(1);
         TimeWindow {
-            buckets: (0..count)
-                .map(|_| Bucket {
-                    calls: AtomicU64::new(EMPTY),
-                    failures: AtomicU64::new(EMPTY),
-                    slow: AtomicU64::new(EMPTY),
-                })
-                .collect(),
-            bucket_nanos,
+            calls: RollingCounter::new(duration),
+            failures: RollingCounter::new(duration),
+            slow: RollingCounter::new(duration),
         }
-    }
-
-    fn epoch(&self, now: u64) -> u32 {
-        u32::try_from(now / self.bucket_nanos).unwrap_or(u32::MAX - 1)
     }
 
     fn record(&self, now: u64, failed: bool, slow: bool) -> Option<Counts> {
-        let epoch = self.epoch(now);
-        let bucket = &self.buckets[epoch as usize % self.buckets.len()];
-        bump(&bucket.calls, epoch);
+        self.calls.add(now);
         if failed {
-            bump(&bucket.failures, epoch);
+            self.failures.add(now);
         }
         if slow {
-            bump(&bucket.slow, epoch);
+            self.slow.add(now);
         }
         (failed || slow).then(|| self.counts(now))
     }
 
     fn counts(&self, now: u64) -> Counts {
-        let epoch = self.epoch(now);
-        let span = u32::try_from(self.buckets.len()).unwrap_or(u32::MAX);
-        let live = |word: &AtomicU64| {
-            let word = word.load(Ordering::Relaxed);
-            if word == EMPTY {
-                return 0;
-            }
-            let (e, count) = unpack(word);
-            if e <= epoch && epoch - e < span {
-                count
-            } else {
-                0
-            }
-        };
-        self.buckets.iter().fold(Counts::default(), |mut c, b| {
-            c.calls = c.calls.saturating_add(live(&b.calls));
-            c.failures = c.failures.saturating_add(live(&b.failures));
-            c.slow = c.slow.saturating_add(live(&b.slow));
-            c
-        })
+        Counts {
+            calls: self.calls.sum(now),
+            failures: self.failures.sum(now),
+            slow: self.slow.sum(now),
+        }
     }
 
     fn reset(&self) {
-        for bucket in &*self.buckets {
-            bucket.calls.store(EMPTY, Ordering::Relaxed);
-            bucket.failures.store(EMPTY, Ordering::Relaxed);
-            bucket.slow.store(EMPTY, Ordering::Relaxed);
-        }
-    }
-}
-
-fn pack(epoch: u32, count: u32) -> u64 {
-    (u64::from(epoch) << 32) | u64::from(count)
-}
-
-fn unpack(word: u64) -> (u32, u32) {
-    #[allow(clippy::cast_possible_truncation)]
-    ((word >> 32) as u32, word as u32)
-}
-
-fn bump(word: &AtomicU64, epoch: u32) {
-    let mut current = word.load(Ordering::Relaxed);
-    loop {
-        let next = if current == EMPTY {
-            pack(epoch, 1)
-        } else {
-            let (e, count) = unpack(current);
-            // A caller with an older clock reading adds to the newer bucket rather than
-            // wiping it.
-            if e >= epoch {
-                pack(e, count.saturating_add(1))
-            } else {
-                pack(epoch, 1)
-            }
-        };
-        match word.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Relaxed) {
-            Ok(_) => return,
-            Err(actual) => current = actual,
-        }
+        self.calls.reset();
+        self.failures.reset();
+        self.slow.reset();
     }
 }
 
@@ -323,64 +252,24 @@ mod tests {
     }
 
     #[test]
-    fn time_window_ages_buckets_out() {
+    fn time_window_counts_each_kind() {
         let w = TimeWindow::new(Duration::from_secs(10));
         w.record(0, true, false);
-        w.record(SEC / 2, false, false);
-        w.record(5 * SEC, false, true);
+        w.record(SEC, false, true);
         assert_eq!(
-            w.counts(5 * SEC),
-            Counts {
+            w.record(2 * SEC, true, true),
+            Some(Counts {
                 calls: 3,
+                failures: 2,
+                slow: 2
+            })
+        );
+        assert_eq!(
+            w.counts(11 * SEC),
+            Counts {
+                calls: 1,
                 failures: 1,
                 slow: 1
-            }
-        );
-        // At t=10.5 s the bucket of t=0 s has left the 10 s window.
-        assert_eq!(
-            w.counts(10 * SEC + SEC / 2),
-            Counts {
-                calls: 1,
-                failures: 0,
-                slow: 1
-            }
-        );
-        // A new call in the reused bucket starts it from zero.
-        w.record(20 * SEC, false, false);
-        assert_eq!(
-            w.counts(20 * SEC),
-            Counts {
-                calls: 1,
-                failures: 0,
-                slow: 0
-            }
-        );
-        w.reset();
-        assert_eq!(w.counts(20 * SEC), Counts::default());
-    }
-
-    #[test]
-    fn time_window_counts_every_concurrent_call() {
-        let w = Arc::new(TimeWindow::new(Duration::from_secs(60)));
-        let threads: Vec<_> = (0..4)
-            .map(|_| {
-                let w = w.clone();
-                std::thread::spawn(move || {
-                    for i in 0..10_000u64 {
-                        w.record(i * 1000, i % 2 == 0, false);
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        assert_eq!(
-            w.counts(0),
-            Counts {
-                calls: 40_000,
-                failures: 20_000,
-                slow: 0
             }
         );
     }

@@ -1,0 +1,98 @@
+//! Bulkheads: a limit on concurrent calls, with a bounded wait for a slot.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::classify::{Classify, ErrorClass};
+
+/// The bulkhead was full and no slot freed up within the wait.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "bulkhead `{name}` is full ({max_concurrent} calls running) and no slot freed within {waited:?}"
+)]
+pub struct BulkheadFull {
+    name: Cow<'static, str>,
+    max_concurrent: usize,
+    waited: Duration,
+}
+
+impl Classify for BulkheadFull {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Throttled { retry_after: None }
+    }
+}
+
+/// Limits how many calls run at once. A call waits at most `max_wait` for a slot; the
+/// slot is released when the call finishes or is cancelled.
+///
+/// ```
+/// use std::time::Duration;
+/// use keel_resilience::bulkhead::Bulkhead;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let bulkhead = Bulkhead::new("reports", 4, Duration::from_millis(50));
+/// let report = bulkhead.run(async { "done" }).await.unwrap();
+/// assert_eq!(report, "done");
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Bulkhead {
+    name: Cow<'static, str>,
+    semaphore: Arc<Semaphore>,
+    max_concurrent: usize,
+    max_wait: Duration,
+}
+
+impl Bulkhead {
+    /// At most `max_concurrent` calls at once (at least 1); callers wait up to
+    /// `max_wait` for a slot (zero: refuse at once when full).
+    pub fn new(
+        name: impl Into<Cow<'static, str>>,
+        max_concurrent: usize,
+        max_wait: Duration,
+    ) -> Self {
+        let max_concurrent = max_concurrent.clamp(1, Semaphore::MAX_PERMITS);
+        Bulkhead {
+            name: name.into(),
+            semaphore: Arc::new(Semaphore::new(max_concurrent)),
+            max_concurrent,
+            max_wait,
+        }
+    }
+
+    /// Slots free now.
+    #[must_use]
+    pub fn available(&self) -> usize {
+        self.semaphore.available_permits()
+    }
+
+    /// Runs `work` once a slot is free.
+    ///
+    /// # Errors
+    /// [`BulkheadFull`] when no slot freed within the wait.
+    pub async fn run<F: Future>(&self, work: F) -> Result<F::Output, BulkheadFull> {
+        let permit = if self.max_wait.is_zero() {
+            self.semaphore.clone().try_acquire_owned().ok()
+        } else {
+            tokio::time::timeout(self.max_wait, self.semaphore.clone().acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok)
+        };
+        let Some(_permit) = permit else {
+            metrics::counter!("resilience_bulkhead_rejected_total", "bulkhead" => self.name.clone())
+                .increment(1);
+            return Err(BulkheadFull {
+                name: self.name.clone(),
+                max_concurrent: self.max_concurrent,
+                waited: self.max_wait,
+            });
+        };
+        // The permit lives in this future: dropping the future (cancellation) frees it.
+        Ok(work.await)
+    }
+}
