@@ -11,6 +11,8 @@
 //! | [`retry`] | [`Retry`](retry::Retry): exponential (full jitter) or decorrelated backoff, delays from `Retry-After`, max attempts and elapsed time, a retry budget, idempotency |
 //! | [`timeout`] | [`with_timeout`](timeout::with_timeout): a limit that cancels the work |
 //! | [`bulkhead`] | [`Bulkhead`](bulkhead::Bulkhead): a concurrency limit with a bounded wait |
+//! | [`rate_limit`] | [`RateLimiter`](rate_limit::RateLimiter) and [`KeyedRateLimiter`](rate_limit::KeyedRateLimiter) on governor; `RedisRateLimiter`, a GCRA in one Lua script shared by every instance (feature `redis`) |
+//! | [`keyed`] | [`KeyedRegistry`](keyed::KeyedRegistry): one breaker or limiter per key, bounded in size and dropped when idle |
 //! | [`parse_retry_after`] | `Retry-After` as seconds, fractional seconds or an HTTP date |
 //!
 //! ```
@@ -26,10 +28,16 @@
 //! # }
 //! ```
 //!
-//! **Status:** the circuit breaker, retry, timeout, bulkhead, the error classification
-//! and `Retry-After` parsing are here. Rate limiters (in-process and a Redis GCRA), the
-//! keyed registry, fallback, hedging, the composed pipeline and tower layers beyond the
-//! breaker's are being built (see the workspace's issue tracker).
+//! ## Features
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `redis` | `RedisRateLimiter`, a rate limit shared through Redis |
+//!
+//! **Status:** the circuit breaker, retry, timeout, bulkhead, rate limiters, the keyed
+//! registry, the error classification and `Retry-After` parsing are here. Fallback,
+//! hedging, the composed pipeline and tower layers beyond the breaker's are being
+//! built (see the workspace's issue tracker).
 //!
 //! It depends on no other Keel crate.
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -37,6 +45,8 @@
 pub mod breaker;
 pub mod bulkhead;
 pub mod classify;
+pub mod keyed;
+pub mod rate_limit;
 pub mod retry;
 mod retry_after;
 mod rolling;
