@@ -60,6 +60,13 @@ impl OpenWait {
     }
 }
 
+/// Slow-call detection settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct SlowCalls {
+    pub(crate) duration: Duration,
+    pub(crate) rate_threshold: f64,
+}
+
 /// Why a configuration was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
@@ -112,8 +119,7 @@ pub struct CircuitBreakerConfig {
     pub(crate) name: Cow<'static, str>,
     pub(crate) window: SlidingWindow,
     pub(crate) failure_rate_threshold: f64,
-    pub(crate) slow_call_rate_threshold: f64,
-    pub(crate) slow_call_duration: Duration,
+    pub(crate) slow_calls: Option<SlowCalls>,
     pub(crate) minimum_calls: u32,
     pub(crate) half_open_permits: u32,
     pub(crate) open_wait: OpenWait,
@@ -126,8 +132,7 @@ impl fmt::Debug for CircuitBreakerConfig {
             .field("name", &self.name)
             .field("window", &self.window)
             .field("failure_rate_threshold", &self.failure_rate_threshold)
-            .field("slow_call_rate_threshold", &self.slow_call_rate_threshold)
-            .field("slow_call_duration", &self.slow_call_duration)
+            .field("slow_calls", &self.slow_calls)
             .field("minimum_calls", &self.minimum_calls)
             .field("half_open_permits", &self.half_open_permits)
             .field("open_wait", &self.open_wait)
@@ -137,16 +142,16 @@ impl fmt::Debug for CircuitBreakerConfig {
 }
 
 impl CircuitBreakerConfig {
-    /// The standard preset, named `name`: the last 100 calls, open at 50% failures or
-    /// 100% calls slower than 60 s once 20 calls are in the window, 10 trial calls
-    /// half-open, 30 s open.
+    /// The standard preset, named `name`: the last 100 calls, open at 50% failures once
+    /// 20 calls are in the window, 10 trial calls half-open, 30 s open. Slow-call
+    /// detection is off (see [`CircuitBreakerConfigBuilder::slow_calls`]): with it off a
+    /// call through a count-based window reads no clock.
     pub fn standard(name: impl Into<Cow<'static, str>>) -> Self {
         CircuitBreakerConfig {
             name: name.into(),
             window: SlidingWindow::Count { size: 100 },
             failure_rate_threshold: 50.0,
-            slow_call_rate_threshold: 100.0,
-            slow_call_duration: Duration::from_secs(60),
+            slow_calls: None,
             minimum_calls: 20,
             half_open_permits: 10,
             open_wait: OpenWait::Fixed(Duration::from_secs(30)),
@@ -188,15 +193,13 @@ impl CircuitBreakerConfigBuilder {
         self
     }
 
-    /// Open when at least this percentage of calls were slow (0–100].
-    pub fn slow_call_rate_threshold(mut self, percent: f64) -> Self {
-        self.config.slow_call_rate_threshold = percent;
-        self
-    }
-
-    /// A call that takes at least this long is slow.
-    pub fn slow_call_duration(mut self, duration: Duration) -> Self {
-        self.config.slow_call_duration = duration;
+    /// Also open when at least `rate_percent` (0–100] of the calls in the window took
+    /// `duration` or longer, failed or not. Each call then reads the clock twice.
+    pub fn slow_calls(mut self, duration: Duration, rate_percent: f64) -> Self {
+        self.config.slow_calls = Some(SlowCalls {
+            duration,
+            rate_threshold: rate_percent,
+        });
         self
     }
 
@@ -233,9 +236,10 @@ impl CircuitBreakerConfigBuilder {
     /// A [`ConfigError`] naming the setting and its valid range.
     pub fn build(self) -> Result<CircuitBreakerConfig, ConfigError> {
         let c = &self.config;
+        let slow_rate = c.slow_calls.map_or(100.0, |s| s.rate_threshold);
         for (setting, value) in [
             ("failure_rate_threshold", c.failure_rate_threshold),
-            ("slow_call_rate_threshold", c.slow_call_rate_threshold),
+            ("slow_calls rate", slow_rate),
         ] {
             if !(value > 0.0 && value <= 100.0) {
                 return Err(ConfigError::Percentage { setting, value });
@@ -264,8 +268,8 @@ impl CircuitBreakerConfigBuilder {
         if c.half_open_permits == 0 || c.half_open_permits > 10_000 {
             return range("half_open_permits", "1 to 10000");
         }
-        if c.slow_call_duration.is_zero() {
-            return range("slow_call_duration", "above zero");
+        if c.slow_calls.is_some_and(|s| s.duration.is_zero()) {
+            return range("slow_calls duration", "above zero");
         }
         match c.open_wait {
             OpenWait::Fixed(wait) if wait.is_zero() => {
@@ -312,7 +316,12 @@ mod tests {
         assert!(b().build().is_ok());
         assert!(b().failure_rate_threshold(0.0).build().is_err());
         assert!(b().failure_rate_threshold(f64::NAN).build().is_err());
-        assert!(b().slow_call_rate_threshold(100.1).build().is_err());
+        assert!(
+            b().slow_calls(Duration::from_secs(1), 100.1)
+                .build()
+                .is_err()
+        );
+        assert!(b().slow_calls(Duration::ZERO, 50.0).build().is_err());
         assert!(
             b().sliding_window(SlidingWindow::Count { size: 0 })
                 .build()

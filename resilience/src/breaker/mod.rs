@@ -215,7 +215,8 @@ pub struct Permit<'a> {
     breaker: &'a CircuitBreaker,
     /// The state and generation the permit was issued in.
     phase: u64,
-    start: Instant,
+    /// When the call started, if slow calls are detected.
+    start: Option<Instant>,
     recorded: bool,
 }
 
@@ -229,14 +230,16 @@ impl fmt::Debug for Permit<'_> {
 
 impl Permit<'_> {
     /// Records the call's outcome; its duration is measured from the permit.
+    #[inline]
     pub fn record(mut self, outcome: Outcome) {
         self.recorded = true;
-        let elapsed = self.start.elapsed();
-        self.breaker.on_result(self.phase, outcome, elapsed);
+        let slow = self.breaker.is_slow(self.start);
+        self.breaker.on_result(self.phase, outcome, slow);
     }
 }
 
 impl Drop for Permit<'_> {
+    #[inline]
     fn drop(&mut self) {
         if !self.recorded && State::from_bits(self.phase) == State::HalfOpen {
             self.breaker.release_trial(self.phase);
@@ -249,7 +252,7 @@ impl Drop for Permit<'_> {
 pub struct OwnedPermit {
     breaker: std::sync::Arc<CircuitBreaker>,
     phase: u64,
-    start: Instant,
+    start: Option<Instant>,
     recorded: bool,
 }
 
@@ -264,10 +267,11 @@ impl fmt::Debug for OwnedPermit {
 
 impl OwnedPermit {
     /// Records the call's outcome; its duration is measured from the permit.
+    #[inline]
     pub fn record(mut self, outcome: Outcome) {
         self.recorded = true;
-        let elapsed = self.start.elapsed();
-        self.breaker.on_result(self.phase, outcome, elapsed);
+        let slow = self.breaker.is_slow(self.start);
+        self.breaker.on_result(self.phase, outcome, slow);
     }
 }
 
@@ -389,8 +393,20 @@ impl CircuitBreaker {
     /// # Errors
     /// [`CallNotPermitted`] when the breaker is open, forced open, or half-open with all
     /// trial permits out.
+    #[inline]
     pub fn try_acquire(&self) -> Result<Permit<'_>, CallNotPermitted> {
-        let mut current = self.word.load(Ordering::Acquire);
+        let current = self.word.load(Ordering::Acquire);
+        if matches!(
+            State::from_bits(current),
+            State::Closed | State::MetricsOnly | State::Disabled
+        ) {
+            return Ok(self.permit(current));
+        }
+        self.try_acquire_slow(current)
+    }
+
+    #[cold]
+    fn try_acquire_slow(&self, mut current: u64) -> Result<Permit<'_>, CallNotPermitted> {
         loop {
             match State::from_bits(current) {
                 State::Closed | State::MetricsOnly | State::Disabled => {
@@ -446,11 +462,12 @@ impl CircuitBreaker {
         })
     }
 
+    #[inline]
     fn permit(&self, current: u64) -> Permit<'_> {
         Permit {
             breaker: self,
             phase: word::phase(current),
-            start: Instant::now(),
+            start: self.config.slow_calls.map(|_| Instant::now()),
             recorded: false,
         }
     }
@@ -480,7 +497,23 @@ impl CircuitBreaker {
         }
     }
 
-    fn on_result(&self, phase: u64, outcome: Outcome, elapsed: Duration) {
+    #[inline]
+    fn is_slow(&self, start: Option<Instant>) -> bool {
+        match (self.config.slow_calls, start) {
+            (Some(slow), Some(start)) => start.elapsed() >= slow.duration,
+            _ => false,
+        }
+    }
+
+    fn slow_rate_threshold(&self) -> f64 {
+        // Above 100%: never reached when slow calls are not detected.
+        self.config
+            .slow_calls
+            .map_or(f64::INFINITY, |s| s.rate_threshold)
+    }
+
+    #[inline]
+    fn on_result(&self, phase: u64, outcome: Outcome, slow: bool) {
         let current = self.word.load(Ordering::Acquire);
         if word::phase(current) != phase {
             return; // issued before a transition: it says nothing about the new state
@@ -490,24 +523,30 @@ impl CircuitBreaker {
             return;
         }
         let failed = outcome == Outcome::Failure;
-        let slow = elapsed >= self.config.slow_call_duration;
         match State::from_bits(phase) {
             State::Closed | State::MetricsOnly => {
-                let now = self.now();
-                if let Some(counts) = self.window.record(now, failed, slow)
+                if let Some(counts) = self.window.record(|| self.now(), failed, slow)
                     && State::from_bits(phase) == State::Closed
                     && self.exceeds(counts)
                 {
-                    self.open(phase, counts);
+                    self.trip(phase, counts);
                 }
             }
-            State::HalfOpen => {
+            State::HalfOpen => self.on_trial_result(phase, failed, slow),
+            _ => {}
+        }
+    }
+
+    #[cold]
+    fn on_trial_result(&self, phase: u64, failed: bool, slow: bool) {
+        {
+            {
                 let trials = self.tally(phase, failed, slow);
                 if u32::from(trials.done) == self.config.half_open_permits {
                     let counts = trials.counts();
                     // Trials are judged on their own: no minimum applies.
                     if counts.failure_rate() >= self.config.failure_rate_threshold
-                        || counts.slow_rate() >= self.config.slow_call_rate_threshold
+                        || counts.slow_rate() >= self.slow_rate_threshold()
                     {
                         self.open(phase, counts);
                     } else {
@@ -518,7 +557,6 @@ impl CircuitBreaker {
                     }
                 }
             }
-            _ => {}
         }
     }
 
@@ -558,10 +596,15 @@ impl CircuitBreaker {
         }
     }
 
+    #[cold]
+    fn trip(&self, phase: u64, counts: Counts) {
+        self.open(phase, counts);
+    }
+
     fn exceeds(&self, counts: Counts) -> bool {
         counts.calls >= self.config.minimum_calls
             && (counts.failure_rate() >= self.config.failure_rate_threshold
-                || counts.slow_rate() >= self.config.slow_call_rate_threshold)
+                || counts.slow_rate() >= self.slow_rate_threshold())
     }
 
     fn open(&self, from_word: u64, counts: Counts) {

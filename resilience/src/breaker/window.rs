@@ -51,12 +51,19 @@ impl Window {
         }
     }
 
-    /// Records one call at `now` (nanoseconds on the breaker's clock). Returns the counts
-    /// when the call was a failure or slow, so the caller can judge the rates.
-    pub(crate) fn record(&self, now: u64, failed: bool, slow: bool) -> Option<Counts> {
+    /// Records one call; `now` (nanoseconds on the breaker's clock) is only read by the
+    /// time window. Returns the counts when the call was a failure or slow, so the
+    /// caller can judge the rates.
+    #[inline]
+    pub(crate) fn record(
+        &self,
+        now: impl FnOnce() -> u64,
+        failed: bool,
+        slow: bool,
+    ) -> Option<Counts> {
         match self {
             Window::Count(w) => w.record(failed, slow),
-            Window::Time(w) => w.record(now, failed, slow),
+            Window::Time(w) => w.record(now(), failed, slow),
         }
     }
 
@@ -101,7 +108,25 @@ impl CountWindow {
         }
     }
 
+    #[inline]
     fn record(&self, failed: bool, slow: bool) -> Option<Counts> {
+        // A full window of successes stays a full window of successes whatever slot the
+        // next success lands in: skip the write. Healthy traffic then only reads shared
+        // memory, which costs a few loads and scales across cores. While any failure or
+        // slow call is in the window every call takes the full path, so each one still
+        // ages out after exactly `size` further calls.
+        if !failed
+            && !slow
+            && self.failures.load(Ordering::Relaxed) == 0
+            && self.slow.load(Ordering::Relaxed) == 0
+            && self.calls.load(Ordering::Relaxed) as usize == self.slots.len()
+        {
+            return None;
+        }
+        self.record_slot(failed, slow)
+    }
+
+    fn record_slot(&self, failed: bool, slow: bool) -> Option<Counts> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len() as u64;
         let new = RECORDED | if failed { FAILED } else { 0 } | if slow { SLOW } else { 0 };
         #[allow(clippy::cast_possible_truncation)]
@@ -222,6 +247,28 @@ mod tests {
         );
         w.reset();
         assert_eq!(w.counts(), Counts::default());
+    }
+
+    #[test]
+    fn a_failure_ages_out_after_exactly_size_calls_even_after_skipped_successes() {
+        let w = CountWindow::new(4);
+        for _ in 0..100 {
+            w.record(false, false); // full of successes: later ones are skipped
+        }
+        assert_eq!(w.record(true, false).unwrap().failures, 1);
+        for _ in 0..3 {
+            w.record(false, false);
+            assert_eq!(w.counts().failures, 1, "still among the last 4 calls");
+        }
+        w.record(false, false);
+        assert_eq!(
+            w.counts(),
+            Counts {
+                calls: 4,
+                failures: 0,
+                slow: 0
+            }
+        );
     }
 
     #[test]

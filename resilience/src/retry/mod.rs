@@ -316,7 +316,8 @@ impl Retry {
         if let Some(budget) = &self.inner.budget {
             budget.deposit();
         }
-        let start = Instant::now();
+        // Read the clock only when a time limit needs it.
+        let start = config.max_elapsed.map(|_| Instant::now());
         let mut previous = Duration::ZERO;
         let mut number = 1;
         loop {
@@ -352,7 +353,7 @@ impl Retry {
         class: ErrorClass,
         idempotency: Idempotency,
         number: u32,
-        start: Instant,
+        start: Option<Instant>,
         delay: Duration,
     ) -> Option<GaveUp> {
         let config = &self.inner.config;
@@ -365,7 +366,7 @@ impl Retry {
         if number >= config.max_attempts {
             return Some(GaveUp::Attempts);
         }
-        if let Some(max) = config.max_elapsed
+        if let (Some(max), Some(start)) = (config.max_elapsed, start)
             && start.elapsed() + delay > max
         {
             return Some(GaveUp::Elapsed);

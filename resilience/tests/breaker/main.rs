@@ -209,8 +209,7 @@ async fn half_open_refuses_beyond_its_permits_and_cancelled_trials_give_them_bac
 async fn slow_calls_open_it() {
     let b = CircuitBreaker::new(
         config()
-            .slow_call_duration(Duration::from_secs(2))
-            .slow_call_rate_threshold(60.0)
+            .slow_calls(Duration::from_secs(2), 60.0)
             .build()
             .unwrap(),
     );

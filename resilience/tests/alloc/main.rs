@@ -1,0 +1,87 @@
+//! The breaker's call path allocates nothing: counted by dhat's heap profiler, which
+//! replaces the global allocator in this test binary only.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_resilience::breaker::{
+    CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer, Outcome, SlidingWindow,
+};
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+#[global_allocator]
+static ALLOCATOR: dhat::Alloc = dhat::Alloc;
+
+fn blocks_during(f: impl FnOnce()) -> u64 {
+    let before = dhat::HeapStats::get().total_blocks;
+    f();
+    dhat::HeapStats::get().total_blocks - before
+}
+
+#[test]
+fn breaker_calls_allocate_nothing() {
+    let _profiler = dhat::Profiler::builder().testing().build();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    // The counter does see allocations.
+    assert_eq!(
+        blocks_during(|| drop(std::hint::black_box(Box::new(7u64)))),
+        1
+    );
+
+    let count = CircuitBreaker::new(CircuitBreakerConfig::standard("count"));
+    let time = CircuitBreaker::new(
+        CircuitBreakerConfig::builder("time")
+            .sliding_window(SlidingWindow::Time {
+                duration: Duration::from_secs(60),
+            })
+            .slow_calls(Duration::from_secs(5), 80.0)
+            .failure_rate_threshold(100.0)
+            .build()
+            .unwrap(),
+    );
+    for breaker in [&count, &time] {
+        // Warm up: fill the window once.
+        for _ in 0..200 {
+            breaker.try_acquire().unwrap().record(Outcome::Success);
+        }
+        let blocks = blocks_during(|| {
+            for i in 0..10_000 {
+                let outcome = if i % 10 == 0 {
+                    Outcome::Failure
+                } else {
+                    Outcome::Success
+                };
+                breaker.try_acquire().unwrap().record(outcome);
+            }
+        });
+        assert_eq!(blocks, 0, "{} allocated on the call path", breaker.name());
+    }
+
+    let blocks = blocks_during(|| {
+        runtime.block_on(async {
+            for _ in 0..1000 {
+                let r = count.call(|| async { Ok::<_, std::io::Error>(1) }).await;
+                assert!(r.is_ok());
+            }
+        });
+    });
+    assert_eq!(blocks, 0, "CircuitBreaker::call allocated");
+
+    let shared = Arc::new(CircuitBreaker::new(CircuitBreakerConfig::standard("tower")));
+    let mut service = ServiceBuilder::new()
+        .layer(CircuitBreakerLayer::new(shared))
+        .service(tower::service_fn(|()| async {
+            Ok::<_, std::io::Error>(())
+        }));
+    let blocks = blocks_during(|| {
+        runtime.block_on(async {
+            for _ in 0..1000 {
+                service.ready().await.unwrap().call(()).await.unwrap();
+            }
+        });
+    });
+    assert_eq!(blocks, 0, "the tower layer allocated");
+}
