@@ -142,10 +142,10 @@ fn rate_limiter(c: &mut Criterion) {
     let raw = governor::RateLimiter::direct(quota(u32::MAX, u32::MAX));
     let mut group = c.benchmark_group("rate_limiter/check");
     group.bench_function("governor", |b| {
-        b.iter(|| black_box(raw.check()).expect("permitted"))
+        b.iter(|| black_box(raw.check()).expect("permitted"));
     });
     group.bench_function("keel", |b| {
-        b.iter(|| black_box(keel.check()).expect("permitted"))
+        b.iter(|| black_box(keel.check()).expect("permitted"));
     });
     group.finish();
 }
