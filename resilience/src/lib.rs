@@ -12,18 +12,23 @@
 //! | [`timeout`] | [`with_timeout`](timeout::with_timeout): a limit that cancels the work |
 //! | [`bulkhead`] | [`Bulkhead`](bulkhead::Bulkhead): a concurrency limit with a bounded wait |
 //! | [`rate_limit`] | [`RateLimiter`](rate_limit::RateLimiter) and [`KeyedRateLimiter`](rate_limit::KeyedRateLimiter) on governor; `RedisRateLimiter`, a GCRA in one Lua script shared by every instance (feature `redis`) |
+//! | [`pipeline`] | [`Pipeline`](pipeline::Pipeline): rate limit → total timeout → retry → breaker → bulkhead → attempt timeout, in that order |
+//! | [`fallback`] | [`with_fallback`](fallback::with_fallback): a second answer for chosen errors |
+//! | [`hedge`] | [`Hedge`](hedge::Hedge): start another attempt when one is slow, take the first success |
 //! | [`keyed`] | [`KeyedRegistry`](keyed::KeyedRegistry): one breaker or limiter per key, bounded in size and dropped when idle |
 //! | [`parse_retry_after`] | `Retry-After` as seconds, fractional seconds or an HTTP date |
 //!
 //! ```
-//! use keel_resilience::breaker::{CircuitBreaker, CircuitBreakerConfig};
+//! use keel_resilience::pipeline::Pipeline;
+//! use keel_resilience::retry::Idempotency;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let breaker = CircuitBreaker::new(CircuitBreakerConfig::standard("inventory"));
-//! let stock = breaker
-//!     .call(|| async { Ok::<_, std::io::Error>(42) })
+//! // Total timeout, retry with a budget, circuit breaker, attempt timeout.
+//! let inventory = Pipeline::standard("inventory");
+//! let stock = inventory
+//!     .run(Idempotency::Idempotent, || async { Ok::<_, std::io::Error>(42) })
 //!     .await
-//!     .expect("closed breaker runs the call");
+//!     .expect("a healthy dependency answers");
 //! assert_eq!(stock, 42);
 //! # }
 //! ```
@@ -34,10 +39,9 @@
 //! |---|---|
 //! | `redis` | `RedisRateLimiter`, a rate limit shared through Redis |
 //!
-//! **Status:** the circuit breaker, retry, timeout, bulkhead, rate limiters, the keyed
-//! registry, the error classification and `Retry-After` parsing are here. Fallback,
-//! hedging, the composed pipeline and tower layers beyond the breaker's are being
-//! built (see the workspace's issue tracker).
+//! **Status:** every policy and the pipeline are here; the circuit breaker has a tower
+//! layer. Tower layers for the other policies are being built (see the workspace's
+//! issue tracker).
 //!
 //! It depends on no other Keel crate.
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -45,7 +49,10 @@
 pub mod breaker;
 pub mod bulkhead;
 pub mod classify;
+pub mod fallback;
+pub mod hedge;
 pub mod keyed;
+pub mod pipeline;
 pub mod rate_limit;
 pub mod retry;
 mod retry_after;

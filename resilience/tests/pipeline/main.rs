@@ -1,0 +1,292 @@
+//! The composed pipeline, hedging and fallback, under tokio's paused clock.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use keel_resilience::breaker::{CircuitBreaker, CircuitBreakerConfig, OpenWait, State};
+use keel_resilience::bulkhead::Bulkhead;
+use keel_resilience::fallback::{on_retryable, with_fallback};
+use keel_resilience::hedge::Hedge;
+use keel_resilience::pipeline::{Pipeline, PipelineError};
+use keel_resilience::rate_limit::{RateLimiter, quota};
+use keel_resilience::retry::{Backoff, Idempotency, Retry, RetryConfig};
+use keel_resilience::{Classify, ErrorClass};
+use tokio::time::Instant;
+
+#[derive(Debug, PartialEq)]
+enum Fault {
+    Down,
+    BadInput,
+}
+
+impl Classify for Fault {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Fault::Down => ErrorClass::Transient,
+            Fault::BadInput => ErrorClass::Permanent,
+        }
+    }
+}
+
+fn retry(attempts: u32) -> Retry {
+    Retry::new(
+        RetryConfig::builder("t")
+            .max_attempts(attempts)
+            .backoff(Backoff::Constant(Duration::from_millis(100)))
+            .without_budget()
+            .build()
+            .unwrap(),
+    )
+}
+
+fn breaker(minimum_calls: u32) -> Arc<CircuitBreaker> {
+    Arc::new(CircuitBreaker::new(
+        CircuitBreakerConfig::builder("t")
+            .minimum_calls(minimum_calls)
+            .open_wait(OpenWait::Fixed(Duration::from_secs(30)))
+            .build()
+            .unwrap(),
+    ))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flaky_dependency_is_retried_and_every_attempt_is_recorded() {
+    let b = breaker(100);
+    let pipeline = Pipeline::builder("t")
+        .retry(retry(3))
+        .circuit_breaker(b.clone())
+        .build();
+    let calls = AtomicU32::new(0);
+    let value = pipeline
+        .run(Idempotency::Idempotent, || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move { if n < 2 { Err(Fault::Down) } else { Ok(n) } }
+        })
+        .await
+        .unwrap();
+    assert_eq!(value, 2);
+    let m = b.metrics();
+    assert_eq!((m.calls, m.failed_calls), (3, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempt_timeouts_are_retried_and_count_as_breaker_failures() {
+    let b = breaker(100);
+    let pipeline = Pipeline::builder("t")
+        .retry(retry(3))
+        .circuit_breaker(b.clone())
+        .attempt_timeout(Duration::from_secs(1))
+        .build();
+    let start = Instant::now();
+    let error = pipeline
+        .run(Idempotency::Idempotent, || async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok::<(), Fault>(())
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, PipelineError::AttemptTimeout(_)),
+        "{error:?}"
+    );
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_millis(3200),
+        "3 × 1 s + 2 × 100 ms"
+    );
+    assert_eq!(b.metrics().failed_calls, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_total_timeout_bounds_retries_and_their_delays() {
+    let pipeline = Pipeline::builder("t")
+        .total_timeout(Duration::from_millis(1500))
+        .retry(retry(10))
+        .attempt_timeout(Duration::from_secs(1))
+        .build();
+    let start = Instant::now();
+    let error = pipeline
+        .run(Idempotency::Idempotent, || async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok::<(), Fault>(())
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(error, PipelineError::TotalTimeout(_)), "{error:?}");
+    assert_eq!(start.elapsed(), Duration::from_millis(1500));
+    assert_eq!(error.policy(), "total_timeout");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_rate_limit_is_taken_once_per_call_not_per_attempt() {
+    let pipeline = Pipeline::builder("t")
+        .rate_limit(Arc::new(RateLimiter::new("t", quota(1, 1))))
+        .retry(retry(3))
+        .build();
+    let calls = AtomicU32::new(0);
+    let first = pipeline
+        .run(Idempotency::Idempotent, || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move { if n < 2 { Err(Fault::Down) } else { Ok(()) } }
+        })
+        .await;
+    assert!(first.is_ok(), "three attempts used one permit");
+    let second = pipeline
+        .run(Idempotency::Idempotent, || async { Ok::<_, Fault>(()) })
+        .await;
+    assert!(matches!(second, Err(PipelineError::RateLimited(_))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_stops_calls_before_the_work_runs() {
+    let b = breaker(2);
+    let pipeline = Pipeline::builder("t")
+        .retry(Retry::new(
+            RetryConfig::builder("t")
+                .max_attempts(5)
+                .max_elapsed(Duration::from_secs(5))
+                .without_budget()
+                .build()
+                .unwrap(),
+        ))
+        .circuit_breaker(b.clone())
+        .build();
+    let runs = AtomicU32::new(0);
+    let error = pipeline
+        .run(Idempotency::Idempotent, || {
+            runs.fetch_add(1, Ordering::SeqCst);
+            async { Err::<(), _>(Fault::Down) }
+        })
+        .await
+        .unwrap_err();
+    // Two failures open the breaker; the third attempt is refused, and the 30 s wait
+    // does not fit in the 5 s the retry may take, so it stops there.
+    assert!(matches!(error, PipelineError::CircuitOpen(_)), "{error:?}");
+    assert_eq!(b.state(), State::Open);
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        3,
+        "closures built, but the third never ran"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_errors_and_full_bulkheads_do_not_trip_the_breaker() {
+    let b = breaker(1);
+    let pipeline = Pipeline::builder("t")
+        .retry(retry(3))
+        .circuit_breaker(b.clone())
+        .bulkhead(Bulkhead::new("t", 1, Duration::ZERO))
+        .build();
+    let error = pipeline
+        .run(Idempotency::Idempotent, || async {
+            Err::<(), _>(Fault::BadInput)
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(error, PipelineError::Inner(Fault::BadInput)));
+    assert_eq!(b.state(), State::Closed);
+
+    let slow = {
+        let pipeline = pipeline.clone();
+        tokio::spawn(async move {
+            pipeline
+                .run(Idempotency::Idempotent, || async {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    Ok::<_, Fault>(())
+                })
+                .await
+        })
+    };
+    tokio::task::yield_now().await;
+    let refused = pipeline
+        .run(Idempotency::Idempotent, || async { Ok::<_, Fault>(()) })
+        .await;
+    assert!(
+        matches!(refused, Err(PipelineError::BulkheadFull(_))),
+        "{refused:?}"
+    );
+    assert_eq!(
+        b.state(),
+        State::Closed,
+        "a full bulkhead is not the dependency's fault"
+    );
+    assert!(slow.await.unwrap().is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedging_takes_the_first_success_and_cancels_the_rest() {
+    let cancelled = Arc::new(AtomicBool::new(false));
+    struct Flag(Arc<AtomicBool>);
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let hedge = Hedge::new(Duration::from_millis(100), 3);
+    let start = Instant::now();
+    let winner = hedge
+        .run(|n| {
+            let flag = Flag(cancelled.clone());
+            async move {
+                let _flag = flag;
+                let delay = if n == 1 { 10_000 } else { 50 };
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                Ok::<_, Fault>(n)
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(winner, 2);
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_millis(150),
+        "hedged at 100 ms, answered 50 ms later"
+    );
+    assert!(
+        cancelled.load(Ordering::SeqCst),
+        "the stuck attempt was dropped"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedging_moves_on_at_once_after_a_failure_and_reports_the_last_error() {
+    let hedge = Hedge::new(Duration::from_secs(10), 3);
+    let start = Instant::now();
+    let tried = AtomicU32::new(0);
+    let error = hedge
+        .run(|n| {
+            tried.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n < 3 {
+                    Err::<(), _>(Fault::Down)
+                } else {
+                    Err(Fault::BadInput)
+                }
+            }
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error, Fault::BadInput);
+    assert_eq!(tried.load(Ordering::SeqCst), 3);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+}
+
+#[tokio::test]
+async fn fallback_answers_retryable_failures_only() {
+    let cached = with_fallback(
+        async { Err::<u32, _>(Fault::Down) },
+        on_retryable,
+        |_| async { Ok(7) },
+    )
+    .await;
+    assert_eq!(cached, Ok(7));
+    let refused = with_fallback(
+        async { Err::<u32, _>(Fault::BadInput) },
+        on_retryable,
+        |_| async { Ok(7) },
+    )
+    .await;
+    assert_eq!(refused, Err(Fault::BadInput));
+}
