@@ -5,7 +5,10 @@
 //! - `breaker/tower`: the same through tower layers (Keel's and tower-resilience's)
 //!   around a no-op service, against the bare service;
 //! - `retry/success`: a first-attempt success through Keel's retry and backon's;
-//! - `rate_limiter/check`: a permitted check, Keel's limiter against raw governor.
+//! - `rate_limiter/check`: a permitted check, Keel's limiter against raw governor;
+//! - `pipeline/success`: a successful call through total timeout → retry → breaker →
+//!   bulkhead → attempt timeout, Keel's `PipelineLayer` (and `Pipeline::run`) against the
+//!   same stack of tower-resilience layers.
 //!
 //! `cargo bench -p keel-benches --bench resilience`
 
@@ -150,9 +153,102 @@ fn rate_limiter(c: &mut Criterion) {
     group.finish();
 }
 
+/// The work's error in the pipeline benches (tower-resilience's retry needs `Clone`).
+#[derive(Debug, Clone)]
+struct BenchError;
+
+impl std::fmt::Display for BenchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("bench error")
+    }
+}
+
+impl std::error::Error for BenchError {}
+
+impl keel_resilience::Classify for BenchError {
+    fn class(&self) -> keel_resilience::ErrorClass {
+        keel_resilience::ErrorClass::Transient
+    }
+}
+
+fn pipeline(c: &mut Criterion) {
+    use keel_resilience::bulkhead::Bulkhead;
+    use keel_resilience::pipeline::Pipeline;
+    use keel_resilience::pipeline_layer::PipelineLayer;
+    use tower_resilience::bulkhead::BulkheadLayer;
+    use tower_resilience::retry::RetryLayer;
+    use tower_resilience::timelimiter::TimeLimiterLayer;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let work = tower::service_fn(|()| async { Ok::<_, BenchError>(()) });
+
+    let keel_pipeline = Pipeline::builder("bench")
+        .total_timeout(Duration::from_secs(30))
+        .retry(Retry::new(RetryConfig::standard("bench")))
+        .circuit_breaker(std::sync::Arc::new(keel_breaker()))
+        .bulkhead(Bulkhead::new("bench", 100, Duration::from_millis(100)))
+        .attempt_timeout(Duration::from_secs(10))
+        .build();
+    let keel_layered = ServiceBuilder::new()
+        .layer(PipelineLayer::new(keel_pipeline.clone()))
+        .service(work);
+
+    let peer = ServiceBuilder::new()
+        .layer(
+            TimeLimiterLayer::builder()
+                .timeout_duration(Duration::from_secs(30))
+                .build(),
+        )
+        .layer(
+            RetryLayer::builder()
+                .max_attempts(3)
+                .exponential_backoff(Duration::from_millis(200))
+                .build(),
+        )
+        .layer(
+            tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+                .failure_rate_threshold(0.5)
+                .sliding_window_size(100)
+                .build()
+                .expect("valid config"),
+        )
+        .layer(
+            BulkheadLayer::builder()
+                .max_concurrent_calls(100)
+                .build()
+                .expect("valid config"),
+        )
+        .layer(
+            TimeLimiterLayer::builder()
+                .timeout_duration(Duration::from_secs(10))
+                .build(),
+        )
+        .service(work);
+
+    let mut group = c.benchmark_group("pipeline/success");
+    group.bench_function("keel_pipeline_run", |b| {
+        b.to_async(&runtime).iter(|| {
+            keel_pipeline.run(Idempotency::Idempotent, || async {
+                Ok::<_, BenchError>(())
+            })
+        });
+    });
+    group.bench_function("keel_pipeline_layer", |b| {
+        b.to_async(&runtime)
+            .iter(|| keel_layered.clone().oneshot(()));
+    });
+    group.bench_function("tower_resilience_stack", |b| {
+        b.to_async(&runtime).iter(|| peer.clone().oneshot(()));
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = resilience;
     config = support::criterion();
-    targets = breaker_closed, breaker_tower, retry_success, rate_limiter
+    targets = breaker_closed, breaker_tower, retry_success, rate_limiter, pipeline
 }
 criterion_main!(resilience);

@@ -75,15 +75,26 @@ impl Bulkhead {
     /// # Errors
     /// [`BulkheadFull`] when no slot freed within the wait.
     pub async fn run<F: Future>(&self, work: F) -> Result<F::Output, BulkheadFull> {
-        let permit = if self.max_wait.is_zero() {
-            self.semaphore.clone().try_acquire_owned().ok()
-        } else {
-            tokio::time::timeout(self.max_wait, self.semaphore.clone().acquire_owned())
+        let _slot = self.acquire().await?;
+        // The slot lives in this future: dropping the future (cancellation) frees it.
+        Ok(work.await)
+    }
+
+    /// Waits for a slot and returns it; the slot is freed when the guard is dropped.
+    ///
+    /// # Errors
+    /// [`BulkheadFull`] when no slot freed within the wait.
+    pub async fn acquire(&self) -> Result<BulkheadSlot, BulkheadFull> {
+        // A free slot is taken without arming a timer; only a full bulkhead waits.
+        let permit = match self.semaphore.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) if self.max_wait.is_zero() => None,
+            Err(_) => tokio::time::timeout(self.max_wait, self.semaphore.clone().acquire_owned())
                 .await
                 .ok()
-                .and_then(Result::ok)
+                .and_then(Result::ok),
         };
-        let Some(_permit) = permit else {
+        let Some(permit) = permit else {
             metrics::counter!("resilience_bulkhead_rejected_total", "bulkhead" => self.name.clone())
                 .increment(1);
             return Err(BulkheadFull {
@@ -92,7 +103,13 @@ impl Bulkhead {
                 waited: self.max_wait,
             });
         };
-        // The permit lives in this future: dropping the future (cancellation) frees it.
-        Ok(work.await)
+        Ok(BulkheadSlot { _permit: permit })
     }
+}
+
+/// A slot in a [`Bulkhead`], freed on drop.
+#[derive(Debug)]
+#[must_use = "the slot is freed as soon as the guard is dropped"]
+pub struct BulkheadSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }

@@ -13,6 +13,7 @@
 //! | [`bulkhead`] | [`Bulkhead`](bulkhead::Bulkhead): a concurrency limit with a bounded wait |
 //! | [`rate_limit`] | [`RateLimiter`](rate_limit::RateLimiter) and [`KeyedRateLimiter`](rate_limit::KeyedRateLimiter) on governor; `RedisRateLimiter`, a GCRA in one Lua script shared by every instance (feature `redis`) |
 //! | [`pipeline`] | [`Pipeline`](pipeline::Pipeline): rate limit → total timeout → retry → breaker → bulkhead → attempt timeout, in that order |
+//! | [`pipeline_layer`] | [`PipelineLayer`](pipeline_layer::PipelineLayer): the pipeline, or any one policy, as a tower layer |
 //! | [`fallback`] | [`with_fallback`](fallback::with_fallback): a second answer for chosen errors |
 //! | [`hedge`] | [`Hedge`](hedge::Hedge): start another attempt when one is slow, take the first success |
 //! | [`keyed`] | [`KeyedRegistry`](keyed::KeyedRegistry): one breaker or limiter per key, bounded in size and dropped when idle |
@@ -39,9 +40,6 @@
 //! |---|---|
 //! | `redis` | `RedisRateLimiter`, a rate limit shared through Redis |
 //!
-//! **Status:** every policy and the pipeline are here; the circuit breaker has a tower
-//! layer. Tower layers for the other policies are being built (see the workspace's
-//! issue tracker).
 //!
 //! It depends on no other Keel crate.
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -53,6 +51,7 @@ pub mod fallback;
 pub mod hedge;
 pub mod keyed;
 pub mod pipeline;
+pub mod pipeline_layer;
 pub mod rate_limit;
 pub mod retry;
 mod retry_after;

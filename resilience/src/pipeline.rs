@@ -27,7 +27,7 @@ use crate::bulkhead::{Bulkhead, BulkheadFull};
 use crate::classify::{Classify, ErrorClass};
 use crate::rate_limit::{RateLimited, RateLimiter};
 use crate::retry::{Idempotency, Retry, RetryConfig};
-use crate::timeout::{TimeoutError, with_timeout};
+use crate::timeout::{OptionalTimeout, TimeoutError};
 
 /// Why a call through a [`Pipeline`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -181,12 +181,9 @@ impl Pipeline {
                 None => self.attempt(&mut work).await,
             }
         };
-        let result = match self.total_timeout {
-            Some(limit) => match with_timeout(limit, attempts).await {
-                Ok(result) => result,
-                Err(elapsed) => Err(PipelineError::TotalTimeout(elapsed)),
-            },
-            None => attempts.await,
+        let result = match OptionalTimeout::new(self.total_timeout, attempts).await {
+            Ok(result) => result,
+            Err(elapsed) => Err(PipelineError::TotalTimeout(elapsed)),
         };
         if let Err(error) = &result {
             metrics::counter!(
@@ -214,22 +211,22 @@ impl Pipeline {
                 Some(breaker) => Some(breaker.try_acquire().map_err(PipelineError::CircuitOpen)?),
                 None => None,
             };
-            let timed = async {
-                match self.attempt_timeout {
-                    Some(limit) => match with_timeout(limit, future).await {
-                        Ok(result) => result.map_err(PipelineError::Inner),
-                        Err(elapsed) => Err(PipelineError::AttemptTimeout(elapsed)),
-                    },
-                    None => future.await.map_err(PipelineError::Inner),
+            let result = async {
+                let _slot = match &self.bulkhead {
+                    Some(bulkhead) => Some(
+                        bulkhead
+                            .acquire()
+                            .await
+                            .map_err(PipelineError::BulkheadFull)?,
+                    ),
+                    None => None,
+                };
+                match OptionalTimeout::new(self.attempt_timeout, future).await {
+                    Ok(result) => result.map_err(PipelineError::Inner),
+                    Err(elapsed) => Err(PipelineError::AttemptTimeout(elapsed)),
                 }
-            };
-            let result = match &self.bulkhead {
-                Some(bulkhead) => match bulkhead.run(timed).await {
-                    Ok(result) => result,
-                    Err(full) => Err(PipelineError::BulkheadFull(full)),
-                },
-                None => timed.await,
-            };
+            }
+            .await;
             if let Some(permit) = permit {
                 permit.record(match &result {
                     Ok(_) => Outcome::Success,

@@ -90,3 +90,46 @@ where
         Err(elapsed) => Err(TimeoutOr::Elapsed(elapsed)),
     }
 }
+
+pin_project_lite::pin_project! {
+    /// `work` with an optional time limit, holding `work` once whether or not a limit
+    /// is set (branching between a timed and an untimed future would store it twice).
+    pub(crate) struct OptionalTimeout<F> {
+        #[pin]
+        work: F,
+        #[pin]
+        sleep: Option<tokio::time::Sleep>,
+        limit: Duration,
+    }
+}
+
+impl<F: Future> OptionalTimeout<F> {
+    pub(crate) fn new(limit: Option<Duration>, work: F) -> Self {
+        OptionalTimeout {
+            work,
+            sleep: limit.map(tokio::time::sleep),
+            limit: limit.unwrap_or_default(),
+        }
+    }
+}
+
+impl<F: Future> Future for OptionalTimeout<F> {
+    type Output = Result<F::Output, TimeoutError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        if let std::task::Poll::Ready(output) = this.work.poll(cx) {
+            return std::task::Poll::Ready(Ok(output));
+        }
+        if let Some(sleep) = this.sleep.as_pin_mut()
+            && sleep.poll(cx).is_ready()
+        {
+            metrics::counter!("resilience_timeouts_total").increment(1);
+            return std::task::Poll::Ready(Err(TimeoutError { after: *this.limit }));
+        }
+        std::task::Poll::Pending
+    }
+}

@@ -290,3 +290,43 @@ async fn fallback_answers_retryable_failures_only() {
     .await;
     assert_eq!(refused, Err(Fault::BadInput));
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_pipeline_layer_retries_idempotent_requests_only() {
+    use keel_resilience::pipeline_layer::PipelineLayer;
+    use tower::{ServiceBuilder, ServiceExt};
+
+    let failures_left = Arc::new(AtomicU32::new(0));
+    let calls = Arc::new(AtomicU32::new(0));
+    let service = {
+        let (failures_left, calls) = (failures_left.clone(), calls.clone());
+        tower::service_fn(move |write: bool| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let fail = failures_left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            async move { if fail { Err(Fault::Down) } else { Ok(write) } }
+        })
+    };
+    let layer = PipelineLayer::new(Pipeline::builder("t").retry(retry(3)).build())
+        .with_idempotency((|write: &bool| {
+            if *write {
+                Idempotency::NonIdempotent
+            } else {
+                Idempotency::Idempotent
+            }
+        },));
+    let svc = ServiceBuilder::new().layer(layer).service(service);
+
+    failures_left.store(1, Ordering::SeqCst);
+    assert!(
+        !svc.clone().oneshot(false).await.unwrap(),
+        "a read is retried past one failure"
+    );
+    assert_eq!(calls.swap(0, Ordering::SeqCst), 2);
+
+    failures_left.store(1, Ordering::SeqCst);
+    let error = svc.clone().oneshot(true).await.unwrap_err();
+    assert!(matches!(error, PipelineError::Inner(Fault::Down)));
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "a write is not retried");
+}

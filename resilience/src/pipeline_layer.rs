@@ -1,0 +1,147 @@
+//! The pipeline as a tower layer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::classify::Classify;
+use crate::pipeline::{Pipeline, PipelineError};
+use crate::retry::Idempotency;
+
+/// A tower layer that runs every request through a [`Pipeline`]. Any single policy is a
+/// layer too: build a pipeline with just that policy.
+///
+/// Retrying needs a fresh copy of the request and of the service for each attempt, so
+/// the request and the service must be `Clone` (and `Send + Sync`, as the future is
+/// `Send`). Whether a request may be retried is
+/// decided per request by the idempotency function (all requests are idempotent with
+/// [`PipelineLayer::new`]). Each call allocates one boxed future, unlike
+/// [`CircuitBreakerLayer`](crate::breaker::CircuitBreakerLayer), which allocates nothing.
+///
+/// ```
+/// use std::time::Duration;
+/// use keel_resilience::bulkhead::Bulkhead;
+/// use keel_resilience::pipeline::Pipeline;
+/// use keel_resilience::pipeline_layer::PipelineLayer;
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let only_a_bulkhead = Pipeline::builder("reports")
+///     .bulkhead(Bulkhead::new("reports", 8, Duration::from_millis(100)))
+///     .build();
+/// let service = ServiceBuilder::new()
+///     .layer(PipelineLayer::new(only_a_bulkhead))
+///     .service_fn(|name: &'static str| async move { Ok::<_, std::io::Error>(name.len()) });
+/// assert_eq!(service.oneshot("quarterly").await.unwrap(), 9);
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct PipelineLayer<I = fn() -> Idempotency> {
+    pipeline: Pipeline,
+    idempotency: I,
+}
+
+fn always_idempotent() -> Idempotency {
+    Idempotency::Idempotent
+}
+
+impl PipelineLayer {
+    /// Treats every request as idempotent.
+    #[must_use]
+    pub fn new(pipeline: Pipeline) -> Self {
+        PipelineLayer {
+            pipeline,
+            idempotency: always_idempotent,
+        }
+    }
+}
+
+impl<I> PipelineLayer<I> {
+    /// Decides per request whether it may be retried.
+    #[must_use]
+    pub fn with_idempotency<I2>(self, idempotency: I2) -> PipelineLayer<I2> {
+        PipelineLayer {
+            pipeline: self.pipeline,
+            idempotency,
+        }
+    }
+}
+
+impl<S, I: Clone> Layer<S> for PipelineLayer<I> {
+    type Service = PipelineService<S, I>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        PipelineService {
+            inner,
+            pipeline: self.pipeline.clone(),
+            idempotency: self.idempotency.clone(),
+        }
+    }
+}
+
+/// The service made by [`PipelineLayer`].
+#[derive(Clone, Debug)]
+pub struct PipelineService<S, I> {
+    inner: S,
+    pipeline: Pipeline,
+    idempotency: I,
+}
+
+/// Decides whether a request may be retried; implemented for `fn() -> Idempotency` and
+/// for closures over the request.
+pub trait RequestIdempotency<Req> {
+    /// The request's idempotency.
+    fn idempotency(&self, request: &Req) -> Idempotency;
+}
+
+impl<Req> RequestIdempotency<Req> for fn() -> Idempotency {
+    fn idempotency(&self, _: &Req) -> Idempotency {
+        self()
+    }
+}
+
+impl<Req, F: Fn(&Req) -> Idempotency> RequestIdempotency<Req> for (F,) {
+    fn idempotency(&self, request: &Req) -> Idempotency {
+        (self.0)(request)
+    }
+}
+
+impl<S, I, Req> Service<Req> for PipelineService<S, I>
+where
+    S: Service<Req> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+    S::Error: Classify + Send,
+    S::Response: Send,
+    Req: Clone + Send + Sync + 'static,
+    I: RequestIdempotency<Req>,
+{
+    type Response = S::Response;
+    type Error = PipelineError<S::Error>;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Readiness is awaited per attempt, inside the pipeline's bulkhead and timeouts.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let idempotency = self.idempotency.idempotency(&request);
+        let pipeline = self.pipeline.clone();
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            pipeline
+                .run(idempotency, || {
+                    let mut service = inner.clone();
+                    let request = request.clone();
+                    async move {
+                        std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
+                        service.call(request).await
+                    }
+                })
+                .await
+        })
+    }
+}
