@@ -220,6 +220,14 @@ mod tests {
 
     const SEC: u64 = 1_000_000_000;
 
+    fn counts(calls: u32, failures: u32, slow: u32) -> Counts {
+        Counts {
+            calls,
+            failures,
+            slow,
+        }
+    }
+
     #[test]
     fn count_window_keeps_the_last_n() {
         let w = CountWindow::new(4);
@@ -227,24 +235,10 @@ mod tests {
         w.record(false, false);
         w.record(false, true);
         w.record(false, false);
-        assert_eq!(
-            w.counts(),
-            Counts {
-                calls: 4,
-                failures: 1,
-                slow: 1
-            }
-        );
+        assert_eq!(w.counts(), counts(4, 1, 1));
         // The failure rolls out.
         w.record(false, false);
-        assert_eq!(
-            w.counts(),
-            Counts {
-                calls: 4,
-                failures: 0,
-                slow: 1
-            }
-        );
+        assert_eq!(w.counts(), counts(4, 0, 1));
         w.reset();
         assert_eq!(w.counts(), Counts::default());
     }
@@ -261,14 +255,7 @@ mod tests {
             assert_eq!(w.counts().failures, 1, "still among the last 4 calls");
         }
         w.record(false, false);
-        assert_eq!(
-            w.counts(),
-            Counts {
-                calls: 4,
-                failures: 0,
-                slow: 0
-            }
-        );
+        assert_eq!(w.counts(), counts(4, 0, 0));
     }
 
     #[test]
@@ -303,21 +290,7 @@ mod tests {
         let w = TimeWindow::new(Duration::from_secs(10));
         w.record(0, true, false);
         w.record(SEC, false, true);
-        assert_eq!(
-            w.record(2 * SEC, true, true),
-            Some(Counts {
-                calls: 3,
-                failures: 2,
-                slow: 2
-            })
-        );
-        assert_eq!(
-            w.counts(11 * SEC),
-            Counts {
-                calls: 1,
-                failures: 1,
-                slow: 1
-            }
-        );
+        assert_eq!(w.record(2 * SEC, true, true), Some(counts(3, 2, 2)));
+        assert_eq!(w.counts(11 * SEC), counts(1, 1, 1));
     }
 }

@@ -50,17 +50,22 @@ async fn work_that_finishes_in_time_keeps_its_result_or_error() {
     assert!(matches!(failed, Err(TimeoutOr::Inner(_))));
 }
 
+/// A task that takes a slot and keeps it for a minute.
+fn hold_slot(
+    bulkhead: &Bulkhead,
+) -> tokio::task::JoinHandle<Result<(), keel_resilience::bulkhead::BulkheadFull>> {
+    let bulkhead = bulkhead.clone();
+    tokio::spawn(async move {
+        bulkhead
+            .run(tokio::time::sleep(Duration::from_secs(60)))
+            .await
+    })
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_full_bulkhead_refuses_after_its_wait() {
     let bulkhead = Bulkhead::new("db", 1, Duration::from_millis(100));
-    let holder = {
-        let bulkhead = bulkhead.clone();
-        tokio::spawn(async move {
-            bulkhead
-                .run(tokio::time::sleep(Duration::from_secs(60)))
-                .await
-        })
-    };
+    let holder = hold_slot(&bulkhead);
     tokio::task::yield_now().await;
     assert_eq!(bulkhead.available(), 0);
     let start = Instant::now();
@@ -90,14 +95,7 @@ async fn a_cancelled_call_releases_its_slot() {
         "the timed-out call gave its slot back"
     );
     // Cancelled by aborting its task.
-    let task = {
-        let bulkhead = bulkhead.clone();
-        tokio::spawn(async move {
-            bulkhead
-                .run(tokio::time::sleep(Duration::from_secs(60)))
-                .await
-        })
-    };
+    let task = hold_slot(&bulkhead);
     tokio::task::yield_now().await;
     assert_eq!(bulkhead.available(), 0);
     task.abort();

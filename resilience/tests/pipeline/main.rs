@@ -29,6 +29,12 @@ impl Classify for Fault {
     }
 }
 
+/// Work that never answers in time.
+async fn hangs() -> Result<(), Fault> {
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    Ok(())
+}
+
 fn retry(attempts: u32) -> Retry {
     Retry::new(
         RetryConfig::builder("t")
@@ -80,10 +86,7 @@ async fn attempt_timeouts_are_retried_and_count_as_breaker_failures() {
         .build();
     let start = Instant::now();
     let error = pipeline
-        .run(Idempotency::Idempotent, || async {
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            Ok::<(), Fault>(())
-        })
+        .run(Idempotency::Idempotent, hangs)
         .await
         .unwrap_err();
     assert!(
@@ -107,10 +110,7 @@ async fn the_total_timeout_bounds_retries_and_their_delays() {
         .build();
     let start = Instant::now();
     let error = pipeline
-        .run(Idempotency::Idempotent, || async {
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            Ok::<(), Fault>(())
-        })
+        .run(Idempotency::Idempotent, hangs)
         .await
         .unwrap_err();
     assert!(matches!(error, PipelineError::TotalTimeout(_)), "{error:?}");
