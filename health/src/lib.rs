@@ -1,17 +1,49 @@
 //! # keel-health
 //!
-//! Liveness, readiness and startup checks for services.
+//! Liveness, readiness and startup probes that cannot stampede a dependency.
 //!
-//! **Status:** this crate is reserved in the workspace and is being built; it exports
-//! nothing yet. It will hold a `HealthCheck` trait and a registry (names, tags, per-check
-//! timeouts, criticality, concurrent execution, cached single-flight results), built-in
-//! Redis, PostgreSQL, HTTP and circuit-breaker checks, an axum router serving
-//! `/health/live`, `/health/ready`, `/health/startup` and `/health` in
-//! `application/health+json`, readiness that drains on shutdown, and a background
-//! publisher that exports check results as metrics.
+//! ```
+//! use std::time::Duration;
+//! use keel_health::{check_fn, health_router, CheckResult, HealthRegistry, Registration, Tag};
 //!
-//! # Features
+//! let health = HealthRegistry::builder()
+//!     .cache_ttl(Duration::from_secs(2))
+//!     .register(
+//!         Registration::new("queue", check_fn(|| async { CheckResult::pass() }))
+//!             .tags([Tag::Ready])
+//!             .timeout(Duration::from_millis(500)),
+//!     )
+//!     .build();
+//! let app: axum::Router = axum::Router::new().merge(health_router(health.clone(), true));
+//! // At startup's end: health.mark_started();
+//! // On SIGTERM, before stopping the server: health.drain(Duration::from_secs(5)).await;
+//! ```
+//!
+//! | item | what it is |
+//! |---|---|
+//! | [`HealthCheck`], [`check_fn`] | a check: async, returns pass / warn / fail with an observed value |
+//! | [`Registration`] | a check's name, [`Tag`]s, timeout and criticality |
+//! | [`HealthRegistry`] | runs checks concurrently, caches results with single flight, drains on shutdown, publishes metrics |
+//! | [`health_router`] | `/health/live`, `/health/ready`, `/health/startup`, `/health` in `application/health+json` |
+//! | [`checks`] | Redis, PostgreSQL, HTTP and circuit-breaker checks (features) |
+//!
+//! ## Features
 //!
 //! | feature | what it adds |
 //! |---|---|
-//! | `circuit-breaker` | a check that reports a `keel-resilience` breaker's state |
+//! | `redis` | [`checks::RedisCheck`](checks) (`PING`) |
+//! | `postgres` | [`checks::PostgresCheck`](checks) (`SELECT 1` from a deadpool-postgres pool) |
+//! | `http-check` | [`checks::HttpCheck`](checks) (status and latency threshold) |
+//! | `circuit-breaker` | [`checks::BreakerCheck`](checks) (a keel-resilience breaker's state) |
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod check;
+pub mod checks;
+mod registry;
+mod router;
+
+pub use check::{CheckResult, FnCheck, HealthCheck, Status, check_fn};
+pub use registry::{
+    CheckOutcome, HealthRegistry, HealthRegistryBuilder, HealthReport, Registration, Tag,
+};
+pub use router::{HEALTH_JSON, health_router};

@@ -1,0 +1,419 @@
+//! The registry: which checks exist, how they run, and what they found.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::check::{CheckResult, HealthCheck, Status};
+
+/// Which probe a check belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Tag {
+    /// `/health/live`: only the process's own state. Never tag a dependency `Live`: a
+    /// failing liveness probe restarts the container.
+    Live,
+    /// `/health/ready`: dependencies needed to serve traffic.
+    Ready,
+    /// `/health/startup`: one-off startup work.
+    Startup,
+    /// Your own grouping.
+    Custom(Cow<'static, str>),
+}
+
+/// One registered check and how to run it.
+///
+/// ```
+/// use std::time::Duration;
+/// use keel_health::{check_fn, CheckResult, Registration, Tag};
+///
+/// let cache = Registration::new("cache", check_fn(|| async { CheckResult::pass() }))
+///     .tags([Tag::Ready])
+///     .timeout(Duration::from_millis(500))
+///     .non_critical(); // a failing cache degrades the service, it does not stop it
+/// ```
+#[must_use]
+pub struct Registration {
+    name: String,
+    check: Arc<dyn HealthCheck>,
+    tags: Vec<Tag>,
+    timeout: Duration,
+    critical: bool,
+}
+
+impl fmt::Debug for Registration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registration")
+            .field("name", &self.name)
+            .field("tags", &self.tags)
+            .field("timeout", &self.timeout)
+            .field("critical", &self.critical)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registration {
+    /// A critical check named `name`, tagged `Ready`, with a 1 s timeout (Kubernetes'
+    /// default probe timeout).
+    pub fn new(name: impl Into<String>, check: impl HealthCheck) -> Self {
+        Registration {
+            name: name.into(),
+            check: Arc::new(check),
+            tags: vec![Tag::Ready],
+            timeout: Duration::from_secs(1),
+            critical: true,
+        }
+    }
+
+    /// Replaces the tags.
+    pub fn tags(mut self, tags: impl IntoIterator<Item = Tag>) -> Self {
+        self.tags = tags.into_iter().collect();
+        self
+    }
+
+    /// How long the check may take before it counts as failed.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// A failure of this check makes the whole `warn`, not `fail`.
+    pub fn non_critical(mut self) -> Self {
+        self.critical = false;
+        self
+    }
+}
+
+/// One check's latest outcome.
+#[derive(Clone, Debug)]
+pub struct CheckOutcome {
+    /// The check's name.
+    pub name: String,
+    /// Its `componentType`.
+    pub component_type: &'static str,
+    /// Its measurement name.
+    pub measurement: &'static str,
+    /// What it found.
+    pub result: CheckResult,
+    /// Whether its failure fails the whole.
+    pub critical: bool,
+    /// How long it ran.
+    pub duration: Duration,
+    /// When it finished.
+    pub time: SystemTime,
+}
+
+struct Cached {
+    at: Instant,
+    outcome: Arc<CheckOutcome>,
+}
+
+struct Entry {
+    registration: Registration,
+    cache: tokio::sync::Mutex<Option<Cached>>,
+}
+
+struct Inner {
+    entries: Vec<Entry>,
+    ttl: Duration,
+    draining: AtomicBool,
+    started: AtomicBool,
+}
+
+/// The checks of a service, run concurrently with cached, single-flight results: while
+/// a result is younger than the cache TTL every probe gets it, and concurrent probes of
+/// a stale check wait for one run. A thousand probes a second reach a dependency at
+/// most once per TTL. Cheap to clone.
+///
+/// ```
+/// use std::time::Duration;
+/// use keel_health::{check_fn, CheckResult, HealthRegistry, Registration, Status};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let health = HealthRegistry::builder()
+///     .cache_ttl(Duration::from_secs(2))
+///     .register(Registration::new("queue", check_fn(|| async { CheckResult::pass() })))
+///     .build();
+/// let report = health.readiness().await;
+/// assert_eq!(report.status(), Status::Pass);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct HealthRegistry {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for HealthRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HealthRegistry")
+            .field("checks", &self.inner.entries.len())
+            .field("ttl", &self.inner.ttl)
+            .field("draining", &self.is_draining())
+            .finish()
+    }
+}
+
+/// Builds a [`HealthRegistry`].
+#[derive(Debug, Default)]
+#[must_use]
+pub struct HealthRegistryBuilder {
+    registrations: Vec<Registration>,
+    ttl: Option<Duration>,
+    started: bool,
+}
+
+impl HealthRegistryBuilder {
+    /// Adds a check.
+    pub fn register(mut self, registration: Registration) -> Self {
+        self.registrations.push(registration);
+        self
+    }
+
+    /// How long a result is reused (default 1 s; zero still merges concurrent probes of
+    /// one run).
+    pub fn cache_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Marks startup as done from the beginning (no startup work to wait for).
+    pub fn started(mut self) -> Self {
+        self.started = true;
+        self
+    }
+
+    /// The registry.
+    #[must_use]
+    pub fn build(self) -> HealthRegistry {
+        HealthRegistry {
+            inner: Arc::new(Inner {
+                entries: self
+                    .registrations
+                    .into_iter()
+                    .map(|registration| Entry {
+                        registration,
+                        cache: tokio::sync::Mutex::new(None),
+                    })
+                    .collect(),
+                ttl: self.ttl.unwrap_or(Duration::from_secs(1)),
+                draining: AtomicBool::new(false),
+                started: AtomicBool::new(self.started),
+            }),
+        }
+    }
+}
+
+impl HealthRegistry {
+    /// A builder.
+    pub fn builder() -> HealthRegistryBuilder {
+        HealthRegistryBuilder::default()
+    }
+
+    /// Runs the checks tagged `tag` (all checks for `None`), concurrently.
+    pub async fn run(&self, tag: Option<&Tag>) -> HealthReport {
+        let runs = self
+            .inner
+            .entries
+            .iter()
+            .filter(|e| tag.is_none_or(|t| e.registration.tags.contains(t)))
+            .map(|e| self.run_cached(e));
+        HealthReport::new(futures_util::future::join_all(runs).await)
+    }
+
+    /// Liveness: the checks tagged `Live` (none by default: the process answers).
+    pub async fn liveness(&self) -> HealthReport {
+        self.run(Some(&Tag::Live)).await
+    }
+
+    /// Readiness: the checks tagged `Ready`; `fail` while draining.
+    pub async fn readiness(&self) -> HealthReport {
+        if self.is_draining() {
+            return HealthReport::refusing("draining: the service is shutting down");
+        }
+        self.run(Some(&Tag::Ready)).await
+    }
+
+    /// Startup: `fail` until [`mark_started`](Self::mark_started), then the checks
+    /// tagged `Startup`.
+    pub async fn startup(&self) -> HealthReport {
+        if !self.inner.started.load(Ordering::Acquire) {
+            return HealthReport::refusing("starting: startup work is not done");
+        }
+        self.run(Some(&Tag::Startup)).await
+    }
+
+    /// Marks startup work as done.
+    pub fn mark_started(&self) {
+        self.inner.started.store(true, Ordering::Release);
+    }
+
+    /// Turns readiness to `fail` at once (liveness is unaffected), so the load
+    /// balancer stops sending traffic.
+    pub fn begin_drain(&self) {
+        if !self.inner.draining.swap(true, Ordering::AcqRel) {
+            tracing::info!("health: draining, readiness now fails");
+        }
+    }
+
+    /// Whether the service is draining.
+    #[must_use]
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Acquire)
+    }
+
+    /// [`begin_drain`](Self::begin_drain), then waits `period` for load balancers to
+    /// notice. Await it in a server's graceful-shutdown future, before the server stops
+    /// accepting.
+    pub async fn drain(&self, period: Duration) {
+        self.begin_drain();
+        tokio::time::sleep(period).await;
+    }
+
+    /// Runs every check each `interval` in the background (through the cache), so
+    /// their status and duration metrics stay current without probes. The task stops
+    /// when the handle is aborted or the runtime shuts down.
+    #[must_use = "dropping the handle detaches the publisher; keep it to stop it with abort()"]
+    pub fn spawn_publisher(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let registry = self.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let _ = registry.run(None).await;
+            }
+        })
+    }
+
+    async fn run_cached(&self, entry: &Entry) -> Arc<CheckOutcome> {
+        let mut cached = entry.cache.lock().await;
+        if let Some(c) = cached.as_ref()
+            && c.at.elapsed() < self.inner.ttl
+        {
+            return c.outcome.clone();
+        }
+        let outcome = Arc::new(run_once(&entry.registration).await);
+        *cached = Some(Cached {
+            at: Instant::now(),
+            outcome: outcome.clone(),
+        });
+        outcome
+    }
+}
+
+/// Runs one check on its own task, so a panic fails the check instead of the caller,
+/// and under its timeout, which aborts it.
+async fn run_once(registration: &Registration) -> CheckOutcome {
+    let start = Instant::now();
+    let check = registration.check.clone();
+    let task = tokio::spawn(async move { check.check().await });
+    let abort = task.abort_handle();
+    let result = match tokio::time::timeout(registration.timeout, task).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(join)) if join.is_panic() => CheckResult::fail("the check panicked"),
+        Ok(Err(_)) => CheckResult::fail("the check was cancelled"),
+        Err(_) => {
+            abort.abort();
+            CheckResult::fail(format!("timed out after {:?}", registration.timeout))
+        }
+    };
+    let duration = start.elapsed();
+    let name = registration.name.clone();
+    metrics::gauge!("health_check_status", "check" => name.clone()).set(result.status().as_gauge());
+    metrics::gauge!("health_check_duration_seconds", "check" => name.clone())
+        .set(duration.as_secs_f64());
+    if result.status() != Status::Pass {
+        tracing::warn!(check = %name, status = %result.status(), output = result.output().unwrap_or(""), "health check not passing");
+    }
+    CheckOutcome {
+        name,
+        component_type: registration.check.component_type(),
+        measurement: registration.check.measurement(),
+        result,
+        critical: registration.critical,
+        duration,
+        time: SystemTime::now(),
+    }
+}
+
+/// The outcome of one probe: the overall status and each check's outcome.
+#[derive(Clone, Debug)]
+pub struct HealthReport {
+    status: Status,
+    output: Option<&'static str>,
+    checks: Vec<Arc<CheckOutcome>>,
+}
+
+impl HealthReport {
+    fn new(checks: Vec<Arc<CheckOutcome>>) -> Self {
+        let status = checks.iter().fold(Status::Pass, |worst, c| {
+            let status = match (c.result.status(), c.critical) {
+                (Status::Fail, false) => Status::Warn,
+                (status, _) => status,
+            };
+            worst.max(status)
+        });
+        HealthReport {
+            status,
+            output: None,
+            checks,
+        }
+    }
+
+    fn refusing(output: &'static str) -> Self {
+        HealthReport {
+            status: Status::Fail,
+            output: Some(output),
+            checks: Vec::new(),
+        }
+    }
+
+    /// The worst status among the checks (a non-critical failure counts as `warn`).
+    #[must_use]
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    /// Each check's outcome.
+    #[must_use]
+    pub fn checks(&self) -> &[Arc<CheckOutcome>] {
+        &self.checks
+    }
+
+    /// The `application/health+json` body. Without details, only `status` (and the
+    /// reason for a refusal) is shown, for public exposure.
+    #[must_use]
+    pub fn to_json(&self, details: bool) -> serde_json::Value {
+        let mut body = serde_json::Map::new();
+        body.insert("status".into(), self.status.to_string().into());
+        if let Some(output) = self.output {
+            body.insert("output".into(), output.into());
+        }
+        if details && !self.checks.is_empty() {
+            let mut checks = serde_json::Map::new();
+            for c in &self.checks {
+                let mut item = serde_json::Map::new();
+                item.insert("componentId".into(), c.name.clone().into());
+                item.insert("componentType".into(), c.component_type.into());
+                if let Some((value, unit)) = c.result.observation() {
+                    item.insert("observedValue".into(), value.into());
+                    item.insert("observedUnit".into(), unit.into());
+                }
+                item.insert("status".into(), c.result.status().to_string().into());
+                item.insert(
+                    "time".into(),
+                    humantime::format_rfc3339_millis(c.time).to_string().into(),
+                );
+                if let Some(output) = c.result.output() {
+                    item.insert("output".into(), output.into());
+                }
+                let key = format!("{}:{}", c.name, c.measurement);
+                checks.insert(key, serde_json::Value::Array(vec![item.into()]));
+            }
+            body.insert("checks".into(), checks.into());
+        }
+        body.into()
+    }
+}

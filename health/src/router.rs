@@ -1,0 +1,78 @@
+//! The HTTP endpoints.
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::registry::{HealthRegistry, HealthReport};
+
+/// The media type of the draft's health responses.
+pub const HEALTH_JSON: &str = "application/health+json";
+
+#[derive(Clone)]
+struct Endpoint {
+    registry: HealthRegistry,
+    details: bool,
+}
+
+/// An axum router with the four probes:
+///
+/// | path | runs | answers |
+/// |---|---|---|
+/// | `/health/live` | checks tagged `Live` (none by default) | 200 unless one fails |
+/// | `/health/ready` | checks tagged `Ready`; fails at once while draining | 200 / 503 |
+/// | `/health/startup` | fails until startup is marked done, then `Startup` checks | 200 / 503 |
+/// | `/health` | every check, with details unless turned off | 200 / 503 |
+///
+/// Bodies are `application/health+json` with `Cache-Control: no-store`; `pass` and
+/// `warn` answer 200, `fail` 503. Pass `details: false` when the endpoints are public:
+/// only the status is shown.
+///
+/// ```
+/// use keel_health::{health_router, HealthRegistry};
+///
+/// let health = HealthRegistry::builder().started().build();
+/// let app: axum::Router = axum::Router::new().merge(health_router(health, true));
+/// ```
+pub fn health_router<S: Clone + Send + Sync + 'static>(
+    registry: HealthRegistry,
+    details: bool,
+) -> Router<S> {
+    let endpoint = Endpoint { registry, details };
+    Router::new()
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/health/startup", get(startup))
+        .route("/health", get(all))
+        .with_state(endpoint)
+}
+
+fn respond(report: &HealthReport, details: bool) -> Response {
+    let body = report.to_json(details).to_string();
+    (
+        report.status().http_status(),
+        [
+            (http::header::CONTENT_TYPE, HEALTH_JSON),
+            (http::header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn live(State(e): State<Endpoint>) -> Response {
+    respond(&e.registry.liveness().await, e.details)
+}
+
+async fn ready(State(e): State<Endpoint>) -> Response {
+    respond(&e.registry.readiness().await, e.details)
+}
+
+async fn startup(State(e): State<Endpoint>) -> Response {
+    respond(&e.registry.startup().await, e.details)
+}
+
+async fn all(State(e): State<Endpoint>) -> Response {
+    respond(&e.registry.run(None).await, e.details)
+}
