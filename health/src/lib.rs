@@ -44,6 +44,6 @@ mod router;
 
 pub use check::{CheckResult, FnCheck, HealthCheck, Status, check_fn};
 pub use registry::{
-    CheckOutcome, HealthRegistry, HealthRegistryBuilder, HealthReport, Registration, Tag,
+    CheckOutcome, HealthRegistry, HealthRegistryBuilder, HealthReport, Registration, Rendered, Tag,
 };
 pub use router::{HEALTH_JSON, health_router};

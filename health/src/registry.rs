@@ -120,6 +120,18 @@ struct Inner {
     ttl: Duration,
     draining: AtomicBool,
     started: AtomicBool,
+    /// Rendered bodies per (tag, details), reused until their oldest result expires.
+    rendered: std::sync::RwLock<Vec<(Option<Tag>, bool, Rendered)>>,
+}
+
+/// A rendered probe response.
+#[derive(Clone, Debug)]
+pub struct Rendered {
+    /// The overall status.
+    pub status: Status,
+    /// The `application/health+json` body.
+    pub body: bytes::Bytes,
+    fresh_until: Instant,
 }
 
 /// The checks of a service, run concurrently with cached, single-flight results: while
@@ -200,6 +212,7 @@ impl HealthRegistryBuilder {
                 ttl: self.ttl.unwrap_or(Duration::from_secs(1)),
                 draining: AtomicBool::new(false),
                 started: AtomicBool::new(self.started),
+                rendered: std::sync::RwLock::new(Vec::new()),
             }),
         }
     }
@@ -219,7 +232,60 @@ impl HealthRegistry {
             .iter()
             .filter(|e| tag.is_none_or(|t| e.registration.tags.contains(t)))
             .map(|e| self.run_cached(e));
-        HealthReport::new(futures_util::future::join_all(runs).await)
+        let results = futures_util::future::join_all(runs).await;
+        let oldest = results.iter().map(|(_, at)| *at).min();
+        let mut report =
+            HealthReport::new(results.into_iter().map(|(outcome, _)| outcome).collect());
+        report.fresh_until =
+            oldest.map_or_else(|| Instant::now() + self.inner.ttl, |at| at + self.inner.ttl);
+        report
+    }
+
+    /// The rendered body for `tag`'s checks, reused while every result in it is within
+    /// the cache TTL: a cached probe is a lock-free-ish read and a reference-count
+    /// increment, with no JSON work.
+    pub async fn render(&self, tag: Option<&Tag>, details: bool) -> Rendered {
+        let now = Instant::now();
+        if let Ok(rendered) = self.inner.rendered.read()
+            && let Some((_, _, r)) = rendered
+                .iter()
+                .find(|(t, d, r)| t.as_ref() == tag && *d == details && now < r.fresh_until)
+        {
+            return r.clone();
+        }
+        let report = self.run(tag).await;
+        let fresh = Rendered {
+            status: report.status(),
+            body: bytes::Bytes::from(report.to_json(details).to_string()),
+            fresh_until: report.fresh_until,
+        };
+        if let Ok(mut rendered) = self.inner.rendered.write() {
+            match rendered
+                .iter_mut()
+                .find(|(t, d, _)| t.as_ref() == tag && *d == details)
+            {
+                Some(slot) => slot.2 = fresh.clone(),
+                None => rendered.push((tag.cloned(), details, fresh.clone())),
+            }
+        }
+        fresh
+    }
+
+    /// The rendered readiness response (a refusal while draining, never cached).
+    pub async fn render_readiness(&self, details: bool) -> Rendered {
+        if self.is_draining() {
+            return HealthReport::refusing("draining: the service is shutting down")
+                .rendered(details);
+        }
+        self.render(Some(&Tag::Ready), details).await
+    }
+
+    /// The rendered startup response (a refusal until started, never cached).
+    pub async fn render_startup(&self, details: bool) -> Rendered {
+        if !self.inner.started.load(Ordering::Acquire) {
+            return HealthReport::refusing("starting: startup work is not done").rendered(details);
+        }
+        self.render(Some(&Tag::Startup), details).await
     }
 
     /// Liveness: the checks tagged `Live` (none by default: the process answers).
@@ -287,19 +353,20 @@ impl HealthRegistry {
         })
     }
 
-    async fn run_cached(&self, entry: &Entry) -> Arc<CheckOutcome> {
+    async fn run_cached(&self, entry: &Entry) -> (Arc<CheckOutcome>, Instant) {
         let mut cached = entry.cache.lock().await;
         if let Some(c) = cached.as_ref()
             && c.at.elapsed() < self.inner.ttl
         {
-            return c.outcome.clone();
+            return (c.outcome.clone(), c.at);
         }
         let outcome = Arc::new(run_once(&entry.registration).await);
+        let at = Instant::now();
         *cached = Some(Cached {
-            at: Instant::now(),
+            at,
             outcome: outcome.clone(),
         });
-        outcome
+        (outcome, at)
     }
 }
 
@@ -344,6 +411,7 @@ pub struct HealthReport {
     status: Status,
     output: Option<&'static str>,
     checks: Vec<Arc<CheckOutcome>>,
+    fresh_until: Instant,
 }
 
 impl HealthReport {
@@ -359,6 +427,7 @@ impl HealthReport {
             status,
             output: None,
             checks,
+            fresh_until: Instant::now(),
         }
     }
 
@@ -367,6 +436,15 @@ impl HealthReport {
             status: Status::Fail,
             output: Some(output),
             checks: Vec::new(),
+            fresh_until: Instant::now(),
+        }
+    }
+
+    fn rendered(&self, details: bool) -> Rendered {
+        Rendered {
+            status: self.status,
+            body: bytes::Bytes::from(self.to_json(details).to_string()),
+            fresh_until: self.fresh_until,
         }
     }
 

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::registry::{HealthRegistry, HealthReport};
+use crate::registry::{HealthRegistry, Rendered, Tag};
 
 /// The media type of the draft's health responses.
 pub const HEALTH_JSON: &str = "application/health+json";
@@ -48,31 +48,30 @@ pub fn health_router<S: Clone + Send + Sync + 'static>(
         .with_state(endpoint)
 }
 
-fn respond(report: &HealthReport, details: bool) -> Response {
-    let body = report.to_json(details).to_string();
+fn respond(rendered: Rendered) -> Response {
     (
-        report.status().http_status(),
+        rendered.status.http_status(),
         [
             (http::header::CONTENT_TYPE, HEALTH_JSON),
             (http::header::CACHE_CONTROL, "no-store"),
         ],
-        body,
+        rendered.body,
     )
         .into_response()
 }
 
 async fn live(State(e): State<Endpoint>) -> Response {
-    respond(&e.registry.liveness().await, e.details)
+    respond(e.registry.render(Some(&Tag::Live), e.details).await)
 }
 
 async fn ready(State(e): State<Endpoint>) -> Response {
-    respond(&e.registry.readiness().await, e.details)
+    respond(e.registry.render_readiness(e.details).await)
 }
 
 async fn startup(State(e): State<Endpoint>) -> Response {
-    respond(&e.registry.startup().await, e.details)
+    respond(e.registry.render_startup(e.details).await)
 }
 
 async fn all(State(e): State<Endpoint>) -> Response {
-    respond(&e.registry.run(None).await, e.details)
+    respond(e.registry.render(None, e.details).await)
 }

@@ -277,3 +277,24 @@ async fn http_and_breaker_checks() {
     breaker.force_open();
     assert_eq!(breaker_check.check().await.status(), Status::Fail);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_publisher_runs_the_checks_on_its_interval() {
+    let runs = Arc::new(AtomicU32::new(0));
+    let counter = runs.clone();
+    let registry = HealthRegistry::builder()
+        .cache_ttl(Duration::ZERO)
+        .register(Registration::new(
+            "db",
+            check_fn(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async { CheckResult::pass() }
+            }),
+        ))
+        .build();
+    let publisher = registry.spawn_publisher(Duration::from_secs(10));
+    // Ticks at 0, 10, 20 and 30 s.
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    publisher.abort();
+    assert_eq!(runs.load(Ordering::SeqCst), 4);
+}
