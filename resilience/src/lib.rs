@@ -13,6 +13,7 @@
 //! | [`bulkhead`] | [`Bulkhead`](bulkhead::Bulkhead): a concurrency limit with a bounded wait |
 //! | [`rate_limit`] | [`RateLimiter`](rate_limit::RateLimiter) and [`KeyedRateLimiter`](rate_limit::KeyedRateLimiter) on governor; `RedisRateLimiter`, a GCRA in one Lua script shared by every instance (feature `redis`) |
 //! | [`pipeline`] | [`Pipeline`](pipeline::Pipeline): rate limit → total timeout → retry → breaker → bulkhead → attempt timeout, in that order |
+//! | [`layers`] | zero-allocation [`TimeoutLayer`](layers::TimeoutLayer) and [`RateLimitLayer`](layers::RateLimitLayer) |
 //! | [`pipeline_layer`] | [`PipelineLayer`](pipeline_layer::PipelineLayer): the pipeline, or any one policy, as a tower layer |
 //! | [`fallback`] | [`with_fallback`](fallback::with_fallback): a second answer for chosen errors |
 //! | [`hedge`] | [`Hedge`](hedge::Hedge): start another attempt when one is slow, take the first success |
@@ -50,6 +51,7 @@ pub mod classify;
 pub mod fallback;
 pub mod hedge;
 pub mod keyed;
+pub mod layers;
 pub mod pipeline;
 pub mod pipeline_layer;
 pub mod rate_limit;

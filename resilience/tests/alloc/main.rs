@@ -1,4 +1,4 @@
-//! The breaker's call path allocates nothing: counted by dhat's heap profiler, which
+//! The breaker, rate-limit and timeout call paths allocate nothing: counted by dhat's heap profiler, which
 //! replaces the global allocator in this test binary only.
 
 use std::sync::Arc;
@@ -19,7 +19,7 @@ fn blocks_during(f: impl FnOnce()) -> u64 {
 }
 
 #[test]
-fn breaker_calls_allocate_nothing() {
+fn hot_paths_allocate_nothing() {
     let _profiler = dhat::Profiler::builder().testing().build();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -84,4 +84,26 @@ fn breaker_calls_allocate_nothing() {
         });
     });
     assert_eq!(blocks, 0, "the tower layer allocated");
+
+    let limiter = Arc::new(keel_resilience::rate_limit::RateLimiter::new(
+        "alloc",
+        keel_resilience::rate_limit::quota(u32::MAX, u32::MAX),
+    ));
+    let mut limited = ServiceBuilder::new()
+        .layer(keel_resilience::layers::RateLimitLayer::new(limiter))
+        .layer(keel_resilience::layers::TimeoutLayer::new(
+            Duration::from_secs(5),
+        ))
+        .service(tower::service_fn(|()| async {
+            Ok::<_, std::io::Error>(())
+        }));
+    runtime.block_on(async { limited.ready().await.unwrap().call(()).await.unwrap() });
+    let blocks = blocks_during(|| {
+        runtime.block_on(async {
+            for _ in 0..1000 {
+                limited.ready().await.unwrap().call(()).await.unwrap();
+            }
+        });
+    });
+    assert_eq!(blocks, 0, "the rate-limit and timeout layers allocated");
 }
