@@ -159,6 +159,7 @@ where
         .map_err(|e| OtlpError::Exporter(e.to_string()))?;
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
+        .with_id_generator(CorrelatedIds)
         .with_resource(config.resource())
         .build();
     let tracer = provider.tracer("keel-observability");
@@ -166,6 +167,27 @@ where
         tracing_opentelemetry::layer().with_tracer(tracer),
         OtlpGuard { provider },
     ))
+}
+
+/// Trace ids for root spans come from the current [`RequestContext`], so the trace a
+/// request exports has the `trace_id` its log lines carry, with or without an incoming
+/// `traceparent`. Outside a request, and for span ids, ids are random.
+///
+/// [`RequestContext`]: crate::RequestContext
+#[derive(Debug)]
+struct CorrelatedIds;
+
+impl opentelemetry_sdk::trace::IdGenerator for CorrelatedIds {
+    fn new_trace_id(&self) -> opentelemetry::trace::TraceId {
+        let id = crate::RequestContext::with_current(|c| c.map(|c| c.trace().trace_id()))
+            .filter(|id| *id != 0)
+            .unwrap_or_else(|| fastrand::u128(1..));
+        opentelemetry::trace::TraceId::from(id)
+    }
+
+    fn new_span_id(&self) -> opentelemetry::trace::SpanId {
+        opentelemetry::trace::SpanId::from(fastrand::u64(1..))
+    }
 }
 
 /// The global OTLP metrics pipeline. Dropping it (or [`shutdown`](Self::shutdown))

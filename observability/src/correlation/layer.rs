@@ -80,14 +80,22 @@ where
                 .headers()
                 .get(headers::REQUEST_ID)
                 .is_some_and(|v| v == echo);
-        let span = tracing::info_span!(
-            "http_request",
-            http.request.method = %request.method(),
-            url.path = request.uri().path(),
-            correlation_id = context.correlation_id().as_str(),
-            trace_id = %format_args!("{:032x}", context.trace().trace_id()),
-            span_id = %format_args!("{:016x}", context.trace().span_id()),
-        );
+        let make_span = || {
+            tracing::info_span!(
+                "http_request",
+                http.request.method = %request.method(),
+                url.path = request.uri().path(),
+                correlation_id = context.correlation_id().as_str(),
+                trace_id = %format_args!("{:032x}", context.trace().trace_id()),
+                span_id = %format_args!("{:016x}", context.trace().span_id()),
+            )
+        };
+        // With OTLP on, the span is made inside the scope so that its exported trace id
+        // is the request's (see `otlp::CorrelatedIds`).
+        #[cfg(feature = "otlp")]
+        let span = context.clone().sync_scope(make_span);
+        #[cfg(not(feature = "otlp"))]
+        let span = make_span();
         #[cfg(feature = "otlp")]
         continue_remote_trace(&span, context.trace());
         let inner = context.scope(self.inner.call(request).instrument(span));

@@ -94,6 +94,37 @@ fn spans_and_metrics_are_exported_over_otlp_http() {
     tracing::info_span!("otlp_test_span", answer = 42).in_scope(|| {
         tracing::info!("inside the exported span");
     });
+    // A request with no incoming traceparent: the exported trace must use the trace id
+    // its log lines carry.
+    let request_trace_id = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            use tower::ServiceExt;
+            let app = axum::Router::new()
+                .route(
+                    "/traced",
+                    axum::routing::get(|| async {
+                        let id = keel_observability::RequestContext::current()
+                            .unwrap()
+                            .trace()
+                            .trace_id();
+                        tracing::info!("handling a traced request");
+                        id.to_string()
+                    }),
+                )
+                .layer(keel_observability::CorrelationLayer::new());
+            let request = axum::http::Request::get("/traced")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let response = app.oneshot(request).await.unwrap();
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            std::str::from_utf8(&body).unwrap().parse::<u128>().unwrap()
+        });
     metrics::counter!("keel_otlp_test_total", "route" => "/x").increment(3);
     let gauge = metrics::gauge!("keel_otlp_in_flight");
     gauge.increment(2.0);
@@ -113,6 +144,13 @@ fn spans_and_metrics_are_exported_over_otlp_http() {
     assert!(
         traces.iter().any(|(_, b)| contains(b, b"keel-otlp-test")),
         "service name resource"
+    );
+    assert!(
+        traces
+            .iter()
+            .any(|(_, b)| contains(b, b"http_request")
+                && contains(b, &request_trace_id.to_be_bytes())),
+        "the request span is exported with the trace id its log lines carry"
     );
 
     let pushed = received.bodies("/v1/metrics");
