@@ -233,16 +233,20 @@ impl HealthRegistry {
             .filter(|e| tag.is_none_or(|t| e.registration.tags.contains(t)))
             .map(|e| self.run_cached(e));
         let results = futures_util::future::join_all(runs).await;
-        let oldest = results.iter().map(|(_, at)| *at).min();
-        let mut report =
-            HealthReport::new(results.into_iter().map(|(outcome, _)| outcome).collect());
-        report.fresh_until =
-            oldest.map_or_else(|| Instant::now() + self.inner.ttl, |at| at + self.inner.ttl);
-        report
+        // The report is as fresh as its oldest result.
+        let oldest = results
+            .iter()
+            .map(|(_, at)| *at)
+            .min()
+            .unwrap_or_else(Instant::now);
+        HealthReport::new(
+            results.into_iter().map(|(outcome, _)| outcome).collect(),
+            oldest + self.inner.ttl,
+        )
     }
 
     /// The rendered body for `tag`'s checks, reused while every result in it is within
-    /// the cache TTL: a cached probe is a lock-free-ish read and a reference-count
+    /// the cache TTL: a cached probe is a read lock and a reference-count
     /// increment, with no JSON work.
     pub async fn render(&self, tag: Option<&Tag>, details: bool) -> Rendered {
         let now = Instant::now();
@@ -273,19 +277,32 @@ impl HealthRegistry {
 
     /// The rendered readiness response (a refusal while draining, never cached).
     pub async fn render_readiness(&self, details: bool) -> Rendered {
-        if self.is_draining() {
-            return HealthReport::refusing("draining: the service is shutting down")
-                .rendered(details);
+        match self.refusal(&Tag::Ready) {
+            Some(refusal) => refusal.rendered(details),
+            None => self.render(Some(&Tag::Ready), details).await,
         }
-        self.render(Some(&Tag::Ready), details).await
     }
 
     /// The rendered startup response (a refusal until started, never cached).
     pub async fn render_startup(&self, details: bool) -> Rendered {
-        if !self.inner.started.load(Ordering::Acquire) {
-            return HealthReport::refusing("starting: startup work is not done").rendered(details);
+        match self.refusal(&Tag::Startup) {
+            Some(refusal) => refusal.rendered(details),
+            None => self.render(Some(&Tag::Startup), details).await,
         }
-        self.render(Some(&Tag::Startup), details).await
+    }
+
+    /// The refusal a probe gets without running checks: readiness while draining,
+    /// startup until started.
+    fn refusal(&self, probe: &Tag) -> Option<HealthReport> {
+        match probe {
+            Tag::Ready if self.is_draining() => Some(HealthReport::refusing(
+                "draining: the service is shutting down",
+            )),
+            Tag::Startup if !self.inner.started.load(Ordering::Acquire) => {
+                Some(HealthReport::refusing("starting: startup work is not done"))
+            }
+            _ => None,
+        }
     }
 
     /// Liveness: the checks tagged `Live` (none by default: the process answers).
@@ -295,19 +312,19 @@ impl HealthRegistry {
 
     /// Readiness: the checks tagged `Ready`; `fail` while draining.
     pub async fn readiness(&self) -> HealthReport {
-        if self.is_draining() {
-            return HealthReport::refusing("draining: the service is shutting down");
+        match self.refusal(&Tag::Ready) {
+            Some(refusal) => refusal,
+            None => self.run(Some(&Tag::Ready)).await,
         }
-        self.run(Some(&Tag::Ready)).await
     }
 
     /// Startup: `fail` until [`mark_started`](Self::mark_started), then the checks
     /// tagged `Startup`.
     pub async fn startup(&self) -> HealthReport {
-        if !self.inner.started.load(Ordering::Acquire) {
-            return HealthReport::refusing("starting: startup work is not done");
+        match self.refusal(&Tag::Startup) {
+            Some(refusal) => refusal,
+            None => self.run(Some(&Tag::Startup)).await,
         }
-        self.run(Some(&Tag::Startup)).await
     }
 
     /// Marks startup work as done.
@@ -415,7 +432,7 @@ pub struct HealthReport {
 }
 
 impl HealthReport {
-    fn new(checks: Vec<Arc<CheckOutcome>>) -> Self {
+    fn new(checks: Vec<Arc<CheckOutcome>>, fresh_until: Instant) -> Self {
         let status = checks.iter().fold(Status::Pass, |worst, c| {
             let status = match (c.result.status(), c.critical) {
                 (Status::Fail, false) => Status::Warn,
@@ -427,7 +444,7 @@ impl HealthReport {
             status,
             output: None,
             checks,
-            fresh_until: Instant::now(),
+            fresh_until,
         }
     }
 

@@ -62,17 +62,7 @@ impl<E: Classify> Classify for TimeoutOr<E> {
 /// # Errors
 /// [`TimeoutError`] when the limit passed first.
 pub async fn with_timeout<F: Future>(limit: Duration, work: F) -> Result<F::Output, TimeoutError> {
-    match tokio::time::timeout(limit, work).await {
-        Ok(output) => Ok(output),
-        Err(_) => {
-            tracing::debug!(
-                limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
-                "timed out"
-            );
-            metrics::counter!("resilience_timeouts_total").increment(1);
-            Err(TimeoutError { after: limit })
-        }
-    }
+    OptionalTimeout::new(Some(limit), work).await
 }
 
 /// [`with_timeout`] for fallible work, flattening the two errors.
@@ -127,6 +117,10 @@ impl<F: Future> Future for OptionalTimeout<F> {
         if let Some(sleep) = this.sleep.as_pin_mut()
             && sleep.poll(cx).is_ready()
         {
+            tracing::debug!(
+                limit_ms = u64::try_from(this.limit.as_millis()).unwrap_or(u64::MAX),
+                "timed out"
+            );
             metrics::counter!("resilience_timeouts_total").increment(1);
             return std::task::Poll::Ready(Err(TimeoutError { after: *this.limit }));
         }

@@ -23,7 +23,7 @@ pub use postgres::PostgresCheck;
 pub use redis::RedisCheck;
 
 /// Milliseconds, for `observedValue`.
-#[allow(dead_code)]
+#[cfg(any(feature = "redis", feature = "postgres", feature = "http-check"))]
 fn millis(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }

@@ -203,8 +203,8 @@ impl fmt::Display for Problem {
 ///     }
 /// }
 ///
-/// let body = OrderError::Database("password=hunter2 rejected".into()).to_problem().to_json();
-/// assert!(!String::from_utf8(body).unwrap().contains("hunter2"));
+/// let body = OrderError::Database("replica db-7.internal:5432 is read-only".into()).to_problem().to_json();
+/// assert!(!String::from_utf8(body).unwrap().contains("db-7.internal"));
 /// ```
 pub trait IntoProblem {
     /// The code this error maps to.
@@ -244,7 +244,8 @@ impl IntoProblem for Problem {
 }
 
 /// A handler error that logs the full error (with its source chain) and answers with
-/// the safe problem. Return `Result<T, ApiError<E>>` from axum handlers; `?` converts.
+/// the safe problem. The error's `Display` text goes to the logs, so keep credentials
+/// and tokens out of error messages (as reqwest's `without_url()` does). Return `Result<T, ApiError<E>>` from axum handlers; `?` converts.
 ///
 /// ```
 /// use axum::{routing::get, Router};

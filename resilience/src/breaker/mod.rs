@@ -21,9 +21,10 @@ mod error;
 mod layer;
 mod window;
 
-use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
+use std::ops::Deref;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -207,12 +208,14 @@ impl fmt::Debug for CircuitBreaker {
     }
 }
 
-/// Leave to run one call, from [`CircuitBreaker::try_acquire`]. Report how it went with
+/// Leave to run one call, from [`CircuitBreaker::try_acquire`] ([`Permit`], borrowing
+/// the breaker) or [`CircuitBreaker::try_acquire_owned`] ([`OwnedPermit`], holding an
+/// `Arc` so it can live in a `'static` future). Report how the call went with
 /// [`record`](Self::record); dropping it unrecorded (a cancelled call) gives a half-open
 /// trial permit back.
 #[must_use = "a permit must be recorded, or the call does not count"]
-pub struct Permit<'a> {
-    breaker: &'a CircuitBreaker,
+pub struct PermitOf<B: Deref<Target = CircuitBreaker>> {
+    breaker: B,
     /// The state and generation the permit was issued in.
     phase: u64,
     /// When the call started, if slow calls are detected.
@@ -220,52 +223,22 @@ pub struct Permit<'a> {
     recorded: bool,
 }
 
-impl fmt::Debug for Permit<'_> {
+/// A permit borrowing its breaker.
+pub type Permit<'a> = PermitOf<&'a CircuitBreaker>;
+
+/// A permit owning a reference to its breaker.
+pub type OwnedPermit = PermitOf<Arc<CircuitBreaker>>;
+
+impl<B: Deref<Target = CircuitBreaker>> fmt::Debug for PermitOf<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit")
-            .field("state", &State::from_bits(self.phase))
-            .finish_non_exhaustive()
-    }
-}
-
-impl Permit<'_> {
-    /// Records the call's outcome; its duration is measured from the permit.
-    #[inline]
-    pub fn record(mut self, outcome: Outcome) {
-        self.recorded = true;
-        let slow = self.breaker.is_slow(self.start);
-        self.breaker.on_result(self.phase, outcome, slow);
-    }
-}
-
-impl Drop for Permit<'_> {
-    #[inline]
-    fn drop(&mut self) {
-        if !self.recorded && State::from_bits(self.phase) == State::HalfOpen {
-            self.breaker.release_trial(self.phase);
-        }
-    }
-}
-
-/// A [`Permit`] that owns its breaker, from [`CircuitBreaker::try_acquire_owned`].
-#[must_use = "a permit must be recorded, or the call does not count"]
-pub struct OwnedPermit {
-    breaker: std::sync::Arc<CircuitBreaker>,
-    phase: u64,
-    start: Option<Instant>,
-    recorded: bool,
-}
-
-impl fmt::Debug for OwnedPermit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OwnedPermit")
             .field("breaker", &self.breaker.name())
             .field("state", &State::from_bits(self.phase))
             .finish_non_exhaustive()
     }
 }
 
-impl OwnedPermit {
+impl<B: Deref<Target = CircuitBreaker>> PermitOf<B> {
     /// Records the call's outcome; its duration is measured from the permit.
     #[inline]
     pub fn record(mut self, outcome: Outcome) {
@@ -275,9 +248,10 @@ impl OwnedPermit {
     }
 }
 
-impl Drop for OwnedPermit {
+impl<B: Deref<Target = CircuitBreaker>> Drop for PermitOf<B> {
+    #[inline]
     fn drop(&mut self) {
-        if !self.recorded && State::from_bits(self.phase) == State::HalfOpen {
+        if !self.recorded {
             self.breaker.release_trial(self.phase);
         }
     }
@@ -395,22 +369,41 @@ impl CircuitBreaker {
     /// trial permits out.
     #[inline]
     pub fn try_acquire(&self) -> Result<Permit<'_>, CallNotPermitted> {
+        self.acquire(self)
+    }
+
+    /// Like [`try_acquire`](Self::try_acquire), for a breaker in an `Arc`: the permit
+    /// owns a reference, so it can live in a `'static` future.
+    ///
+    /// # Errors
+    /// As [`try_acquire`](Self::try_acquire).
+    pub fn try_acquire_owned(self: &Arc<Self>) -> Result<OwnedPermit, CallNotPermitted> {
+        self.acquire(Arc::clone(self))
+    }
+
+    /// Takes a permit that holds the breaker through `holder` (`&self` or an `Arc`).
+    #[inline]
+    fn acquire<B: Deref<Target = Self>>(&self, holder: B) -> Result<PermitOf<B>, CallNotPermitted> {
         let current = self.word.load(Ordering::Acquire);
         if matches!(
             State::from_bits(current),
             State::Closed | State::MetricsOnly | State::Disabled
         ) {
-            return Ok(self.permit(current));
+            return Ok(self.permit(current, holder));
         }
-        self.try_acquire_slow(current)
+        self.acquire_slow(current, holder)
     }
 
     #[cold]
-    fn try_acquire_slow(&self, mut current: u64) -> Result<Permit<'_>, CallNotPermitted> {
+    fn acquire_slow<B: Deref<Target = Self>>(
+        &self,
+        mut current: u64,
+        holder: B,
+    ) -> Result<PermitOf<B>, CallNotPermitted> {
         loop {
             match State::from_bits(current) {
                 State::Closed | State::MetricsOnly | State::Disabled => {
-                    return Ok(self.permit(current));
+                    return Ok(self.permit(current, holder));
                 }
                 State::ForcedOpen => return Err(self.reject(State::ForcedOpen, None)),
                 State::Open => {
@@ -437,7 +430,7 @@ impl CircuitBreaker {
                         Ordering::AcqRel,
                         Ordering::Acquire,
                     ) {
-                        Ok(_) => return Ok(self.permit(current)),
+                        Ok(_) => return Ok(self.permit(current, holder)),
                         Err(actual) => current = actual,
                     }
                 }
@@ -445,27 +438,10 @@ impl CircuitBreaker {
         }
     }
 
-    /// Like [`try_acquire`](Self::try_acquire), for a breaker in an `Arc`: the permit
-    /// owns a reference, so it can live in a `'static` future.
-    ///
-    /// # Errors
-    /// As [`try_acquire`](Self::try_acquire).
-    pub fn try_acquire_owned(self: &std::sync::Arc<Self>) -> Result<OwnedPermit, CallNotPermitted> {
-        let permit = self.try_acquire()?;
-        let (phase, start) = (permit.phase, permit.start);
-        std::mem::forget(permit);
-        Ok(OwnedPermit {
-            breaker: self.clone(),
-            phase,
-            start,
-            recorded: false,
-        })
-    }
-
     #[inline]
-    fn permit(&self, current: u64) -> Permit<'_> {
-        Permit {
-            breaker: self,
+    fn permit<B: Deref<Target = Self>>(&self, current: u64, holder: B) -> PermitOf<B> {
+        PermitOf {
+            breaker: holder,
             phase: word::phase(current),
             start: self.config.slow_calls.map(|_| Instant::now()),
             recorded: false,
@@ -481,7 +457,17 @@ impl CircuitBreaker {
         }
     }
 
+    /// Gives back a half-open trial permit issued in `phase` (a no-op in other states).
+    #[inline]
     fn release_trial(&self, phase: u64) {
+        if State::from_bits(phase) != State::HalfOpen {
+            return;
+        }
+        self.release_trial_slow(phase);
+    }
+
+    #[cold]
+    fn release_trial_slow(&self, phase: u64) {
         let mut current = self.word.load(Ordering::Acquire);
         while word::phase(current) == phase && word::issued(current) > 0 {
             let next = current - (1 << word::ISSUED_SHIFT);
@@ -519,7 +505,7 @@ impl CircuitBreaker {
             return; // issued before a transition: it says nothing about the new state
         }
         if outcome == Outcome::Ignored {
-            self.release_ignored(phase);
+            self.on_ignored(phase);
             return;
         }
         let failed = outcome == Outcome::Failure;
@@ -539,23 +525,20 @@ impl CircuitBreaker {
 
     #[cold]
     fn on_trial_result(&self, phase: u64, failed: bool, slow: bool) {
+        let trials = self.tally(phase, failed, slow);
+        if u32::from(trials.done) != self.config.half_open_permits {
+            return;
+        }
+        let counts = trials.counts();
+        // Trials are judged on their own: no minimum applies.
+        if counts.failure_rate() >= self.config.failure_rate_threshold
+            || counts.slow_rate() >= self.slow_rate_threshold()
         {
-            {
-                let trials = self.tally(phase, failed, slow);
-                if u32::from(trials.done) == self.config.half_open_permits {
-                    let counts = trials.counts();
-                    // Trials are judged on their own: no minimum applies.
-                    if counts.failure_rate() >= self.config.failure_rate_threshold
-                        || counts.slow_rate() >= self.slow_rate_threshold()
-                    {
-                        self.open(phase, counts);
-                    } else {
-                        self.window.reset();
-                        if self.transition(phase, State::Closed, counts) {
-                            self.consecutive_opens.store(0, Ordering::Release);
-                        }
-                    }
-                }
+            self.open(phase, counts);
+        } else {
+            self.window.reset();
+            if self.transition(phase, State::Closed, counts) {
+                self.consecutive_opens.store(0, Ordering::Release);
             }
         }
     }
@@ -590,10 +573,9 @@ impl CircuitBreaker {
     }
 
     /// An ignored half-open trial gives its permit back so another call can judge.
-    fn release_ignored(&self, phase: u64) {
-        if State::from_bits(phase) == State::HalfOpen {
-            self.release_trial(phase);
-        }
+    #[cold]
+    fn on_ignored(&self, phase: u64) {
+        self.release_trial(phase);
     }
 
     #[cold]
@@ -766,11 +748,5 @@ impl CircuitBreaker {
         let result = call().await;
         permit.record(classify(&result));
         result.map_err(BreakerError::Inner)
-    }
-}
-
-impl From<Cow<'static, str>> for CircuitBreakerConfig {
-    fn from(name: Cow<'static, str>) -> Self {
-        CircuitBreakerConfig::standard(name)
     }
 }

@@ -51,10 +51,8 @@ impl Classify for RateLimited {
     }
 }
 
-/// A limit of `per_second` calls per second with bursts of `burst`.
-///
-/// # Errors
-/// None: zero values are raised to one.
+/// A limit of `per_second` calls per second with bursts of `burst` (zeros are raised
+/// to one).
 #[must_use]
 pub fn quota(per_second: u32, burst: u32) -> Quota {
     let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
