@@ -1,13 +1,94 @@
 //! # keel-cache-layers
 //!
-//! A two-level cache for services: an in-process L1 (moka, holding `Arc<V>` so an L1 hit
-//! neither clones nor decodes) in front of an optional shared L2 on Redis, kept coherent
-//! across instances by a backplane.
+//! A two-level cache for services: an in-process L1 ([moka](https://docs.rs/moka),
+//! holding `Arc<V>` so an L1 hit neither clones nor decodes) in front of an optional
+//! shared L2 on Redis (single node or Redis Cluster), kept coherent across instances by a
+//! backplane that also catches up on what an instance missed while cut off.
 //!
-//! **Status:** this crate is reserved in the workspace and is being built; it exports
-//! nothing yet. It will hold `get` / `get_or_load` / `insert` / `invalidate` /
-//! `invalidate_tag` / `clear`, single-flight loads (optionally across instances with a
-//! distributed lock), TTL with jitter, negative caching, eager refresh, fail-safe, soft
-//! and hard loader timeouts, version-checked L2 writes, a Redis pub/sub backplane that
-//! catches up on invalidations missed while disconnected, write-through and write-behind,
-//! and per-layer metrics. Its L2 sits behind `keel-resilience` policies.
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use keel_cache_layers::{Cache, EntryOptions};
+//! use std::time::Duration;
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct User { name: String }
+//!
+//! let users = Cache::<User>::builder("users")
+//!     .entry_options(
+//!         EntryOptions::new(Duration::from_secs(300))
+//!             .jitter(Duration::from_secs(30))
+//!             .fail_safe(Duration::from_secs(3600)),
+//!     )
+//!     // .l2(RedisL2::single("redis://127.0.0.1:6379")?)  for the shared level
+//!     .build()?;
+//! let user = users
+//!     .get_or_load("42", || async { Ok::<_, std::io::Error>(User { name: "Ada".into() }) })
+//!     .await?;
+//! assert_eq!(user.name, "Ada");
+//! # Ok(()) }
+//! ```
+//!
+//! ## What it does
+//!
+//! - **Reads**: [`Cache::get`], [`Cache::peek`] (L1 only, synchronous),
+//!   [`Cache::get_or_load`] and [`Cache::get_or_load_optional`] (negative caching).
+//! - **Single-flight**: concurrent misses of a key share one load, run in its own task;
+//!   with [`CacheBuilder::distributed_lock`], one instance loads for all.
+//! - **Expiry**: per-entry TTL with jitter, eager refresh (stale-while-revalidate),
+//!   fail-safe (the last good value when the loader or L2 fails, for a bounded time and
+//!   with throttled retries), soft and hard loader timeouts. See [`EntryOptions`].
+//! - **Writes**: [`Cache::insert`] (write-through), [`Cache::insert_behind`]
+//!   (write-behind: bounded queue, order kept, flushed by [`Cache::shutdown`]),
+//!   [`Cache::warm`].
+//! - **Invalidation**: [`Cache::invalidate`], [`Cache::invalidate_tag`], [`Cache::clear`],
+//!   here, in L2 and on every other instance.
+//! - **Coherence** (feature `redis`): invalidations go out on Redis pub/sub and into a
+//!   numbered log; an instance that was cut off replays what it missed when it comes back
+//!   (or drops its L1 when it cannot know). L2 writes are compare-and-set on a version, so
+//!   an older value never overwrites a newer one, and an invalidation leaves a tombstone
+//!   that a slower load cannot overwrite.
+//! - **Faults**: L2 calls go through a `keel-resilience` circuit breaker and timeouts;
+//!   with Redis down the cache serves from L1 and goes back to L2 by itself.
+//! - **Keys and values**: keys carry the namespace, a schema version and a generation;
+//!   the [`Codec`] is pluggable ([`Postcard`] by default) with LZ4 [`Compression`] above a
+//!   threshold; a record that does not decode is a miss.
+//! - **Metrics**: see [`CacheStats`] and the `stats` module docs for the `metrics` names.
+//!
+//! ## Features
+//!
+//! | feature | default | what |
+//! |---|---|---|
+//! | `redis` | yes | [`RedisL2`], the backplane, the distributed lock and write-behind to L2 |
+//!
+//! MSRV: the workspace's `rust-version` (1.88).
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(feature = "redis")]
+mod backplane;
+mod builder;
+mod cache;
+mod clock;
+mod codec;
+mod entry;
+mod error;
+mod flight;
+mod keys;
+#[cfg(feature = "redis")]
+mod l2;
+mod options;
+#[cfg(feature = "redis")]
+mod remote;
+pub mod stats;
+
+#[cfg(feature = "redis")]
+pub use backplane::BackplaneStatus;
+pub use builder::CacheBuilder;
+pub use cache::{Cache, Warmed};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use codec::{Codec, Compression, Postcard};
+pub use error::{BoxError, BuildError, CacheError, CodecError};
+#[cfg(feature = "redis")]
+pub use l2::{L2SetupError, RedisL2};
+pub use options::EntryOptions;
+pub use stats::CacheStats;

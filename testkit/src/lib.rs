@@ -31,10 +31,12 @@ mod binary;
 mod error;
 mod net;
 mod postgres;
+mod proxy;
 mod redis;
 mod resp;
 
 pub use error::{Result, TestkitError};
 pub use postgres::PostgresServer;
+pub use proxy::TcpProxy;
 pub use redis::{RedisCluster, RedisServer};
 pub use resp::Reply;

@@ -1,0 +1,480 @@
+//! The backplane: invalidations published on Redis pub/sub for live delivery, and kept in
+//! a Redis stream (numbered by a sequence counter) so an instance that was cut off catches
+//! up on exactly what it missed when it comes back.
+//!
+//! Each instance keeps a cursor: the last sequence number it has applied, and the epoch
+//! of the Redis data it was counting in. Pub/sub messages arrive with their sequence
+//! number; a gap in the numbers, a reconnect, or the periodic check (the sequence counter
+//! moved past the cursor) makes it read the stream from the cursor. If the stream no
+//! longer reaches back that far (it is trimmed), or Redis lost its data (the epoch
+//! changed), the instance cannot know what it missed and drops its whole L1 instead.
+//! Either way it never goes on serving a value invalidated while it was away.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use keel_resilience::timeout::with_timeout;
+use tokio::sync::Notify;
+
+use crate::keys::KeySpace;
+use crate::l2::{L2Error, PublishArgs, RedisL2};
+
+/// What the backplane does to the local cache.
+pub(crate) trait LocalCache: Send + Sync {
+    fn drop_key(&self, key: &str);
+    fn drop_tag(&self, tag: &str);
+    /// Drops every L1 entry; `resync` when it is because missed messages cannot be known.
+    fn drop_all(&self, resync: bool);
+    fn has_entries(&self) -> bool;
+    fn received(&self);
+}
+
+/// The kinds of invalidation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Key,
+    Tag,
+    Clear,
+}
+
+impl Kind {
+    fn code(self) -> &'static str {
+        match self {
+            Kind::Key => "k",
+            Kind::Tag => "t",
+            Kind::Clear => "c",
+        }
+    }
+
+    fn parse(code: &[u8]) -> Option<Self> {
+        match code {
+            b"k" => Some(Kind::Key),
+            b"t" => Some(Kind::Tag),
+            b"c" => Some(Kind::Clear),
+            _ => None,
+        }
+    }
+}
+
+/// Whether the backplane is connected, and how often it reconnected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BackplaneStatus {
+    /// Subscribed and caught up.
+    pub connected: bool,
+    /// Times it came back after losing its subscription (each followed by a catch-up).
+    pub reconnects: u64,
+    /// The last invalidation sequence number applied.
+    pub applied_seq: u64,
+}
+
+#[derive(Debug, Default)]
+struct Cursor {
+    epoch: Option<String>,
+    seq: u64,
+    /// Sequence numbers applied live, ahead of `seq` (after a gap).
+    ahead: BTreeSet<u64>,
+}
+
+const UNKNOWN: u64 = u64::MAX;
+const LOG_PAGE: usize = 512;
+
+#[derive(Debug)]
+pub(crate) struct Backplane {
+    pub(crate) origin: String,
+    pub(crate) keys: KeySpace,
+    pub(crate) l2: RedisL2,
+    cursor: Mutex<Cursor>,
+    generation: AtomicU64,
+    connected: AtomicBool,
+    ever_connected: AtomicBool,
+    reconnects: AtomicU64,
+    shutdown: Notify,
+    stopped: AtomicBool,
+    log_length: usize,
+    sync_every: Duration,
+}
+
+impl Backplane {
+    pub(crate) fn new(
+        l2: RedisL2,
+        keys: KeySpace,
+        log_length: usize,
+        sync_every: Duration,
+    ) -> Self {
+        Self {
+            origin: format!("{:016x}", fastrand::u64(..)),
+            keys,
+            l2,
+            cursor: Mutex::new(Cursor::default()),
+            generation: AtomicU64::new(UNKNOWN),
+            connected: AtomicBool::new(false),
+            ever_connected: AtomicBool::new(false),
+            reconnects: AtomicU64::new(0),
+            shutdown: Notify::new(),
+            stopped: AtomicBool::new(false),
+            log_length,
+            sync_every,
+        }
+    }
+
+    /// The namespace's generation, once known (entries of other generations are ignored).
+    pub(crate) fn generation(&self) -> Option<u64> {
+        match self.generation.load(Ordering::Acquire) {
+            UNKNOWN => None,
+            g => Some(g),
+        }
+    }
+
+    pub(crate) fn status(&self) -> BackplaneStatus {
+        let applied_seq = self.cursor.lock().map_or(0, |c| c.seq);
+        BackplaneStatus {
+            connected: self.connected.load(Ordering::Acquire),
+            reconnects: self.reconnects.load(Ordering::Relaxed),
+            applied_seq,
+        }
+    }
+
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.shutdown.notify_waiters();
+        self.shutdown.notify_one();
+    }
+
+    /// Publishes an invalidation to the other instances.
+    pub(crate) async fn publish(&self, kind: Kind, arg: &str) -> Result<(), L2Error> {
+        let candidate = epoch_candidate();
+        let (_, generation) = self
+            .l2
+            .publish(
+                &self.keys,
+                &PublishArgs {
+                    origin: &self.origin,
+                    kind: kind.code(),
+                    arg,
+                    log_length: self.log_length,
+                    epoch_candidate: &candidate,
+                },
+            )
+            .await?;
+        if kind == Kind::Clear {
+            self.raise_generation(generation);
+        }
+        Ok(())
+    }
+
+    fn raise_generation(&self, generation: u64) {
+        let _ = self
+            .generation
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |g| {
+                (g == UNKNOWN || g < generation).then_some(generation)
+            });
+    }
+
+    fn apply(&self, local: &dyn LocalCache, origin: &[u8], kind: Kind, generation: u64, arg: &str) {
+        if kind == Kind::Clear {
+            self.raise_generation(generation);
+        }
+        if origin == self.origin.as_bytes() {
+            return;
+        }
+        match kind {
+            Kind::Key => local.drop_key(arg),
+            Kind::Tag => local.drop_tag(arg),
+            Kind::Clear => local.drop_all(false),
+        }
+        local.received();
+    }
+
+    /// Applies one live message; true when it revealed a gap that needs a catch-up.
+    fn on_message(&self, local: &dyn LocalCache, payload: &[u8]) -> bool {
+        let mut parts = payload.splitn(5, |b| *b == b'|');
+        let (Some(origin), Some(kind), Some(seq), Some(generation), Some(arg)) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            tracing::warn!("ignored a malformed backplane message");
+            return false;
+        };
+        let (Some(kind), Some(seq), Some(generation), Ok(arg)) = (
+            Kind::parse(kind),
+            parse_u64(seq),
+            parse_u64(generation),
+            std::str::from_utf8(arg),
+        ) else {
+            tracing::warn!("ignored a malformed backplane message");
+            return false;
+        };
+        let Ok(mut cursor) = self.cursor.lock() else {
+            return false;
+        };
+        if cursor.epoch.is_none() || seq <= cursor.seq || cursor.ahead.contains(&seq) {
+            return false; // not caught up yet (the catch-up covers it), or already applied
+        }
+        self.apply(local, origin, kind, generation, arg);
+        if seq == cursor.seq + 1 {
+            cursor.seq = seq;
+            loop {
+                let next = cursor.seq + 1;
+                if !cursor.ahead.remove(&next) {
+                    break;
+                }
+                cursor.seq = next;
+            }
+            false
+        } else {
+            cursor.ahead.insert(seq);
+            true
+        }
+    }
+
+    /// Catches up from the log to the current sequence number.
+    async fn catch_up(&self, local: &Weak<dyn LocalCache>) -> Result<(), L2Error> {
+        let (epoch, seq_now, generation) = self.l2.position(&self.keys, &epoch_candidate()).await?;
+        let Some(local) = local.upgrade() else {
+            return Ok(());
+        };
+        {
+            let Ok(mut cursor) = self.cursor.lock() else {
+                return Ok(());
+            };
+            if cursor.epoch.as_deref() != Some(epoch.as_str()) {
+                // First contact, or Redis lost its data: what was missed cannot be known.
+                if cursor.epoch.is_some() || local.has_entries() {
+                    local.drop_all(true);
+                }
+                *cursor = Cursor {
+                    epoch: Some(epoch),
+                    seq: seq_now,
+                    ahead: BTreeSet::new(),
+                };
+                self.generation.store(generation, Ordering::Release);
+                return Ok(());
+            }
+        }
+        self.raise_generation(generation);
+        loop {
+            let after = match self.cursor.lock() {
+                Ok(c) if c.seq < seq_now => c.seq,
+                _ => return Ok(()),
+            };
+            let page = self.l2.log_after(&self.keys, after, LOG_PAGE).await?;
+            let Ok(mut cursor) = self.cursor.lock() else {
+                return Ok(());
+            };
+            if cursor.seq != after {
+                continue; // moved on meanwhile
+            }
+            let first = page.first().and_then(|(id, _)| stream_seq(id));
+            if first.is_none_or(|first| first > after + 1) {
+                // The log was trimmed past our cursor.
+                local.drop_all(true);
+                cursor.seq =
+                    seq_now.max(page.last().and_then(|(id, _)| stream_seq(id)).unwrap_or(0));
+                cursor.ahead.clear();
+                return Ok(());
+            }
+            for (id, fields) in &page {
+                let Some(seq) = stream_seq(id) else { continue };
+                if seq <= cursor.seq {
+                    continue;
+                }
+                if !cursor.ahead.remove(&seq)
+                    && let Some((origin, kind, generation, arg)) = parse_fields(fields)
+                {
+                    self.apply(&*local, origin, kind, generation, arg);
+                }
+                cursor.seq = seq;
+            }
+        }
+    }
+
+    /// Runs until the cache is dropped or shut down: subscribe, catch up, apply messages;
+    /// on any loss, reconnect with backoff and catch up again.
+    pub(crate) async fn run(self: Arc<Self>, local: Weak<dyn LocalCache>) {
+        let mut backoff = Duration::from_millis(20);
+        let mut node = 0usize;
+        let connect_limit = self.l2.op_timeout.max(Duration::from_millis(500));
+        while !self.stopped.load(Ordering::Acquire) {
+            if local.strong_count() == 0 {
+                return;
+            }
+            let client = &self.l2.subscribers[node % self.l2.subscribers.len()];
+            let subscribed = with_timeout(connect_limit, async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(self.keys.channel()).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            })
+            .await;
+            let pubsub = match subscribed {
+                Ok(Ok(pubsub)) => pubsub,
+                _ => {
+                    node = node.wrapping_add(1);
+                    if self.pause(backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            if self.catch_up(&local).await.is_err() {
+                if self.pause(backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+            if self.ever_connected.swap(true, Ordering::AcqRel) {
+                self.reconnects.fetch_add(1, Ordering::Relaxed);
+            }
+            self.connected.store(true, Ordering::Release);
+            backoff = Duration::from_millis(20);
+            tracing::debug!(
+                channel = self.keys.channel(),
+                "cache backplane connected and caught up"
+            );
+            let mut messages = pubsub.into_on_message();
+            let mut tick = tokio::time::interval(self.sync_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    () = self.shutdown.notified() => return,
+                    message = messages.next() => {
+                        let Some(message) = message else { break };
+                        let Some(strong) = local.upgrade() else { return };
+                        let gap = self.on_message(&*strong, message.get_payload_bytes());
+                        drop(strong);
+                        if gap && self.catch_up(&local).await.is_err() {
+                            break;
+                        }
+                    }
+                    _ = tick.tick() => {
+                        // Catches messages lost silently; a failure here (L2 down) is
+                        // retried on the next tick while the subscription holds.
+                        let _ = self.catch_up(&local).await;
+                    }
+                }
+            }
+            self.connected.store(false, Ordering::Release);
+            tracing::warn!(
+                channel = self.keys.channel(),
+                "cache backplane lost its subscription; reconnecting"
+            );
+        }
+    }
+
+    /// Sleeps unless shut down first; true when shut down.
+    async fn pause(&self, d: Duration) -> bool {
+        tokio::select! {
+            () = self.shutdown.notified() => true,
+            () = tokio::time::sleep(d) => self.stopped.load(Ordering::Acquire),
+        }
+    }
+}
+
+fn epoch_candidate() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
+fn parse_u64(bytes: &[u8]) -> Option<u64> {
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+fn stream_seq(id: &str) -> Option<u64> {
+    id.split_once('-').and_then(|(seq, _)| seq.parse().ok())
+}
+
+fn parse_fields(fields: &[Vec<u8>]) -> Option<(&[u8], Kind, u64, &str)> {
+    let (mut origin, mut kind, mut generation, mut arg) = (None, None, None, None);
+    for pair in fields.chunks_exact(2) {
+        match pair[0].as_slice() {
+            b"o" => origin = Some(pair[1].as_slice()),
+            b"k" => kind = Kind::parse(&pair[1]),
+            b"g" => generation = parse_u64(&pair[1]),
+            b"a" => arg = std::str::from_utf8(&pair[1]).ok(),
+            _ => {}
+        }
+    }
+    Some((origin?, kind?, generation?, arg?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl LocalCache for Recorder {
+        fn drop_key(&self, key: &str) {
+            self.0.lock().unwrap().push(format!("key {key}"));
+        }
+        fn drop_tag(&self, tag: &str) {
+            self.0.lock().unwrap().push(format!("tag {tag}"));
+        }
+        fn drop_all(&self, resync: bool) {
+            self.0.lock().unwrap().push(format!("all {resync}"));
+        }
+        fn has_entries(&self) -> bool {
+            true
+        }
+        fn received(&self) {}
+    }
+
+    fn backplane() -> Backplane {
+        let l2 = RedisL2::single("redis://127.0.0.1:1").unwrap();
+        let b = Backplane::new(l2, KeySpace::new("t", 1), 100, Duration::from_secs(1));
+        b.cursor.lock().unwrap().epoch = Some("e".into());
+        b
+    }
+
+    #[tokio::test]
+    async fn live_messages_advance_the_cursor_and_gaps_ask_for_a_catch_up() {
+        let b = backplane();
+        let local = Recorder::default();
+        assert!(!b.on_message(&local, b"other|k|1|0|user:1"));
+        assert!(
+            !b.on_message(&local, b"other|k|1|0|user:1"),
+            "a duplicate is ignored"
+        );
+        assert!(
+            b.on_message(&local, b"other|t|3|0|tenant|x"),
+            "seq 2 is missing"
+        );
+        assert_eq!(b.status().applied_seq, 1);
+        assert!(!b.on_message(&local, b"other|c|2|5|"));
+        assert_eq!(b.status().applied_seq, 3, "the gap closed");
+        assert_eq!(b.generation(), Some(5));
+        // Our own messages move the cursor but are not applied.
+        assert!(!b.on_message(&local, format!("{}|k|4|5|mine", b.origin).as_bytes()));
+        assert_eq!(b.status().applied_seq, 4);
+        assert_eq!(
+            *local.0.lock().unwrap(),
+            ["key user:1", "tag tenant|x", "all false"]
+        );
+    }
+
+    #[tokio::test]
+    async fn malformed_messages_are_ignored() {
+        let b = backplane();
+        let local = Recorder::default();
+        for junk in [
+            &b""[..],
+            b"|||",
+            b"a|z|1|0|k",
+            b"a|k|x|0|k",
+            b"a|k|1|0|\xff",
+        ] {
+            assert!(!b.on_message(&local, junk));
+        }
+        assert!(local.0.lock().unwrap().is_empty());
+        assert_eq!(b.status().applied_seq, 0);
+    }
+}

@@ -1,0 +1,698 @@
+//! The cache: L1, optional L2 and backplane, single-flight loads.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
+use keel_resilience::timeout::with_timeout;
+use moka::sync::Cache as Moka;
+
+use crate::builder::CacheBuilder;
+use crate::clock::{Clock, VersionClock};
+use crate::codec::{Codec, Postcard};
+use crate::entry::Entry;
+use crate::error::{BoxError, CacheError};
+use crate::flight::{Flights, Landed, SharedLoad, Ticket};
+use crate::options::{Deadlines, EntryOptions};
+use crate::stats::{CacheStats, Stats};
+#[cfg(feature = "redis")]
+use crate::{
+    backplane::{BackplaneStatus, Kind, LocalCache},
+    remote::Remote,
+};
+
+/// A loader turned into a boxed future (only when a load actually starts).
+pub(crate) type Load<V> = BoxFuture<'static, Result<Option<V>, BoxError>>;
+
+/// A two-level cache of `Arc<V>` by string key.
+///
+/// L1 is an in-process [moka](https://docs.rs/moka) cache holding `Arc<V>`: a hit clones
+/// an `Arc`, never the value, and never decodes. L2, when configured with
+/// [`CacheBuilder::l2`], is Redis (single node or cluster), shared by every instance and
+/// kept coherent by a backplane. Cloning a `Cache` is cheap and shares it.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), keel_cache_layers::CacheError> {
+/// use keel_cache_layers::Cache;
+///
+/// let cache = Cache::<String>::builder("users").build().unwrap();
+/// let name = cache
+///     .get_or_load("user:1", || async { Ok::<_, std::io::Error>("Ada".to_owned()) })
+///     .await?;
+/// assert_eq!(*name, "Ada");
+/// // Loaded once; now a hit.
+/// assert_eq!(cache.get("user:1").await.as_deref().map(String::as_str), Some("Ada"));
+/// cache.invalidate("user:1").await?;
+/// assert!(cache.get("user:1").await.is_none());
+/// # Ok(()) }
+/// ```
+pub struct Cache<V> {
+    pub(crate) inner: Arc<Inner<V>>,
+}
+
+impl<V> Clone for Cache<V> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<V> fmt::Debug for Cache<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Cache");
+        d.field("namespace", &self.inner.name)
+            .field("l1_entries", &self.inner.l1.entry_count());
+        #[cfg(feature = "redis")]
+        d.field("l2", &self.inner.remote.is_some());
+        d.finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Inner<V> {
+    pub(crate) name: Arc<str>,
+    pub(crate) l1: Moka<Arc<str>, Arc<Entry<V>>>,
+    pub(crate) options: EntryOptions,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) versions: Arc<VersionClock>,
+    pub(crate) flights: Flights<V>,
+    pub(crate) stats: Arc<Stats>,
+    #[cfg(feature = "redis")]
+    pub(crate) remote: Option<Arc<Remote<V>>>,
+}
+
+impl<V> Drop for Inner<V> {
+    fn drop(&mut self) {
+        #[cfg(feature = "redis")]
+        if let Some(remote) = &self.remote {
+            remote.close_queue();
+            remote.backplane.stop();
+        }
+    }
+}
+
+impl<V> Cache<V>
+where
+    V: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    /// A builder for a cache in `namespace` (used in Redis keys and metric labels), with the
+    /// default [`Postcard`] codec.
+    pub fn builder(namespace: &str) -> CacheBuilder<V> {
+        CacheBuilder::new(namespace, Arc::new(Postcard))
+    }
+}
+
+impl<V: Send + Sync + 'static> Cache<V> {
+    /// A builder with a codec of your own (for values that are not serde types, or to
+    /// keep an existing L2 format).
+    pub fn builder_with_codec(namespace: &str, codec: impl Codec<V>) -> CacheBuilder<V> {
+        CacheBuilder::new(namespace, Arc::new(codec))
+    }
+
+    /// The namespace.
+    #[must_use]
+    pub fn namespace(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The counters since the cache was built.
+    #[must_use]
+    pub fn stats(&self) -> CacheStats {
+        self.inner.stats.snapshot()
+    }
+
+    /// How many entries L1 holds (moka's estimate, exact after pending maintenance).
+    #[must_use]
+    pub fn l1_entry_count(&self) -> u64 {
+        self.inner.l1.run_pending_tasks();
+        self.inner.l1.entry_count()
+    }
+
+    /// The backplane's state, when an L2 is configured.
+    #[cfg(feature = "redis")]
+    #[must_use]
+    pub fn backplane_status(&self) -> Option<BackplaneStatus> {
+        self.inner.remote.as_ref().map(|r| r.backplane.status())
+    }
+
+    /// The fresh value in L1, without touching L2 or awaiting. The fastest read there is.
+    #[inline]
+    #[must_use]
+    pub fn peek(&self, key: &str) -> Option<Arc<V>> {
+        let entry = self.inner.l1.get(key)?;
+        if entry.is_fresh(self.inner.clock.now_ms()) {
+            self.inner.stats.l1_hit();
+            entry.value.clone()
+        } else {
+            None
+        }
+    }
+
+    /// The fresh value of `key` from L1, else from L2 (then kept in L1). `None` when
+    /// neither has it, or it is cached as absent.
+    pub async fn get(&self, key: &str) -> Option<Arc<V>> {
+        let now = self.inner.clock.now_ms();
+        if let Some(entry) = self.inner.l1.get(key)
+            && entry.is_fresh(now)
+        {
+            self.inner.stats.l1_hit();
+            return entry.value.clone();
+        }
+        self.inner.stats.l1_miss();
+        #[cfg(feature = "redis")]
+        if let Some(remote) = &self.inner.remote {
+            if let Some(entry) = remote.read(key).await
+                && entry.is_fresh(now)
+            {
+                self.inner.stats.l2_hit();
+                let value = entry.value.clone();
+                self.inner.l1.insert(Arc::from(key), entry);
+                return value;
+            }
+            self.inner.stats.l2_miss();
+        }
+        None
+    }
+
+    /// The value of `key`, loading it with `loader` on a miss. Concurrent misses of one key
+    /// share one load (and, with [`CacheBuilder::distributed_lock`], one load across
+    /// instances). Uses the cache's default [`EntryOptions`].
+    ///
+    /// The loader runs in its own task, so it must be `'static`: move what it needs into it.
+    ///
+    /// # Errors
+    /// The loader's error (shared by every caller of that load) when no stale value may
+    /// be served; [`CacheError::Timeout`] after the hard timeout; [`CacheError::Absent`]
+    /// when the key is cached as absent.
+    pub async fn get_or_load<F, Fut, E>(&self, key: &str, loader: F) -> Result<Arc<V>, CacheError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let options = self.inner.options.clone();
+        self.get_or_load_with(key, &options, loader).await
+    }
+
+    /// [`get_or_load`](Self::get_or_load) with options for this call.
+    ///
+    /// # Errors
+    /// As [`get_or_load`](Self::get_or_load).
+    pub async fn get_or_load_with<F, Fut, E>(
+        &self,
+        key: &str,
+        options: &EntryOptions,
+        loader: F,
+    ) -> Result<Arc<V>, CacheError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let load = move || -> Load<V> {
+            async move { loader().await.map(Some).map_err(Into::into) }.boxed()
+        };
+        self.lookup_or_load(key, options, load)
+            .await?
+            .ok_or(CacheError::Absent)
+    }
+
+    /// For keys that may not exist: a loader answering `Ok(None)` caches "absent" for the
+    /// options' [negative TTL](EntryOptions::negative_ttl) (if set), so a flood of requests
+    /// for a missing id does not reach the source.
+    ///
+    /// # Errors
+    /// As [`get_or_load`](Self::get_or_load), except that absence is `Ok(None)`.
+    pub async fn get_or_load_optional<F, Fut, E>(
+        &self,
+        key: &str,
+        loader: F,
+    ) -> Result<Option<Arc<V>>, CacheError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let options = self.inner.options.clone();
+        self.get_or_load_optional_with(key, &options, loader).await
+    }
+
+    /// [`get_or_load_optional`](Self::get_or_load_optional) with options for this call.
+    ///
+    /// # Errors
+    /// As [`get_or_load_optional`](Self::get_or_load_optional).
+    pub async fn get_or_load_optional_with<F, Fut, E>(
+        &self,
+        key: &str,
+        options: &EntryOptions,
+        loader: F,
+    ) -> Result<Option<Arc<V>>, CacheError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let load = move || -> Load<V> { async move { loader().await.map_err(Into::into) }.boxed() };
+        self.lookup_or_load(key, options, load).await
+    }
+
+    async fn lookup_or_load(
+        &self,
+        key: &str,
+        options: &EntryOptions,
+        load: impl FnOnce() -> Load<V>,
+    ) -> Landed<V> {
+        let now = self.inner.clock.now_ms();
+        let mut stale = None;
+        if let Some(entry) = self.inner.l1.get(key) {
+            if entry.is_fresh(now) {
+                self.inner.stats.l1_hit();
+                if entry.deadlines.refresh_at <= now && !self.inner.flights.is_running(key) {
+                    // Stale-while-revalidate: answer now, reload in the background.
+                    drop(self.start(key, options, load, Some(entry.clone()), true));
+                }
+                return Ok(entry.value.clone());
+            }
+            if entry.is_servable(now) {
+                stale = Some(entry);
+            }
+        }
+        self.inner.stats.l1_miss();
+        let flight = self.start(key, options, load, stale.clone(), false);
+        self.wait(flight, stale, options).await
+    }
+
+    /// Joins the running load of `key` or starts one in its own task.
+    fn start(
+        &self,
+        key: &str,
+        options: &EntryOptions,
+        load: impl FnOnce() -> Load<V>,
+        stale: Option<Arc<Entry<V>>>,
+        refresh: bool,
+    ) -> SharedLoad<V> {
+        self.inner.flights.join_or_start(key, |ticket| {
+            let inner = self.inner.clone();
+            let key: Arc<str> = Arc::from(key);
+            let options = options.clone();
+            let task = tokio::spawn(Inner::load(
+                inner,
+                key,
+                options,
+                load(),
+                stale,
+                refresh,
+                ticket,
+            ));
+            async move { task.await.unwrap_or(Err(CacheError::LoaderPanicked)) }.boxed()
+        })
+    }
+
+    /// Waits for a load within the soft and hard timeouts, falling back to `stale`.
+    async fn wait(
+        &self,
+        flight: SharedLoad<V>,
+        stale: Option<Arc<Entry<V>>>,
+        options: &EntryOptions,
+    ) -> Landed<V> {
+        let limit = match (&stale, options.soft_timeout, options.hard_timeout) {
+            (Some(_), Some(soft), Some(hard)) => Some(soft.min(hard)),
+            (Some(_), Some(soft), None) => Some(soft),
+            (_, _, hard) => hard,
+        };
+        let Some(limit) = limit else {
+            return flight.await;
+        };
+        match with_timeout(limit, flight).await {
+            Ok(landed) => landed,
+            Err(_) => match stale {
+                Some(entry) => {
+                    self.inner.stats.stale_served();
+                    Ok(entry.value.clone())
+                }
+                None => Err(CacheError::Timeout { after: limit }),
+            },
+        }
+    }
+
+    /// Stores a value (write-through): in L1 at once, and in L2 before returning, then
+    /// tells the other instances to drop their copy. Uses the default options.
+    ///
+    /// # Errors
+    /// [`CacheError::L2Unavailable`] when L2 could not be written or the others not told
+    /// (L1 holds the value all the same); [`CacheError::Encode`] when the codec failed.
+    pub async fn insert(&self, key: &str, value: V) -> Result<(), CacheError> {
+        let options = self.inner.options.clone();
+        self.insert_with(key, value, &options).await
+    }
+
+    /// [`insert`](Self::insert) with options for this entry (TTL, tags...).
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert).
+    pub async fn insert_with(
+        &self,
+        key: &str,
+        value: V,
+        options: &EntryOptions,
+    ) -> Result<(), CacheError> {
+        let entry = self.inner.store_locally(key, value, options);
+        #[cfg(feature = "redis")]
+        if let Some(remote) = &self.inner.remote {
+            remote.write(key, &entry).await?;
+            remote.backplane.publish(Kind::Key, key).await?;
+        }
+        #[cfg(not(feature = "redis"))]
+        drop(entry);
+        Ok(())
+    }
+
+    /// Stores a value in L1 at once and queues its L2 write (write-behind). The queue is
+    /// bounded ([`CacheBuilder::write_behind`]): when full, this waits for room. Writes of
+    /// one key reach L2 in the order they were made; [`flush`](Self::flush) and
+    /// [`shutdown`](Self::shutdown) wait for the queue to drain. Without an L2 this is a
+    /// plain L1 insert.
+    ///
+    /// # Errors
+    /// [`CacheError::ShutDown`] after [`shutdown`](Self::shutdown).
+    pub async fn insert_behind(&self, key: &str, value: V) -> Result<(), CacheError> {
+        let options = self.inner.options.clone();
+        let entry = self.inner.store_locally(key, value, &options);
+        #[cfg(feature = "redis")]
+        if let Some(remote) = &self.inner.remote {
+            return remote.queue(Arc::from(key), entry).await;
+        }
+        #[cfg(not(feature = "redis"))]
+        drop(entry);
+        Ok(())
+    }
+
+    /// Waits until every write queued by [`insert_behind`](Self::insert_behind) before
+    /// this call is in L2, or `within` passes.
+    ///
+    /// # Errors
+    /// [`CacheError::Unflushed`] when the deadline passed first.
+    pub async fn flush(&self, within: Duration) -> Result<(), CacheError> {
+        #[cfg(feature = "redis")]
+        if let Some(remote) = &self.inner.remote {
+            return remote.flush(within).await;
+        }
+        let _ = within;
+        Ok(())
+    }
+
+    /// Flushes the write-behind queue (within `within`), then stops the backplane. Other
+    /// clones of this cache keep L1 but no longer write behind.
+    ///
+    /// # Errors
+    /// [`CacheError::Unflushed`] with the number of writes that could not be made.
+    pub async fn shutdown(&self, within: Duration) -> Result<(), CacheError> {
+        #[cfg(feature = "redis")]
+        if let Some(remote) = &self.inner.remote {
+            let flushed = remote.close(within).await;
+            remote.backplane.stop();
+            return flushed;
+        }
+        let _ = within;
+        Ok(())
+    }
+
+    /// Drops `key` here and in L2 (a versioned tombstone, so a load that read the old value
+    /// before this call cannot write it back), and tells the other instances to drop it.
+    ///
+    /// # Errors
+    /// [`CacheError::L2Unavailable`]: dropped here only.
+    pub async fn invalidate(&self, key: &str) -> Result<(), CacheError> {
+        self.inner.drop_key_locally(key);
+        #[cfg(feature = "redis")]
+        if let Some(remote) = &self.inner.remote {
+            let version = self.inner.versions.next(&*self.inner.clock);
+            remote.tombstone(key, version).await?;
+            remote.backplane.publish(Kind::Key, key).await?;
+        }
+        Ok(())
+    }
+
+    /// Drops every entry written with `tag`, here, in L2 and on the other instances.
+    ///
+    /// # Errors
+    /// [`CacheError::L2Unavailable`]: dropped here only.
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<(), CacheError> {
+        self.inner.drop_tag_locally(tag);
+        #[cfg(feature = "redis")]
+        if let Some(remote) = &self.inner.remote {
+            let version = self.inner.versions.next(&*self.inner.clock);
+            remote.tombstone_tag(tag, version).await?;
+            remote.backplane.publish(Kind::Tag, tag).await?;
+        }
+        Ok(())
+    }
+
+    /// Drops everything: L1 here and on the other instances, and L2 (by moving the
+    /// namespace to a new generation: old keys are never scanned, they expire).
+    ///
+    /// # Errors
+    /// [`CacheError::L2Unavailable`]: cleared here only.
+    pub async fn clear(&self) -> Result<(), CacheError> {
+        self.inner.drop_all_locally();
+        #[cfg(feature = "redis")]
+        if let Some(remote) = &self.inner.remote {
+            remote.backplane.publish(Kind::Clear, "").await?;
+        }
+        Ok(())
+    }
+
+    /// Loads `keys` ahead of traffic, `concurrency` at a time: each is taken from L2 if
+    /// there, else from `loader`. Returns how many are now cached and how many failed.
+    pub async fn warm<I, F, Fut, E>(&self, keys: I, concurrency: usize, loader: F) -> Warmed
+    where
+        I: IntoIterator<Item = String>,
+        F: Fn(String) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        use futures_util::StreamExt as _;
+        let results = futures_util::stream::iter(keys)
+            .map(|key| {
+                let loader = loader.clone();
+                async move {
+                    let k = key.clone();
+                    self.get_or_load(&key, move || loader(k)).await.is_ok()
+                }
+            })
+            .buffer_unordered(concurrency.max(1))
+            .collect::<Vec<bool>>()
+            .await;
+        let loaded = results.iter().filter(|ok| **ok).count();
+        Warmed {
+            loaded,
+            failed: results.len() - loaded,
+        }
+    }
+}
+
+/// What [`Cache::warm`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Warmed {
+    /// Keys now cached.
+    pub loaded: usize,
+    /// Keys whose load failed.
+    pub failed: usize,
+}
+
+impl<V: Send + Sync + 'static> Inner<V> {
+    fn store_locally(&self, key: &str, value: V, options: &EntryOptions) -> Arc<Entry<V>> {
+        let version = self.versions.next(&*self.clock);
+        let entry = Arc::new(Entry {
+            value: Some(Arc::new(value)),
+            version,
+            deadlines: options.deadlines(self.clock.now_ms(), false),
+            tags: options.tags.clone(),
+        });
+        // A load that started before this write must not replace it.
+        self.flights.poison(key);
+        self.l1.insert(Arc::from(key), entry.clone());
+        entry
+    }
+
+    pub(crate) fn drop_key_locally(&self, key: &str) {
+        self.flights.poison(key);
+        self.l1.invalidate(key);
+    }
+
+    pub(crate) fn drop_tag_locally(&self, tag: &str) {
+        self.flights.poison_all();
+        let tag: Arc<str> = Arc::from(tag);
+        let dropped = self
+            .l1
+            .invalidate_entries_if(move |_, entry| entry.tags.contains(&tag));
+        if dropped.is_err() {
+            // Only when closures are unsupported, which the builder enables; be safe.
+            self.l1.invalidate_all();
+        }
+    }
+
+    pub(crate) fn drop_all_locally(&self) {
+        self.flights.poison_all();
+        self.l1.invalidate_all();
+    }
+
+    /// One load, in its own task: L2 first, then (optionally) the distributed lock, then
+    /// the loader; fail-safe on failure.
+    #[cfg_attr(not(feature = "redis"), allow(unused_mut, unused_variables))]
+    async fn load(
+        self: Arc<Self>,
+        key: Arc<str>,
+        options: EntryOptions,
+        load: Load<V>,
+        mut stale: Option<Arc<Entry<V>>>,
+        refresh: bool,
+        ticket: Ticket,
+    ) -> Landed<V> {
+        let _landing = Landing {
+            inner: &self,
+            key: &key,
+            id: ticket.id,
+        };
+        let cacheable = || !ticket.poisoned.load(Ordering::Acquire);
+        #[cfg(feature = "redis")]
+        let mut lock = None;
+        #[cfg(feature = "redis")]
+        if let Some(remote) = &self.remote {
+            let now = self.clock.now_ms();
+            match remote.read(&key).await {
+                Some(found) if usable(&found, now, refresh) => {
+                    self.stats.l2_hit();
+                    if cacheable() {
+                        self.l1.insert(key.clone(), found.clone());
+                    }
+                    return Ok(found.value.clone());
+                }
+                Some(found) => {
+                    if found.is_servable(now)
+                        && stale.as_ref().is_none_or(|s| s.version < found.version)
+                    {
+                        stale = Some(found);
+                    }
+                    self.stats.l2_miss();
+                }
+                None => self.stats.l2_miss(),
+            }
+            match remote.lock_or_wait(&key, &*self.clock, refresh).await {
+                crate::remote::LockStep::Found(found) => {
+                    if cacheable() {
+                        self.l1.insert(key.clone(), found.clone());
+                    }
+                    return Ok(found.value.clone());
+                }
+                crate::remote::LockStep::Held(held) => lock = Some(held),
+                crate::remote::LockStep::Proceed => {}
+            }
+        }
+        let version = self.versions.next(&*self.clock);
+        let started = Instant::now();
+        let result = load.await;
+        self.stats.load(result.is_ok(), started.elapsed());
+        let now = self.clock.now_ms();
+        let landed = match result {
+            Ok(value) => {
+                let negative = value.is_none();
+                if negative && options.negative_ttl.is_none() {
+                    Ok(None)
+                } else {
+                    let entry = Arc::new(Entry {
+                        value: value.map(Arc::new),
+                        version,
+                        deadlines: options.deadlines(now, negative),
+                        tags: options.tags.clone(),
+                    });
+                    if cacheable() {
+                        self.l1.insert(key.clone(), entry.clone());
+                        #[cfg(feature = "redis")]
+                        if let Some(remote) = &self.remote {
+                            // Best effort: the value is served from L1 either way.
+                            let _ = remote.write(&key, &entry).await;
+                        }
+                    }
+                    Ok(entry.value.clone())
+                }
+            }
+            Err(error) => match stale.filter(|s| s.is_servable(now)) {
+                Some(stale) => {
+                    tracing::warn!(cache = %self.name, error = %error, "loader failed; serving the last good value (fail-safe)");
+                    self.stats.stale_served();
+                    if cacheable() {
+                        let retry_at =
+                            now.saturating_add(crate::options::millis(options.fail_safe_throttle));
+                        let fresh_until = stale
+                            .deadlines
+                            .fresh_until
+                            .max(retry_at.min(stale.deadlines.stale_until));
+                        let throttled = stale.with_deadlines(Deadlines {
+                            fresh_until,
+                            refresh_at: stale.deadlines.refresh_at.max(retry_at),
+                            stale_until: stale.deadlines.stale_until,
+                        });
+                        self.l1.insert(key.clone(), Arc::new(throttled));
+                    }
+                    Ok(stale.value.clone())
+                }
+                None => Err(CacheError::loader(error)),
+            },
+        };
+        #[cfg(feature = "redis")]
+        if let (Some(remote), Some(held)) = (&self.remote, lock) {
+            remote.unlock(held).await;
+        }
+        landed
+    }
+}
+
+/// Whether an entry found in L2 answers a load (for a refresh: it must not itself be due).
+#[cfg(feature = "redis")]
+fn usable<V>(entry: &Entry<V>, now: u64, refresh: bool) -> bool {
+    entry.is_fresh(now) && (!refresh || entry.deadlines.refresh_at > now)
+}
+
+/// Removes a flight from the map when its task ends, even by panic.
+struct Landing<'a, V: Send + Sync + 'static> {
+    inner: &'a Inner<V>,
+    key: &'a str,
+    id: u64,
+}
+
+impl<V: Send + Sync + 'static> Drop for Landing<'_, V> {
+    fn drop(&mut self) {
+        self.inner.flights.land(self.key, self.id);
+    }
+}
+
+#[cfg(feature = "redis")]
+impl<V: Send + Sync + 'static> LocalCache for Inner<V> {
+    fn drop_key(&self, key: &str) {
+        self.drop_key_locally(key);
+    }
+
+    fn drop_tag(&self, tag: &str) {
+        self.drop_tag_locally(tag);
+    }
+
+    fn drop_all(&self, resync: bool) {
+        if resync {
+            self.stats.bump(&self.stats.local.full_resyncs);
+        }
+        self.drop_all_locally();
+    }
+
+    fn has_entries(&self) -> bool {
+        self.l1.iter().next().is_some()
+    }
+
+    fn received(&self) {
+        self.stats.received();
+    }
+}

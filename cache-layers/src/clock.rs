@@ -1,0 +1,116 @@
+//! Wall-clock time for expiry, injectable so expiry logic is testable without sleeping.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Where the cache reads the time, in milliseconds since the Unix epoch.
+///
+/// Wall-clock time (not `Instant`) because entry deadlines travel to Redis and are read by
+/// other instances; clocks kept in sync by NTP are good enough for TTLs of seconds and up.
+pub trait Clock: Send + Sync + fmt::Debug + 'static {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// The system's wall clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    #[inline]
+    fn now_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// A clock that moves only when told to, for tests of expiry, eager refresh and fail-safe.
+///
+/// ```
+/// use keel_cache_layers::{Clock, ManualClock};
+/// use std::time::Duration;
+///
+/// let clock = ManualClock::new(1_000);
+/// clock.advance(Duration::from_secs(2));
+/// assert_eq!(clock.now_ms(), 3_000);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ManualClock(Arc<AtomicU64>);
+
+impl ManualClock {
+    /// A clock showing `start_ms`.
+    #[must_use]
+    pub fn new(start_ms: u64) -> Self {
+        Self(Arc::new(AtomicU64::new(start_ms)))
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Issues entry versions: microseconds of wall-clock time, strictly increasing within the
+/// process (a hybrid logical clock). A version is taken when a load *starts* or an
+/// invalidation happens, so an L2 write of a value read before an invalidation loses the
+/// compare-and-set against the invalidation's tombstone.
+#[derive(Debug)]
+pub(crate) struct VersionClock {
+    last: AtomicU64,
+}
+
+impl VersionClock {
+    pub(crate) fn new() -> Self {
+        Self {
+            last: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn next(&self, clock: &dyn Clock) -> u64 {
+        let wall = clock.now_ms().saturating_mul(1_000);
+        let mut last = self.last.load(Ordering::Relaxed);
+        loop {
+            let next = wall.max(last + 1);
+            match self
+                .last
+                .compare_exchange_weak(last, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return next,
+                Err(seen) => last = seen,
+            }
+        }
+    }
+
+    /// Keeps versions ahead of one seen from another instance.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn observe(&self, version: u64) {
+        self.last.fetch_max(version, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_increase_even_when_the_clock_stands_still() {
+        let clock = ManualClock::new(5);
+        let versions = VersionClock::new();
+        let a = versions.next(&clock);
+        let b = versions.next(&clock);
+        assert_eq!(a, 5_000);
+        assert_eq!(b, 5_001);
+        versions.observe(9_000);
+        assert_eq!(versions.next(&clock), 9_001);
+    }
+}

@@ -1,0 +1,488 @@
+//! The shared L2 on Redis (single node or Redis Cluster), behind a circuit breaker and
+//! per-call timeouts from `keel-resilience`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_resilience::breaker::{
+    CircuitBreaker, CircuitBreakerConfig, OpenWait, Outcome, SlidingWindow,
+};
+use keel_resilience::timeout::with_timeout;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+
+/// A Redis L2 for [`CacheBuilder::l2`](crate::CacheBuilder::l2): where the cache's shared
+/// entries live and where its backplane runs.
+///
+/// Every call goes through a circuit breaker and a timeout (250 ms by default): with Redis
+/// down, the cache answers from L1 at L1 speed and goes back to L2 by itself within about
+/// a second of Redis coming back.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use keel_cache_layers::{Cache, RedisL2};
+/// use std::time::Duration;
+///
+/// let l2 = RedisL2::single("redis://127.0.0.1:6379")?.op_timeout(Duration::from_millis(100));
+/// let cache = Cache::<String>::builder("users").l2(l2).build()?;
+/// // Or a cluster: RedisL2::cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]).await?
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisL2 {
+    pub(crate) connection: Connection,
+    /// Clients the backplane subscribes through (any node of a cluster will do: classic
+    /// pub/sub messages reach every node).
+    pub(crate) subscribers: Arc<[redis::Client]>,
+    pub(crate) op_timeout: Duration,
+    pub(crate) breaker: Arc<CircuitBreaker>,
+    /// Whether this is a cluster (for the tests and `Debug`).
+    cluster: bool,
+}
+
+impl fmt::Debug for RedisL2 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // No URLs: they may carry passwords.
+        f.debug_struct("RedisL2")
+            .field("cluster", &self.cluster)
+            .field("op_timeout", &self.op_timeout)
+            .field("breaker", &self.breaker.state())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The L2 could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("could not set up the Redis L2: {reason}")]
+pub struct L2SetupError {
+    reason: String,
+}
+
+impl L2SetupError {
+    fn from_redis(e: &redis::RedisError) -> Self {
+        // RedisError's Display has no credentials; the URL is never included.
+        Self {
+            reason: e.to_string(),
+        }
+    }
+}
+
+const DEFAULT_OP_TIMEOUT: Duration = Duration::from_millis(250);
+
+impl RedisL2 {
+    /// A single Redis node. The connection is made on first use and remade after a
+    /// failure, so this works even while Redis is down.
+    ///
+    /// # Errors
+    /// When the URL is not a Redis URL.
+    pub fn single(url: &str) -> Result<Self, L2SetupError> {
+        let client = redis::Client::open(url).map_err(|e| L2SetupError::from_redis(&e))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(DEFAULT_OP_TIMEOUT))
+            .set_response_timeout(Some(DEFAULT_OP_TIMEOUT))
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(200))
+            .set_number_of_retries(2);
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| L2SetupError::from_redis(&e))?;
+        Ok(Self::new(Connection::Single(manager), vec![client], false))
+    }
+
+    /// A Redis Cluster, from one or more of its nodes.
+    ///
+    /// # Errors
+    /// When a URL is invalid or no node answers.
+    pub async fn cluster<I, S>(urls: I) -> Result<Self, L2SetupError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let urls: Vec<String> = urls.into_iter().map(|u| u.as_ref().to_owned()).collect();
+        let clients = urls
+            .iter()
+            .map(|u| redis::Client::open(u.as_str()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| L2SetupError::from_redis(&e))?;
+        let cluster = redis::cluster::ClusterClient::builder(urls)
+            .connection_timeout(DEFAULT_OP_TIMEOUT)
+            .response_timeout(DEFAULT_OP_TIMEOUT)
+            .retries(2)
+            .min_retry_wait(10)
+            .max_retry_wait(200)
+            .build()
+            .map_err(|e| L2SetupError::from_redis(&e))?;
+        let connection = cluster
+            .get_async_connection()
+            .await
+            .map_err(|e| L2SetupError::from_redis(&e))?;
+        Ok(Self::new(Connection::Cluster(connection), clients, true))
+    }
+
+    fn new(connection: Connection, subscribers: Vec<redis::Client>, cluster: bool) -> Self {
+        Self {
+            connection,
+            subscribers: subscribers.into(),
+            op_timeout: DEFAULT_OP_TIMEOUT,
+            breaker: Arc::new(CircuitBreaker::new(default_breaker())),
+            cluster,
+        }
+    }
+
+    /// The nodes the backplane subscribes through, in order of preference (default: the
+    /// URL or cluster seeds given). Any node of a cluster will do, since classic pub/sub
+    /// messages reach every node.
+    ///
+    /// # Errors
+    /// When a URL is invalid or the list is empty.
+    pub fn backplane_nodes<I, S>(mut self, urls: I) -> Result<Self, L2SetupError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let clients = urls
+            .into_iter()
+            .map(|u| redis::Client::open(u.as_ref()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| L2SetupError::from_redis(&e))?;
+        if clients.is_empty() {
+            return Err(L2SetupError {
+                reason: "the backplane needs at least one node".into(),
+            });
+        }
+        self.subscribers = clients.into();
+        Ok(self)
+    }
+
+    /// The limit on each L2 call (default 250 ms). Past it the call counts as a failure for
+    /// the breaker and the cache goes on without L2.
+    #[must_use]
+    pub fn op_timeout(mut self, timeout: Duration) -> Self {
+        self.op_timeout = timeout;
+        self
+    }
+
+    /// Replaces the default breaker (opens when half of at least 5 of the last 20 calls
+    /// failed; tries again after 500 ms).
+    #[must_use]
+    pub fn breaker(mut self, config: CircuitBreakerConfig) -> Self {
+        self.breaker = Arc::new(CircuitBreaker::new(config));
+        self
+    }
+
+    /// The breaker guarding L2, for health checks (`keel-health`'s `BreakerCheck`).
+    #[must_use]
+    pub fn circuit_breaker(&self) -> &Arc<CircuitBreaker> {
+        &self.breaker
+    }
+
+    /// Runs one Redis call through the breaker and the timeout.
+    pub(crate) async fn call<T, F>(&self, work: F) -> Result<T, L2Error>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        let permit = self.breaker.try_acquire().map_err(|_| L2Error::Open)?;
+        match with_timeout(self.op_timeout, work).await {
+            Ok(Ok(value)) => {
+                permit.record(Outcome::Success);
+                Ok(value)
+            }
+            Ok(Err(e)) => {
+                permit.record(Outcome::Failure);
+                Err(L2Error::Redis(e.to_string()))
+            }
+            Err(_) => {
+                permit.record(Outcome::Failure);
+                Err(L2Error::Timeout(self.op_timeout))
+            }
+        }
+    }
+
+    pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, L2Error> {
+        let mut c = self.connection.clone();
+        self.call(redis::cmd("GET").arg(key).query_async(&mut c))
+            .await
+    }
+
+    /// Writes `record` unless L2 holds a version at least as new. True when written.
+    pub(crate) async fn compare_and_set(
+        &self,
+        key: &str,
+        record: &[u8],
+        version: u64,
+        ttl_ms: u64,
+    ) -> Result<bool, L2Error> {
+        let mut c = self.connection.clone();
+        let mut invocation = scripts().cas.key(key);
+        invocation.arg(record).arg(version).arg(ttl_ms.max(1));
+        let written: i64 = self.call(invocation.invoke_async(&mut c)).await?;
+        Ok(written == 1)
+    }
+
+    pub(crate) async fn add_to_tags(
+        &self,
+        tag_keys: &[String],
+        key: &str,
+        ttl_ms: u64,
+    ) -> Result<(), L2Error> {
+        for tag_key in tag_keys {
+            let mut c = self.connection.clone();
+            let mut pipe = redis::pipe();
+            pipe.cmd("SADD").arg(tag_key).arg(key).ignore();
+            // Members outlive no entry: the set lives as long as its newest entry.
+            pipe.cmd("PEXPIRE")
+                .arg(tag_key)
+                .arg(ttl_ms.max(1))
+                .arg("GT")
+                .ignore();
+            pipe.cmd("PEXPIRE")
+                .arg(tag_key)
+                .arg(ttl_ms.max(1))
+                .arg("NX")
+                .ignore();
+            self.call(pipe.query_async::<()>(&mut c)).await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn take_tag_members(&self, tag_key: &str) -> Result<Vec<String>, L2Error> {
+        let mut c = self.connection.clone();
+        let mut pipe = redis::pipe();
+        pipe.cmd("SMEMBERS")
+            .arg(tag_key)
+            .cmd("UNLINK")
+            .arg(tag_key)
+            .ignore();
+        let (members,): (Vec<String>,) = self.call(pipe.query_async(&mut c)).await?;
+        Ok(members)
+    }
+
+    /// Tries to take the load lock of a key.
+    pub(crate) async fn try_lock(
+        &self,
+        lock_key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, L2Error> {
+        let mut c = self.connection.clone();
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let reply: Option<String> = self
+            .call(
+                redis::cmd("SET")
+                    .arg(lock_key)
+                    .arg(token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .query_async(&mut c),
+            )
+            .await?;
+        Ok(reply.is_some())
+    }
+
+    pub(crate) async fn lock_held(&self, lock_key: &str) -> Result<bool, L2Error> {
+        let mut c = self.connection.clone();
+        let n: i64 = self
+            .call(redis::cmd("EXISTS").arg(lock_key).query_async(&mut c))
+            .await?;
+        Ok(n == 1)
+    }
+
+    pub(crate) async fn unlock(&self, lock_key: &str, token: &str) -> Result<(), L2Error> {
+        let mut c = self.connection.clone();
+        let mut invocation = scripts().unlock.key(lock_key);
+        invocation.arg(token);
+        self.call(invocation.invoke_async::<i64>(&mut c)).await?;
+        Ok(())
+    }
+
+    /// Appends an invalidation to the backplane's log and publishes it. Returns the
+    /// sequence number and the generation after it.
+    pub(crate) async fn publish(
+        &self,
+        keys: &crate::keys::KeySpace,
+        message: &PublishArgs<'_>,
+    ) -> Result<(u64, u64), L2Error> {
+        let mut c = self.connection.clone();
+        let mut invocation = scripts().publish.key(keys.shared("seq"));
+        invocation
+            .key(keys.shared("log"))
+            .key(keys.shared("gen"))
+            .key(keys.shared("epoch"))
+            .arg(message.origin)
+            .arg(message.kind)
+            .arg(message.arg)
+            .arg(message.log_length)
+            .arg(keys.channel())
+            .arg(message.epoch_candidate);
+        self.call(invocation.invoke_async(&mut c)).await
+    }
+
+    /// Reads (creating if missing) the epoch, and the current sequence and generation.
+    pub(crate) async fn position(
+        &self,
+        keys: &crate::keys::KeySpace,
+        epoch_candidate: &str,
+    ) -> Result<(String, u64, u64), L2Error> {
+        let mut c = self.connection.clone();
+        let mut invocation = scripts().position.key(keys.shared("epoch"));
+        invocation
+            .key(keys.shared("seq"))
+            .key(keys.shared("gen"))
+            .arg(epoch_candidate);
+        self.call(invocation.invoke_async(&mut c)).await
+    }
+
+    /// Log entries after `after`, oldest first, at most `count`.
+    pub(crate) async fn log_after(
+        &self,
+        keys: &crate::keys::KeySpace,
+        after: u64,
+        count: usize,
+    ) -> Result<Vec<(String, Vec<Vec<u8>>)>, L2Error> {
+        let mut c = self.connection.clone();
+        self.call(
+            redis::cmd("XRANGE")
+                .arg(keys.shared("log"))
+                .arg(format!("{}-0", after + 1))
+                .arg("+")
+                .arg("COUNT")
+                .arg(count)
+                .query_async(&mut c),
+        )
+        .await
+    }
+}
+
+/// The arguments of one published invalidation.
+pub(crate) struct PublishArgs<'a> {
+    pub(crate) origin: &'a str,
+    pub(crate) kind: &'a str,
+    pub(crate) arg: &'a str,
+    pub(crate) log_length: usize,
+    pub(crate) epoch_candidate: &'a str,
+}
+
+fn default_breaker() -> CircuitBreakerConfig {
+    CircuitBreakerConfig::builder("keel-cache-l2")
+        .sliding_window(SlidingWindow::Count { size: 20 })
+        .minimum_calls(5)
+        .failure_rate_threshold(50.0)
+        .open_wait(OpenWait::Fixed(Duration::from_millis(500)))
+        .half_open_permits(2)
+        .build()
+        .unwrap_or_else(|_| CircuitBreakerConfig::standard("keel-cache-l2"))
+}
+
+/// Why an L2 call did not happen or failed.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum L2Error {
+    Open,
+    Timeout(Duration),
+    Redis(String),
+}
+
+impl fmt::Display for L2Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            L2Error::Open => f.write_str("its circuit breaker is open after recent failures"),
+            L2Error::Timeout(after) => write!(f, "no answer within {after:?}"),
+            L2Error::Redis(e) => write!(f, "Redis: {e}"),
+        }
+    }
+}
+
+impl From<L2Error> for crate::CacheError {
+    fn from(e: L2Error) -> Self {
+        crate::CacheError::L2Unavailable {
+            reason: e.to_string(),
+        }
+    }
+}
+
+struct Scripts {
+    cas: Script,
+    unlock: Script,
+    publish: Script,
+    position: Script,
+}
+
+fn scripts() -> &'static Scripts {
+    static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
+    SCRIPTS.get_or_init(|| Scripts {
+        // Compare-and-set on the version in the record's first 20 bytes. Versions are
+        // microseconds since the epoch (< 2^53), exact as Lua numbers.
+        cas: Script::new(
+            r"
+local current = redis.call('GETRANGE', KEYS[1], 0, 19)
+if current ~= '' then
+  local v = tonumber(current)
+  if v ~= nil and v >= tonumber(ARGV[2]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+return 1
+",
+        ),
+        unlock: Script::new(
+            r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+",
+        ),
+        // KEYS: seq, log, gen, epoch. ARGV: origin, kind, arg, log length, channel, epoch.
+        publish: Script::new(
+            r"
+redis.call('SET', KEYS[4], ARGV[6], 'NX')
+local seq = redis.call('INCR', KEYS[1])
+local gen = tonumber(redis.call('GET', KEYS[3]) or '0')
+if ARGV[2] == 'c' then gen = redis.call('INCR', KEYS[3]) end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], seq .. '-0', 'o', ARGV[1], 'k', ARGV[2], 'g', gen, 'a', ARGV[3])
+redis.call('PUBLISH', ARGV[5], ARGV[1] .. '|' .. ARGV[2] .. '|' .. seq .. '|' .. gen .. '|' .. ARGV[3])
+return {seq, gen}
+",
+        ),
+        // KEYS: epoch, seq, gen. ARGV: epoch candidate.
+        position: Script::new(
+            r"
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return {redis.call('GET', KEYS[1]), tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(redis.call('GET', KEYS[3]) or '0')}
+",
+        ),
+    })
+}
+
+/// A single-node or cluster connection; both reconnect by themselves.
+#[derive(Clone)]
+pub(crate) enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! The L2 side of a cache: reads and version-checked writes of entries, tombstones, tag
+//! sets, the distributed load lock, and the write-behind queue.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keel_resilience::timeout::with_timeout;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::backplane::{Backplane, Kind};
+use crate::clock::{Clock, VersionClock};
+use crate::codec::{Codec, Compression};
+use crate::entry::{self, Decoded, Entry};
+use crate::error::CacheError;
+use crate::l2::L2Error;
+use crate::stats::Stats;
+
+/// The distributed load lock's settings.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LockSettings {
+    /// How long a lock lives if its holder dies.
+    pub(crate) ttl: Duration,
+    /// How long others wait for the holder's value before loading themselves.
+    pub(crate) wait: Duration,
+}
+
+pub(crate) struct Remote<V> {
+    pub(crate) backplane: Arc<Backplane>,
+    pub(crate) codec: Arc<dyn Codec<V>>,
+    pub(crate) compression: Compression,
+    pub(crate) max_value_bytes: usize,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) versions: Arc<VersionClock>,
+    pub(crate) lock: Option<LockSettings>,
+    pub(crate) tombstone_ttl: Duration,
+    behind: Mutex<Option<mpsc::Sender<Queued<V>>>>,
+    worker: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    pending: AtomicUsize,
+    abandon: AtomicBool,
+}
+
+impl<V> fmt::Debug for Remote<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Remote")
+            .field("l2", &self.backplane.l2)
+            .field("pending_writes", &self.pending.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+enum Queued<V> {
+    Write(Arc<str>, Arc<Entry<V>>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The outcome of asking for the load lock.
+pub(crate) enum LockStep<V> {
+    /// Another instance loaded it meanwhile.
+    Found(Arc<Entry<V>>),
+    /// We hold the lock: load, write, then unlock.
+    Held(HeldLock),
+    /// No lock (disabled, L2 trouble, or the holder took too long): load anyway.
+    Proceed,
+}
+
+pub(crate) struct HeldLock {
+    key: String,
+    token: String,
+}
+
+impl<V> Remote<V> {
+    /// Drops the sender so the worker ends once the queue is empty.
+    pub(crate) fn close_queue(&self) {
+        drop(
+            self.behind
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
+    }
+}
+
+impl<V: Send + Sync + 'static> Remote<V> {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn start(
+        backplane: Arc<Backplane>,
+        codec: Arc<dyn Codec<V>>,
+        compression: Compression,
+        max_value_bytes: usize,
+        stats: Arc<Stats>,
+        clock: Arc<dyn Clock>,
+        versions: Arc<VersionClock>,
+        lock: Option<LockSettings>,
+        tombstone_ttl: Duration,
+        queue_capacity: usize,
+    ) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel(queue_capacity.max(1));
+        let remote = Arc::new(Self {
+            backplane,
+            codec,
+            compression,
+            max_value_bytes,
+            stats,
+            clock,
+            versions,
+            lock,
+            tombstone_ttl,
+            behind: Mutex::new(Some(tx)),
+            worker: Mutex::new(None),
+            pending: AtomicUsize::new(0),
+            abandon: AtomicBool::new(false),
+        });
+        let worker = tokio::spawn(remote.clone().drain(rx));
+        *remote
+            .worker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(worker);
+        remote
+    }
+
+    fn generation(&self) -> Result<u64, L2Error> {
+        self.backplane
+            .generation()
+            .ok_or_else(|| L2Error::Redis("not connected yet (generation unknown)".into()))
+    }
+
+    fn counted<T>(&self, result: Result<T, L2Error>) -> Result<T, L2Error> {
+        if result.is_err() {
+            self.stats.l2_error();
+        }
+        result
+    }
+
+    /// The servable entry of `key` in L2, if any. Tombstones, other generations and
+    /// undecodable records are misses.
+    pub(crate) async fn read(&self, key: &str) -> Option<Arc<Entry<V>>> {
+        let generation = self.generation().ok()?;
+        let keys = &self.backplane.keys;
+        let bytes = self
+            .counted(self.backplane.l2.get(&keys.entry(generation, key)).await)
+            .ok()??;
+        match entry::decode(&bytes, &*self.codec, self.max_value_bytes) {
+            Ok(Decoded::Entry(entry)) => {
+                // Keep this instance's versions ahead of any it has seen, whatever its clock.
+                self.versions.observe(entry.version);
+                entry
+                    .is_servable(self.clock.now_ms())
+                    .then(|| Arc::new(entry))
+            }
+            Ok(Decoded::Tombstone { version }) => {
+                self.versions.observe(version);
+                None
+            }
+            Err(e) => {
+                self.stats.bump(&self.stats.local.decode_errors);
+                tracing::debug!(error = %e, "an L2 record did not decode; treated as a miss");
+                None
+            }
+        }
+    }
+
+    /// Writes an entry unless L2 holds a newer version of it.
+    pub(crate) async fn write(&self, key: &str, entry: &Entry<V>) -> Result<(), CacheError> {
+        let generation = self.counted(self.generation())?;
+        let record = entry::encode(entry, &*self.codec, self.compression)
+            .map_err(|e| CacheError::Encode(e.to_string()))?;
+        let ttl_ms = entry
+            .deadlines
+            .stale_until
+            .saturating_sub(self.clock.now_ms())
+            .max(1);
+        let keys = &self.backplane.keys;
+        let l2 = &self.backplane.l2;
+        if !entry.tags.is_empty() {
+            // Before the value: a failure in between leaves a harmless extra member.
+            let tag_keys: Vec<String> =
+                entry.tags.iter().map(|t| keys.tag(generation, t)).collect();
+            self.counted(l2.add_to_tags(&tag_keys, key, ttl_ms).await)?;
+        }
+        let written = self.counted(
+            l2.compare_and_set(&keys.entry(generation, key), &record, entry.version, ttl_ms)
+                .await,
+        )?;
+        if !written {
+            self.stats.bump(&self.stats.local.l2_write_conflicts);
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn tombstone(&self, key: &str, version: u64) -> Result<(), CacheError> {
+        let generation = self.counted(self.generation())?;
+        let record = entry::encode_tombstone(version);
+        let ttl = crate::options::millis(self.tombstone_ttl);
+        let l2 = &self.backplane.l2;
+        self.counted(
+            l2.compare_and_set(
+                &self.backplane.keys.entry(generation, key),
+                &record,
+                version,
+                ttl,
+            )
+            .await,
+        )?;
+        Ok(())
+    }
+
+    pub(crate) async fn tombstone_tag(&self, tag: &str, version: u64) -> Result<(), CacheError> {
+        let generation = self.counted(self.generation())?;
+        let members = self.counted(
+            self.backplane
+                .l2
+                .take_tag_members(&self.backplane.keys.tag(generation, tag))
+                .await,
+        )?;
+        for member in members {
+            self.tombstone(&member, version).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes the load lock of `key`, or waits for its holder's value.
+    pub(crate) async fn lock_or_wait(
+        &self,
+        key: &str,
+        clock: &dyn Clock,
+        refresh: bool,
+    ) -> LockStep<V> {
+        let (Some(settings), Ok(generation)) = (self.lock, self.generation()) else {
+            return LockStep::Proceed;
+        };
+        let l2 = &self.backplane.l2;
+        let lock_key = self.backplane.keys.lock(generation, key);
+        let token = format!("{}:{:016x}", self.backplane.origin, fastrand::u64(..));
+        let deadline = Instant::now() + settings.wait;
+        loop {
+            match l2.try_lock(&lock_key, &token, settings.ttl).await {
+                Ok(true) => {
+                    return LockStep::Held(HeldLock {
+                        key: lock_key,
+                        token,
+                    });
+                }
+                Ok(false) => {}
+                Err(_) => return LockStep::Proceed,
+            }
+            let mut poll = Duration::from_millis(2);
+            loop {
+                tokio::time::sleep(poll).await;
+                poll = (poll * 2).min(Duration::from_millis(25));
+                if let Some(found) = self.read(key).await {
+                    let now = clock.now_ms();
+                    if found.is_fresh(now) && (!refresh || found.deadlines.refresh_at > now) {
+                        self.stats.l2_hit();
+                        return LockStep::Found(found);
+                    }
+                }
+                if Instant::now() >= deadline {
+                    return LockStep::Proceed;
+                }
+                match l2.lock_held(&lock_key).await {
+                    Ok(true) => {}
+                    Ok(false) => break, // released without a value (failed load): try to take it
+                    Err(_) => return LockStep::Proceed,
+                }
+            }
+        }
+    }
+
+    pub(crate) async fn unlock(&self, held: HeldLock) {
+        let _ = self.backplane.l2.unlock(&held.key, &held.token).await;
+    }
+
+    /// Queues a write-behind.
+    pub(crate) async fn queue(
+        &self,
+        key: Arc<str>,
+        entry: Arc<Entry<V>>,
+    ) -> Result<(), CacheError> {
+        let sender = self
+            .behind
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .ok_or(CacheError::ShutDown)?;
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        if sender.send(Queued::Write(key, entry)).await.is_err() {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            return Err(CacheError::ShutDown);
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn flush(&self, within: Duration) -> Result<(), CacheError> {
+        let sender = self
+            .behind
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let Some(sender) = sender else {
+            return self.unflushed();
+        };
+        let (tx, rx) = oneshot::channel();
+        let flushed = with_timeout(within, async {
+            sender.send(Queued::Flush(tx)).await.is_ok() && rx.await.is_ok()
+        })
+        .await;
+        match flushed {
+            Ok(true) => Ok(()),
+            _ => Err(CacheError::Unflushed {
+                pending: self.pending.load(Ordering::Acquire),
+            }),
+        }
+    }
+
+    fn unflushed(&self) -> Result<(), CacheError> {
+        match self.pending.load(Ordering::Acquire) {
+            0 => Ok(()),
+            pending => Err(CacheError::Unflushed { pending }),
+        }
+    }
+
+    /// Closes the queue and waits for it to drain.
+    pub(crate) async fn close(&self, within: Duration) -> Result<(), CacheError> {
+        drop(
+            self.behind
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
+        let worker = self
+            .worker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(worker) = worker
+            && with_timeout(within, worker).await.is_err()
+        {
+            self.abandon.store(true, Ordering::Release);
+        }
+        self.unflushed()
+    }
+
+    /// The write-behind worker: one write at a time, in queue order, each retried until
+    /// it lands (or the shutdown deadline passes), then announced to the other instances.
+    async fn drain(self: Arc<Self>, mut queue: mpsc::Receiver<Queued<V>>) {
+        while let Some(item) = queue.recv().await {
+            match item {
+                Queued::Flush(done) => {
+                    let _ = done.send(());
+                }
+                Queued::Write(key, entry) => {
+                    let mut backoff = Duration::from_millis(10);
+                    loop {
+                        let written = match self.write(&key, &entry).await {
+                            Ok(()) => self
+                                .backplane
+                                .publish(Kind::Key, &key)
+                                .await
+                                .map_err(CacheError::from),
+                            Err(CacheError::Encode(e)) => {
+                                tracing::error!(error = %e, "a write-behind value could not be encoded; dropped");
+                                Ok(())
+                            }
+                            Err(e) => Err(e),
+                        };
+                        if written.is_ok() || self.abandon.load(Ordering::Acquire) {
+                            break;
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                    if !self.abandon.load(Ordering::Acquire) {
+                        self.pending.fetch_sub(1, Ordering::AcqRel);
+                    }
+                }
+            }
+        }
+    }
+}

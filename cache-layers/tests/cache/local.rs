@@ -1,0 +1,375 @@
+//! L1-only behaviour: single-flight, negative caching, eager refresh, fail-safe, timeouts,
+//! tags, warming. Expiry runs on a `ManualClock`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use keel_cache_layers::{Cache, CacheError, EntryOptions, ManualClock};
+
+fn counted(
+    count: &Arc<AtomicUsize>,
+    value: &str,
+) -> impl Future<Output = Result<String, std::io::Error>> + Send + use<> {
+    let count = count.clone();
+    let value = value.to_owned();
+    async move {
+        count.fetch_add(1, Ordering::SeqCst);
+        Ok(value)
+    }
+}
+
+async fn failing() -> Result<String, std::io::Error> {
+    Err(std::io::Error::other("source down"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_share_one_load_and_one_error() {
+    let cache = Cache::<String>::builder("local").build().unwrap();
+    let loads = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..1_000 {
+        let cache = cache.clone();
+        let loads = loads.clone();
+        tasks.push(tokio::spawn(async move {
+            cache
+                .get_or_load("k", move || async move {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok::<_, std::io::Error>("v".to_owned())
+                })
+                .await
+        }));
+    }
+    for task in tasks {
+        assert_eq!(*task.await.unwrap().unwrap(), "v");
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+
+    // A failed load is shared by its waiters and not cached.
+    let errors = futures_join(10, || {
+        cache.get_or_load("bad", || async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Err::<String, _>(std::io::Error::other("boom"))
+        })
+    })
+    .await;
+    assert!(
+        errors
+            .iter()
+            .all(|r| matches!(r, Err(e) if e.is_loader() && e.to_string().contains("boom")))
+    );
+    let again = cache
+        .get_or_load("bad", || async { Ok::<_, std::io::Error>("ok".to_owned()) })
+        .await;
+    assert_eq!(*again.unwrap(), "ok");
+}
+
+async fn futures_join<T, F, Fut>(n: usize, make: F) -> Vec<T>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = T>,
+{
+    let futures: Vec<_> = (0..n).map(|_| make()).collect();
+    let mut out = Vec::new();
+    // Start them all before awaiting any, so they overlap.
+    let pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    for f in pinned {
+        out.push(f.await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_panicking_loader_is_an_error_and_the_key_recovers() {
+    let cache = Cache::<String>::builder("local").build().unwrap();
+    let result = cache
+        .get_or_load("k", || async {
+            if true {
+                panic!("loader bug");
+            }
+            Ok::<String, std::io::Error>(String::new())
+        })
+        .await;
+    assert!(matches!(result, Err(CacheError::LoaderPanicked)));
+    let loads = Arc::new(AtomicUsize::new(0));
+    let l = loads.clone();
+    assert_eq!(
+        *cache
+            .get_or_load("k", move || counted(&l, "fine"))
+            .await
+            .unwrap(),
+        "fine"
+    );
+}
+
+#[tokio::test]
+async fn absent_keys_are_cached_for_the_negative_ttl_only() {
+    let clock = ManualClock::new(1_000_000);
+    let cache = Cache::<String>::builder("local")
+        .clock(clock.clone())
+        .entry_options(
+            EntryOptions::new(Duration::from_secs(60)).negative_ttl(Duration::from_secs(5)),
+        )
+        .build()
+        .unwrap();
+    let loads = Arc::new(AtomicUsize::new(0));
+    for _ in 0..3 {
+        let l = loads.clone();
+        let found = cache
+            .get_or_load_optional("ghost", move || async move {
+                l.fetch_add(1, Ordering::SeqCst);
+                Ok::<Option<String>, std::io::Error>(None)
+            })
+            .await
+            .unwrap();
+        assert!(found.is_none());
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 1, "absence is cached");
+    assert!(matches!(
+        cache
+            .get_or_load("ghost", || async {
+                Ok::<_, std::io::Error>("x".to_owned())
+            })
+            .await,
+        Err(CacheError::Absent)
+    ));
+    clock.advance(Duration::from_secs(6));
+    let l = loads.clone();
+    let found = cache
+        .get_or_load_optional("ghost", move || async move {
+            l.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(Some("now here".to_owned()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.as_deref().map(String::as_str), Some("now here"));
+    assert_eq!(loads.load(Ordering::SeqCst), 2);
+
+    // Without a negative TTL, absence is not cached.
+    let plain = Cache::<String>::builder("local").build().unwrap();
+    for _ in 0..2 {
+        let l = loads.clone();
+        let _ = plain
+            .get_or_load_optional("ghost", move || async move {
+                l.fetch_add(1, Ordering::SeqCst);
+                Ok::<Option<String>, std::io::Error>(None)
+            })
+            .await;
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eager_refresh_answers_at_once_and_reloads_in_the_background() {
+    let clock = ManualClock::new(1_000_000);
+    let cache = Cache::<String>::builder("local")
+        .clock(clock.clone())
+        .entry_options(EntryOptions::new(Duration::from_secs(10)).eager_refresh(0.5))
+        .build()
+        .unwrap();
+    let loads = Arc::new(AtomicUsize::new(0));
+    let l = loads.clone();
+    assert_eq!(
+        *cache
+            .get_or_load("k", move || counted(&l, "v1"))
+            .await
+            .unwrap(),
+        "v1"
+    );
+    clock.advance(Duration::from_secs(4));
+    let l = loads.clone();
+    assert_eq!(
+        *cache
+            .get_or_load("k", move || counted(&l, "never"))
+            .await
+            .unwrap(),
+        "v1"
+    );
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        1,
+        "before the threshold nothing reloads"
+    );
+
+    clock.advance(Duration::from_secs(2)); // 60% of the TTL
+    let l = loads.clone();
+    let started = Instant::now();
+    let answer = cache
+        .get_or_load("k", move || async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            counted(&l, "v2").await
+        })
+        .await
+        .unwrap();
+    assert_eq!(*answer, "v1", "the caller is not made to wait");
+    assert!(started.elapsed() < Duration::from_millis(150));
+    wait_for(|| cache.peek("k").is_some_and(|v| *v == "v2")).await;
+    assert_eq!(loads.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_safe_serves_the_last_good_value_with_throttled_retries_then_gives_up() {
+    let clock = ManualClock::new(1_000_000);
+    let cache = Cache::<String>::builder("local")
+        .clock(clock.clone())
+        .entry_options(
+            EntryOptions::new(Duration::from_secs(1))
+                .fail_safe(Duration::from_secs(60))
+                .fail_safe_throttle(Duration::from_secs(5)),
+        )
+        .build()
+        .unwrap();
+    let loads = Arc::new(AtomicUsize::new(0));
+    let l = loads.clone();
+    cache
+        .get_or_load("k", move || counted(&l, "good"))
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(2));
+    assert!(
+        cache.get("k").await.is_none(),
+        "get serves only fresh values"
+    );
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let fail = |attempts: &Arc<AtomicUsize>| {
+        let attempts = attempts.clone();
+        move || {
+            attempts.fetch_add(1, Ordering::SeqCst);
+            failing()
+        }
+    };
+    assert_eq!(
+        *cache.get_or_load("k", fail(&attempts)).await.unwrap(),
+        "good"
+    );
+    assert_eq!(cache.stats().stale_served, 1);
+    // Within the throttle the failing source is left alone.
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(
+        *cache.get_or_load("k", fail(&attempts)).await.unwrap(),
+        "good"
+    );
+    assert_eq!(attempts.load(Ordering::SeqCst), 1);
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(
+        *cache.get_or_load("k", fail(&attempts)).await.unwrap(),
+        "good"
+    );
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    // Past the fail-safe bound the error comes through.
+    clock.advance(Duration::from_secs(61));
+    let err = cache.get_or_load("k", fail(&attempts)).await.unwrap_err();
+    assert!(err.is_loader(), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_timeout_serves_stale_and_hard_timeout_gives_up_while_the_load_completes() {
+    let clock = ManualClock::new(1_000_000);
+    let options = EntryOptions::new(Duration::from_secs(1))
+        .fail_safe(Duration::from_secs(60))
+        .soft_timeout(Duration::from_millis(50))
+        .hard_timeout(Duration::from_millis(2_000));
+    let cache = Cache::<String>::builder("local")
+        .clock(clock.clone())
+        .entry_options(options)
+        .build()
+        .unwrap();
+    let loads = Arc::new(AtomicUsize::new(0));
+    let l = loads.clone();
+    cache
+        .get_or_load("k", move || counted(&l, "old"))
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(2));
+    let slow = |value: &'static str| {
+        move || async move {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            Ok::<_, std::io::Error>(value.to_owned())
+        }
+    };
+    let started = Instant::now();
+    assert_eq!(*cache.get_or_load("k", slow("new")).await.unwrap(), "old");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(45) && waited < Duration::from_millis(300),
+        "{waited:?}"
+    );
+    wait_for(|| cache.peek("k").is_some_and(|v| *v == "new")).await;
+
+    // No stale value: the hard timeout applies, and the load still lands.
+    let hard = EntryOptions::new(Duration::from_secs(10)).hard_timeout(Duration::from_millis(50));
+    let started = Instant::now();
+    let err = cache
+        .get_or_load_with("other", &hard, slow("late"))
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert!(started.elapsed() < Duration::from_millis(300));
+    wait_for(|| cache.peek("other").is_some_and(|v| *v == "late")).await;
+}
+
+#[tokio::test]
+async fn tags_and_clear_drop_what_they_name() {
+    let cache = Cache::<String>::builder("local").build().unwrap();
+    let tenant1 = EntryOptions::default().tags(["tenant:1"]);
+    let tenant2 = EntryOptions::default().tags(["tenant:2", "all"]);
+    cache.insert_with("a", "1".into(), &tenant1).await.unwrap();
+    cache.insert_with("b", "1".into(), &tenant1).await.unwrap();
+    cache.insert_with("c", "2".into(), &tenant2).await.unwrap();
+    cache.insert("d", "none".into()).await.unwrap();
+    cache.invalidate_tag("tenant:1").await.unwrap();
+    assert!(cache.peek("a").is_none() && cache.peek("b").is_none());
+    assert!(cache.peek("c").is_some() && cache.peek("d").is_some());
+    // An entry written after the tag invalidation is not affected by it.
+    cache
+        .insert_with("a", "again".into(), &tenant1)
+        .await
+        .unwrap();
+    assert!(cache.peek("a").is_some());
+    cache.clear().await.unwrap();
+    assert_eq!(cache.l1_entry_count(), 0);
+}
+
+#[tokio::test]
+async fn warming_loads_each_key_once() {
+    let cache = Cache::<String>::builder("local").build().unwrap();
+    let loads = Arc::new(AtomicUsize::new(0));
+    let l = loads.clone();
+    let keys: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
+    let warmed = cache
+        .warm(keys.clone(), 8, move |key: String| {
+            let l = l.clone();
+            async move {
+                l.fetch_add(1, Ordering::SeqCst);
+                if key == "k13" {
+                    Err(std::io::Error::other("no such row"))
+                } else {
+                    Ok(key.to_uppercase())
+                }
+            }
+        })
+        .await;
+    assert_eq!((warmed.loaded, warmed.failed), (99, 1));
+    assert_eq!(loads.load(Ordering::SeqCst), 100);
+    assert_eq!(cache.peek("k7").as_deref().map(String::as_str), Some("K7"));
+}
+
+#[test]
+fn invalid_settings_are_refused_with_a_reason() {
+    let err = Cache::<String>::builder("has space").build().unwrap_err();
+    assert!(err.to_string().contains("namespace"), "{err}");
+    let err = Cache::<String>::builder("ok")
+        .entry_options(EntryOptions::default().eager_refresh(2.0))
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("eager_refresh"), "{err}");
+}
+
+async fn wait_for(mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !condition() {
+        assert!(Instant::now() < deadline, "condition not met within 5 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -1,0 +1,8 @@
+//! Integration tests of keel-cache-layers: L1 behaviour on a manual clock, and the
+//! two-level cache against real redis-server processes (single node and cluster).
+
+mod local;
+#[cfg(feature = "redis")]
+mod shared;
+#[cfg(feature = "redis")]
+mod support;

@@ -1,0 +1,610 @@
+//! The two-level cache against real Redis: every test runs on a single node and on a
+//! three-node Redis Cluster.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use keel_cache_layers::{Cache, EntryOptions};
+
+use crate::support::{Topology, builder, connected, eventually, percentile};
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod single {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Topology::single()).await;
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Topology::cluster()).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    an_invalidation_reaches_the_other_instance,
+    a_cut_off_instance_catches_up_when_it_reconnects,
+    an_instance_too_far_behind_drops_its_whole_l1,
+    reads_survive_redis_being_killed_and_l2_comes_back,
+    one_load_per_process_and_one_across_instances_with_the_lock,
+    tags_invalidate_across_instances,
+    absence_is_shared_through_l2,
+    l2_ttls_carry_the_jitter,
+    a_schema_bump_or_an_undecodable_record_is_a_miss,
+    write_behind_keeps_order_and_loses_nothing_on_shutdown,
+    an_older_load_never_overwrites_a_newer_value,
+    clear_empties_every_instance_and_l2,
+);
+
+fn value(
+    s: &str,
+) -> impl FnOnce() -> std::future::Ready<Result<String, std::io::Error>> + Send + 'static {
+    let s = s.to_owned();
+    move || std::future::ready(Ok(s))
+}
+
+async fn an_invalidation_reaches_the_other_instance(redis: Topology) {
+    let a = builder("users", redis.l2().await).build().unwrap();
+    let b = builder("users", redis.l2().await).build().unwrap();
+    connected(&a).await;
+    connected(&b).await;
+
+    a.insert("user:1", "Ada".into()).await.unwrap();
+    // B has never seen it: L2 answers, then L1 does.
+    assert_eq!(
+        b.get("user:1").await.as_deref().map(String::as_str),
+        Some("Ada")
+    );
+    assert_eq!(b.stats().l2_hits, 1);
+    assert!(b.peek("user:1").is_some());
+
+    let mut took = Vec::new();
+    let mut expected = b.stats().invalidations_received;
+    for round in 0..30 {
+        a.insert("user:1", format!("v{round}")).await.unwrap();
+        expected += 1;
+        eventually(Duration::from_secs(2), || {
+            b.stats().invalidations_received >= expected
+        })
+        .await;
+        assert!(b.peek("user:1").is_none());
+        assert_eq!(
+            *b.get_or_load("user:1", value("unused")).await.unwrap(),
+            format!("v{round}")
+        );
+        assert!(b.peek("user:1").is_some());
+        let start = Instant::now();
+        a.invalidate("user:1").await.unwrap();
+        eventually(Duration::from_secs(2), || b.peek("user:1").is_none()).await;
+        took.push(start.elapsed());
+        expected += 1;
+        eventually(Duration::from_secs(2), || {
+            b.stats().invalidations_received >= expected
+        })
+        .await;
+    }
+    took.sort();
+    eprintln!(
+        "invalidation propagation: p50 {:?}, p99 {:?}",
+        percentile(&took, 0.5),
+        percentile(&took, 0.99)
+    );
+    assert!(percentile(&took, 0.99) < Duration::from_millis(500));
+    // B is told; A ignores its own messages.
+    assert!(b.stats().invalidations_received >= 60);
+    assert_eq!(a.stats().invalidations_received, 0);
+    // After the invalidation nobody serves the value: L2 holds a tombstone.
+    assert!(b.get("user:1").await.is_none());
+}
+
+async fn a_cut_off_instance_catches_up_when_it_reconnects(redis: Topology) {
+    let proxy = redis.proxy();
+    let a = builder("users", redis.l2().await).build().unwrap();
+    let b = builder("users", redis.l2_through(&proxy).await)
+        .build()
+        .unwrap();
+    connected(&a).await;
+    connected(&b).await;
+    a.insert("user:1", "old".into()).await.unwrap();
+    a.insert("user:2", "old".into()).await.unwrap();
+    assert!(b.get("user:1").await.is_some() && b.get("user:2").await.is_some());
+
+    proxy.cut();
+    eventually(Duration::from_secs(10), || {
+        !b.backplane_status().unwrap().connected
+    })
+    .await;
+    // While B is away: a change and an invalidation it cannot hear about.
+    a.insert("user:1", "new".into()).await.unwrap();
+    a.invalidate("user:2").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(b.peek("user:1").is_some(), "B could not know yet");
+
+    proxy.restore();
+    eventually(Duration::from_secs(10), || {
+        let s = b.backplane_status().unwrap();
+        s.connected && s.reconnects >= 1
+    })
+    .await;
+    // Reconnected means caught up: neither stale value is served.
+    assert!(b.peek("user:1").is_none());
+    assert!(b.peek("user:2").is_none());
+    assert_eq!(
+        b.get("user:1").await.as_deref().map(String::as_str),
+        Some("new")
+    );
+    assert!(b.get("user:2").await.is_none());
+    assert_eq!(
+        b.stats().full_resyncs,
+        0,
+        "caught up from the log, not by dropping everything"
+    );
+    assert!(b.stats().invalidations_received >= 2);
+}
+
+async fn an_instance_too_far_behind_drops_its_whole_l1(redis: Topology) {
+    let proxy = redis.proxy();
+    let a = builder("users", redis.l2().await)
+        .backplane_log_length(10)
+        .build()
+        .unwrap();
+    let b = builder("users", redis.l2_through(&proxy).await)
+        .backplane_log_length(10)
+        .build()
+        .unwrap();
+    connected(&a).await;
+    connected(&b).await;
+    for i in 0..5 {
+        a.insert(&format!("k{i}"), "v".into()).await.unwrap();
+        assert!(b.get(&format!("k{i}")).await.is_some());
+    }
+    b.insert("only-b", "mine".into()).await.unwrap();
+    proxy.cut();
+    eventually(Duration::from_secs(10), || {
+        !b.backplane_status().unwrap().connected
+    })
+    .await;
+    // Far more invalidations than the log keeps (it is trimmed in blocks of ~100).
+    for i in 0..600 {
+        a.invalidate(&format!("other{i}")).await.unwrap();
+    }
+    proxy.restore();
+    eventually(Duration::from_secs(10), || {
+        let s = b.backplane_status().unwrap();
+        s.connected && s.reconnects >= 1
+    })
+    .await;
+    assert_eq!(b.stats().full_resyncs, 1);
+    assert!(b.peek("k0").is_none() && b.peek("only-b").is_none());
+    // L2 still serves what was not invalidated.
+    assert!(b.get("k0").await.is_some());
+}
+
+async fn reads_survive_redis_being_killed_and_l2_comes_back(mut redis: Topology) {
+    let options = EntryOptions::new(Duration::from_secs(60)).fail_safe(Duration::from_secs(600));
+    let cache = builder("users", redis.l2().await)
+        .entry_options(options)
+        .build()
+        .unwrap();
+    connected(&cache).await;
+    for i in 0..50 {
+        cache
+            .get_or_load(&format!("k{i}"), value("v"))
+            .await
+            .unwrap();
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let mut readers = Vec::new();
+    for r in 0..4 {
+        let cache = cache.clone();
+        let stop = stop.clone();
+        let answered = answered.clone();
+        readers.push(tokio::spawn(async move {
+            let mut i = r;
+            let mut errors = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("k{}", i % 60); // 10 of them were never loaded
+                i += 1;
+                let started = Instant::now();
+                match cache.get_or_load(&key, value("v")).await {
+                    Ok(v) if *v == "v" => {}
+                    _ => errors += 1,
+                }
+                assert!(started.elapsed() < Duration::from_secs(2), "a read hung");
+                answered.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            errors
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.stop();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let during = answered.load(Ordering::Relaxed);
+    tokio::task::block_in_place(|| redis.restart());
+    let back = Instant::now();
+
+    // L2 is used again within a second: a new value written now reaches Redis.
+    let mut raw = redis.raw().await;
+    let mut reached = None;
+    while back.elapsed() < Duration::from_secs(5) {
+        let key = format!("probe{}", back.elapsed().as_micros());
+        let _ = cache.insert(&key, "p".into()).await;
+        let found: Option<Vec<u8>> = raw
+            .query(redis::cmd("GET").arg(format!("keel:users:v1:g0:k:{key}")))
+            .await
+            .unwrap_or(None);
+        if found.is_some() {
+            reached = Some(back.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut errors = 0;
+    for reader in readers {
+        errors += reader.await.unwrap();
+    }
+    let reached = reached.expect("L2 never came back");
+    eprintln!("L2 back {reached:?} after Redis restarted; {during} reads answered before");
+    assert_eq!(errors, 0, "every read answered with the value");
+    assert!(
+        during > 1_000,
+        "reads kept flowing while Redis was down ({during})"
+    );
+    assert!(
+        reached < Duration::from_secs(1),
+        "L2 came back after {reached:?}"
+    );
+}
+
+async fn one_load_per_process_and_one_across_instances_with_the_lock(redis: Topology) {
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        let cache = builder("users", redis.l2().await)
+            .distributed_lock(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        connected(&cache).await;
+        instances.push(cache);
+    }
+    let loads = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for cache in &instances {
+        for _ in 0..1_000 {
+            let cache = cache.clone();
+            let loads = loads.clone();
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get_or_load("hot", move || async move {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Ok::<_, std::io::Error>("loaded".to_owned())
+                    })
+                    .await
+            }));
+        }
+    }
+    for task in tasks {
+        assert_eq!(*task.await.unwrap().unwrap(), "loaded");
+    }
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        1,
+        "one load across three instances"
+    );
+
+    // Without the lock: one load per process.
+    let loads = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let cache = builder("users", redis.l2().await).build().unwrap();
+        connected(&cache).await;
+        for _ in 0..1_000 {
+            let cache = cache.clone();
+            let loads = loads.clone();
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get_or_load("hot2", move || async move {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Ok::<_, std::io::Error>("loaded".to_owned())
+                    })
+                    .await
+            }));
+        }
+    }
+    for task in tasks {
+        assert_eq!(*task.await.unwrap().unwrap(), "loaded");
+    }
+    let n = loads.load(Ordering::SeqCst);
+    assert!(
+        (1..=3).contains(&n),
+        "at most one load per process, saw {n}"
+    );
+}
+
+async fn tags_invalidate_across_instances(redis: Topology) {
+    let a = builder("docs", redis.l2().await).build().unwrap();
+    let b = builder("docs", redis.l2().await).build().unwrap();
+    connected(&a).await;
+    connected(&b).await;
+    let t1 = EntryOptions::default().tags(["tenant:1"]);
+    let t2 = EntryOptions::default().tags(["tenant:2"]);
+    a.get_or_load_with("a", &t1, value("A")).await.unwrap();
+    a.get_or_load_with("b", &t1, value("B")).await.unwrap();
+    a.get_or_load_with("c", &t2, value("C")).await.unwrap();
+    for key in ["a", "b", "c"] {
+        assert!(b.get(key).await.is_some(), "{key} from L2");
+    }
+    a.invalidate_tag("tenant:1").await.unwrap();
+    eventually(Duration::from_secs(2), || {
+        b.peek("a").is_none() && b.peek("b").is_none()
+    })
+    .await;
+    assert!(b.peek("c").is_some());
+    // Gone from L2 too.
+    assert!(b.get("a").await.is_none() && b.get("b").await.is_none());
+    let fresh = builder("docs", redis.l2().await).build().unwrap();
+    connected(&fresh).await;
+    assert!(fresh.get("a").await.is_none());
+    assert_eq!(
+        fresh.get("c").await.as_deref().map(String::as_str),
+        Some("C")
+    );
+}
+
+async fn absence_is_shared_through_l2(redis: Topology) {
+    let options =
+        EntryOptions::new(Duration::from_secs(60)).negative_ttl(Duration::from_millis(500));
+    let a = builder("users", redis.l2().await)
+        .entry_options(options.clone())
+        .build()
+        .unwrap();
+    let b = builder("users", redis.l2().await)
+        .entry_options(options)
+        .build()
+        .unwrap();
+    connected(&a).await;
+    connected(&b).await;
+    let loads = Arc::new(AtomicUsize::new(0));
+    let absent = |loads: &Arc<AtomicUsize>| {
+        let loads = loads.clone();
+        move || async move {
+            loads.fetch_add(1, Ordering::SeqCst);
+            Ok::<Option<String>, std::io::Error>(None)
+        }
+    };
+    assert!(
+        a.get_or_load_optional("ghost", absent(&loads))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        b.get_or_load_optional("ghost", absent(&loads))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(loads.load(Ordering::SeqCst), 1, "B found the absence in L2");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        b.get_or_load_optional("ghost", absent(&loads))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(loads.load(Ordering::SeqCst), 2, "the negative TTL is short");
+}
+
+async fn l2_ttls_carry_the_jitter(redis: Topology) {
+    let options = EntryOptions::new(Duration::from_secs(10)).jitter(Duration::from_secs(5));
+    let cache = builder("users", redis.l2().await)
+        .entry_options(options)
+        .build()
+        .unwrap();
+    connected(&cache).await;
+    let mut raw = redis.raw().await;
+    let mut ttls = Vec::new();
+    for i in 0..40 {
+        cache.insert(&format!("k{i}"), "v".into()).await.unwrap();
+        let ttl: i64 = raw
+            .query(redis::cmd("PTTL").arg(format!("keel:users:v1:g0:k:k{i}")))
+            .await
+            .unwrap();
+        ttls.push(ttl);
+    }
+    assert!(
+        ttls.iter().all(|t| (9_500..=15_000).contains(t)),
+        "{ttls:?}"
+    );
+    let spread = ttls.iter().max().unwrap() - ttls.iter().min().unwrap();
+    assert!(spread > 1_000, "jitter spreads expiries: {ttls:?}");
+}
+
+async fn a_schema_bump_or_an_undecodable_record_is_a_miss(redis: Topology) {
+    let v1 = builder("users", redis.l2().await).build().unwrap();
+    connected(&v1).await;
+    v1.insert("k", "written by v1".into()).await.unwrap();
+    let v2 = builder("users", redis.l2().await)
+        .schema_version(2)
+        .build()
+        .unwrap();
+    connected(&v2).await;
+    assert!(v2.get("k").await.is_none());
+    assert_eq!(
+        *v2.get_or_load("k", value("v2 value")).await.unwrap(),
+        "v2 value"
+    );
+    assert_eq!(
+        v1.get("k").await.as_deref().map(String::as_str),
+        Some("written by v1")
+    );
+
+    // A record that does not decode (another writer, a corrupted value) is a miss.
+    let mut raw = redis.raw().await;
+    let _: () = raw
+        .query(
+            redis::cmd("SET")
+                .arg("keel:users:v2:g0:k:junk")
+                .arg(b"\x00\xffnot an envelope".as_slice()),
+        )
+        .await
+        .unwrap();
+    assert!(v2.get("junk").await.is_none());
+    assert_eq!(
+        *v2.get_or_load("junk", value("reloaded")).await.unwrap(),
+        "reloaded"
+    );
+    assert!(v2.stats().decode_errors >= 1);
+}
+
+async fn write_behind_keeps_order_and_loses_nothing_on_shutdown(mut redis: Topology) {
+    let writer = builder("users", redis.l2().await)
+        .write_behind_capacity(64)
+        .build()
+        .unwrap();
+    let reader = builder("users", redis.l2().await).build().unwrap();
+    connected(&writer).await;
+    connected(&reader).await;
+    for round in 0..10 {
+        for key in 0..50 {
+            writer
+                .insert_behind(&format!("k{key}"), format!("round {round}"))
+                .await
+                .unwrap();
+        }
+    }
+    writer.flush(Duration::from_secs(10)).await.unwrap();
+    for key in 0..50 {
+        assert_eq!(
+            reader
+                .get(&format!("k{key}"))
+                .await
+                .as_deref()
+                .map(String::as_str),
+            Some("round 9"),
+            "k{key}"
+        );
+    }
+    // Queued while Redis is down, written once it is back, all before shutdown returns.
+    redis.stop();
+    for key in 0..20 {
+        writer
+            .insert_behind(&format!("late{key}"), "queued".into())
+            .await
+            .unwrap();
+    }
+    let restart = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(Duration::from_millis(700));
+        redis.restart();
+        redis
+    });
+    writer.shutdown(Duration::from_secs(20)).await.unwrap();
+    let redis = restart.await.unwrap();
+    assert!(matches!(
+        writer.insert_behind("after", "x".into()).await,
+        Err(keel_cache_layers::CacheError::ShutDown)
+    ));
+    let mut raw = redis.raw().await;
+    for key in 0..20 {
+        let found: Option<Vec<u8>> = raw
+            .query(redis::cmd("GET").arg(format!("keel:users:v1:g0:k:late{key}")))
+            .await
+            .unwrap();
+        assert!(found.is_some(), "late{key} was lost");
+    }
+}
+
+async fn an_older_load_never_overwrites_a_newer_value(redis: Topology) {
+    let a = builder("users", redis.l2().await).build().unwrap();
+    let b = builder("users", redis.l2().await).build().unwrap();
+    connected(&a).await;
+    connected(&b).await;
+    // A starts loading first but its source is slow; B loads later and finishes first.
+    let slow = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            a.get_or_load("k", || async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok::<_, std::io::Error>("older read".to_owned())
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        *b.get_or_load("k", value("newer read")).await.unwrap(),
+        "newer read"
+    );
+    assert_eq!(*slow.await.unwrap().unwrap(), "older read");
+    assert_eq!(
+        a.stats().l2_write_conflicts,
+        1,
+        "A's write lost the compare-and-set"
+    );
+    let c = builder("users", redis.l2().await).build().unwrap();
+    connected(&c).await;
+    assert_eq!(
+        c.get("k").await.as_deref().map(String::as_str),
+        Some("newer read")
+    );
+
+    // An invalidation beats a load that read before it.
+    let slow = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            a.get_or_load("j", || async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok::<_, std::io::Error>("read before the invalidation".to_owned())
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    b.invalidate("j").await.unwrap();
+    slow.await.unwrap().unwrap();
+    assert!(
+        c.get("j").await.is_none(),
+        "the tombstone kept the old read out of L2"
+    );
+    eventually(Duration::from_secs(2), || a.peek("j").is_none()).await;
+}
+
+async fn clear_empties_every_instance_and_l2(redis: Topology) {
+    let a = builder("users", redis.l2().await).build().unwrap();
+    let b = builder("users", redis.l2().await).build().unwrap();
+    connected(&a).await;
+    connected(&b).await;
+    for i in 0..20 {
+        a.insert(&format!("k{i}"), "v".into()).await.unwrap();
+        assert!(b.get(&format!("k{i}")).await.is_some());
+    }
+    a.clear().await.unwrap();
+    eventually(Duration::from_secs(2), || b.peek("k0").is_none()).await;
+    assert_eq!(b.l1_entry_count(), 0);
+    for i in 0..20 {
+        assert!(
+            b.get(&format!("k{i}")).await.is_none(),
+            "k{i} survived the clear in L2"
+        );
+    }
+    // Writes after the clear work in the new generation.
+    a.insert("k0", "after".into()).await.unwrap();
+    assert_eq!(
+        b.get("k0").await.as_deref().map(String::as_str),
+        Some("after")
+    );
+    let _ = Cache::<String>::builder("users"); // the builder is reusable per namespace
+}
