@@ -2,14 +2,13 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use moka::notification::RemovalCause;
 
 use crate::cache::{Cache, Inner};
-use crate::clock::{Clock, SystemClock, VersionClock};
+use crate::clock::{Clock, CoarseClock, VersionClock};
 use crate::codec::{Codec, Compression};
-use crate::entry::Entry;
 use crate::error::BuildError;
 use crate::flight::Flights;
 use crate::options::EntryOptions;
@@ -47,6 +46,7 @@ pub struct CacheBuilder<V> {
     compression: Compression,
     max_value_bytes: usize,
     clock: Arc<dyn Clock>,
+    l1_max_lifetime: Option<Duration>,
     #[cfg(feature = "redis")]
     l2: Option<RedisL2>,
     #[cfg(feature = "redis")]
@@ -82,7 +82,8 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
             codec,
             compression: Compression::default(),
             max_value_bytes: 64 << 20,
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(CoarseClock),
+            l1_max_lifetime: None,
             #[cfg(feature = "redis")]
             l2: None,
             #[cfg(feature = "redis")]
@@ -130,7 +131,17 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
         self
     }
 
-    /// The clock for entry deadlines (tests use [`ManualClock`](crate::ManualClock)).
+    /// The longest an entry stays in L1, whatever its own deadlines (default: the default
+    /// options' TTL + jitter + fail-safe). Entries past their own deadlines are never
+    /// served; this bounds how long they can occupy L1 before moka drops them. Raise it
+    /// when some calls use longer TTLs than the defaults, or they are re-read from L2.
+    pub fn l1_max_lifetime(mut self, lifetime: Duration) -> Self {
+        self.l1_max_lifetime = Some(lifetime);
+        self
+    }
+
+    /// The clock for entry deadlines (default [`CoarseClock`]; tests use
+    /// [`ManualClock`](crate::ManualClock)).
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
         self
@@ -206,9 +217,10 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
         let listener = stats.clone();
         let l1 = moka::sync::Cache::builder()
             .max_capacity(self.l1_capacity)
-            .expire_after(UntilStale {
-                clock: self.clock.clone(),
-            })
+            .time_to_live(
+                self.l1_max_lifetime
+                    .unwrap_or_else(|| horizon(&self.options)),
+            )
             .support_invalidation_closures()
             .eviction_listener(move |_, _, cause| match cause {
                 RemovalCause::Expired => listener.evicted(true),
@@ -275,37 +287,8 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
     }
 }
 
-/// Keeps an entry in L1 until it is no longer servable (fresh, or stale within fail-safe).
-struct UntilStale {
-    clock: Arc<dyn Clock>,
-}
-
-impl UntilStale {
-    fn left<V>(&self, entry: &Entry<V>) -> Option<Duration> {
-        let now = self.clock.now_ms();
-        Some(Duration::from_millis(
-            entry.deadlines.stale_until.saturating_sub(now),
-        ))
-    }
-}
-
-impl<V> moka::Expiry<Arc<str>, Arc<Entry<V>>> for UntilStale {
-    fn expire_after_create(
-        &self,
-        _: &Arc<str>,
-        entry: &Arc<Entry<V>>,
-        _: Instant,
-    ) -> Option<Duration> {
-        self.left(entry)
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &Arc<str>,
-        entry: &Arc<Entry<V>>,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        self.left(entry)
-    }
+/// How long the default options keep an entry servable.
+fn horizon(options: &EntryOptions) -> Duration {
+    let servable = options.ttl + options.jitter + options.fail_safe.unwrap_or_default();
+    servable.max(options.negative_ttl.unwrap_or_default()) + Duration::from_secs(1)
 }

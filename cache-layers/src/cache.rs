@@ -6,14 +6,14 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt as _;
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Either};
 use keel_resilience::timeout::with_timeout;
 use moka::sync::Cache as Moka;
 
 use crate::builder::CacheBuilder;
 use crate::clock::{Clock, VersionClock};
 use crate::codec::{Codec, Postcard};
-use crate::entry::Entry;
+use crate::entry::{Entry, Tags};
 use crate::error::{BoxError, CacheError};
 use crate::flight::{Flights, Landed, SharedLoad, Ticket};
 use crate::options::{Deadlines, EntryOptions};
@@ -74,7 +74,7 @@ impl<V> fmt::Debug for Cache<V> {
 
 pub(crate) struct Inner<V> {
     pub(crate) name: Arc<str>,
-    pub(crate) l1: Moka<Arc<str>, Arc<Entry<V>>>,
+    pub(crate) l1: Moka<Arc<str>, Entry<V>>,
     pub(crate) options: EntryOptions,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) versions: Arc<VersionClock>,
@@ -142,10 +142,16 @@ impl<V: Send + Sync + 'static> Cache<V> {
     #[inline]
     #[must_use]
     pub fn peek(&self, key: &str) -> Option<Arc<V>> {
+        self.fresh_in_l1(key).flatten()
+    }
+
+    /// `Some(value)` for a fresh L1 entry (`Some(None)`: cached as absent), counted as a hit.
+    #[inline]
+    fn fresh_in_l1(&self, key: &str) -> Option<Option<Arc<V>>> {
         let entry = self.inner.l1.get(key)?;
         if entry.is_fresh(self.inner.clock.now_ms()) {
             self.inner.stats.l1_hit();
-            entry.value.clone()
+            Some(entry.value)
         } else {
             None
         }
@@ -153,17 +159,24 @@ impl<V: Send + Sync + 'static> Cache<V> {
 
     /// The fresh value of `key` from L1, else from L2 (then kept in L1). `None` when
     /// neither has it, or it is cached as absent.
-    pub async fn get(&self, key: &str) -> Option<Arc<V>> {
-        let now = self.inner.clock.now_ms();
-        if let Some(entry) = self.inner.l1.get(key)
-            && entry.is_fresh(now)
-        {
-            self.inner.stats.l1_hit();
-            return entry.value.clone();
+    ///
+    /// An L1 hit completes on the first poll without allocating.
+    #[inline]
+    pub fn get<'a>(&'a self, key: &'a str) -> impl Future<Output = Option<Arc<V>>> + Send + 'a {
+        match self.fresh_in_l1(key) {
+            Some(value) => Either::Left(std::future::ready(value)),
+            None => {
+                self.inner.stats.l1_miss();
+                Either::Right(Box::pin(self.get_from_l2(key)))
+            }
         }
-        self.inner.stats.l1_miss();
+    }
+
+    #[cfg_attr(not(feature = "redis"), allow(clippy::unused_async))]
+    async fn get_from_l2(&self, key: &str) -> Option<Arc<V>> {
         #[cfg(feature = "redis")]
         if let Some(remote) = &self.inner.remote {
+            let now = self.inner.clock.now_ms();
             if let Some(entry) = remote.read(key).await
                 && entry.is_fresh(now)
             {
@@ -174,12 +187,14 @@ impl<V: Send + Sync + 'static> Cache<V> {
             }
             self.inner.stats.l2_miss();
         }
+        let _ = key;
         None
     }
 
     /// The value of `key`, loading it with `loader` on a miss. Concurrent misses of one key
     /// share one load (and, with [`CacheBuilder::distributed_lock`], one load across
-    /// instances). Uses the cache's default [`EntryOptions`].
+    /// instances). Uses the cache's default [`EntryOptions`]. An L1 hit completes on the
+    /// first poll without allocating.
     ///
     /// The loader runs in its own task, so it must be `'static`: move what it needs into it.
     ///
@@ -187,26 +202,31 @@ impl<V: Send + Sync + 'static> Cache<V> {
     /// The loader's error (shared by every caller of that load) when no stale value may
     /// be served; [`CacheError::Timeout`] after the hard timeout; [`CacheError::Absent`]
     /// when the key is cached as absent.
-    pub async fn get_or_load<F, Fut, E>(&self, key: &str, loader: F) -> Result<Arc<V>, CacheError>
+    #[inline]
+    pub fn get_or_load<'a, F, Fut, E>(
+        &'a self,
+        key: &'a str,
+        loader: F,
+    ) -> impl Future<Output = Result<Arc<V>, CacheError>> + Send + 'a
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
-        let options = self.inner.options.clone();
-        self.get_or_load_with(key, &options, loader).await
+        self.get_or_load_with(key, &self.inner.options, loader)
     }
 
     /// [`get_or_load`](Self::get_or_load) with options for this call.
     ///
     /// # Errors
     /// As [`get_or_load`](Self::get_or_load).
-    pub async fn get_or_load_with<F, Fut, E>(
-        &self,
-        key: &str,
+    #[inline]
+    pub fn get_or_load_with<'a, F, Fut, E>(
+        &'a self,
+        key: &'a str,
         options: &EntryOptions,
         loader: F,
-    ) -> Result<Arc<V>, CacheError>
+    ) -> impl Future<Output = Result<Arc<V>, CacheError>> + Send + 'a
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
@@ -215,9 +235,12 @@ impl<V: Send + Sync + 'static> Cache<V> {
         let load = move || -> Load<V> {
             async move { loader().await.map(Some).map_err(Into::into) }.boxed()
         };
-        self.lookup_or_load(key, options, load)
-            .await?
-            .ok_or(CacheError::Absent)
+        match self.lookup_or_load(key, options, load) {
+            Ok(landed) => Either::Left(std::future::ready(
+                landed.and_then(|v| v.ok_or(CacheError::Absent)),
+            )),
+            Err(waiting) => Either::Right(waiting.map(|landed| landed?.ok_or(CacheError::Absent))),
+        }
     }
 
     /// For keys that may not exist: a loader answering `Ok(None)` caches "absent" for the
@@ -226,55 +249,79 @@ impl<V: Send + Sync + 'static> Cache<V> {
     ///
     /// # Errors
     /// As [`get_or_load`](Self::get_or_load), except that absence is `Ok(None)`.
-    pub async fn get_or_load_optional<F, Fut, E>(
-        &self,
-        key: &str,
+    pub fn get_or_load_optional<'a, F, Fut, E>(
+        &'a self,
+        key: &'a str,
         loader: F,
-    ) -> Result<Option<Arc<V>>, CacheError>
+    ) -> impl Future<Output = Result<Option<Arc<V>>, CacheError>> + Send + 'a
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
-        let options = self.inner.options.clone();
-        self.get_or_load_optional_with(key, &options, loader).await
+        self.get_or_load_optional_with(key, &self.inner.options, loader)
     }
 
     /// [`get_or_load_optional`](Self::get_or_load_optional) with options for this call.
     ///
     /// # Errors
     /// As [`get_or_load_optional`](Self::get_or_load_optional).
-    pub async fn get_or_load_optional_with<F, Fut, E>(
-        &self,
-        key: &str,
+    pub fn get_or_load_optional_with<'a, F, Fut, E>(
+        &'a self,
+        key: &'a str,
         options: &EntryOptions,
         loader: F,
-    ) -> Result<Option<Arc<V>>, CacheError>
+    ) -> impl Future<Output = Result<Option<Arc<V>>, CacheError>> + Send + 'a
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
         let load = move || -> Load<V> { async move { loader().await.map_err(Into::into) }.boxed() };
-        self.lookup_or_load(key, options, load).await
+        match self.lookup_or_load(key, options, load) {
+            Ok(landed) => Either::Left(std::future::ready(landed)),
+            Err(waiting) => Either::Right(waiting),
+        }
     }
 
-    async fn lookup_or_load(
+    /// The L1 check happens here, synchronously: `Ok` is the answer from L1; only a miss
+    /// builds (and boxes) the future that waits for the load.
+    #[inline]
+    fn lookup_or_load(
         &self,
         key: &str,
         options: &EntryOptions,
         load: impl FnOnce() -> Load<V>,
-    ) -> Landed<V> {
+    ) -> Result<Landed<V>, BoxFuture<'static, Landed<V>>> {
         let now = self.inner.clock.now_ms();
+        match self.inner.l1.get(key) {
+            Some(entry) if entry.is_fresh(now) && entry.deadlines.refresh_at > now => {
+                self.inner.stats.l1_hit();
+                Ok(Ok(entry.value))
+            }
+            found => self.refresh_or_load(key, options, load, found, now),
+        }
+    }
+
+    /// The rest of [`lookup_or_load`](Self::lookup_or_load), kept out of line.
+    #[inline(never)]
+    fn refresh_or_load(
+        &self,
+        key: &str,
+        options: &EntryOptions,
+        load: impl FnOnce() -> Load<V>,
+        found: Option<Entry<V>>,
+        now: u64,
+    ) -> Result<Landed<V>, BoxFuture<'static, Landed<V>>> {
         let mut stale = None;
-        if let Some(entry) = self.inner.l1.get(key) {
+        if let Some(entry) = found {
             if entry.is_fresh(now) {
                 self.inner.stats.l1_hit();
-                if entry.deadlines.refresh_at <= now && !self.inner.flights.is_running(key) {
+                if !self.inner.flights.is_running(key) {
                     // Stale-while-revalidate: answer now, reload in the background.
                     drop(self.start(key, options, load, Some(entry.clone()), true));
                 }
-                return Ok(entry.value.clone());
+                return Ok(Ok(entry.value));
             }
             if entry.is_servable(now) {
                 stale = Some(entry);
@@ -282,7 +329,12 @@ impl<V: Send + Sync + 'static> Cache<V> {
         }
         self.inner.stats.l1_miss();
         let flight = self.start(key, options, load, stale.clone(), false);
-        self.wait(flight, stale, options).await
+        let limit = match (&stale, options.soft_timeout, options.hard_timeout) {
+            (Some(_), Some(soft), Some(hard)) => Some(soft.min(hard)),
+            (Some(_), Some(soft), None) => Some(soft),
+            (_, _, hard) => hard,
+        };
+        Err(wait(flight, stale, limit, self.inner.stats.clone()).boxed())
     }
 
     /// Joins the running load of `key` or starts one in its own task.
@@ -291,7 +343,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
         key: &str,
         options: &EntryOptions,
         load: impl FnOnce() -> Load<V>,
-        stale: Option<Arc<Entry<V>>>,
+        stale: Option<Entry<V>>,
         refresh: bool,
     ) -> SharedLoad<V> {
         self.inner.flights.join_or_start(key, |ticket| {
@@ -309,33 +361,6 @@ impl<V: Send + Sync + 'static> Cache<V> {
             ));
             async move { task.await.unwrap_or(Err(CacheError::LoaderPanicked)) }.boxed()
         })
-    }
-
-    /// Waits for a load within the soft and hard timeouts, falling back to `stale`.
-    async fn wait(
-        &self,
-        flight: SharedLoad<V>,
-        stale: Option<Arc<Entry<V>>>,
-        options: &EntryOptions,
-    ) -> Landed<V> {
-        let limit = match (&stale, options.soft_timeout, options.hard_timeout) {
-            (Some(_), Some(soft), Some(hard)) => Some(soft.min(hard)),
-            (Some(_), Some(soft), None) => Some(soft),
-            (_, _, hard) => hard,
-        };
-        let Some(limit) = limit else {
-            return flight.await;
-        };
-        match with_timeout(limit, flight).await {
-            Ok(landed) => landed,
-            Err(_) => match stale {
-                Some(entry) => {
-                    self.inner.stats.stale_served();
-                    Ok(entry.value.clone())
-                }
-                None => Err(CacheError::Timeout { after: limit }),
-            },
-        }
     }
 
     /// Stores a value (write-through): in L1 at once, and in L2 before returning, then
@@ -494,6 +519,28 @@ impl<V: Send + Sync + 'static> Cache<V> {
     }
 }
 
+/// Waits for a load within the soft/hard limit, falling back to `stale`.
+async fn wait<V: Send + Sync + 'static>(
+    flight: SharedLoad<V>,
+    stale: Option<Entry<V>>,
+    limit: Option<Duration>,
+    stats: Arc<Stats>,
+) -> Landed<V> {
+    let Some(limit) = limit else {
+        return flight.await;
+    };
+    match with_timeout(limit, flight).await {
+        Ok(landed) => landed,
+        Err(_) => match stale {
+            Some(entry) => {
+                stats.stale_served();
+                Ok(entry.value)
+            }
+            None => Err(CacheError::Timeout { after: limit }),
+        },
+    }
+}
+
 /// What [`Cache::warm`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -505,14 +552,14 @@ pub struct Warmed {
 }
 
 impl<V: Send + Sync + 'static> Inner<V> {
-    fn store_locally(&self, key: &str, value: V, options: &EntryOptions) -> Arc<Entry<V>> {
+    fn store_locally(&self, key: &str, value: V, options: &EntryOptions) -> Entry<V> {
         let version = self.versions.next(&*self.clock);
-        let entry = Arc::new(Entry {
+        let entry = Entry {
             value: Some(Arc::new(value)),
             version,
             deadlines: options.deadlines(self.clock.now_ms(), false),
-            tags: options.tags.clone(),
-        });
+            tags: Tags::from(&options.tags),
+        };
         // A load that started before this write must not replace it.
         self.flights.poison(key);
         self.l1.insert(Arc::from(key), entry.clone());
@@ -549,7 +596,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         key: Arc<str>,
         options: EntryOptions,
         load: Load<V>,
-        mut stale: Option<Arc<Entry<V>>>,
+        mut stale: Option<Entry<V>>,
         refresh: bool,
         ticket: Ticket,
     ) -> Landed<V> {
@@ -604,12 +651,12 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 if negative && options.negative_ttl.is_none() {
                     Ok(None)
                 } else {
-                    let entry = Arc::new(Entry {
+                    let entry = Entry {
                         value: value.map(Arc::new),
                         version,
                         deadlines: options.deadlines(now, negative),
-                        tags: options.tags.clone(),
-                    });
+                        tags: Tags::from(&options.tags),
+                    };
                     if cacheable() {
                         self.l1.insert(key.clone(), entry.clone());
                         #[cfg(feature = "redis")]
@@ -637,7 +684,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                             refresh_at: stale.deadlines.refresh_at.max(retry_at),
                             stale_until: stale.deadlines.stale_until,
                         });
-                        self.l1.insert(key.clone(), Arc::new(throttled));
+                        self.l1.insert(key.clone(), throttled);
                     }
                     Ok(stale.value.clone())
                 }

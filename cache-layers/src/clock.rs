@@ -27,6 +27,52 @@ impl Clock for SystemClock {
     }
 }
 
+/// The default clock: wall-clock time as of the last millisecond tick of a background
+/// thread (started on first use, one per process), so reading it is one atomic load
+/// instead of a system call. Deadlines are honoured to within a few milliseconds.
+///
+/// ```
+/// use keel_cache_layers::{Clock, CoarseClock, SystemClock};
+///
+/// let drift = SystemClock.now_ms().abs_diff(CoarseClock.now_ms());
+/// assert!(drift < 1_000);
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CoarseClock;
+
+static COARSE_NOW: AtomicU64 = AtomicU64::new(0);
+static TICKER: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+
+impl Clock for CoarseClock {
+    #[inline]
+    fn now_ms(&self) -> u64 {
+        match COARSE_NOW.load(Ordering::Relaxed) {
+            0 => start_ticker(),
+            now => now,
+        }
+    }
+}
+
+#[cold]
+fn start_ticker() -> u64 {
+    TICKER.get_or_init(|| {
+        COARSE_NOW.fetch_max(SystemClock.now_ms(), Ordering::Relaxed);
+        let spawned = std::thread::Builder::new()
+            .name("keel-cache-clock".into())
+            .spawn(|| {
+                loop {
+                    std::thread::sleep(Duration::from_millis(1));
+                    COARSE_NOW.fetch_max(SystemClock.now_ms(), Ordering::Relaxed);
+                }
+            });
+        if spawned.is_err() {
+            // No thread: stay precise instead (0 keeps every read on this path).
+            COARSE_NOW.store(0, Ordering::Relaxed);
+        }
+    });
+    SystemClock.now_ms()
+}
+
 /// A clock that moves only when told to, for tests of expiry, eager refresh and fail-safe.
 ///
 /// ```

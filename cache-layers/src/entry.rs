@@ -7,13 +7,47 @@ use crate::error::CodecError;
 use crate::options::Deadlines;
 
 /// An entry: the value (or its absence, for negative caching), the version it was written
-/// with, its deadlines and its tags. L1 holds `Arc<Entry<V>>`, so a hit clones two `Arc`s.
+/// with, its deadlines and its tags. L1 holds entries by value: a hit copies the deadlines
+/// and increments the value's `Arc` (and the tags' only when there are tags).
 #[derive(Debug)]
 pub(crate) struct Entry<V> {
     pub(crate) value: Option<Arc<V>>,
     pub(crate) version: u64,
     pub(crate) deadlines: Deadlines,
-    pub(crate) tags: Arc<[Arc<str>]>,
+    pub(crate) tags: Tags,
+}
+
+impl<V> Clone for Entry<V> {
+    fn clone(&self) -> Self {
+        Self {
+            value: self.value.clone(),
+            version: self.version,
+            deadlines: self.deadlines,
+            tags: self.tags.clone(),
+        }
+    }
+}
+
+/// An entry's tags; no allocation (and no reference count to touch) when there are none.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Tags(Option<Arc<[Arc<str>]>>);
+
+impl Tags {
+    pub(crate) fn from(tags: &Arc<[Arc<str>]>) -> Self {
+        Self((!tags.is_empty()).then(|| tags.clone()))
+    }
+
+    pub(crate) fn as_slice(&self) -> &[Arc<str>] {
+        self.0.as_deref().unwrap_or(&[])
+    }
+}
+
+impl std::ops::Deref for Tags {
+    type Target = [Arc<str>];
+
+    fn deref(&self) -> &[Arc<str>] {
+        self.as_slice()
+    }
 }
 
 impl<V> Entry<V> {
@@ -97,14 +131,13 @@ pub(crate) fn encode<V: 'static>(
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) fn encode_tombstone(version: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER);
-    let none: Arc<[Arc<str>]> = Arc::from([]);
     let deadlines = Deadlines {
         fresh_until: 0,
         refresh_at: 0,
         stale_until: 0,
     };
     // A header without tags cannot fail.
-    let _ = write_header(&mut out, version, deadlines, &none);
+    let _ = write_header(&mut out, version, deadlines, &[]);
     out[VERSION_DIGITS] = TOMBSTONE;
     out
 }
@@ -187,7 +220,7 @@ pub(crate) fn decode<V: 'static>(
         value,
         version,
         deadlines,
-        tags: tags.into(),
+        tags: Tags::from(&tags.into()),
     }))
 }
 
@@ -230,7 +263,7 @@ mod tests {
                 refresh_at: 8,
                 stale_until: 20,
             },
-            tags: tags.iter().map(|t| Arc::<str>::from(*t)).collect(),
+            tags: Tags::from(&tags.iter().map(|t| Arc::<str>::from(*t)).collect()),
         }
     }
 

@@ -85,7 +85,7 @@ pub mod stats;
 pub use backplane::BackplaneStatus;
 pub use builder::CacheBuilder;
 pub use cache::{Cache, Warmed};
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, CoarseClock, ManualClock, SystemClock};
 pub use codec::{Codec, Compression, Postcard};
 pub use error::{BoxError, BuildError, CacheError, CodecError};
 #[cfg(feature = "redis")]

@@ -52,14 +52,14 @@ impl<V> fmt::Debug for Remote<V> {
 }
 
 enum Queued<V> {
-    Write(Arc<str>, Arc<Entry<V>>),
+    Write(Arc<str>, Entry<V>),
     Flush(oneshot::Sender<()>),
 }
 
 /// The outcome of asking for the load lock.
 pub(crate) enum LockStep<V> {
     /// Another instance loaded it meanwhile.
-    Found(Arc<Entry<V>>),
+    Found(Entry<V>),
     /// We hold the lock: load, write, then unlock.
     Held(HeldLock),
     /// No lock (disabled, L2 trouble, or the holder took too long): load anyway.
@@ -136,7 +136,7 @@ impl<V: Send + Sync + 'static> Remote<V> {
 
     /// The servable entry of `key` in L2, if any. Tombstones, other generations and
     /// undecodable records are misses.
-    pub(crate) async fn read(&self, key: &str) -> Option<Arc<Entry<V>>> {
+    pub(crate) async fn read(&self, key: &str) -> Option<Entry<V>> {
         let generation = self.generation().ok()?;
         let keys = &self.backplane.keys;
         let bytes = self
@@ -146,9 +146,7 @@ impl<V: Send + Sync + 'static> Remote<V> {
             Ok(Decoded::Entry(entry)) => {
                 // Keep this instance's versions ahead of any it has seen, whatever its clock.
                 self.versions.observe(entry.version);
-                entry
-                    .is_servable(self.clock.now_ms())
-                    .then(|| Arc::new(entry))
+                entry.is_servable(self.clock.now_ms()).then_some(entry)
             }
             Ok(Decoded::Tombstone { version }) => {
                 self.versions.observe(version);
@@ -274,11 +272,7 @@ impl<V: Send + Sync + 'static> Remote<V> {
     }
 
     /// Queues a write-behind.
-    pub(crate) async fn queue(
-        &self,
-        key: Arc<str>,
-        entry: Arc<Entry<V>>,
-    ) -> Result<(), CacheError> {
+    pub(crate) async fn queue(&self, key: Arc<str>, entry: Entry<V>) -> Result<(), CacheError> {
         let sender = self
             .behind
             .lock()

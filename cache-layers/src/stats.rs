@@ -90,11 +90,39 @@ counters!(
     full_resyncs,
 );
 
+/// A counter split over cache-line-padded stripes, one per thread (modulo), so threads
+/// counting L1 hits do not fight over one cache line.
+#[derive(Debug, Default)]
+pub(crate) struct Striped([Padded; STRIPES]);
+
+const STRIPES: usize = 8;
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
+impl Striped {
+    #[inline]
+    fn add(&self) {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        thread_local! {
+            static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+        }
+        let i = STRIPE.with(|s| *s);
+        self.0[i].0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn sum(&self) -> u64 {
+        self.0.iter().map(|p| p.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
 /// The counters plus pre-registered `metrics` handles, so the hot path never looks up a
 /// metric by name.
 #[derive(Debug)]
 pub(crate) struct Stats {
     pub(crate) local: Local,
+    hits: Striped,
     l1_hit: Counter,
     l1_miss: Counter,
     l2_hit: Counter,
@@ -115,6 +143,7 @@ impl Stats {
         let layer = |metric: &'static str, layer: &'static str| metrics::counter!(metric, "cache" => name.clone(), "layer" => layer);
         Self {
             local: Local::default(),
+            hits: Striped::default(),
             l1_hit: layer("keel_cache_hits_total", "l1"),
             l1_miss: layer("keel_cache_misses_total", "l1"),
             l2_hit: layer("keel_cache_hits_total", "l2"),
@@ -131,12 +160,14 @@ impl Stats {
     }
 
     pub(crate) fn snapshot(&self) -> CacheStats {
-        self.local.snapshot()
+        let mut stats = self.local.snapshot();
+        stats.l1_hits = self.hits.sum();
+        stats
     }
 
     #[inline]
     pub(crate) fn l1_hit(&self) {
-        self.local.l1_hits.fetch_add(1, Ordering::Relaxed);
+        self.hits.add();
         self.l1_hit.increment(1);
     }
 
