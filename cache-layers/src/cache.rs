@@ -617,7 +617,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                     if cacheable() {
                         self.l1.insert(key.clone(), found.clone());
                     }
-                    return Ok(found.value.clone());
+                    return Ok(found.value);
                 }
                 Some(found) => {
                     if found.is_servable(now)
@@ -634,7 +634,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                     if cacheable() {
                         self.l1.insert(key.clone(), found.clone());
                     }
-                    return Ok(found.value.clone());
+                    return Ok(found.value);
                 }
                 crate::remote::LockStep::Held(held) => lock = Some(held),
                 crate::remote::LockStep::Proceed => {}
@@ -686,7 +686,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                         });
                         self.l1.insert(key.clone(), throttled);
                     }
-                    Ok(stale.value.clone())
+                    Ok(stale.value)
                 }
                 None => Err(CacheError::loader(error)),
             },
