@@ -149,21 +149,50 @@ impl Backplane {
         let candidate = epoch_candidate();
         let (_, generation) = self
             .l2
-            .publish(
-                &self.keys,
-                &PublishArgs {
-                    origin: &self.origin,
-                    kind: kind.code(),
-                    arg,
-                    log_length: self.log_length,
-                    epoch_candidate: &candidate,
-                },
-            )
+            .publish(&self.keys, &self.message(kind, arg, &candidate))
             .await?;
         if kind == Kind::Clear {
             self.raise_generation(generation);
         }
         Ok(())
+    }
+
+    /// Writes a record (compare-and-set on its version), then publishes an invalidation of
+    /// its key: in one round trip on a single node, in two (in that order) on a cluster.
+    /// Returns whether the record was written.
+    pub(crate) async fn write_then_publish(
+        &self,
+        key: &str,
+        entry_key: &str,
+        record: &[u8],
+        version: u64,
+        ttl_ms: u64,
+    ) -> Result<bool, L2Error> {
+        if self.l2.cluster {
+            let written = self
+                .l2
+                .compare_and_set(entry_key, record, version, ttl_ms)
+                .await?;
+            self.publish(Kind::Key, key).await?;
+            return Ok(written);
+        }
+        let candidate = epoch_candidate();
+        let message = self.message(Kind::Key, key, &candidate);
+        let (written, _) = self
+            .l2
+            .compare_and_set_then_publish(&self.keys, entry_key, record, version, ttl_ms, &message)
+            .await?;
+        Ok(written)
+    }
+
+    fn message<'a>(&'a self, kind: Kind, arg: &'a str, candidate: &'a str) -> PublishArgs<'a> {
+        PublishArgs {
+            origin: &self.origin,
+            kind: kind.code(),
+            arg,
+            log_length: self.log_length,
+            epoch_candidate: candidate,
+        }
     }
 
     fn raise_generation(&self, generation: u64) {

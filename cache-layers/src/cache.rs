@@ -387,8 +387,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
         let entry = self.inner.store_locally(key, value, options);
         #[cfg(feature = "redis")]
         if let Some(remote) = &self.inner.remote {
-            remote.write(key, &entry).await?;
-            remote.backplane.publish(Kind::Key, key).await?;
+            remote.write(key, &entry, true).await?;
         }
         #[cfg(not(feature = "redis"))]
         drop(entry);
@@ -445,6 +444,13 @@ impl<V: Send + Sync + 'static> Cache<V> {
         Ok(())
     }
 
+    /// Drops `key` from this instance's L1 only: L2 and the other instances keep it, and
+    /// the next read here comes from L2. For memory pressure, or to make one instance
+    /// re-read a value.
+    pub fn evict_local(&self, key: &str) {
+        self.inner.l1.invalidate(key);
+    }
+
     /// Drops `key` here and in L2 (a versioned tombstone, so a load that read the old value
     /// before this call cannot write it back), and tells the other instances to drop it.
     ///
@@ -455,8 +461,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
         #[cfg(feature = "redis")]
         if let Some(remote) = &self.inner.remote {
             let version = self.inner.versions.next(&*self.inner.clock);
-            remote.tombstone(key, version).await?;
-            remote.backplane.publish(Kind::Key, key).await?;
+            remote.tombstone(key, version, true).await?;
         }
         Ok(())
     }
@@ -662,7 +667,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                         #[cfg(feature = "redis")]
                         if let Some(remote) = &self.remote {
                             // Best effort: the value is served from L1 either way.
-                            let _ = remote.write(&key, &entry).await;
+                            let _ = remote.write(&key, &entry, false).await;
                         }
                     }
                     Ok(entry.value.clone())

@@ -38,8 +38,8 @@ pub struct RedisL2 {
     pub(crate) subscribers: Arc<[redis::Client]>,
     pub(crate) op_timeout: Duration,
     pub(crate) breaker: Arc<CircuitBreaker>,
-    /// Whether this is a cluster (for the tests and `Debug`).
-    cluster: bool,
+    /// Whether this is a cluster: multi-key scripts across slots are not possible there.
+    pub(crate) cluster: bool,
 }
 
 impl fmt::Debug for RedisL2 {
@@ -81,7 +81,8 @@ impl RedisL2 {
         let client = redis::Client::open(url).map_err(|e| L2SetupError::from_redis(&e))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(DEFAULT_OP_TIMEOUT))
-            .set_response_timeout(Some(DEFAULT_OP_TIMEOUT))
+            // No response timeout here: every call already runs under `op_timeout`.
+            .set_response_timeout(None)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(200))
             .set_number_of_retries(2);
@@ -319,6 +320,39 @@ impl RedisL2 {
         self.call(invocation.invoke_async(&mut c)).await
     }
 
+    /// [`compare_and_set`](Self::compare_and_set) then [`publish`](Self::publish) in one
+    /// script (single node only). Returns whether the record was written, and the
+    /// generation.
+    pub(crate) async fn compare_and_set_then_publish(
+        &self,
+        keys: &crate::keys::KeySpace,
+        entry_key: &str,
+        record: &[u8],
+        version: u64,
+        ttl_ms: u64,
+        message: &PublishArgs<'_>,
+    ) -> Result<(bool, u64), L2Error> {
+        let mut c = self.connection.clone();
+        let mut invocation = scripts().cas_and_publish.key(keys.shared("seq"));
+        invocation
+            .key(keys.shared("log"))
+            .key(keys.shared("gen"))
+            .key(keys.shared("epoch"))
+            .key(entry_key)
+            .arg(message.origin)
+            .arg(message.kind)
+            .arg(message.arg)
+            .arg(message.log_length)
+            .arg(keys.channel())
+            .arg(message.epoch_candidate)
+            .arg(record)
+            .arg(version)
+            .arg(ttl_ms.max(1));
+        let (written, _seq, generation): (i64, u64, u64) =
+            self.call(invocation.invoke_async(&mut c)).await?;
+        Ok((written == 1, generation))
+    }
+
     /// Reads (creating if missing) the epoch, and the current sequence and generation.
     pub(crate) async fn position(
         &self,
@@ -405,25 +439,43 @@ struct Scripts {
     cas: Script,
     unlock: Script,
     publish: Script,
+    cas_and_publish: Script,
     position: Script,
 }
+
+/// Appends an invalidation to the log (numbered by the sequence counter, creating the
+/// epoch if missing, bumping the generation for a clear) and publishes it.
+const PUBLISH_FN: &str = r"
+local function publish(seqk, logk, genk, epochk, origin, kind, arg, maxlen, channel, epoch)
+  redis.call('SET', epochk, epoch, 'NX')
+  local seq = redis.call('INCR', seqk)
+  local gen = tonumber(redis.call('GET', genk) or '0')
+  if kind == 'c' then gen = redis.call('INCR', genk) end
+  redis.call('XADD', logk, 'MAXLEN', '~', maxlen, seq .. '-0', 'o', origin, 'k', kind, 'g', gen, 'a', arg)
+  redis.call('PUBLISH', channel, origin .. '|' .. kind .. '|' .. seq .. '|' .. gen .. '|' .. arg)
+  return {seq, gen}
+end
+";
+
+/// Compare-and-set on the version in the record's first 20 bytes. Versions are
+/// microseconds since the epoch (< 2^53), exact as Lua numbers.
+const CAS_FN: &str = r"
+local function cas(key, record, version, ttl)
+  local current = redis.call('GETRANGE', key, 0, 19)
+  if current ~= '' then
+    local v = tonumber(current)
+    if v ~= nil and v >= tonumber(version) then return 0 end
+  end
+  redis.call('SET', key, record, 'PX', ttl)
+  return 1
+end
+";
 
 fn scripts() -> &'static Scripts {
     static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
     SCRIPTS.get_or_init(|| Scripts {
-        // Compare-and-set on the version in the record's first 20 bytes. Versions are
-        // microseconds since the epoch (< 2^53), exact as Lua numbers.
-        cas: Script::new(
-            r"
-local current = redis.call('GETRANGE', KEYS[1], 0, 19)
-if current ~= '' then
-  local v = tonumber(current)
-  if v ~= nil and v >= tonumber(ARGV[2]) then return 0 end
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-return 1
-",
-        ),
+        // KEYS: entry. ARGV: record, version, ttl.
+        cas: Script::new(&format!("{CAS_FN}return cas(KEYS[1], ARGV[1], ARGV[2], ARGV[3])")),
         unlock: Script::new(
             r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -431,17 +483,17 @@ return 0
 ",
         ),
         // KEYS: seq, log, gen, epoch. ARGV: origin, kind, arg, log length, channel, epoch.
-        publish: Script::new(
-            r"
-redis.call('SET', KEYS[4], ARGV[6], 'NX')
-local seq = redis.call('INCR', KEYS[1])
-local gen = tonumber(redis.call('GET', KEYS[3]) or '0')
-if ARGV[2] == 'c' then gen = redis.call('INCR', KEYS[3]) end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], seq .. '-0', 'o', ARGV[1], 'k', ARGV[2], 'g', gen, 'a', ARGV[3])
-redis.call('PUBLISH', ARGV[5], ARGV[1] .. '|' .. ARGV[2] .. '|' .. seq .. '|' .. gen .. '|' .. ARGV[3])
-return {seq, gen}
-",
-        ),
+        publish: Script::new(&format!(
+            "{PUBLISH_FN}return publish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])"
+        )),
+        // Single node only (the keys are in different cluster slots): one round trip for
+        // "write, then tell the others". KEYS: seq, log, gen, epoch, entry. ARGV: the
+        // publish arguments, then record, version, ttl.
+        cas_and_publish: Script::new(&format!(
+            "{CAS_FN}{PUBLISH_FN}local written = cas(KEYS[5], ARGV[7], ARGV[8], ARGV[9])
+local published = publish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+return {{written, published[1], published[2]}}"
+        )),
         // KEYS: epoch, seq, gen. ARGV: epoch candidate.
         position: Script::new(
             r"

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use keel_resilience::timeout::with_timeout;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::backplane::{Backplane, Kind};
+use crate::backplane::Backplane;
 use crate::clock::{Clock, VersionClock};
 use crate::codec::{Codec, Compression};
 use crate::entry::{self, Decoded, Entry};
@@ -160,8 +160,14 @@ impl<V: Send + Sync + 'static> Remote<V> {
         }
     }
 
-    /// Writes an entry unless L2 holds a newer version of it.
-    pub(crate) async fn write(&self, key: &str, entry: &Entry<V>) -> Result<(), CacheError> {
+    /// Writes an entry unless L2 holds a newer version of it; with `announce`, then tells
+    /// the other instances to drop their copy.
+    pub(crate) async fn write(
+        &self,
+        key: &str,
+        entry: &Entry<V>,
+        announce: bool,
+    ) -> Result<(), CacheError> {
         let generation = self.counted(self.generation())?;
         let record = entry::encode(entry, &*self.codec, self.compression)
             .map_err(|e| CacheError::Encode(e.to_string()))?;
@@ -178,30 +184,44 @@ impl<V: Send + Sync + 'static> Remote<V> {
                 entry.tags.iter().map(|t| keys.tag(generation, t)).collect();
             self.counted(l2.add_to_tags(&tag_keys, key, ttl_ms).await)?;
         }
-        let written = self.counted(
-            l2.compare_and_set(&keys.entry(generation, key), &record, entry.version, ttl_ms)
-                .await,
-        )?;
-        if !written {
+        let entry_key = keys.entry(generation, key);
+        let written = if announce {
+            self.backplane
+                .write_then_publish(key, &entry_key, &record, entry.version, ttl_ms)
+                .await
+        } else {
+            l2.compare_and_set(&entry_key, &record, entry.version, ttl_ms)
+                .await
+        };
+        if !self.counted(written)? {
             self.stats.bump(&self.stats.local.l2_write_conflicts);
         }
         Ok(())
     }
 
-    pub(crate) async fn tombstone(&self, key: &str, version: u64) -> Result<(), CacheError> {
+    /// Writes a tombstone (at `version`) over `key`; with `announce`, then tells the other
+    /// instances.
+    pub(crate) async fn tombstone(
+        &self,
+        key: &str,
+        version: u64,
+        announce: bool,
+    ) -> Result<(), CacheError> {
         let generation = self.counted(self.generation())?;
         let record = entry::encode_tombstone(version);
         let ttl = crate::options::millis(self.tombstone_ttl);
-        let l2 = &self.backplane.l2;
-        self.counted(
-            l2.compare_and_set(
-                &self.backplane.keys.entry(generation, key),
-                &record,
-                version,
-                ttl,
-            )
-            .await,
-        )?;
+        let entry_key = self.backplane.keys.entry(generation, key);
+        let written = if announce {
+            self.backplane
+                .write_then_publish(key, &entry_key, &record, version, ttl)
+                .await
+        } else {
+            self.backplane
+                .l2
+                .compare_and_set(&entry_key, &record, version, ttl)
+                .await
+        };
+        self.counted(written)?;
         Ok(())
     }
 
@@ -214,7 +234,7 @@ impl<V: Send + Sync + 'static> Remote<V> {
                 .await,
         )?;
         for member in members {
-            self.tombstone(&member, version).await?;
+            self.tombstone(&member, version, false).await?;
         }
         Ok(())
     }
@@ -348,12 +368,8 @@ impl<V: Send + Sync + 'static> Remote<V> {
                 Queued::Write(key, entry) => {
                     let mut backoff = Duration::from_millis(10);
                     loop {
-                        let written = match self.write(&key, &entry).await {
-                            Ok(()) => self
-                                .backplane
-                                .publish(Kind::Key, &key)
-                                .await
-                                .map_err(CacheError::from),
+                        let written = match self.write(&key, &entry, true).await {
+                            Ok(()) => Ok(()),
                             Err(CacheError::Encode(e)) => {
                                 tracing::error!(error = %e, "a write-behind value could not be encoded; dropped");
                                 Ok(())
