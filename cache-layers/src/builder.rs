@@ -221,7 +221,6 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
                 self.l1_max_lifetime
                     .unwrap_or_else(|| horizon(&self.options)),
             )
-            .support_invalidation_closures()
             .eviction_listener(move |_, _, cause| match cause {
                 RemovalCause::Expired => listener.evicted(true),
                 RemovalCause::Size => listener.evicted(false),

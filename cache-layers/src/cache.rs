@@ -578,13 +578,12 @@ impl<V: Send + Sync + 'static> Inner<V> {
 
     pub(crate) fn drop_tag_locally(&self, tag: &str) {
         self.flights.poison_all();
-        let tag: Arc<str> = Arc::from(tag);
-        let dropped = self
-            .l1
-            .invalidate_entries_if(move |_, entry| entry.tags.contains(&tag));
-        if dropped.is_err() {
-            // Only when closures are unsupported, which the builder enables; be safe.
-            self.l1.invalidate_all();
+        // A scan, not moka's invalidation closures: those tax every read of the cache to
+        // speed up an operation that is rare.
+        for (key, entry) in &self.l1 {
+            if entry.tags.iter().any(|t| &**t == tag) {
+                self.l1.invalidate(&*key);
+            }
         }
     }
 
