@@ -92,3 +92,8 @@ pub use error::{BoxError, BuildError, CacheError, CodecError};
 pub use l2::{L2SetupError, RedisL2};
 pub use options::EntryOptions;
 pub use stats::CacheStats;
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
