@@ -395,7 +395,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
     }
 
     /// Stores a value in L1 at once and queues its L2 write (write-behind). The queue is
-    /// bounded ([`CacheBuilder::write_behind`]): when full, this waits for room. Writes of
+    /// bounded ([`CacheBuilder::write_behind_capacity`]): when full, this waits for room. Writes of
     /// one key reach L2 in the order they were made; [`flush`](Self::flush) and
     /// [`shutdown`](Self::shutdown) wait for the queue to drain. Without an L2 this is a
     /// plain L1 insert.
