@@ -590,6 +590,11 @@ impl<V: Send + Sync + 'static> Inner<V> {
     pub(crate) fn drop_all_locally(&self) {
         self.flights.poison_all();
         self.l1.invalidate_all();
+        // moka's invalidate_all spares entries written within its clock's last tick; an
+        // entry written just before a clear must go too.
+        for (key, _) in &self.l1 {
+            self.l1.invalidate(&*key);
+        }
     }
 
     /// One load, in its own task: L2 first, then (optionally) the distributed lock, then

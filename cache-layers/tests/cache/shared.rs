@@ -59,6 +59,11 @@ async fn an_invalidation_reaches_the_other_instance(redis: Topology) {
     connected(&b).await;
 
     a.insert("user:1", "Ada".into()).await.unwrap();
+    // The write's announcement reaches B (which has nothing to drop yet).
+    eventually(Duration::from_secs(2), || {
+        b.stats().invalidations_received >= 1
+    })
+    .await;
     // B has never seen it: L2 answers, then L1 does.
     assert_eq!(
         b.get("user:1").await.as_deref().map(String::as_str),
@@ -116,6 +121,10 @@ async fn a_cut_off_instance_catches_up_when_it_reconnects(redis: Topology) {
     connected(&b).await;
     a.insert("user:1", "old".into()).await.unwrap();
     a.insert("user:2", "old".into()).await.unwrap();
+    eventually(Duration::from_secs(2), || {
+        b.stats().invalidations_received >= 2
+    })
+    .await;
     assert!(b.get("user:1").await.is_some() && b.get("user:2").await.is_some());
 
     proxy.cut();
