@@ -306,17 +306,7 @@ impl RedisL2 {
         message: &PublishArgs<'_>,
     ) -> Result<(u64, u64), L2Error> {
         let mut c = self.connection.clone();
-        let mut invocation = scripts().publish.key(keys.shared("seq"));
-        invocation
-            .key(keys.shared("log"))
-            .key(keys.shared("gen"))
-            .key(keys.shared("epoch"))
-            .arg(message.origin)
-            .arg(message.kind)
-            .arg(message.arg)
-            .arg(message.log_length)
-            .arg(keys.channel())
-            .arg(message.epoch_candidate);
+        let invocation = publishing(&scripts().publish, keys, message);
         self.call(invocation.invoke_async(&mut c)).await
     }
 
@@ -333,18 +323,9 @@ impl RedisL2 {
         message: &PublishArgs<'_>,
     ) -> Result<(bool, u64), L2Error> {
         let mut c = self.connection.clone();
-        let mut invocation = scripts().cas_and_publish.key(keys.shared("seq"));
+        let mut invocation = publishing(&scripts().cas_and_publish, keys, message);
         invocation
-            .key(keys.shared("log"))
-            .key(keys.shared("gen"))
-            .key(keys.shared("epoch"))
             .key(entry_key)
-            .arg(message.origin)
-            .arg(message.kind)
-            .arg(message.arg)
-            .arg(message.log_length)
-            .arg(keys.channel())
-            .arg(message.epoch_candidate)
             .arg(record)
             .arg(version)
             .arg(ttl_ms.max(1));
@@ -387,6 +368,26 @@ impl RedisL2 {
         )
         .await
     }
+}
+
+/// An invocation of a publishing script with its four shared keys and six arguments.
+fn publishing<'a>(
+    script: &'a Script,
+    keys: &crate::keys::KeySpace,
+    message: &PublishArgs<'_>,
+) -> redis::ScriptInvocation<'a> {
+    let mut invocation = script.key(keys.shared("seq"));
+    invocation
+        .key(keys.shared("log"))
+        .key(keys.shared("gen"))
+        .key(keys.shared("epoch"))
+        .arg(message.origin)
+        .arg(message.kind)
+        .arg(message.arg)
+        .arg(message.log_length)
+        .arg(keys.channel())
+        .arg(message.epoch_candidate);
+    invocation
 }
 
 /// The arguments of one published invalidation.

@@ -277,66 +277,51 @@ async fn reads_survive_redis_being_killed_and_l2_comes_back(mut redis: Topology)
     );
 }
 
+/// 1,000 concurrent `get_or_load` of `key` on each instance; how many loads ran.
+async fn stampede(instances: &[Cache<String>], key: &'static str) -> usize {
+    let loads = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for cache in instances {
+        for _ in 0..1_000 {
+            let cache = cache.clone();
+            let loads = loads.clone();
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get_or_load(key, move || async move {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Ok::<_, std::io::Error>("loaded".to_owned())
+                    })
+                    .await
+            }));
+        }
+    }
+    for task in tasks {
+        assert_eq!(*task.await.unwrap().unwrap(), "loaded");
+    }
+    loads.load(Ordering::SeqCst)
+}
+
 async fn one_load_per_process_and_one_across_instances_with_the_lock(redis: Topology) {
-    let mut instances = Vec::new();
+    let mut locked = Vec::new();
+    let mut unlocked = Vec::new();
     for _ in 0..3 {
         let cache = builder("users", redis.l2().await)
             .distributed_lock(Duration::from_secs(5))
             .build()
             .unwrap();
         connected(&cache).await;
-        instances.push(cache);
-    }
-    let loads = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for cache in &instances {
-        for _ in 0..1_000 {
-            let cache = cache.clone();
-            let loads = loads.clone();
-            tasks.push(tokio::spawn(async move {
-                cache
-                    .get_or_load("hot", move || async move {
-                        loads.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        Ok::<_, std::io::Error>("loaded".to_owned())
-                    })
-                    .await
-            }));
-        }
-    }
-    for task in tasks {
-        assert_eq!(*task.await.unwrap().unwrap(), "loaded");
+        locked.push(cache);
+        let cache = builder("users", redis.l2().await).build().unwrap();
+        connected(&cache).await;
+        unlocked.push(cache);
     }
     assert_eq!(
-        loads.load(Ordering::SeqCst),
+        stampede(&locked, "hot").await,
         1,
         "one load across three instances"
     );
-
-    // Without the lock: one load per process.
-    let loads = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..3 {
-        let cache = builder("users", redis.l2().await).build().unwrap();
-        connected(&cache).await;
-        for _ in 0..1_000 {
-            let cache = cache.clone();
-            let loads = loads.clone();
-            tasks.push(tokio::spawn(async move {
-                cache
-                    .get_or_load("hot2", move || async move {
-                        loads.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        Ok::<_, std::io::Error>("loaded".to_owned())
-                    })
-                    .await
-            }));
-        }
-    }
-    for task in tasks {
-        assert_eq!(*task.await.unwrap().unwrap(), "loaded");
-    }
-    let n = loads.load(Ordering::SeqCst);
+    let n = stampede(&unlocked, "hot2").await;
     assert!(
         (1..=3).contains(&n),
         "at most one load per process, saw {n}"
