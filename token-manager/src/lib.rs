@@ -2,14 +2,44 @@
 //!
 //! Tokens for services, on both sides of the wire.
 //!
-//! **Status:** this crate is reserved in the workspace and is being built; it exports
-//! nothing yet. It will hold:
+//! ```
+//! use keel_token_manager::{AccessTokenIssuer, Algorithm, Grant, KeyRing, SigningKey, Validator};
 //!
-//! - the server side: a signing key ring (RS256, ES256, EdDSA) with rotation and a JWKS
-//!   document, RFC 9068 access tokens, opaque refresh tokens rotated on every use with
-//!   reuse detection and token families, stores in memory, Redis and PostgreSQL, and a
-//!   validator with an algorithm allowlist and RFC 9470 step-up challenges;
-//! - the client side: an OAuth client for Microsoft Entra ID (client credentials,
-//!   authorization code with PKCE, refresh, device code, on-behalf-of) with a token cache
-//!   that refreshes ahead of expiry, and the `TokenProvider` trait that
-//!   `keel-graph-client` consumes.
+//! let keys = KeyRing::new(SigningKey::generate("2026-11", Algorithm::EdDSA).unwrap());
+//! let issuer = AccessTokenIssuer::new(keys.clone(), "https://auth.example", "https://api.example");
+//! let token = issuer.issue(&Grant::new("user-42", "web-app").scope("orders:read")).unwrap();
+//!
+//! let validator = Validator::new(keys.clone(), "https://auth.example", "https://api.example");
+//! assert!(validator.validate(&token.token).unwrap().has_scope("orders:read"));
+//! let jwks_json = keys.jwks().to_json(); // publish at /.well-known/jwks.json
+//! # assert!(jwks_json.contains("\"kty\":\"OKP\""));
+//! ```
+//!
+//! **Status:** the signing side and validation are here: a key ring (RS256, ES256,
+//! EdDSA) with rotation and a JWKS document, RFC 9068 access tokens, and a validator
+//! with an algorithm allowlist, `typ` and `kid` checks and RFC 9470 step-up challenges.
+//! Still being built: refresh tokens rotated on every use with families and reuse
+//! detection, their stores (memory, Redis, PostgreSQL) with encryption at rest, and the
+//! client side (the Entra ID OAuth client and the `TokenProvider` trait that
+//! `keel-graph-client` consumes).
+//!
+//! Crypto: signatures through `jsonwebtoken` on its `aws_lc_rs` backend (RS256
+//! verification is several times faster there than on `rust_crypto`); randomness,
+//! hashing and key parsing through `ring`.
+
+mod access;
+mod audit;
+mod keys;
+mod validate;
+
+pub use access::{
+    ACCESS_TOKEN_TYP, AccessTokenClaims, AccessTokenIssuer, Audience, Grant, IssueError,
+    IssuedAccessToken,
+};
+pub use keys::{Algorithm, Jwk, Jwks, KeyError, KeyRing, SigningKey};
+pub use validate::{StepUp, StepUpChallenge, ValidationError, Validator};
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

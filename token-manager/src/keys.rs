@@ -1,0 +1,471 @@
+//! Signing keys (RS256, ES256, EdDSA), the key ring that rotates them, and the JWKS
+//! document that publishes their public halves.
+
+use std::fmt;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use jsonwebtoken::{DecodingKey, EncodingKey};
+use ring::rand::SystemRandom;
+use ring::signature::{
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, RsaKeyPair,
+};
+use serde::{Deserialize, Serialize};
+
+/// The signature algorithms Keel issues and accepts. There is deliberately no `none` and
+/// no HMAC: a public key can never be mistaken for a shared secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Algorithm {
+    /// RSASSA-PKCS1-v1_5 with SHA-256 (RSA 2048 bits and up).
+    RS256,
+    /// ECDSA on P-256 with SHA-256.
+    ES256,
+    /// Ed25519.
+    EdDSA,
+}
+
+impl Algorithm {
+    /// The JOSE name (`"RS256"`, `"ES256"`, `"EdDSA"`).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::RS256 => "RS256",
+            Algorithm::ES256 => "ES256",
+            Algorithm::EdDSA => "EdDSA",
+        }
+    }
+
+    /// Parses a JOSE name; `None` for anything else, `none` and HMAC included.
+    #[must_use]
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "RS256" => Some(Algorithm::RS256),
+            "ES256" => Some(Algorithm::ES256),
+            "EdDSA" => Some(Algorithm::EdDSA),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn jwt(self) -> jsonwebtoken::Algorithm {
+        match self {
+            Algorithm::RS256 => jsonwebtoken::Algorithm::RS256,
+            Algorithm::ES256 => jsonwebtoken::Algorithm::ES256,
+            Algorithm::EdDSA => jsonwebtoken::Algorithm::EdDSA,
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A key could not be loaded or generated.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The PEM text has no `-----BEGIN PRIVATE KEY-----` block (PKCS#8).
+    #[error(
+        "expected a PKCS#8 PEM block (-----BEGIN PRIVATE KEY-----); convert with `openssl pkcs8 -topk8 -nocrypt`"
+    )]
+    NotPkcs8Pem,
+    /// The key does not suit the algorithm (wrong type, size or encoding).
+    #[error("the key is not a valid {algorithm} private key: {reason}")]
+    Rejected {
+        /// The algorithm asked for.
+        algorithm: Algorithm,
+        /// What the crypto library said (never key material).
+        reason: String,
+    },
+    /// The `kid` is empty or too long.
+    #[error("a key id must be 1 to 128 printable ASCII characters")]
+    BadKid,
+    /// A JWK or JWKS could not be read.
+    #[error("invalid JWK: {0}")]
+    Jwk(String),
+}
+
+/// One public key as a JSON Web Key (RFC 7517), as published in a JWKS.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Jwk {
+    /// `RSA`, `EC` or `OKP`.
+    pub kty: String,
+    /// The key id.
+    pub kid: String,
+    /// Always `sig`.
+    #[serde(rename = "use", default, skip_serializing_if = "Option::is_none")]
+    pub use_: Option<String>,
+    /// The algorithm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alg: Option<String>,
+    /// RSA modulus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<String>,
+    /// RSA exponent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e: Option<String>,
+    /// `P-256` or `Ed25519`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crv: Option<String>,
+    /// EC / OKP x coordinate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x: Option<String>,
+    /// EC y coordinate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub y: Option<String>,
+}
+
+impl Jwk {
+    /// The algorithm this key verifies, from `alg` or else from `kty`/`crv`.
+    #[must_use]
+    pub fn algorithm(&self) -> Option<Algorithm> {
+        if let Some(alg) = &self.alg {
+            return Algorithm::parse(alg);
+        }
+        match (self.kty.as_str(), self.crv.as_deref()) {
+            ("RSA", _) => Some(Algorithm::RS256),
+            ("EC", Some("P-256")) => Some(Algorithm::ES256),
+            ("OKP", Some("Ed25519")) => Some(Algorithm::EdDSA),
+            _ => None,
+        }
+    }
+
+    /// The verification key.
+    ///
+    /// # Errors
+    /// [`KeyError::Jwk`] when a component is missing or invalid, or the type and the
+    /// algorithm disagree.
+    pub fn decoding_key(&self) -> Result<(Algorithm, DecodingKey), KeyError> {
+        let missing = |what: &str| KeyError::Jwk(format!("kid {:?}: missing {what}", self.kid));
+        let algorithm = self.algorithm().ok_or_else(|| {
+            KeyError::Jwk(format!(
+                "kid {:?}: unsupported key type or algorithm",
+                self.kid
+            ))
+        })?;
+        let key = match (algorithm, self.kty.as_str()) {
+            (Algorithm::RS256, "RSA") => DecodingKey::from_rsa_components(
+                self.n.as_deref().ok_or_else(|| missing("n"))?,
+                self.e.as_deref().ok_or_else(|| missing("e"))?,
+            ),
+            (Algorithm::ES256, "EC") => DecodingKey::from_ec_components(
+                self.x.as_deref().ok_or_else(|| missing("x"))?,
+                self.y.as_deref().ok_or_else(|| missing("y"))?,
+            ),
+            (Algorithm::EdDSA, "OKP") => {
+                DecodingKey::from_ed_components(self.x.as_deref().ok_or_else(|| missing("x"))?)
+            }
+            _ => {
+                return Err(KeyError::Jwk(format!(
+                    "kid {:?}: kty and alg disagree",
+                    self.kid
+                )));
+            }
+        }
+        .map_err(|e| KeyError::Jwk(format!("kid {:?}: {e}", self.kid)))?;
+        Ok((algorithm, key))
+    }
+}
+
+/// A JSON Web Key Set: what a service publishes at `/.well-known/jwks.json`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Jwks {
+    /// The keys.
+    pub keys: Vec<Jwk>,
+}
+
+impl Jwks {
+    /// Parses a JWKS document.
+    ///
+    /// # Errors
+    /// [`KeyError::Jwk`] when it is not a JWKS.
+    pub fn from_json(json: &str) -> Result<Self, KeyError> {
+        serde_json::from_str(json).map_err(|e| KeyError::Jwk(e.to_string()))
+    }
+
+    /// The document as JSON.
+    #[must_use]
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "{\"keys\":[]}".to_owned())
+    }
+}
+
+/// A private signing key with its `kid`. `Debug` shows the id and algorithm only.
+#[derive(Clone)]
+pub struct SigningKey {
+    kid: Arc<str>,
+    algorithm: Algorithm,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    jwk: Jwk,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn check_kid(kid: &str) -> Result<(), KeyError> {
+    if kid.is_empty() || kid.len() > 128 || !kid.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(KeyError::BadKid);
+    }
+    Ok(())
+}
+
+/// The DER inside a `-----BEGIN PRIVATE KEY-----` block.
+fn pkcs8_der(pem: &str) -> Result<Vec<u8>, KeyError> {
+    let start = pem
+        .find("-----BEGIN PRIVATE KEY-----")
+        .ok_or(KeyError::NotPkcs8Pem)?;
+    let body = &pem[start + "-----BEGIN PRIVATE KEY-----".len()..];
+    let end = body
+        .find("-----END PRIVATE KEY-----")
+        .ok_or(KeyError::NotPkcs8Pem)?;
+    let b64: String = body[..end].chars().filter(|c| !c.is_whitespace()).collect();
+    STANDARD.decode(b64).map_err(|_| KeyError::NotPkcs8Pem)
+}
+
+impl SigningKey {
+    /// Loads a PKCS#8 PEM private key (`-----BEGIN PRIVATE KEY-----`).
+    ///
+    /// # Errors
+    /// [`KeyError`] when the PEM, the key or the `kid` is not valid for `algorithm`.
+    pub fn from_pem(kid: &str, algorithm: Algorithm, pem: &str) -> Result<Self, KeyError> {
+        let der = pkcs8_der(pem)?;
+        Self::from_pkcs8_der(kid, algorithm, &der, Some(pem))
+    }
+
+    /// Generates a fresh ES256 or EdDSA key (ring cannot generate RSA keys: load those
+    /// with [`from_pem`](Self::from_pem), e.g. from `openssl genpkey -algorithm RSA`).
+    ///
+    /// # Errors
+    /// [`KeyError::Rejected`] for RS256.
+    pub fn generate(kid: &str, algorithm: Algorithm) -> Result<Self, KeyError> {
+        let rng = SystemRandom::new();
+        let rejected = |reason: &str| KeyError::Rejected {
+            algorithm,
+            reason: reason.to_owned(),
+        };
+        let der = match algorithm {
+            Algorithm::ES256 => {
+                EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                    .map_err(|_| rejected("key generation failed"))?
+            }
+            Algorithm::EdDSA => Ed25519KeyPair::generate_pkcs8(&rng)
+                .map_err(|_| rejected("key generation failed"))?,
+            Algorithm::RS256 => {
+                return Err(rejected("RSA keys cannot be generated here; load a PEM"));
+            }
+        };
+        Self::from_pkcs8_der(kid, algorithm, der.as_ref(), None)
+    }
+
+    fn from_pkcs8_der(
+        kid: &str,
+        algorithm: Algorithm,
+        der: &[u8],
+        pem: Option<&str>,
+    ) -> Result<Self, KeyError> {
+        check_kid(kid)?;
+        let rejected = |reason: String| KeyError::Rejected { algorithm, reason };
+        let mut jwk = Jwk {
+            kty: String::new(),
+            kid: kid.to_owned(),
+            use_: Some("sig".to_owned()),
+            alg: Some(algorithm.as_str().to_owned()),
+            n: None,
+            e: None,
+            crv: None,
+            x: None,
+            y: None,
+        };
+        let encoding = match algorithm {
+            Algorithm::RS256 => {
+                let pair = RsaKeyPair::from_pkcs8(der).map_err(|e| rejected(e.to_string()))?;
+                let public = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(pair.public());
+                jwk.kty = "RSA".into();
+                jwk.n = Some(b64(&public.n));
+                jwk.e = Some(b64(&public.e));
+                let pem = pem.ok_or_else(|| rejected("RSA keys load from PEM".into()))?;
+                EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| rejected(e.to_string()))?
+            }
+            Algorithm::ES256 => {
+                let pair = EcdsaKeyPair::from_pkcs8(
+                    &ECDSA_P256_SHA256_FIXED_SIGNING,
+                    der,
+                    &SystemRandom::new(),
+                )
+                .map_err(|e| rejected(e.to_string()))?;
+                let point = pair.public_key().as_ref();
+                if point.len() != 65 {
+                    return Err(rejected("unexpected P-256 public key length".into()));
+                }
+                jwk.kty = "EC".into();
+                jwk.crv = Some("P-256".into());
+                jwk.x = Some(b64(&point[1..33]));
+                jwk.y = Some(b64(&point[33..65]));
+                EncodingKey::from_ec_der(der)
+            }
+            Algorithm::EdDSA => {
+                let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
+                    .map_err(|e| rejected(e.to_string()))?;
+                jwk.kty = "OKP".into();
+                jwk.crv = Some("Ed25519".into());
+                jwk.x = Some(b64(pair.public_key().as_ref()));
+                EncodingKey::from_ed_der(der)
+            }
+        };
+        let (_, decoding) = jwk.decoding_key()?;
+        Ok(Self {
+            kid: Arc::from(kid),
+            algorithm,
+            encoding,
+            decoding,
+            jwk,
+        })
+    }
+
+    /// The key id.
+    #[must_use]
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The algorithm.
+    #[must_use]
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// The public half as a JWK.
+    #[must_use]
+    pub fn jwk(&self) -> &Jwk {
+        &self.jwk
+    }
+
+    pub(crate) fn encoding(&self) -> &EncodingKey {
+        &self.encoding
+    }
+
+    pub(crate) fn decoding(&self) -> &DecodingKey {
+        &self.decoding
+    }
+}
+
+/// A public key that verifies (from our ring or from a JWKS).
+#[derive(Clone)]
+pub(crate) struct VerifyingKey {
+    pub(crate) algorithm: Algorithm,
+    pub(crate) key: DecodingKey,
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    key: SigningKey,
+    /// When this key stops verifying (set when a newer key takes over).
+    retire_at: Option<SystemTime>,
+}
+
+/// The signing keys of an issuer: one active key signs; keys it replaced keep verifying
+/// for an overlap (so tokens they signed stay valid until they expire), then drop out.
+///
+/// ```
+/// use keel_token_manager::{Algorithm, KeyRing, SigningKey};
+/// use std::time::Duration;
+///
+/// let ring = KeyRing::new(SigningKey::generate("2026-11", Algorithm::ES256).unwrap());
+/// ring.rotate(SigningKey::generate("2026-12", Algorithm::EdDSA).unwrap(), Duration::from_secs(900));
+/// assert_eq!(ring.active().kid(), "2026-12");
+/// let jwks = ring.jwks();
+/// assert_eq!(jwks.keys.len(), 2); // the old key still verifies during the overlap
+/// ```
+#[derive(Debug, Clone)]
+pub struct KeyRing {
+    slots: Arc<RwLock<Vec<Slot>>>,
+}
+
+impl KeyRing {
+    /// A ring with one active key.
+    #[must_use]
+    pub fn new(active: SigningKey) -> Self {
+        Self {
+            slots: Arc::new(RwLock::new(vec![Slot {
+                key: active,
+                retire_at: None,
+            }])),
+        }
+    }
+
+    /// Makes `next` the signing key; the current ones keep verifying for `overlap` (make
+    /// it at least the access-token lifetime).
+    pub fn rotate(&self, next: SigningKey, overlap: Duration) {
+        let retire_at = SystemTime::now() + overlap;
+        let mut slots = self
+            .slots
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for slot in slots.iter_mut() {
+            slot.retire_at = Some(slot.retire_at.map_or(retire_at, |t| t.min(retire_at)));
+        }
+        slots.retain(|s| s.key.kid() != next.kid());
+        slots.insert(
+            0,
+            Slot {
+                key: next,
+                retire_at: None,
+            },
+        );
+    }
+
+    /// The key that signs now.
+    #[must_use]
+    pub fn active(&self) -> SigningKey {
+        let slots = self
+            .slots
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        slots[0].key.clone()
+    }
+
+    fn live(&self) -> Vec<SigningKey> {
+        let now = SystemTime::now();
+        let slots = self
+            .slots
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        slots
+            .iter()
+            .filter(|s| s.retire_at.is_none_or(|t| now < t))
+            .map(|s| s.key.clone())
+            .collect()
+    }
+
+    pub(crate) fn verifying(&self, kid: &str) -> Option<VerifyingKey> {
+        self.live()
+            .into_iter()
+            .find(|k| k.kid() == kid)
+            .map(|k| VerifyingKey {
+                algorithm: k.algorithm(),
+                key: k.decoding().clone(),
+            })
+    }
+
+    /// The JWKS to publish: every key that still verifies.
+    #[must_use]
+    pub fn jwks(&self) -> Jwks {
+        Jwks {
+            keys: self.live().iter().map(|k| k.jwk().clone()).collect(),
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! Validating access tokens: algorithm allowlist, `typ`, `kid` lookup, signature, iss,
+//! aud, exp/nbf with leeway; and RFC 9470 step-up requirements.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::errors::ErrorKind;
+use serde::Deserialize;
+
+use crate::access::{AccessTokenClaims, unix};
+use crate::audit;
+use crate::keys::{Algorithm, Jwks, KeyError, KeyRing, VerifyingKey};
+
+/// Why a token was refused. Each reason is distinct, so logs and metrics can tell an
+/// attack (`none`, algorithm confusion, tampering) from a stale client (expired).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ValidationError {
+    /// Not three base64url parts with a JSON header.
+    #[error("the token is not a well-formed JWS")]
+    Malformed,
+    /// `alg: none`: unsigned tokens are never accepted.
+    #[error("unsigned tokens (alg none) are not accepted")]
+    AlgorithmNone,
+    /// An algorithm outside the allowlist (HMAC included: no shared secrets here).
+    #[error("algorithm {0:?} is not allowed")]
+    AlgorithmNotAllowed(String),
+    /// The header's algorithm is not the one of the key named by `kid`.
+    #[error("the token's algorithm does not match its key's")]
+    AlgorithmMismatch,
+    /// `typ` is not `at+jwt`.
+    #[error("the token's typ is {0:?}, not at+jwt")]
+    WrongType(Option<String>),
+    /// No `kid` in the header.
+    #[error("the token names no key (kid)")]
+    MissingKeyId,
+    /// The `kid` is not a key we know (or it has been retired).
+    #[error("unknown signing key {0:?}")]
+    UnknownKey(String),
+    /// The signature does not verify: the token was altered or signed by someone else.
+    #[error("the signature does not verify")]
+    BadSignature,
+    /// `exp` has passed (beyond the leeway).
+    #[error("the token has expired")]
+    Expired,
+    /// `nbf` is still ahead (beyond the leeway).
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    /// `iss` is not the expected issuer.
+    #[error("the token was issued by someone else")]
+    WrongIssuer,
+    /// `aud` does not include this resource.
+    #[error("the token is for another audience")]
+    WrongAudience,
+    /// A required claim is missing or has the wrong type.
+    #[error("the token's claims are invalid: {0}")]
+    InvalidClaims(String),
+}
+
+impl ValidationError {
+    /// A short stable name, for metrics and logs.
+    #[must_use]
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ValidationError::Malformed => "malformed",
+            ValidationError::AlgorithmNone => "alg_none",
+            ValidationError::AlgorithmNotAllowed(_) => "alg_not_allowed",
+            ValidationError::AlgorithmMismatch => "alg_mismatch",
+            ValidationError::WrongType(_) => "wrong_typ",
+            ValidationError::MissingKeyId => "missing_kid",
+            ValidationError::UnknownKey(_) => "unknown_kid",
+            ValidationError::BadSignature => "bad_signature",
+            ValidationError::Expired => "expired",
+            ValidationError::NotYetValid => "not_yet_valid",
+            ValidationError::WrongIssuer => "wrong_issuer",
+            ValidationError::WrongAudience => "wrong_audience",
+            ValidationError::InvalidClaims(_) => "invalid_claims",
+        }
+    }
+
+    /// The `WWW-Authenticate` value for a 401 (RFC 6750 `invalid_token`).
+    #[must_use]
+    pub fn www_authenticate(&self) -> String {
+        format!(
+            "Bearer error=\"invalid_token\", error_description=\"{}\"",
+            self.to_string().replace('"', "'")
+        )
+    }
+}
+
+#[derive(Clone)]
+enum Keys {
+    Ring(KeyRing),
+    Fixed(HashMap<String, VerifyingKey>),
+}
+
+impl Keys {
+    fn find(&self, kid: &str) -> Option<VerifyingKey> {
+        match self {
+            Keys::Ring(ring) => ring.verifying(kid),
+            Keys::Fixed(map) => map.get(kid).cloned(),
+        }
+    }
+}
+
+/// Validates access tokens for one resource server.
+///
+/// ```
+/// use keel_token_manager::{AccessTokenIssuer, Algorithm, Grant, KeyRing, SigningKey, Validator};
+///
+/// let keys = KeyRing::new(SigningKey::generate("k1", Algorithm::ES256).unwrap());
+/// let issuer = AccessTokenIssuer::new(keys.clone(), "https://auth.example", "https://api.example");
+/// let validator = Validator::new(keys, "https://auth.example", "https://api.example");
+///
+/// let token = issuer.issue(&Grant::new("user-42", "web-app")).unwrap().token;
+/// let claims = validator.validate(&token).unwrap();
+/// assert_eq!(claims.sub, "user-42");
+/// assert!(validator.validate(&format!("{token}x")).is_err());
+/// ```
+#[derive(Clone)]
+pub struct Validator {
+    keys: Keys,
+    issuer: String,
+    audience: String,
+    leeway: Duration,
+    allowed: Vec<Algorithm>,
+}
+
+impl fmt::Debug for Validator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Validator")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway", &self.leeway)
+            .field("allowed", &self.allowed)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct JoseHeader {
+    alg: String,
+    #[serde(default)]
+    typ: Option<String>,
+    #[serde(default)]
+    kid: Option<String>,
+}
+
+impl Validator {
+    /// Validates tokens from `issuer` for `audience`, verified by `keys` (our own ring:
+    /// retired keys stop verifying by themselves). Leeway 60 s; all three algorithms
+    /// allowed.
+    #[must_use]
+    pub fn new(keys: KeyRing, issuer: impl Into<String>, audience: impl Into<String>) -> Self {
+        Self::with_keys(Keys::Ring(keys), issuer.into(), audience.into())
+    }
+
+    /// Validates tokens verified by the keys of a JWKS (another issuer's, or our own as
+    /// published).
+    ///
+    /// # Errors
+    /// [`KeyError::Jwk`] when a key of the set is invalid.
+    pub fn from_jwks(
+        jwks: &Jwks,
+        issuer: impl Into<String>,
+        audience: impl Into<String>,
+    ) -> Result<Self, KeyError> {
+        let mut map = HashMap::new();
+        for jwk in &jwks.keys {
+            let (algorithm, key) = jwk.decoding_key()?;
+            map.insert(jwk.kid.clone(), VerifyingKey { algorithm, key });
+        }
+        Ok(Self::with_keys(
+            Keys::Fixed(map),
+            issuer.into(),
+            audience.into(),
+        ))
+    }
+
+    fn with_keys(keys: Keys, issuer: String, audience: String) -> Self {
+        Self {
+            keys,
+            issuer,
+            audience,
+            leeway: Duration::from_secs(60),
+            allowed: vec![Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA],
+        }
+    }
+
+    /// The clock-skew allowance on exp and nbf (default 60 s).
+    #[must_use]
+    pub fn leeway(mut self, leeway: Duration) -> Self {
+        self.leeway = leeway;
+        self
+    }
+
+    /// Restricts the algorithms accepted.
+    #[must_use]
+    pub fn allow(mut self, algorithms: &[Algorithm]) -> Self {
+        self.allowed = algorithms.to_vec();
+        self
+    }
+
+    /// Validates a compact JWT and returns its claims.
+    ///
+    /// # Errors
+    /// The [`ValidationError`] that says why the token was refused; every refusal is
+    /// also an audit event.
+    pub fn validate(&self, token: &str) -> Result<AccessTokenClaims, ValidationError> {
+        let mut kid_seen = None;
+        let result = self.check(token, &mut kid_seen);
+        if let Err(e) = &result {
+            audit::validation_failed(e.reason(), kid_seen.as_deref());
+        }
+        result
+    }
+
+    fn check(
+        &self,
+        token: &str,
+        kid_seen: &mut Option<String>,
+    ) -> Result<AccessTokenClaims, ValidationError> {
+        let header = token
+            .split('.')
+            .next()
+            .filter(|_| token.split('.').count() == 3)
+            .ok_or(ValidationError::Malformed)?;
+        let header = URL_SAFE_NO_PAD
+            .decode(header)
+            .ok()
+            .and_then(|json| serde_json::from_slice::<JoseHeader>(&json).ok())
+            .ok_or(ValidationError::Malformed)?;
+        if header.alg.eq_ignore_ascii_case("none") {
+            return Err(ValidationError::AlgorithmNone);
+        }
+        let algorithm = Algorithm::parse(&header.alg)
+            .filter(|a| self.allowed.contains(a))
+            .ok_or_else(|| ValidationError::AlgorithmNotAllowed(header.alg.clone()))?;
+        let typ_ok = header.typ.as_deref().is_some_and(|t| {
+            t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt")
+        });
+        if !typ_ok {
+            return Err(ValidationError::WrongType(header.typ));
+        }
+        let kid = header.kid.ok_or(ValidationError::MissingKeyId)?;
+        *kid_seen = Some(kid.clone());
+        let key = self
+            .keys
+            .find(&kid)
+            .ok_or_else(|| ValidationError::UnknownKey(kid.clone()))?;
+        if key.algorithm != algorithm {
+            return Err(ValidationError::AlgorithmMismatch);
+        }
+        let mut validation = jsonwebtoken::Validation::new(algorithm.jwt());
+        validation.leeway = self.leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        jsonwebtoken::decode::<AccessTokenClaims>(token, &key.key, &validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                ErrorKind::InvalidSignature
+                | ErrorKind::InvalidEcdsaKey
+                | ErrorKind::InvalidRsaKey(_) => ValidationError::BadSignature,
+                ErrorKind::ExpiredSignature => ValidationError::Expired,
+                ErrorKind::ImmatureSignature => ValidationError::NotYetValid,
+                ErrorKind::InvalidIssuer => ValidationError::WrongIssuer,
+                ErrorKind::InvalidAudience => ValidationError::WrongAudience,
+                ErrorKind::MissingRequiredClaim(claim) => {
+                    ValidationError::InvalidClaims(format!("missing {claim}"))
+                }
+                ErrorKind::Json(e) => ValidationError::InvalidClaims(e.to_string()),
+                _ => ValidationError::Malformed,
+            })
+    }
+}
+
+/// A step-up requirement (RFC 9470): the authentication context and/or freshness a
+/// resource needs beyond a valid token.
+///
+/// ```
+/// use keel_token_manager::StepUp;
+/// use std::time::Duration;
+///
+/// let needs_mfa = StepUp::acr(["urn:example:mfa"]).max_age(Duration::from_secs(300));
+/// # let _ = needs_mfa;
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use]
+pub struct StepUp {
+    acr_values: Vec<String>,
+    max_age: Option<Duration>,
+}
+
+impl StepUp {
+    /// Requires one of these `acr` values.
+    pub fn acr<I, S>(values: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            acr_values: values.into_iter().map(Into::into).collect(),
+            max_age: None,
+        }
+    }
+
+    /// Requires an authentication no older than `max_age` (from `auth_time`).
+    pub fn max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = Some(max_age);
+        self
+    }
+
+    /// Checks validated claims.
+    ///
+    /// # Errors
+    /// A [`StepUpChallenge`] to send back as `WWW-Authenticate` with a 401.
+    pub fn check(&self, claims: &AccessTokenClaims) -> Result<(), StepUpChallenge> {
+        let acr_ok = self.acr_values.is_empty()
+            || claims
+                .acr
+                .as_ref()
+                .is_some_and(|acr| self.acr_values.iter().any(|v| v == acr));
+        let fresh = self.max_age.is_none_or(|max| {
+            claims
+                .auth_time
+                .is_some_and(|at| unix(SystemTime::now()).saturating_sub(at) <= max.as_secs())
+        });
+        if acr_ok && fresh {
+            Ok(())
+        } else {
+            Err(StepUpChallenge {
+                acr_values: self.acr_values.clone(),
+                max_age: self.max_age,
+            })
+        }
+    }
+}
+
+/// A refusal for insufficient authentication, with its RFC 9470 challenge.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("a stronger or more recent authentication is required")]
+pub struct StepUpChallenge {
+    acr_values: Vec<String>,
+    max_age: Option<Duration>,
+}
+
+impl StepUpChallenge {
+    /// The `WWW-Authenticate` header value (RFC 9470 §3).
+    ///
+    /// ```
+    /// # use keel_token_manager::StepUp;
+    /// # use std::time::Duration;
+    /// # let claims: keel_token_manager::AccessTokenClaims = serde_json::from_str(
+    /// #   r#"{"iss":"i","sub":"s","aud":"a","exp":0,"iat":0,"jti":"j","client_id":"c","acr":"pwd"}"#).unwrap();
+    /// let challenge = StepUp::acr(["mfa"]).max_age(Duration::from_secs(300)).check(&claims).unwrap_err();
+    /// assert_eq!(
+    ///     challenge.www_authenticate(),
+    ///     "Bearer error=\"insufficient_user_authentication\", \
+    ///      error_description=\"A different authentication level is required\", \
+    ///      acr_values=\"mfa\", max_age=300"
+    /// );
+    /// ```
+    #[must_use]
+    pub fn www_authenticate(&self) -> String {
+        let mut value = String::from(
+            "Bearer error=\"insufficient_user_authentication\", error_description=\"A different authentication level is required\"",
+        );
+        if !self.acr_values.is_empty() {
+            value.push_str(&format!(", acr_values=\"{}\"", self.acr_values.join(" ")));
+        }
+        if let Some(max_age) = self.max_age {
+            value.push_str(&format!(", max_age={}", max_age.as_secs()));
+        }
+        value
+    }
+}
