@@ -370,11 +370,39 @@ pub(crate) struct VerifyingKey {
     pub(crate) key: DecodingKey,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Slot {
-    key: SigningKey,
+    key: Arc<SigningKey>,
+    verifying: Arc<VerifyingKey>,
     /// When this key stops verifying (set when a newer key takes over).
     retire_at: Option<SystemTime>,
+}
+
+impl Slot {
+    fn new(key: SigningKey) -> Self {
+        let verifying = Arc::new(VerifyingKey {
+            algorithm: key.algorithm(),
+            key: key.decoding().clone(),
+        });
+        Self {
+            key: Arc::new(key),
+            verifying,
+            retire_at: None,
+        }
+    }
+
+    fn live(&self, now: SystemTime) -> bool {
+        self.retire_at.is_none_or(|t| now < t)
+    }
+}
+
+impl fmt::Debug for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Slot")
+            .field("key", &self.key)
+            .field("retire_at", &self.retire_at)
+            .finish()
+    }
 }
 
 /// The signing keys of an issuer: one active key signs; keys it replaced keep verifying
@@ -400,10 +428,7 @@ impl KeyRing {
     #[must_use]
     pub fn new(active: SigningKey) -> Self {
         Self {
-            slots: Arc::new(RwLock::new(vec![Slot {
-                key: active,
-                retire_at: None,
-            }])),
+            slots: Arc::new(RwLock::new(vec![Slot::new(active)])),
         }
     }
 
@@ -419,18 +444,12 @@ impl KeyRing {
             slot.retire_at = Some(slot.retire_at.map_or(retire_at, |t| t.min(retire_at)));
         }
         slots.retain(|s| s.key.kid() != next.kid());
-        slots.insert(
-            0,
-            Slot {
-                key: next,
-                retire_at: None,
-            },
-        );
+        slots.insert(0, Slot::new(next));
     }
 
     /// The key that signs now.
     #[must_use]
-    pub fn active(&self) -> SigningKey {
+    pub fn active(&self) -> Arc<SigningKey> {
         let slots = self
             .slots
             .read()
@@ -438,7 +457,8 @@ impl KeyRing {
         slots[0].key.clone()
     }
 
-    fn live(&self) -> Vec<SigningKey> {
+    /// The verification key of `kid`, while it is live.
+    pub(crate) fn verifying(&self, kid: &str) -> Option<Arc<VerifyingKey>> {
         let now = SystemTime::now();
         let slots = self
             .slots
@@ -446,26 +466,24 @@ impl KeyRing {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         slots
             .iter()
-            .filter(|s| s.retire_at.is_none_or(|t| now < t))
-            .map(|s| s.key.clone())
-            .collect()
-    }
-
-    pub(crate) fn verifying(&self, kid: &str) -> Option<VerifyingKey> {
-        self.live()
-            .into_iter()
-            .find(|k| k.kid() == kid)
-            .map(|k| VerifyingKey {
-                algorithm: k.algorithm(),
-                key: k.decoding().clone(),
-            })
+            .find(|s| s.key.kid() == kid && s.live(now))
+            .map(|s| s.verifying.clone())
     }
 
     /// The JWKS to publish: every key that still verifies.
     #[must_use]
     pub fn jwks(&self) -> Jwks {
+        let now = SystemTime::now();
+        let slots = self
+            .slots
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         Jwks {
-            keys: self.live().iter().map(|k| k.jwk().clone()).collect(),
+            keys: slots
+                .iter()
+                .filter(|s| s.live(now))
+                .map(|s| s.key.jwk().clone())
+                .collect(),
         }
     }
 }

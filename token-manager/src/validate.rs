@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
@@ -94,11 +95,11 @@ impl ValidationError {
 #[derive(Clone)]
 enum Keys {
     Ring(KeyRing),
-    Fixed(HashMap<String, VerifyingKey>),
+    Fixed(HashMap<String, Arc<VerifyingKey>>),
 }
 
 impl Keys {
-    fn find(&self, kid: &str) -> Option<VerifyingKey> {
+    fn find(&self, kid: &str) -> Option<Arc<VerifyingKey>> {
         match self {
             Keys::Ring(ring) => ring.verifying(kid),
             Keys::Fixed(map) => map.get(kid).cloned(),
@@ -171,7 +172,7 @@ impl Validator {
         let mut map = HashMap::new();
         for jwk in &jwks.keys {
             let (algorithm, key) = jwk.decoding_key()?;
-            map.insert(jwk.kid.clone(), VerifyingKey { algorithm, key });
+            map.insert(jwk.kid.clone(), Arc::new(VerifyingKey { algorithm, key }));
         }
         Ok(Self::with_keys(
             Keys::Fixed(map),

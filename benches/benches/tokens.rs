@@ -1,0 +1,119 @@
+//! keel-token-manager against calling jsonwebtoken directly with the same keys.
+//!
+//! `cargo bench -p keel-benches --bench tokens`
+#![allow(missing_docs)]
+
+mod support;
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use keel_token_manager::{AccessTokenIssuer, Algorithm, Grant, KeyRing, SigningKey, Validator};
+
+const ISSUER: &str = "https://auth.example";
+const AUDIENCE: &str = "https://api.example";
+
+fn pem(file: &str) -> String {
+    std::fs::read_to_string(format!(
+        "{}/../token-manager/tests/fixtures/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+struct Case {
+    name: &'static str,
+    algorithm: Algorithm,
+    jwt: jsonwebtoken::Algorithm,
+    encoding: jsonwebtoken::EncodingKey,
+    decoding: jsonwebtoken::DecodingKey,
+    key: SigningKey,
+}
+
+fn cases() -> Vec<Case> {
+    let rsa = pem("rsa-2048.pem");
+    let ec = pem("ec-p256.pem");
+    let ed = pem("ed25519.pem");
+    let make = |name, algorithm, jwt, text: &str| {
+        let key = SigningKey::from_pem(name, algorithm, text).unwrap();
+        let (_, decoding) = key.jwk().decoding_key().unwrap();
+        let encoding = match algorithm {
+            Algorithm::RS256 => jsonwebtoken::EncodingKey::from_rsa_pem(text.as_bytes()),
+            Algorithm::ES256 => jsonwebtoken::EncodingKey::from_ec_pem(text.as_bytes()),
+            Algorithm::EdDSA => jsonwebtoken::EncodingKey::from_ed_pem(text.as_bytes()),
+        }
+        .unwrap();
+        Case {
+            name,
+            algorithm,
+            jwt,
+            encoding,
+            decoding,
+            key,
+        }
+    };
+    vec![
+        make("RS256", Algorithm::RS256, jsonwebtoken::Algorithm::RS256, &rsa),
+        make("ES256", Algorithm::ES256, jsonwebtoken::Algorithm::ES256, &ec),
+        make("EdDSA", Algorithm::EdDSA, jsonwebtoken::Algorithm::EdDSA, &ed),
+    ]
+}
+
+fn claims() -> serde_json::Value {
+    serde_json::json!({
+        "iss": ISSUER, "sub": "user-42", "aud": AUDIENCE, "exp": 4_000_000_000u64,
+        "iat": 1_700_000_000u64, "jti": "abc", "client_id": "web", "scope": "orders:read"
+    })
+}
+
+fn validate(c: &mut Criterion) {
+    for case in cases() {
+        let ring = KeyRing::new(case.key.clone());
+        let issuer = AccessTokenIssuer::new(ring.clone(), ISSUER, AUDIENCE);
+        let token = issuer.issue(&Grant::new("user-42", "web").scope("orders:read")).unwrap().token;
+        let validator = Validator::new(ring, ISSUER, AUDIENCE);
+        let mut validation = jsonwebtoken::Validation::new(case.jwt);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
+        let mut group = c.benchmark_group(format!("tokens/validate/{}", case.name));
+        group.bench_function("jsonwebtoken_decode", |b| {
+            b.iter(|| {
+                black_box(
+                    jsonwebtoken::decode::<serde_json::Value>(&token, &case.decoding, &validation)
+                        .unwrap(),
+                )
+            });
+        });
+        group.bench_function("keel_validate", |b| {
+            b.iter(|| black_box(validator.validate(&token).unwrap()));
+        });
+        group.finish();
+        let _ = case.algorithm;
+    }
+}
+
+fn issue(c: &mut Criterion) {
+    for case in cases() {
+        let issuer = AccessTokenIssuer::new(KeyRing::new(case.key.clone()), ISSUER, AUDIENCE);
+        let grant = Grant::new("user-42", "web").scope("orders:read");
+        let claims = claims();
+        let mut header = jsonwebtoken::Header::new(case.jwt);
+        header.typ = Some("at+jwt".into());
+        header.kid = Some(case.name.into());
+        let mut group = c.benchmark_group(format!("tokens/issue/{}", case.name));
+        group.bench_function("jsonwebtoken_encode", |b| {
+            b.iter(|| black_box(jsonwebtoken::encode(&header, &claims, &case.encoding).unwrap()));
+        });
+        group.bench_function("keel_issue", |b| {
+            b.iter(|| black_box(issuer.issue(&grant).unwrap()));
+        });
+        group.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = support::criterion();
+    targets = validate, issue
+}
+criterion_main!(benches);
