@@ -53,9 +53,24 @@ fn cases() -> Vec<Case> {
         }
     };
     vec![
-        make("RS256", Algorithm::RS256, jsonwebtoken::Algorithm::RS256, &rsa),
-        make("ES256", Algorithm::ES256, jsonwebtoken::Algorithm::ES256, &ec),
-        make("EdDSA", Algorithm::EdDSA, jsonwebtoken::Algorithm::EdDSA, &ed),
+        make(
+            "RS256",
+            Algorithm::RS256,
+            jsonwebtoken::Algorithm::RS256,
+            &rsa,
+        ),
+        make(
+            "ES256",
+            Algorithm::ES256,
+            jsonwebtoken::Algorithm::ES256,
+            &ec,
+        ),
+        make(
+            "EdDSA",
+            Algorithm::EdDSA,
+            jsonwebtoken::Algorithm::EdDSA,
+            &ed,
+        ),
     ]
 }
 
@@ -70,7 +85,10 @@ fn validate(c: &mut Criterion) {
     for case in cases() {
         let ring = KeyRing::new(case.key.clone());
         let issuer = AccessTokenIssuer::new(ring.clone(), ISSUER, AUDIENCE);
-        let token = issuer.issue(&Grant::new("user-42", "web").scope("orders:read")).unwrap().token;
+        let token = issuer
+            .issue(&Grant::new("user-42", "web").scope("orders:read"))
+            .unwrap()
+            .token;
         let validator = Validator::new(ring, ISSUER, AUDIENCE);
         let mut validation = jsonwebtoken::Validation::new(case.jwt);
         validation.set_issuer(&[ISSUER]);
