@@ -30,3 +30,31 @@ pub(crate) fn validation_failed(reason: &'static str, kid: Option<&str>) {
     );
     metrics::counter!("keel_tokens_validation_failures_total", "reason" => reason).increment(1);
 }
+
+pub(crate) fn refresh_issued(family: &crate::store::FamilyId, client_id: &str) {
+    tracing::info!(target: "keel_token_manager::audit", event = "refresh_token_issued", family = %family, client_id);
+    metrics::counter!("keel_refresh_tokens_total", "event" => "issued").increment(1);
+}
+
+pub(crate) fn refresh_rotated(family: &crate::store::FamilyId, retried: bool) {
+    tracing::info!(target: "keel_token_manager::audit", event = "refresh_token_rotated", family = %family, retried);
+    metrics::counter!("keel_refresh_tokens_total", "event" => if retried { "retried" } else { "rotated" }).increment(1);
+}
+
+pub(crate) fn reuse_detected(family: &crate::store::FamilyId, subject: &str, client_id: &str) {
+    tracing::error!(
+        target: "keel_token_manager::audit",
+        event = "refresh_token_reuse_detected",
+        security = true,
+        family = %family,
+        subject,
+        client_id,
+        "a rotated refresh token was presented again; its session is revoked"
+    );
+    metrics::counter!("keel_refresh_tokens_total", "event" => "reuse_detected").increment(1);
+}
+
+pub(crate) fn revoked(scope: &'static str, family: Option<&crate::store::FamilyId>) {
+    tracing::info!(target: "keel_token_manager::audit", event = "refresh_token_revoked", scope, family = family.map(tracing::field::display));
+    metrics::counter!("keel_refresh_tokens_total", "event" => "revoked").increment(1);
+}

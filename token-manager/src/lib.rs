@@ -15,13 +15,28 @@
 //! # assert!(jwks_json.contains("\"kty\":\"OKP\""));
 //! ```
 //!
-//! **Status:** the signing side and validation are here: a key ring (RS256, ES256,
-//! EdDSA) with rotation and a JWKS document, RFC 9068 access tokens, and a validator
-//! with an algorithm allowlist, `typ` and `kid` checks and RFC 9470 step-up challenges.
-//! Still being built: refresh tokens rotated on every use with families and reuse
-//! detection, their stores (memory, Redis, PostgreSQL) with encryption at rest, and the
-//! client side (the Entra ID OAuth client and the `TokenProvider` trait that
-//! `keel-graph-client` consumes).
+//! Refresh tokens:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use keel_token_manager::{MemoryStore, RefreshConfig, RefreshTokens, SealingKeys};
+//!
+//! let refresh = RefreshTokens::new(MemoryStore::new(), SealingKeys::generate(1).unwrap(), RefreshConfig::default());
+//! let login = refresh.issue("user-42", "web-app").await.unwrap(); // a new session (family)
+//! let next = refresh.rotate(&login.token).await.unwrap();         // rotated on every use
+//! assert_eq!(next.family, login.family);
+//! # }
+//! ```
+//!
+//! **Status:** ready: a key ring (RS256, ES256, EdDSA) with rotation and a JWKS
+//! document; RFC 9068 access tokens; a validator with an algorithm allowlist, `typ` and
+//! `kid` checks and RFC 9470 step-up challenges; refresh tokens (256-bit, stored as
+//! SHA-256 hashes) rotated on every use, with families, absolute and idle lifetimes,
+//! reuse detection that revokes the family, a grace period in which a retry returns the
+//! same successor (sealed with AES-256-GCM under a rotating key ring), revocation,
+//! session listing and cleanup, on the in-memory store. Still being built: the Redis and
+//! PostgreSQL stores, and the client side (the Entra ID OAuth client and the
+//! `TokenProvider` trait that `keel-graph-client` consumes).
 //!
 //! Crypto: signatures through `jsonwebtoken` on its `aws_lc_rs` backend (RS256
 //! verification is several times faster there than on `rust_crypto`); randomness,
@@ -30,6 +45,9 @@
 mod access;
 mod audit;
 mod keys;
+mod refresh;
+mod seal;
+pub mod store;
 mod validate;
 
 pub use access::{
@@ -37,6 +55,11 @@ pub use access::{
     IssuedAccessToken,
 };
 pub use keys::{Algorithm, Jwk, Jwks, KeyError, KeyRing, SigningKey};
+pub use refresh::{
+    IssuedRefreshToken, RefreshConfig, RefreshError, RefreshTokens, Session, hash_token,
+};
+pub use seal::{SealError, SealingKeys};
+pub use store::{MemoryStore, RefreshTokenStore};
 pub use validate::{StepUp, StepUpChallenge, ValidationError, Validator};
 
 /// The README's examples, compiled as doctests.

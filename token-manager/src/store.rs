@@ -1,0 +1,364 @@
+//! Where refresh-token families live: the [`RefreshTokenStore`] trait, with one atomic
+//! `rotate`, and the in-memory store.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Mutex;
+
+/// SHA-256 of a refresh token: the only form in which tokens are stored.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenHash(pub [u8; 32]);
+
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Even a hash is not printed in full: an 8-hex-digit prefix identifies it in logs.
+        write!(
+            f,
+            "TokenHash({:02x}{:02x}{:02x}{:02x}…)",
+            self.0[0], self.0[1], self.0[2], self.0[3]
+        )
+    }
+}
+
+/// The id of a token family (one login session).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FamilyId(pub String);
+
+impl fmt::Display for FamilyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One login session's chain of refresh tokens. Times are milliseconds since the epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Family {
+    /// The id.
+    pub id: FamilyId,
+    /// The user.
+    pub subject: String,
+    /// The OAuth client.
+    pub client_id: String,
+    /// When the session began.
+    pub created_at: u64,
+    /// The session's end, whatever happens (rotation does not extend it).
+    pub absolute_expiry: u64,
+    /// The end if unused: moved forward by each rotation, never past `absolute_expiry`.
+    pub idle_expiry: u64,
+    /// The last rotation.
+    pub last_used_at: u64,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<u64>,
+}
+
+impl Family {
+    /// Whether it is neither revoked nor expired at `now`.
+    #[must_use]
+    pub fn is_live(&self, now: u64) -> bool {
+        self.revoked_at.is_none() && now < self.absolute_expiry && now < self.idle_expiry
+    }
+}
+
+/// What became of a token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenState {
+    /// The family's current token.
+    Active,
+    /// Exchanged for `successor` at `at`; `sealed_successor` (AES-256-GCM) lets a retry
+    /// within the grace period get the very same successor back.
+    Rotated {
+        /// The successor's hash.
+        successor: TokenHash,
+        /// When.
+        at: u64,
+        /// The successor token, sealed.
+        sealed_successor: Vec<u8>,
+    },
+    /// Revoked on its own.
+    Revoked,
+}
+
+/// One stored refresh token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// Its hash.
+    pub hash: TokenHash,
+    /// Its family.
+    pub family: FamilyId,
+    /// 0 for the login's token, then +1 per rotation.
+    pub generation: u32,
+    /// When it was issued.
+    pub issued_at: u64,
+    /// What became of it.
+    pub state: TokenState,
+}
+
+/// One rotation, for [`RefreshTokenStore::rotate`].
+#[derive(Clone, Debug)]
+pub struct RotateRequest {
+    /// The presented token's hash.
+    pub presented: TokenHash,
+    /// The successor's hash.
+    pub successor: TokenHash,
+    /// The successor, sealed, kept for retries within the grace period.
+    pub sealed_successor: Vec<u8>,
+    /// Now, in ms since the epoch.
+    pub now: u64,
+    /// The grace period, ms.
+    pub grace_ms: u64,
+    /// The idle lifetime, ms (`u64::MAX` for none).
+    pub idle_ms: u64,
+}
+
+/// What a rotation did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RotateOutcome {
+    /// The token was current: the successor is now.
+    Rotated {
+        /// The family after the rotation.
+        family: Family,
+    },
+    /// The token was rotated moments ago (within the grace period) and its successor is
+    /// still current: the same successor again.
+    Retried {
+        /// The family.
+        family: Family,
+        /// The successor's hash.
+        successor: TokenHash,
+        /// The successor, sealed.
+        sealed_successor: Vec<u8>,
+    },
+    /// Reuse of a rotated token: the whole family is now revoked.
+    ReuseDetected {
+        /// The family revoked.
+        family: Family,
+    },
+    /// No such token.
+    Unknown,
+    /// The family is past its absolute or idle lifetime.
+    Expired,
+    /// The token or its family was revoked.
+    Revoked,
+}
+
+/// A store failed (connection, timeout, corrupt data). Nothing was half-written.
+#[derive(Debug, thiserror::Error)]
+#[error("refresh-token store: {0}")]
+pub struct StoreError(pub String);
+
+/// Storage for refresh-token families. Every method is atomic: under concurrent calls on
+/// one token, exactly one rotation succeeds.
+#[async_trait::async_trait]
+pub trait RefreshTokenStore: Send + Sync + fmt::Debug {
+    /// Stores a new family and its first token.
+    async fn create(&self, family: Family, first: TokenRecord) -> Result<(), StoreError>;
+    /// Rotates a token (see [`RotateOutcome`]), all or nothing.
+    async fn rotate(&self, request: RotateRequest) -> Result<RotateOutcome, StoreError>;
+    /// Revokes one token; its family's other tokens are not affected. True if it existed.
+    async fn revoke_token(&self, hash: TokenHash, now: u64) -> Result<bool, StoreError>;
+    /// Revokes a whole family. True if it existed.
+    async fn revoke_family(&self, family: &FamilyId, now: u64) -> Result<bool, StoreError>;
+    /// Revokes every family of a user; how many.
+    async fn revoke_subject(&self, subject: &str, now: u64) -> Result<usize, StoreError>;
+    /// The user's families, live or not.
+    async fn families(&self, subject: &str) -> Result<Vec<Family>, StoreError>;
+    /// Deletes families that expired (or were revoked) before `now`, with their tokens;
+    /// how many families.
+    async fn cleanup(&self, now: u64) -> Result<usize, StoreError>;
+}
+
+/// A store in process memory: for tests, single-instance services and the embedded
+/// default.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    tokens: HashMap<TokenHash, TokenRecord>,
+    families: HashMap<FamilyId, Family>,
+    by_subject: HashMap<String, HashSet<FamilyId>>,
+    by_family: HashMap<FamilyId, Vec<TokenHash>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl RefreshTokenStore for MemoryStore {
+    async fn create(&self, family: Family, first: TokenRecord) -> Result<(), StoreError> {
+        let mut s = self.lock();
+        s.by_subject
+            .entry(family.subject.clone())
+            .or_default()
+            .insert(family.id.clone());
+        s.by_family
+            .entry(family.id.clone())
+            .or_default()
+            .push(first.hash);
+        s.tokens.insert(first.hash, first);
+        s.families.insert(family.id.clone(), family);
+        Ok(())
+    }
+
+    async fn rotate(&self, r: RotateRequest) -> Result<RotateOutcome, StoreError> {
+        let mut s = self.lock();
+        let Some(record) = s.tokens.get(&r.presented).cloned() else {
+            return Ok(RotateOutcome::Unknown);
+        };
+        let Some(family) = s.families.get(&record.family).cloned() else {
+            return Ok(RotateOutcome::Unknown);
+        };
+        if family.revoked_at.is_some() {
+            return Ok(RotateOutcome::Revoked);
+        }
+        if r.now >= family.absolute_expiry || r.now >= family.idle_expiry {
+            return Ok(RotateOutcome::Expired);
+        }
+        match record.state {
+            TokenState::Revoked => Ok(RotateOutcome::Revoked),
+            TokenState::Active => {
+                let mut family = family;
+                family.last_used_at = r.now;
+                family.idle_expiry = r.now.saturating_add(r.idle_ms).min(family.absolute_expiry);
+                s.tokens.insert(
+                    r.presented,
+                    TokenRecord {
+                        state: TokenState::Rotated {
+                            successor: r.successor,
+                            at: r.now,
+                            sealed_successor: r.sealed_successor,
+                        },
+                        ..record.clone()
+                    },
+                );
+                s.tokens.insert(
+                    r.successor,
+                    TokenRecord {
+                        hash: r.successor,
+                        family: family.id.clone(),
+                        generation: record.generation + 1,
+                        issued_at: r.now,
+                        state: TokenState::Active,
+                    },
+                );
+                s.by_family
+                    .entry(family.id.clone())
+                    .or_default()
+                    .push(r.successor);
+                s.families.insert(family.id.clone(), family.clone());
+                Ok(RotateOutcome::Rotated { family })
+            }
+            TokenState::Rotated {
+                successor,
+                at,
+                sealed_successor,
+            } => {
+                let successor_current = s
+                    .tokens
+                    .get(&successor)
+                    .is_some_and(|t| t.state == TokenState::Active);
+                if successor_current && r.now.saturating_sub(at) < r.grace_ms {
+                    return Ok(RotateOutcome::Retried {
+                        family,
+                        successor,
+                        sealed_successor,
+                    });
+                }
+                let mut family = family;
+                family.revoked_at = Some(r.now);
+                s.families.insert(family.id.clone(), family.clone());
+                Ok(RotateOutcome::ReuseDetected { family })
+            }
+        }
+    }
+
+    async fn revoke_token(&self, hash: TokenHash, _now: u64) -> Result<bool, StoreError> {
+        let mut s = self.lock();
+        Ok(match s.tokens.get_mut(&hash) {
+            Some(record) => {
+                record.state = TokenState::Revoked;
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn revoke_family(&self, family: &FamilyId, now: u64) -> Result<bool, StoreError> {
+        let mut s = self.lock();
+        Ok(match s.families.get_mut(family) {
+            Some(f) => {
+                f.revoked_at.get_or_insert(now);
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn revoke_subject(&self, subject: &str, now: u64) -> Result<usize, StoreError> {
+        let mut s = self.lock();
+        let ids: Vec<FamilyId> = s
+            .by_subject
+            .get(subject)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        let mut revoked = 0;
+        for id in ids {
+            if let Some(f) = s.families.get_mut(&id)
+                && f.revoked_at.is_none()
+            {
+                f.revoked_at = Some(now);
+                revoked += 1;
+            }
+        }
+        Ok(revoked)
+    }
+
+    async fn families(&self, subject: &str) -> Result<Vec<Family>, StoreError> {
+        let s = self.lock();
+        let mut out: Vec<Family> = s
+            .by_subject
+            .get(subject)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| s.families.get(id).cloned())
+            .collect();
+        out.sort_by_key(|f| f.created_at);
+        Ok(out)
+    }
+
+    async fn cleanup(&self, now: u64) -> Result<usize, StoreError> {
+        let mut s = self.lock();
+        let dead: Vec<FamilyId> = s
+            .families
+            .values()
+            .filter(|f| now >= f.absolute_expiry || now >= f.idle_expiry || f.revoked_at.is_some())
+            .map(|f| f.id.clone())
+            .collect();
+        for id in &dead {
+            if let Some(f) = s.families.remove(id)
+                && let Some(set) = s.by_subject.get_mut(&f.subject)
+            {
+                set.remove(id);
+            }
+            for hash in s.by_family.remove(id).unwrap_or_default() {
+                s.tokens.remove(&hash);
+            }
+        }
+        Ok(dead.len())
+    }
+}

@@ -1,0 +1,200 @@
+//! Refresh-token rotation on the in-memory store: chains, reuse detection, the grace
+//! period, concurrency, lifetimes, revocation, sessions and cleanup.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_token_manager::{MemoryStore, RefreshConfig, RefreshError, RefreshTokens, SealingKeys};
+
+fn engine(config: RefreshConfig) -> RefreshTokens<MemoryStore> {
+    RefreshTokens::new(
+        MemoryStore::new(),
+        SealingKeys::generate(1).unwrap(),
+        config,
+    )
+}
+
+fn strict() -> RefreshConfig {
+    RefreshConfig::default().grace_period(Duration::ZERO)
+}
+
+#[tokio::test]
+async fn a_chain_rotates_and_reuse_revokes_the_whole_family() {
+    let tokens = engine(strict());
+    let first = tokens.issue("user-1", "web").await.unwrap();
+    assert_eq!(first.token.len(), 43);
+    assert!(!format!("{first:?}").contains(&first.token));
+    let mut chain = vec![first.clone()];
+    for _ in 0..5 {
+        let next = tokens.rotate(&chain.last().unwrap().token).await.unwrap();
+        assert_eq!(next.family, first.family);
+        assert!(!next.retried);
+        chain.push(next);
+    }
+    let distinct: HashSet<&str> = chain.iter().map(|t| t.token.as_str()).collect();
+    assert_eq!(distinct.len(), 6, "every rotation mints a new token");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // An old token comes back: reuse. The family is revoked, the current token too.
+    let reuse = tokens.rotate(&chain[2].token).await.unwrap_err();
+    assert!(
+        matches!(&reuse, RefreshError::ReuseDetected { family } if *family == first.family),
+        "{reuse}"
+    );
+    assert_eq!(reuse.oauth_error(), "invalid_grant");
+    assert!(matches!(
+        tokens.rotate(&chain[5].token).await,
+        Err(RefreshError::Revoked)
+    ));
+    assert!(tokens.sessions("user-1").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_retry_within_the_grace_period_gets_the_same_successor() {
+    let tokens = engine(RefreshConfig::default().grace_period(Duration::from_millis(300)));
+    let a = tokens.issue("user-1", "web").await.unwrap();
+    let b = tokens.rotate(&a.token).await.unwrap();
+    let b_again = tokens.rotate(&a.token).await.unwrap();
+    assert_eq!(b_again.token, b.token, "the same successor, not a new one");
+    assert!(b_again.retried);
+    // Once the successor itself is used, the old token is reuse even within the grace.
+    let c = tokens.rotate(&b.token).await.unwrap();
+    assert_ne!(c.token, b.token);
+    assert!(matches!(
+        tokens.rotate(&a.token).await,
+        Err(RefreshError::ReuseDetected { .. })
+    ));
+
+    // After the grace period, a retry is reuse.
+    let d = tokens.issue("user-2", "web").await.unwrap();
+    tokens.rotate(&d.token).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(matches!(
+        tokens.rotate(&d.token).await,
+        Err(RefreshError::ReuseDetected { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_rotations_leave_exactly_one_successor() {
+    let tokens = Arc::new(engine(RefreshConfig::default()));
+    let first = tokens.issue("user-1", "web").await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let tokens = tokens.clone();
+        let token = first.token.clone();
+        tasks.push(tokio::spawn(async move { tokens.rotate(&token).await }));
+    }
+    let mut successors = HashSet::new();
+    let mut retried = 0;
+    for task in tasks {
+        let next = task.await.unwrap().unwrap();
+        retried += usize::from(next.retried);
+        successors.insert(next.token);
+    }
+    assert_eq!(successors.len(), 1, "exactly one successor");
+    assert_eq!(retried, 199);
+    let successor = successors.into_iter().next().unwrap();
+    assert!(
+        tokens.rotate(&successor).await.is_ok(),
+        "the successor is current"
+    );
+}
+
+#[tokio::test]
+async fn lifetimes_idle_and_absolute_are_enforced_and_rotation_does_not_extend_them() {
+    let idle = engine(strict().idle_lifetime(Some(Duration::from_millis(150))));
+    let t = idle.issue("u", "c").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(matches!(
+        idle.rotate(&t.token).await,
+        Err(RefreshError::Expired)
+    ));
+
+    let absolute = engine(
+        strict()
+            .absolute_lifetime(Duration::from_millis(400))
+            .idle_lifetime(Some(Duration::from_secs(60))),
+    );
+    let mut t = absolute.issue("u", "c").await.unwrap();
+    let expires_at = t.expires_at;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        t = absolute.rotate(&t.token).await.unwrap();
+        assert_eq!(
+            t.expires_at, expires_at,
+            "rotation does not extend the session"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(matches!(
+        absolute.rotate(&t.token).await,
+        Err(RefreshError::Expired)
+    ));
+}
+
+#[tokio::test]
+async fn revocation_sessions_and_cleanup() {
+    let tokens = engine(strict());
+    let laptop = tokens.issue("user-1", "web").await.unwrap();
+    let phone = tokens.issue("user-1", "mobile").await.unwrap();
+    let other = tokens.issue("user-2", "web").await.unwrap();
+    let sessions = tokens.sessions("user-1").await.unwrap();
+    let clients: HashSet<&str> = sessions.iter().map(|s| s.client_id.as_str()).collect();
+    assert_eq!(clients, HashSet::from(["web", "mobile"]));
+
+    // RFC 7009: revoking an unknown or malformed token succeeds.
+    tokens.revoke("not-a-token").await.unwrap();
+    tokens.revoke(&"A".repeat(43)).await.unwrap();
+
+    tokens.revoke(&laptop.token).await.unwrap();
+    assert!(matches!(
+        tokens.rotate(&laptop.token).await,
+        Err(RefreshError::Revoked)
+    ));
+    assert!(tokens.revoke_family(&phone.family).await.unwrap());
+    assert!(matches!(
+        tokens.rotate(&phone.token).await,
+        Err(RefreshError::Revoked)
+    ));
+    assert_eq!(
+        tokens.sessions("user-1").await.unwrap().len(),
+        1,
+        "the laptop's family is still live"
+    );
+
+    assert_eq!(tokens.revoke_subject("user-1").await.unwrap(), 1);
+    assert!(tokens.sessions("user-1").await.unwrap().is_empty());
+    assert_eq!(tokens.cleanup().await.unwrap(), 2);
+    assert!(matches!(
+        tokens.rotate(&phone.token).await,
+        Err(RefreshError::Unknown)
+    ));
+    assert!(tokens.rotate(&other.token).await.is_ok());
+    assert!(matches!(
+        tokens.rotate("garbage").await,
+        Err(RefreshError::Unknown)
+    ));
+}
+
+#[test]
+fn sealing_keys_rotate_and_bind_values_to_their_record() {
+    let old = [7u8; 32];
+    let new = [9u8; 32];
+    let before = SealingKeys::new(&[(1, &old)]).unwrap();
+    let sealed = before.seal(b"successor-token", b"ctx").unwrap();
+    let after = SealingKeys::new(&[(2, &new), (1, &old)]).unwrap();
+    assert_eq!(after.open(&sealed, b"ctx").unwrap(), b"successor-token");
+    assert_eq!(
+        after.seal(b"x", b"ctx").unwrap()[0],
+        2,
+        "new values use the new key"
+    );
+    let dropped = SealingKeys::new(&[(2, &new)]).unwrap();
+    assert!(dropped.open(&sealed, b"ctx").is_err());
+    let mut tampered = sealed;
+    *tampered.last_mut().unwrap() ^= 1;
+    assert!(after.open(&tampered, b"ctx").is_err());
+    assert!(SealingKeys::new(&[(1, &[0u8; 16])]).is_err());
+    assert!(!format!("{after:?}").contains('7'), "no key bytes in Debug");
+}
