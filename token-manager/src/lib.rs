@@ -34,9 +34,14 @@
 //! SHA-256 hashes) rotated on every use, with families, absolute and idle lifetimes,
 //! reuse detection that revokes the family, a grace period in which a retry returns the
 //! same successor (sealed with AES-256-GCM under a rotating key ring), revocation,
-//! session listing and cleanup, on the in-memory store. Still being built: the Redis and
-//! PostgreSQL stores, and the client side (the Entra ID OAuth client and the
+//! session listing and cleanup, on the in-memory store and on Redis (feature `redis`:
+//! one Lua script, one round trip per rotation). Still being built: the PostgreSQL
+//! store, and the client side (the Entra ID OAuth client and the
 //! `TokenProvider` trait that `keel-graph-client` consumes).
+//!
+//! | feature | what |
+//! |---|---|
+//! | `redis` | [`RedisStore`]: refresh-token families in Redis, rotation in one Lua script |
 //!
 //! Crypto: signatures through `jsonwebtoken` on its `aws_lc_rs` backend (RS256
 //! verification is several times faster there than on `rust_crypto`); randomness,
@@ -45,6 +50,8 @@
 mod access;
 mod audit;
 mod keys;
+#[cfg(feature = "redis")]
+mod redis_store;
 mod refresh;
 mod seal;
 pub mod store;
@@ -55,6 +62,8 @@ pub use access::{
     IssuedAccessToken,
 };
 pub use keys::{Algorithm, Jwk, Jwks, KeyError, KeyRing, SigningKey};
+#[cfg(feature = "redis")]
+pub use redis_store::RedisStore;
 pub use refresh::{
     IssuedRefreshToken, RefreshConfig, RefreshError, RefreshTokens, Session, hash_token,
 };

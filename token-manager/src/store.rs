@@ -362,3 +362,29 @@ impl RefreshTokenStore for MemoryStore {
         Ok(dead.len())
     }
 }
+
+/// A shared store is a store.
+#[async_trait::async_trait]
+impl<T: RefreshTokenStore + ?Sized> RefreshTokenStore for std::sync::Arc<T> {
+    async fn create(&self, family: Family, first: TokenRecord) -> Result<(), StoreError> {
+        (**self).create(family, first).await
+    }
+    async fn rotate(&self, request: RotateRequest) -> Result<RotateOutcome, StoreError> {
+        (**self).rotate(request).await
+    }
+    async fn revoke_token(&self, hash: TokenHash, now: u64) -> Result<bool, StoreError> {
+        (**self).revoke_token(hash, now).await
+    }
+    async fn revoke_family(&self, family: &FamilyId, now: u64) -> Result<bool, StoreError> {
+        (**self).revoke_family(family, now).await
+    }
+    async fn revoke_subject(&self, subject: &str, now: u64) -> Result<usize, StoreError> {
+        (**self).revoke_subject(subject, now).await
+    }
+    async fn families(&self, subject: &str) -> Result<Vec<Family>, StoreError> {
+        (**self).families(subject).await
+    }
+    async fn cleanup(&self, now: u64) -> Result<usize, StoreError> {
+        (**self).cleanup(now).await
+    }
+}
