@@ -34,14 +34,15 @@
 //! SHA-256 hashes) rotated on every use, with families, absolute and idle lifetimes,
 //! reuse detection that revokes the family, a grace period in which a retry returns the
 //! same successor (sealed with AES-256-GCM under a rotating key ring), revocation,
-//! session listing and cleanup, on the in-memory store and on Redis (feature `redis`:
-//! one Lua script, one round trip per rotation). Still being built: the PostgreSQL
-//! store, and the client side (the Entra ID OAuth client and the
+//! session listing and cleanup, on the in-memory store, on Redis (feature `redis`: one
+//! Lua script, one round trip per rotation) and on PostgreSQL (feature `postgres`: one
+//! transaction per rotation, migrations shipped). Still being built: the client side (the Entra ID OAuth client and the
 //! `TokenProvider` trait that `keel-graph-client` consumes).
 //!
 //! | feature | what |
 //! |---|---|
 //! | `redis` | [`RedisStore`]: refresh-token families in Redis, rotation in one Lua script |
+//! | `postgres` | [`PostgresStore`]: families in PostgreSQL, rotation in one transaction, migrations shipped |
 //!
 //! Crypto: signatures through `jsonwebtoken` on its `aws_lc_rs` backend (RS256
 //! verification is several times faster there than on `rust_crypto`); randomness,
@@ -50,6 +51,8 @@
 mod access;
 mod audit;
 mod keys;
+#[cfg(feature = "postgres")]
+mod postgres_store;
 #[cfg(feature = "redis")]
 mod redis_store;
 mod refresh;
@@ -62,6 +65,8 @@ pub use access::{
     IssuedAccessToken,
 };
 pub use keys::{Algorithm, Jwk, Jwks, KeyError, KeyRing, SigningKey};
+#[cfg(feature = "postgres")]
+pub use postgres_store::PostgresStore;
 #[cfg(feature = "redis")]
 pub use redis_store::RedisStore;
 pub use refresh::{

@@ -6,16 +6,38 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_testkit::RedisServer;
+use keel_testkit::{PostgresServer, RedisServer};
 use keel_token_manager::{
-    MemoryStore, RedisStore, RefreshConfig, RefreshError, RefreshTokenStore, RefreshTokens,
-    SealingKeys,
+    MemoryStore, PostgresStore, RedisStore, RefreshConfig, RefreshError, RefreshTokenStore,
+    RefreshTokens, SealingKeys,
 };
 
 /// Where the families live for one test.
 enum Backend {
     Memory,
     Redis(RedisServer),
+    Postgres(PostgresServer),
+}
+
+fn pool(server: &PostgresServer) -> deadpool_postgres::Pool {
+    let mut config = deadpool_postgres::Config::new();
+    config.url = Some(server.url());
+    config.connect_timeout = Some(Duration::from_secs(2));
+    config.pool = Some(deadpool_postgres::PoolConfig {
+        max_size: 16,
+        timeouts: deadpool_postgres::Timeouts {
+            wait: Some(Duration::from_secs(5)),
+            create: Some(Duration::from_secs(2)),
+            recycle: Some(Duration::from_secs(2)),
+        },
+        ..Default::default()
+    });
+    config
+        .create_pool(
+            Some(deadpool_postgres::Runtime::Tokio1),
+            tokio_postgres::NoTls,
+        )
+        .unwrap()
 }
 
 type Engine = RefreshTokens<Arc<dyn RefreshTokenStore>>;
@@ -28,6 +50,11 @@ impl Backend {
                 let client = redis::Client::open(server.url()).unwrap();
                 let connection = redis::aio::ConnectionManager::new(client).await.unwrap();
                 Arc::new(RedisStore::new(connection))
+            }
+            Backend::Postgres(server) => {
+                let store = PostgresStore::new(pool(server));
+                store.migrate().await.unwrap();
+                Arc::new(store)
             }
         };
         RefreshTokens::new(store, SealingKeys::generate(1).unwrap(), config)
@@ -50,6 +77,15 @@ macro_rules! every_store {
                 async fn $name() {
                     let server = keel_testkit::RedisServer::start().unwrap();
                     super::$name(super::Backend::Redis(server)).await;
+                }
+            )*
+        }
+        mod postgres_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let server = keel_testkit::PostgresServer::start().unwrap();
+                    super::$name(super::Backend::Postgres(server)).await;
                 }
             )*
         }
@@ -185,7 +221,7 @@ async fn lifetimes_idle_and_absolute_are_enforced_and_rotation_does_not_extend_t
 }
 
 async fn revocation_sessions_and_cleanup(backend: Backend) {
-    let redis = matches!(backend, Backend::Redis(_));
+    let expires_by_itself = matches!(backend, Backend::Redis(_));
     let tokens = backend.engine(strict()).await;
     let laptop = tokens.issue("user-1", "web").await.unwrap();
     let phone = tokens.issue("user-1", "mobile").await.unwrap();
@@ -216,7 +252,7 @@ async fn revocation_sessions_and_cleanup(backend: Backend) {
 
     assert_eq!(tokens.revoke_subject("user-1").await.unwrap(), 1);
     assert!(tokens.sessions("user-1").await.unwrap().is_empty());
-    if redis {
+    if expires_by_itself {
         // Redis expires records by itself (a day after the session's absolute end);
         // revoked sessions answer "revoked" until then.
         assert_eq!(tokens.cleanup().await.unwrap(), 0);
@@ -258,4 +294,90 @@ fn sealing_keys_rotate_and_bind_values_to_their_record() {
     assert!(after.open(&tampered, b"ctx").is_err());
     assert!(SealingKeys::new(&[(1, &[0u8; 16])]).is_err());
     assert!(!format!("{after:?}").contains('7'), "no key bytes in Debug");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_crash_mid_rotation_leaves_the_family_before_or_after_never_between() {
+    let mut server = PostgresServer::start().unwrap();
+    let store = Arc::new(PostgresStore::new(pool(&server)));
+    assert_eq!(
+        store.migrate().await.unwrap(),
+        1,
+        "a fresh database gets the schema"
+    );
+    assert_eq!(
+        store.migrate().await.unwrap(),
+        0,
+        "migrating again changes nothing"
+    );
+    let tokens = RefreshTokens::new(
+        store.clone(),
+        SealingKeys::generate(1).unwrap(),
+        RefreshConfig::default().grace_period(Duration::from_secs(60)),
+    );
+    let first = tokens.issue("user-1", "web").await.unwrap();
+    let mut current = first.token.clone();
+    let mut rotated = 0;
+    let mut failed = 0;
+    let started = std::time::Instant::now();
+    let mut killed = false;
+    while started.elapsed() < Duration::from_secs(3) {
+        if !killed && rotated >= 30 {
+            server.stop(); // as a crash: the connection drops mid-transaction
+            killed = true;
+        }
+        match tokens.rotate(&current).await {
+            Ok(next) => {
+                current = next.token;
+                rotated += 1;
+            }
+            Err(RefreshError::Store(_)) => {
+                failed += 1;
+                if killed {
+                    break;
+                }
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert!(
+        killed && failed >= 1,
+        "the crash was seen ({rotated} rotations, {failed} failures)"
+    );
+    tokio::task::block_in_place(|| server.restart()).unwrap();
+    let active = server
+        .psql(&format!(
+            "SELECT count(*) FROM keel_refresh_tokens WHERE family_id = '{}' AND state = 0",
+            first.family
+        ))
+        .unwrap();
+    assert_eq!(
+        active.trim(),
+        "1",
+        "exactly one current token after the crash"
+    );
+    let dangling = server
+        .psql(
+            "SELECT count(*) FROM keel_refresh_tokens t WHERE t.state = 1 AND NOT EXISTS \
+             (SELECT 1 FROM keel_refresh_tokens s WHERE s.hash = t.successor)",
+        )
+        .unwrap();
+    assert_eq!(dangling.trim(), "0", "no rotation half-written");
+    // The client's last token still works: either it is current, or its rotation
+    // committed without an answer and the grace period returns that successor.
+    let mut resumed = None;
+    for _ in 0..50 {
+        match tokens.rotate(&current).await {
+            Ok(next) => {
+                resumed = Some(next);
+                break;
+            }
+            Err(RefreshError::Store(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("after the crash: {e}"),
+        }
+    }
+    assert!(
+        resumed.is_some(),
+        "the pool reconnected and the session goes on"
+    );
 }
