@@ -129,9 +129,64 @@ fn issue(c: &mut Criterion) {
     }
 }
 
+/// One rotation after another on one session, per store.
+fn rotate(c: &mut Criterion) {
+    use keel_token_manager::{
+        MemoryStore, PostgresStore, RedisStore, RefreshConfig, RefreshTokenStore, RefreshTokens,
+        SealingKeys,
+    };
+    use std::sync::{Arc, Mutex};
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let redis = keel_testkit::RedisServer::start().ok();
+    let postgres = keel_testkit::PostgresServer::start().ok();
+    let mut stores: Vec<(&str, Arc<dyn RefreshTokenStore>)> =
+        vec![("memory", Arc::new(MemoryStore::new()))];
+    rt.block_on(async {
+        if let Some(server) = &redis {
+            let client = redis::Client::open(server.url()).unwrap();
+            let connection = redis::aio::ConnectionManager::new(client).await.unwrap();
+            stores.push(("redis", Arc::new(RedisStore::new(connection))));
+        }
+        if let Some(server) = &postgres {
+            let mut config = deadpool_postgres::Config::new();
+            config.url = Some(server.url());
+            let pool = config
+                .create_pool(
+                    Some(deadpool_postgres::Runtime::Tokio1),
+                    tokio_postgres::NoTls,
+                )
+                .unwrap();
+            let store = PostgresStore::new(pool);
+            store.migrate().await.unwrap();
+            stores.push(("postgres", Arc::new(store)));
+        }
+    });
+    let mut group = c.benchmark_group("tokens/rotate");
+    for (name, store) in stores {
+        let tokens = RefreshTokens::new(
+            store,
+            SealingKeys::generate(1).unwrap(),
+            RefreshConfig::default(),
+        );
+        let current = Mutex::new(rt.block_on(tokens.issue("user-42", "web")).unwrap().token);
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| async {
+                let token = current.lock().unwrap().clone();
+                let next = tokens.rotate(&token).await.unwrap();
+                *current.lock().unwrap() = next.token;
+            });
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = support::criterion();
-    targets = validate, issue
+    targets = validate, issue, rotate
 }
 criterion_main!(benches);
