@@ -381,3 +381,88 @@ async fn a_postgres_crash_mid_rotation_leaves_the_family_before_or_after_never_b
         "the pool reconnected and the session goes on"
     );
 }
+
+/// A `MakeWriter` that keeps everything written.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Self;
+    fn make_writer(&'a self) -> Self {
+        self.clone()
+    }
+}
+
+#[test]
+fn audit_events_name_what_happened_and_never_a_token_or_hash() {
+    use keel_token_manager::{AccessTokenIssuer, Algorithm, Grant, KeyRing, SigningKey, Validator};
+
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(captured.clone())
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let mut secrets = Vec::new();
+    tracing::subscriber::with_default(subscriber, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let keys = KeyRing::new(SigningKey::generate("k1", Algorithm::ES256).unwrap());
+            let access = AccessTokenIssuer::new(keys.clone(), "iss", "aud")
+                .issue(&Grant::new("user-1", "web"))
+                .unwrap();
+            secrets.push(access.token.clone());
+            let _ = Validator::new(keys, "iss", "other-aud").validate(&access.token);
+
+            let tokens = RefreshTokens::new(
+                MemoryStore::new(),
+                SealingKeys::generate(1).unwrap(),
+                strict(),
+            );
+            let first = tokens.issue("user-1", "web").await.unwrap();
+            let second = tokens.rotate(&first.token).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            let _ = tokens.rotate(&first.token).await; // reuse
+            tokens.revoke_family(&first.family).await.unwrap();
+            for t in [&first.token, &second.token] {
+                secrets.push(t.clone());
+                let hash = keel_token_manager::hash_token(t);
+                secrets.push(hash.0.iter().map(|b| format!("{b:02x}")).collect());
+            }
+        });
+    });
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    for event in [
+        "access_token_issued",
+        "access_token_rejected",
+        "refresh_token_issued",
+        "refresh_token_rotated",
+        "refresh_token_reuse_detected",
+        "refresh_token_revoked",
+    ] {
+        assert!(log.contains(event), "no {event} in:\n{log}");
+    }
+    assert!(log.contains("wrong_audience"));
+    for secret in &secrets {
+        assert!(
+            !log.contains(secret.as_str()),
+            "a token or hash leaked into the audit log"
+        );
+        assert!(
+            !log.contains(&secret[..16]),
+            "part of a token or hash leaked"
+        );
+    }
+}
