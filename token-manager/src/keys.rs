@@ -246,6 +246,76 @@ impl SigningKey {
         Self::from_pkcs8_der(kid, algorithm, &der, Some(pem))
     }
 
+    /// Loads a private JWK: `kty` `EC` with `crv` `P-256` (ES256) or `kty` `OKP` with `crv`
+    /// `Ed25519` (EdDSA), with `d` and its `kid`. RSA keys load from PEM.
+    ///
+    /// # Errors
+    /// [`KeyError::Jwk`] for a JWK that is not such a private key, [`KeyError::Rejected`]
+    /// when `d` and the public part disagree.
+    pub fn from_jwk(json: &str) -> Result<Self, KeyError> {
+        #[derive(Deserialize)]
+        struct PrivateJwk {
+            kty: String,
+            kid: String,
+            #[serde(default)]
+            crv: Option<String>,
+            #[serde(default)]
+            d: Option<String>,
+            #[serde(default)]
+            x: Option<String>,
+            #[serde(default)]
+            y: Option<String>,
+        }
+        let jwk: PrivateJwk =
+            serde_json::from_str(json).map_err(|e| KeyError::Jwk(e.to_string()))?;
+        let part = |value: &Option<String>, name: &str, len: usize| -> Result<Vec<u8>, KeyError> {
+            let bytes = value
+                .as_deref()
+                .and_then(|v| URL_SAFE_NO_PAD.decode(v).ok())
+                .ok_or_else(|| {
+                    KeyError::Jwk(format!("kid {:?}: missing or invalid {name}", jwk.kid))
+                })?;
+            if bytes.len() != len {
+                return Err(KeyError::Jwk(format!(
+                    "kid {:?}: {name} must be {len} bytes",
+                    jwk.kid
+                )));
+            }
+            Ok(bytes)
+        };
+        match (jwk.kty.as_str(), jwk.crv.as_deref()) {
+            ("OKP", Some("Ed25519")) => {
+                // PKCS#8 v1 (RFC 8410) around the 32-byte seed.
+                let mut der = vec![
+                    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04,
+                    0x22, 0x04, 0x20,
+                ];
+                der.extend_from_slice(&part(&jwk.d, "d", 32)?);
+                Self::from_pkcs8_der(&jwk.kid, Algorithm::EdDSA, &der, None)
+            }
+            ("EC", Some("P-256")) => {
+                // PKCS#8 around an RFC 5915 ECPrivateKey with its public point.
+                let mut der = vec![
+                    0x30, 0x81, 0x87, 0x02, 0x01, 0x00, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48,
+                    0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01,
+                    0x07, 0x04, 0x6d, 0x30, 0x6b, 0x02, 0x01, 0x01, 0x04, 0x20,
+                ];
+                der.extend_from_slice(&part(&jwk.d, "d", 32)?);
+                der.extend_from_slice(&[0xa1, 0x44, 0x03, 0x42, 0x00, 0x04]);
+                der.extend_from_slice(&part(&jwk.x, "x", 32)?);
+                der.extend_from_slice(&part(&jwk.y, "y", 32)?);
+                Self::from_pkcs8_der(&jwk.kid, Algorithm::ES256, &der, None)
+            }
+            ("RSA", _) => Err(KeyError::Jwk(
+                "load RSA private keys from PKCS#8 PEM".into(),
+            )),
+            _ => Err(KeyError::Jwk(format!(
+                "kid {:?}: not a P-256 or Ed25519 private key",
+                jwk.kid
+            ))),
+        }
+    }
+
     /// Generates a fresh ES256 or EdDSA key (ring cannot generate RSA keys: load those
     /// with [`from_pem`](Self::from_pem), e.g. from `openssl genpkey -algorithm RSA`).
     ///

@@ -130,3 +130,48 @@ fn tempfile_dir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[test]
+fn private_jwks_exported_by_pyjwt_load_as_the_same_keys() {
+    let script = r#"
+import json, sys, jwt
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+for pem, kid, alg in [("ec-p256.pem", "ec", jwt.algorithms.ECAlgorithm), ("ed25519.pem", "ed", jwt.algorithms.OKPAlgorithm)]:
+    key = load_pem_private_key(open(sys.argv[1] + "/" + pem, "rb").read(), password=None)
+    jwk = json.loads(alg.to_jwk(key))
+    jwk["kid"] = kid
+    print(json.dumps(jwk))
+"#;
+    let out = python(script, &[crate::fixture_dir().as_str()]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2);
+    for (line, (kid, algorithm)) in lines
+        .iter()
+        .zip([("ec", Algorithm::ES256), ("ed", Algorithm::EdDSA)])
+    {
+        assert!(line.contains("\"d\""), "a private JWK");
+        let from_jwk = keel_token_manager::SigningKey::from_jwk(line).unwrap();
+        let from_pem = pem_key(kid, algorithm);
+        assert_eq!(from_jwk.algorithm(), algorithm);
+        assert_eq!(from_jwk.jwk(), from_pem.jwk(), "{kid}: the same public key");
+        // And it signs tokens the PEM key's public half verifies.
+        let token = AccessTokenIssuer::new(KeyRing::new(from_jwk), ISSUER, AUDIENCE)
+            .issue(&Grant::new("u", "c"))
+            .unwrap()
+            .token;
+        assert!(
+            Validator::new(KeyRing::new(from_pem), ISSUER, AUDIENCE)
+                .validate(&token)
+                .is_ok()
+        );
+    }
+    let rsa = r#"{"kty":"RSA","kid":"r","n":"AQAB","e":"AQAB","d":"AQAB"}"#;
+    assert!(keel_token_manager::SigningKey::from_jwk(rsa).is_err());
+    let short = r#"{"kty":"OKP","crv":"Ed25519","kid":"e","d":"AQAB"}"#;
+    assert!(
+        keel_token_manager::SigningKey::from_jwk(short)
+            .unwrap_err()
+            .to_string()
+            .contains("32 bytes")
+    );
+}
