@@ -149,6 +149,17 @@ impl RedisStore {
         format!("{}t:{}", self.prefix, hex(hash))
     }
 
+    /// The ids of a subject's families.
+    async fn family_ids(&self, subject: &str) -> Result<Vec<String>, StoreError> {
+        let mut c = self.connection.clone();
+        self.run(
+            redis::cmd("SMEMBERS")
+                .arg(format!("{}s:{subject}", self.prefix))
+                .query_async(&mut c),
+        )
+        .await
+    }
+
     fn family_key(&self, id: &FamilyId) -> String {
         format!("{}f:{}", self.prefix, id.0)
     }
@@ -304,13 +315,7 @@ impl RefreshTokenStore for RedisStore {
 
     async fn revoke_subject(&self, subject: &str, now: u64) -> Result<usize, StoreError> {
         let mut c = self.connection.clone();
-        let ids: Vec<String> = self
-            .run(
-                redis::cmd("SMEMBERS")
-                    .arg(format!("{}s:{subject}", self.prefix))
-                    .query_async(&mut c),
-            )
-            .await?;
+        let ids = self.family_ids(subject).await?;
         if ids.is_empty() {
             return Ok(0);
         }
@@ -326,13 +331,7 @@ impl RefreshTokenStore for RedisStore {
 
     async fn families(&self, subject: &str) -> Result<Vec<Family>, StoreError> {
         let mut c = self.connection.clone();
-        let ids: Vec<String> = self
-            .run(
-                redis::cmd("SMEMBERS")
-                    .arg(format!("{}s:{subject}", self.prefix))
-                    .query_async(&mut c),
-            )
-            .await?;
+        let ids = self.family_ids(subject).await?;
         let mut out = Vec::new();
         for id in ids {
             let fields: Vec<Option<Vec<u8>>> = self
