@@ -1,6 +1,6 @@
-//! A refresh-token store on PostgreSQL: each rotation is one transaction that locks the
-//! family's row, so concurrent rotations of one token serialize and exactly one
-//! successor is created. The schema ships with the crate (`migrations/`) and
+//! A refresh-token store on PostgreSQL: each rotation is one statement (a function the
+//! migrations install) whose transaction locks the family's and the token's rows, so
+//! concurrent rotations of one token serialize and exactly one successor is created. The schema ships with the crate (`migrations/`) and
 //! [`PostgresStore::migrate`] applies what is missing, under an advisory lock.
 
 use std::fmt;
@@ -14,13 +14,16 @@ use crate::store::{
 };
 
 /// The migrations, in order: (version, SQL).
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_refresh_tokens.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/0001_refresh_tokens.sql")),
+    (2, include_str!("../migrations/0002_rotate_function.sql")),
+];
 
 /// An arbitrary constant for `pg_advisory_xact_lock`, so instances migrate one at a time.
 const MIGRATION_LOCK: i64 = 0x6b65_656c_746f_6b31;
 
+// Token states, as in the schema: 0 active, 1 rotated (set by the rotation function), 2 revoked.
 const ACTIVE: i16 = 0;
-const ROTATED: i16 = 1;
 const REVOKED: i16 = 2;
 
 /// Refresh-token families in PostgreSQL, through a deadpool-postgres pool.
@@ -166,88 +169,43 @@ impl RefreshTokenStore for PostgresStore {
     }
 
     async fn rotate(&self, r: RotateRequest) -> Result<RotateOutcome, StoreError> {
-        let mut client = self.pool.get().await.map_err(db)?;
-        let tx = client.transaction().await.map_err(db)?;
-        durable(&tx).await?;
-        // Locking the family's and the token's rows serializes every rotation of the
-        // family; a waiter re-reads both once the lock is its own.
-        let row = tx
-            .query_opt(
-                &format!(
-                    "SELECT {FAMILY_COLUMNS}, t.generation, t.state, t.successor, t.rotated_at, t.sealed_successor
-                     FROM keel_refresh_tokens t JOIN keel_refresh_families f ON f.id = t.family_id
-                     WHERE t.hash = $1 FOR UPDATE OF f, t"
-                ),
-                &[&r.presented.0.as_slice()],
+        // One statement: the function (migration 2) locks, checks and writes in the
+        // statement's own transaction, with a synchronous commit.
+        let client = self.pool.get().await.map_err(db)?;
+        let row = client
+            .query_one(
+                "SELECT * FROM keel_rotate_refresh_token($1, $2, $3, $4, $5, $6)",
+                &[
+                    &r.presented.0.as_slice(),
+                    &r.successor.0.as_slice(),
+                    &r.sealed_successor,
+                    &int(r.now),
+                    &int(r.grace_ms),
+                    &int(r.idle_ms),
+                ],
             )
             .await
             .map_err(db)?;
-        let Some(row) = row else {
-            tx.commit().await.map_err(db)?;
-            return Ok(RotateOutcome::Unknown);
-        };
-        let mut family = family_of(&row, 0);
-        let generation: i32 = row.get(8);
-        let state: i16 = row.get(9);
-        let outcome = if family.revoked_at.is_some() || state == REVOKED {
-            RotateOutcome::Revoked
-        } else if r.now >= family.absolute_expiry || r.now >= family.idle_expiry {
-            RotateOutcome::Expired
-        } else if state == ACTIVE {
-            family.last_used_at = r.now;
-            family.idle_expiry = r.now.saturating_add(r.idle_ms).min(family.absolute_expiry);
-            tx.execute(
-                "UPDATE keel_refresh_tokens SET state = $2, successor = $3, rotated_at = $4, sealed_successor = $5 WHERE hash = $1",
-                &[&r.presented.0.as_slice(), &ROTATED, &r.successor.0.as_slice(), &int(r.now), &r.sealed_successor],
-            )
-            .await
-            .map_err(db)?;
-            tx.execute(
-                "INSERT INTO keel_refresh_tokens (hash, family_id, generation, issued_at, state) VALUES ($1, $2, $3, $4, $5)",
-                &[&r.successor.0.as_slice(), &family.id.0, &(generation + 1), &int(r.now), &ACTIVE],
-            )
-            .await
-            .map_err(db)?;
-            tx.execute(
-                "UPDATE keel_refresh_families SET idle_expiry = $2, last_used_at = $3 WHERE id = $1",
-                &[&family.id.0, &int(family.idle_expiry), &int(r.now)],
-            )
-            .await
-            .map_err(db)?;
-            RotateOutcome::Rotated { family }
-        } else {
-            let successor: Vec<u8> = row.get::<_, Option<Vec<u8>>>(10).unwrap_or_default();
-            let rotated_at = uint(row.get::<_, Option<i64>>(11).unwrap_or(0));
-            let sealed: Vec<u8> = row.get::<_, Option<Vec<u8>>>(12).unwrap_or_default();
-            let current = tx
-                .query_opt(
-                    "SELECT state FROM keel_refresh_tokens WHERE hash = $1",
-                    &[&successor.as_slice()],
-                )
-                .await
-                .map_err(db)?
-                .is_some_and(|row| row.get::<_, i16>(0) == ACTIVE);
-            let hash = <[u8; 32]>::try_from(successor.as_slice())
-                .map_err(|_| StoreError("a stored successor hash is corrupt".into()))?;
-            if current && r.now.saturating_sub(rotated_at) < r.grace_ms {
+        let outcome: String = row.get(0);
+        let family = || family_of(&row, 1);
+        Ok(match outcome.as_str() {
+            "unknown" => RotateOutcome::Unknown,
+            "revoked" => RotateOutcome::Revoked,
+            "expired" => RotateOutcome::Expired,
+            "rotated" => RotateOutcome::Rotated { family: family() },
+            "reuse" => RotateOutcome::ReuseDetected { family: family() },
+            "retried" => {
+                let successor: Vec<u8> = row.get::<_, Option<Vec<u8>>>(9).unwrap_or_default();
+                let hash = <[u8; 32]>::try_from(successor.as_slice())
+                    .map_err(|_| StoreError("a stored successor hash is corrupt".into()))?;
                 RotateOutcome::Retried {
-                    family,
+                    family: family(),
                     successor: TokenHash(hash),
-                    sealed_successor: sealed,
+                    sealed_successor: row.get::<_, Option<Vec<u8>>>(10).unwrap_or_default(),
                 }
-            } else {
-                family.revoked_at = Some(r.now);
-                tx.execute(
-                    "UPDATE keel_refresh_families SET revoked_at = $2 WHERE id = $1",
-                    &[&family.id.0, &int(r.now)],
-                )
-                .await
-                .map_err(db)?;
-                RotateOutcome::ReuseDetected { family }
             }
-        };
-        tx.commit().await.map_err(db)?;
-        Ok(outcome)
+            other => return Err(StoreError(format!("unexpected rotation outcome {other:?}"))),
+        })
     }
 
     async fn revoke_token(&self, hash: TokenHash, _now: u64) -> Result<bool, StoreError> {

@@ -302,7 +302,7 @@ async fn a_postgres_crash_mid_rotation_leaves_the_family_before_or_after_never_b
     let store = Arc::new(PostgresStore::new(pool(&server)));
     assert_eq!(
         store.migrate().await.unwrap(),
-        1,
+        2,
         "a fresh database gets the schema"
     );
     assert_eq!(
