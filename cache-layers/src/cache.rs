@@ -317,10 +317,9 @@ impl<V: Send + Sync + 'static> Cache<V> {
         if let Some(entry) = found {
             if entry.is_fresh(now) {
                 self.inner.stats.l1_hit();
-                if !self.inner.flights.is_running(key) {
-                    // Stale-while-revalidate: answer now, reload in the background.
-                    drop(self.start(key, options, load, Some(entry.clone()), true));
-                }
+                // Stale-while-revalidate: answer now, reload in the background (or leave
+                // the load already running alone: `start` joins it).
+                drop(self.start(key, options, load, Some(entry.clone()), true));
                 return Ok(Ok(entry.value));
             }
             if entry.is_servable(now) {

@@ -76,14 +76,6 @@ impl<V: Send + Sync + 'static> Flights<V> {
         load
     }
 
-    /// Whether a load of `key` is running.
-    pub(crate) fn is_running(&self, key: &str) -> bool {
-        self.map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains_key(key)
-    }
-
     /// Removes the flight `id` of `key` (not a newer one).
     pub(crate) fn land(&self, key: &str, id: u64) {
         let mut map = self

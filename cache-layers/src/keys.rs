@@ -31,7 +31,7 @@ impl KeySpace {
     fn scoped(&self, generation: u64, kind: char, name: &str) -> String {
         let mut s = String::with_capacity(self.entry_prefix.len() + name.len() + 24);
         s.push_str(&self.entry_prefix);
-        s.push_str(itoa(generation).as_str());
+        s.push_str(&generation.to_string());
         s.push(':');
         s.push(kind);
         s.push(':');
@@ -58,10 +58,6 @@ impl KeySpace {
     pub(crate) fn channel(&self) -> &str {
         &self.channel
     }
-}
-
-fn itoa(n: u64) -> String {
-    n.to_string()
 }
 
 /// Whether a namespace is safe in Redis keys and channel names.

@@ -338,12 +338,7 @@ impl<V: Send + Sync + 'static> Remote<V> {
 
     /// Closes the queue and waits for it to drain.
     pub(crate) async fn close(&self, within: Duration) -> Result<(), CacheError> {
-        drop(
-            self.behind
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take(),
-        );
+        self.close_queue();
         let worker = self
             .worker
             .lock()

@@ -224,11 +224,12 @@ impl Validator {
         token: &str,
         kid_seen: &mut Option<String>,
     ) -> Result<AccessTokenClaims, ValidationError> {
-        let header = token
-            .split('.')
-            .next()
-            .filter(|_| token.split('.').count() == 3)
-            .ok_or(ValidationError::Malformed)?;
+        let mut parts = token.split('.');
+        let (Some(header), Some(_), Some(_), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(ValidationError::Malformed);
+        };
         let header = URL_SAFE_NO_PAD
             .decode(header)
             .ok()
