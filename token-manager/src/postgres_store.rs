@@ -17,14 +17,18 @@ use crate::store::{
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/0001_refresh_tokens.sql")),
     (2, include_str!("../migrations/0002_rotate_function.sql")),
+    (
+        3,
+        include_str!("../migrations/0003_revoke_means_family.sql"),
+    ),
 ];
 
 /// An arbitrary constant for `pg_advisory_xact_lock`, so instances migrate one at a time.
 const MIGRATION_LOCK: i64 = 0x6b65_656c_746f_6b31;
 
-// Token states, as in the schema: 0 active, 1 rotated (set by the rotation function), 2 revoked.
+// Token states, as in the schema: 0 active, 1 rotated (set by the rotation function), 2
+// revoked alone (older versions only).
 const ACTIVE: i16 = 0;
-const REVOKED: i16 = 2;
 
 /// Refresh-token families in PostgreSQL, through a deadpool-postgres pool.
 ///
@@ -208,16 +212,22 @@ impl RefreshTokenStore for PostgresStore {
         })
     }
 
-    async fn revoke_token(&self, hash: TokenHash, _now: u64) -> Result<bool, StoreError> {
+    async fn revoke_token(
+        &self,
+        hash: TokenHash,
+        now: u64,
+    ) -> Result<Option<FamilyId>, StoreError> {
         let client = self.pool.get().await.map_err(db)?;
-        let n = client
-            .execute(
-                "UPDATE keel_refresh_tokens SET state = $2 WHERE hash = $1",
-                &[&hash.0.as_slice(), &REVOKED],
+        let row = client
+            .query_opt(
+                "UPDATE keel_refresh_families SET revoked_at = COALESCE(revoked_at, $2)
+                 WHERE id = (SELECT family_id FROM keel_refresh_tokens WHERE hash = $1)
+                 RETURNING id",
+                &[&hash.0.as_slice(), &int(now)],
             )
             .await
             .map_err(db)?;
-        Ok(n == 1)
+        Ok(row.map(|row| FamilyId(row.get(0))))
     }
 
     async fn revoke_family(&self, family: &FamilyId, now: u64) -> Result<bool, StoreError> {

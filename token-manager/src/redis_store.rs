@@ -1,25 +1,38 @@
-//! A refresh-token store on Redis: each rotation is one Lua script, so it is atomic and
-//! costs one round trip; records expire by themselves a day after their family's
-//! absolute expiry.
+//! A refresh-token store on Redis, single node or Redis Cluster: each rotation is one Lua
+//! script (one round trip on a single node; three on a cluster), atomic per family;
+//! records expire by themselves a day after their family's absolute expiry.
 //!
-//! Keys (`<prefix>` defaults to `keel:rt:`): `t:<token hash, hex>` (hash), `f:<family>`
-//! (hash), `s:<subject>` (set of families), `ft:<family>` (set of token hashes). The
-//! scripts name the family keys they reach from a token record, so this store is for a
-//! single Redis node (or a primary with replicas), not Redis Cluster.
+//! Keys (`<p>` is the prefix, `keel:rt:` by default):
+//!
+//! | key | what |
+//! |---|---|
+//! | `<p>i:<token hash, hex>` | the token's family and when its records go: `<gone ms>:<family>`; written once, never changed |
+//! | `<p>{<family>}:f` | the family (hash) |
+//! | `<p>{<family>}:t:<token hash, hex>` | one token of the family (hash) |
+//! | `<p>s:<subject>` | the subject's families (set) |
+//!
+//! A family's keys share the hash tag `{<family>}`, so on a cluster they live in one slot
+//! and one script rotates, revokes or checks them atomically. The index key of a token is
+//! in another slot: on a cluster it is read first, and a successor's index is written
+//! *before* the rotation that makes it current (an index that points at a family with no
+//! such token answers "unknown", so a rotation that never happened leaves nothing
+//! usable). A new family is added to its subject's set first, so "sign out everywhere"
+//! never misses a session that a crash left half-created.
 
 use std::fmt;
 use std::time::Duration;
 
 use keel_resilience::timeout::with_timeout;
-use redis::Script;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 
 use crate::store::{
     Family, FamilyId, RefreshTokenStore, RotateOutcome, RotateRequest, StoreError, TokenHash,
     TokenRecord,
 };
 
-/// Refresh-token families in Redis.
+/// Refresh-token families in Redis or Redis Cluster.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -27,12 +40,15 @@ use crate::store::{
 ///
 /// let client = redis::Client::open("redis://127.0.0.1:6379")?;
 /// let store = RedisStore::new(redis::aio::ConnectionManager::new(client).await?);
+/// // Or a cluster:
+/// let cluster = redis::cluster::ClusterClient::new(vec!["redis://10.0.0.1:7000"])?;
+/// let store = RedisStore::cluster(cluster.get_async_connection().await?);
 /// let tokens = RefreshTokens::new(store, SealingKeys::generate(1)?, RefreshConfig::default());
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
 pub struct RedisStore {
-    connection: ConnectionManager,
+    connection: Connection,
     prefix: String,
     timeout: Duration,
 }
@@ -40,9 +56,48 @@ pub struct RedisStore {
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
+            .field(
+                "cluster",
+                &matches!(self.connection, Connection::Cluster(_)),
+            )
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
+    }
+}
+
+/// A single-node or cluster connection; both reconnect by themselves.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
     }
 }
 
@@ -70,51 +125,121 @@ fn parse_hex(text: &[u8]) -> Option<TokenHash> {
 /// "unknown"; then Redis deletes them.
 const RETENTION_MS: u64 = 24 * 3600 * 1000;
 
-const ROTATE: &str = r"
-local t = redis.call('HMGET', KEYS[1], 'family', 'gen', 'state', 'successor', 'at', 'sealed')
-if not t[1] then return {'unknown'} end
-local prefix = ARGV[6]
-local fkey = prefix .. 'f:' .. t[1]
+/// The rotation itself, on a family's keys. Expects locals `tkey` (the presented token),
+/// `skey` (the successor), `fkey` (the family), `tag` (`<p>{<family>}`), `fam`, `gone`
+/// and a function `link()` that indexes the successor. ARGV: now, grace, idle, successor
+/// hex, sealed successor.
+const ROTATE_CORE: &str = r"
+local now = tonumber(ARGV[1])
+local t = redis.call('HMGET', tkey, 'gen', 'state', 'successor', 'at', 'sealed')
+if not t[2] then return {'unknown'} end
 local f = redis.call('HMGET', fkey, 'subject', 'client', 'created', 'abs', 'idle', 'last', 'revoked')
 if not f[1] then return {'unknown'} end
-local now = tonumber(ARGV[1])
 if f[7] and f[7] ~= '' then return {'revoked'} end
 if now >= tonumber(f[4]) or now >= tonumber(f[5]) then return {'expired'} end
-if t[3] == 'revoked' then return {'revoked'} end
-if t[3] == 'active' then
+if t[2] == 'active' then
   local idle = math.min(now + tonumber(ARGV[3]), tonumber(f[4]))
-  redis.call('HSET', KEYS[1], 'state', 'rotated', 'successor', ARGV[4], 'at', ARGV[1], 'sealed', ARGV[5])
-  redis.call('HSET', KEYS[2], 'family', t[1], 'gen', tonumber(t[2]) + 1, 'issued', ARGV[1], 'state', 'active')
-  redis.call('PEXPIREAT', KEYS[2], string.format('%d', tonumber(f[4]) + tonumber(ARGV[7])))
-  redis.call('SADD', prefix .. 'ft:' .. t[1], ARGV[4])
+  redis.call('HSET', tkey, 'state', 'rotated', 'successor', ARGV[4], 'at', ARGV[1], 'sealed', ARGV[5])
+  redis.call('HSET', skey, 'gen', tonumber(t[1]) + 1, 'issued', ARGV[1], 'state', 'active')
+  redis.call('PEXPIREAT', skey, gone)
   redis.call('HSET', fkey, 'idle', string.format('%d', idle), 'last', ARGV[1])
-  return {'rotated', t[1], f[1], f[2], f[3], f[4], string.format('%d', idle), ARGV[1], ''}
+  link()
+  return {'rotated', fam, f[1], f[2], f[3], f[4], string.format('%d', idle), ARGV[1], ''}
 end
-local s = redis.call('HGET', prefix .. 't:' .. t[4], 'state')
-if s == 'active' and (now - tonumber(t[5])) < tonumber(ARGV[2]) then
-  return {'retried', t[1], f[1], f[2], f[3], f[4], f[5], f[6], '', t[4], t[6]}
+if t[2] == 'rotated' then
+  local s = redis.call('HGET', tag .. ':t:' .. t[3], 'state')
+  if s == 'active' and (now - tonumber(t[4])) < tonumber(ARGV[2]) then
+    return {'retried', fam, f[1], f[2], f[3], f[4], f[5], f[6], '', t[3], t[5]}
+  end
 end
+-- Rotated (after the grace period, or its successor already used) or revoked alone (by
+-- older versions): reuse, and the family goes.
 redis.call('HSET', fkey, 'revoked', ARGV[1])
-return {'reuse', t[1], f[1], f[2], f[3], f[4], f[5], f[6], ARGV[1]}
+return {'reuse', fam, f[1], f[2], f[3], f[4], f[5], f[6], ARGV[1]}
 ";
 
-const REVOKE_TOKEN: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'revoked')
+/// Single node: the whole rotation in one script, index lookup included.
+/// KEYS: index of the presented token, index of the successor. ARGV 6: prefix, 7:
+/// presented hex.
+const ROTATE_SINGLE_PRELUDE: &str = r"
+local idx = redis.call('GET', KEYS[1])
+if not idx then return {'unknown'} end
+local sep = string.find(idx, ':', 1, true)
+if not sep then return {'corrupt'} end
+local gone = string.sub(idx, 1, sep - 1)
+local fam = string.sub(idx, sep + 1)
+local tag = ARGV[6] .. '{' .. fam .. '}'
+local tkey = tag .. ':t:' .. ARGV[7]
+local skey = tag .. ':t:' .. ARGV[4]
+local fkey = tag .. ':f'
+local function link() redis.call('SET', KEYS[2], idx, 'PXAT', gone) end
+";
+
+/// Cluster: the family's part (the successor's index is written before).
+/// KEYS: presented token, successor token, family. ARGV 6: tag, 7: family, 8: gone.
+const ROTATE_FAMILY_PRELUDE: &str = r"
+local tkey, skey, fkey = KEYS[1], KEYS[2], KEYS[3]
+local tag, fam, gone = ARGV[6], ARGV[7], ARGV[8]
+local function link() end
+";
+
+/// Stores a new family and its first token. KEYS: family, token. ARGV: subject, client,
+/// created, abs, idle, last, gen, issued, gone.
+const CREATE_FAMILY: &str = r"
+redis.call('HSET', KEYS[1], 'subject', ARGV[1], 'client', ARGV[2], 'created', ARGV[3], 'abs', ARGV[4], 'idle', ARGV[5], 'last', ARGV[6], 'revoked', '')
+redis.call('HSET', KEYS[2], 'gen', ARGV[7], 'issued', ARGV[8], 'state', 'active')
+redis.call('PEXPIREAT', KEYS[1], ARGV[9])
+redis.call('PEXPIREAT', KEYS[2], ARGV[9])
 return 1
 ";
 
-const REVOKE_FAMILIES: &str = r"
-local n = 0
-for _, fkey in ipairs(KEYS) do
-  local r = redis.call('HGET', fkey, 'revoked')
-  if redis.call('EXISTS', fkey) == 1 and (not r or r == '') then
-    redis.call('HSET', fkey, 'revoked', ARGV[1])
-    n = n + 1
-  end
-end
-return n
+/// Adds a family to its subject's set, which lives as long as its longest session.
+/// KEYS: the set. ARGV: family, gone.
+const ADD_TO_SUBJECT: &str = r"
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('PEXPIREAT', KEYS[1], ARGV[2], 'GT')
+redis.call('PEXPIREAT', KEYS[1], ARGV[2], 'NX')
+return 1
 ";
+
+/// Revokes the family of a token if the token is one of its own. KEYS: token, family.
+/// ARGV: now. 1 if the token exists, 0 if not.
+const REVOKE_BY_TOKEN: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local r = redis.call('HGET', KEYS[2], 'revoked')
+if r == '' then redis.call('HSET', KEYS[2], 'revoked', ARGV[1]) end
+return 1
+";
+
+/// Revokes a family. KEYS: family. ARGV: now. -1 missing, 0 already revoked, 1 revoked.
+const REVOKE_FAMILY: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local r = redis.call('HGET', KEYS[1], 'revoked')
+if r and r ~= '' then return 0 end
+redis.call('HSET', KEYS[1], 'revoked', ARGV[1])
+return 1
+";
+
+struct Scripts {
+    rotate_single: Script,
+    rotate_family: Script,
+    create_family: Script,
+    add_to_subject: Script,
+    revoke_by_token: Script,
+    revoke_family: Script,
+}
+
+fn scripts() -> &'static Scripts {
+    static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
+    SCRIPTS.get_or_init(|| Scripts {
+        rotate_single: Script::new(&format!("{ROTATE_SINGLE_PRELUDE}{ROTATE_CORE}")),
+        rotate_family: Script::new(&format!("{ROTATE_FAMILY_PRELUDE}{ROTATE_CORE}")),
+        create_family: Script::new(CREATE_FAMILY),
+        add_to_subject: Script::new(ADD_TO_SUBJECT),
+        revoke_by_token: Script::new(REVOKE_BY_TOKEN),
+        revoke_family: Script::new(REVOKE_FAMILY),
+    })
+}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -127,10 +252,52 @@ fn num(bytes: &[u8]) -> Result<u64, StoreError> {
         .ok_or_else(|| StoreError("a stored number is corrupt".into()))
 }
 
+/// An index entry: when the family's records go, and the family.
+struct Index {
+    raw: String,
+    gone: String,
+    family: String,
+}
+
+impl Index {
+    fn new(gone: u64, family: &str) -> Self {
+        Self {
+            raw: format!("{gone}:{family}"),
+            gone: gone.to_string(),
+            family: family.to_owned(),
+        }
+    }
+
+    fn parse(raw: String) -> Result<Self, StoreError> {
+        let corrupt = || StoreError("a stored token index is corrupt".into());
+        let (gone, family) = raw.split_once(':').ok_or_else(corrupt)?;
+        if gone.is_empty() || !gone.bytes().all(|b| b.is_ascii_digit()) || family.is_empty() {
+            return Err(corrupt());
+        }
+        Ok(Self {
+            gone: gone.to_owned(),
+            family: family.to_owned(),
+            raw,
+        })
+    }
+}
+
 impl RedisStore {
-    /// A store on `connection`, with keys under `keel:rt:` and a 1 s limit per call.
+    /// A store on one Redis node (or a primary with replicas), with keys under
+    /// `keel:rt:` and a 1 s limit per call.
     #[must_use]
     pub fn new(connection: ConnectionManager) -> Self {
+        Self::with(Connection::Single(connection))
+    }
+
+    /// A store on Redis Cluster: each family's keys share one hash slot, so rotations
+    /// stay atomic; a rotation takes three round trips instead of one.
+    #[must_use]
+    pub fn cluster(connection: ClusterConnection) -> Self {
+        Self::with(Connection::Cluster(connection))
+    }
+
+    fn with(connection: Connection) -> Self {
         Self {
             connection,
             prefix: "keel:rt:".into(),
@@ -145,23 +312,32 @@ impl RedisStore {
         self
     }
 
-    fn token_key(&self, hash: &TokenHash) -> String {
-        format!("{}t:{}", self.prefix, hex(hash))
+    /// Another limit per Redis call (default 1 s); a call past it fails with a
+    /// [`StoreError`] and changes nothing the caller relies on.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
-    /// The ids of a subject's families.
-    async fn family_ids(&self, subject: &str) -> Result<Vec<String>, StoreError> {
-        let mut c = self.connection.clone();
-        self.run(
-            redis::cmd("SMEMBERS")
-                .arg(format!("{}s:{subject}", self.prefix))
-                .query_async(&mut c),
-        )
-        .await
+    fn index_key(&self, hash: &TokenHash) -> String {
+        format!("{}i:{}", self.prefix, hex(hash))
     }
 
-    fn family_key(&self, id: &FamilyId) -> String {
-        format!("{}f:{}", self.prefix, id.0)
+    fn tag(&self, family: &str) -> String {
+        format!("{}{{{family}}}", self.prefix)
+    }
+
+    fn family_key(&self, family: &str) -> String {
+        format!("{}:f", self.tag(family))
+    }
+
+    fn token_key(&self, family: &str, hash: &TokenHash) -> String {
+        format!("{}:t:{}", self.tag(family), hex(hash))
+    }
+
+    fn subject_key(&self, subject: &str) -> String {
+        format!("{}s:{subject}", self.prefix)
     }
 
     async fn run<T: redis::FromRedisValue>(
@@ -173,6 +349,36 @@ impl RedisStore {
             Ok(Err(e)) => Err(StoreError(format!("Redis: {e}"))),
             Err(e) => Err(StoreError(format!("Redis: {e}"))),
         }
+    }
+
+    async fn index(&self, hash: &TokenHash) -> Result<Option<Index>, StoreError> {
+        let mut c = self.connection.clone();
+        let raw: Option<String> = self
+            .run(
+                redis::cmd("GET")
+                    .arg(self.index_key(hash))
+                    .query_async(&mut c),
+            )
+            .await?;
+        raw.map(Index::parse).transpose()
+    }
+
+    /// The ids of a subject's families.
+    async fn family_ids(&self, subject: &str) -> Result<Vec<String>, StoreError> {
+        let mut c = self.connection.clone();
+        self.run(
+            redis::cmd("SMEMBERS")
+                .arg(self.subject_key(subject))
+                .query_async(&mut c),
+        )
+        .await
+    }
+
+    async fn revoke_family_id(&self, family: &str, now: u64) -> Result<i64, StoreError> {
+        let mut c = self.connection.clone();
+        let mut invocation = scripts().revoke_family.key(self.family_key(family));
+        invocation.arg(now);
+        self.run(invocation.invoke_async(&mut c)).await
     }
 
     fn family_from(fields: &[Vec<u8>], id: &[u8]) -> Result<Family, StoreError> {
@@ -192,78 +398,99 @@ impl RedisStore {
             },
         })
     }
+
+    async fn rotate_call(&self, r: &RotateRequest) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut c = self.connection.clone();
+        let successor = hex(&r.successor);
+        let args = |invocation: &mut redis::ScriptInvocation<'_>| {
+            invocation
+                .arg(r.now)
+                .arg(r.grace_ms)
+                .arg(r.idle_ms.min(1_000_000_000_000_000))
+                .arg(&successor)
+                .arg(r.sealed_successor.as_slice());
+        };
+        match &self.connection {
+            Connection::Single(_) => {
+                let mut invocation = scripts().rotate_single.key(self.index_key(&r.presented));
+                invocation.key(self.index_key(&r.successor));
+                args(&mut invocation);
+                invocation.arg(&self.prefix).arg(hex(&r.presented));
+                self.run(invocation.invoke_async(&mut c)).await
+            }
+            Connection::Cluster(_) => {
+                let Some(index) = self.index(&r.presented).await? else {
+                    return Ok(vec![b"unknown".to_vec()]);
+                };
+                // The successor's index first: harmless if the rotation then fails.
+                let _: () = self
+                    .run(
+                        redis::cmd("SET")
+                            .arg(self.index_key(&r.successor))
+                            .arg(&index.raw)
+                            .arg("PXAT")
+                            .arg(&index.gone)
+                            .query_async(&mut c),
+                    )
+                    .await?;
+                let mut invocation = scripts()
+                    .rotate_family
+                    .key(self.token_key(&index.family, &r.presented));
+                invocation
+                    .key(self.token_key(&index.family, &r.successor))
+                    .key(self.family_key(&index.family));
+                args(&mut invocation);
+                invocation
+                    .arg(self.tag(&index.family))
+                    .arg(&index.family)
+                    .arg(&index.gone);
+                self.run(invocation.invoke_async(&mut c)).await
+            }
+        }
+    }
 }
 
 #[async_trait::async_trait]
 impl RefreshTokenStore for RedisStore {
     async fn create(&self, family: Family, first: TokenRecord) -> Result<(), StoreError> {
         let mut c = self.connection.clone();
-        let fkey = self.family_key(&family.id);
-        let tkey = self.token_key(&first.hash);
-        let skey = format!("{}s:{}", self.prefix, family.subject);
-        let ftkey = format!("{}ft:{}", self.prefix, family.id.0);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hset_multiple(
-                &fkey,
-                &[
-                    ("subject", family.subject.clone()),
-                    ("client", family.client_id.clone()),
-                    ("created", family.created_at.to_string()),
-                    ("abs", family.absolute_expiry.to_string()),
-                    ("idle", family.idle_expiry.to_string()),
-                    ("last", family.last_used_at.to_string()),
-                    ("revoked", String::new()),
-                ],
-            )
-            .ignore()
-            .hset_multiple(
-                &tkey,
-                &[
-                    ("family", family.id.0.clone()),
-                    ("gen", first.generation.to_string()),
-                    ("issued", first.issued_at.to_string()),
-                    ("state", "active".to_owned()),
-                ],
-            )
-            .ignore()
-            .sadd(&skey, &family.id.0)
-            .ignore()
-            .sadd(&ftkey, hex(&first.hash))
-            .ignore();
-        let gone_at = family.absolute_expiry.saturating_add(RETENTION_MS);
-        for key in [&fkey, &tkey, &ftkey] {
-            pipe.cmd("PEXPIREAT").arg(key).arg(gone_at).ignore();
-        }
-        // The subject's set lives as long as its longest session.
-        pipe.cmd("PEXPIREAT")
-            .arg(&skey)
-            .arg(gone_at)
-            .arg("GT")
-            .ignore();
-        pipe.cmd("PEXPIREAT")
-            .arg(&skey)
-            .arg(gone_at)
-            .arg("NX")
-            .ignore();
-        self.run(pipe.query_async::<()>(&mut c)).await
+        let gone = family.absolute_expiry.saturating_add(RETENTION_MS);
+        let index = Index::new(gone, &family.id.0);
+        let scripts = scripts();
+        let mut add = scripts
+            .add_to_subject
+            .key(self.subject_key(&family.subject));
+        add.arg(&family.id.0).arg(gone);
+        let mut create = scripts.create_family.key(self.family_key(&family.id.0));
+        create
+            .key(self.token_key(&family.id.0, &first.hash))
+            .arg(&family.subject)
+            .arg(&family.client_id)
+            .arg(family.created_at)
+            .arg(family.absolute_expiry)
+            .arg(family.idle_expiry)
+            .arg(family.last_used_at)
+            .arg(first.generation)
+            .arg(first.issued_at)
+            .arg(gone);
+        // In this order, each step only once the one before is stored: the subject's set
+        // first (so revoking a subject reaches the family), the family last (so a token
+        // is never usable before it can be revoked).
+        self.run(add.invoke_async::<()>(&mut c)).await?;
+        self.run(
+            redis::cmd("SET")
+                .arg(self.index_key(&first.hash))
+                .arg(&index.raw)
+                .arg("PXAT")
+                .arg(gone)
+                .query_async::<()>(&mut c),
+        )
+        .await?;
+        self.run(create.invoke_async::<()>(&mut c)).await
     }
 
     async fn rotate(&self, r: RotateRequest) -> Result<RotateOutcome, StoreError> {
-        static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
-        let script = SCRIPT.get_or_init(|| Script::new(ROTATE));
-        let mut c = self.connection.clone();
-        let mut invocation = script.key(self.token_key(&r.presented));
-        invocation
-            .key(self.token_key(&r.successor))
-            .arg(r.now)
-            .arg(r.grace_ms)
-            .arg(r.idle_ms.min(1_000_000_000_000_000))
-            .arg(hex(&r.successor))
-            .arg(r.sealed_successor.as_slice())
-            .arg(&self.prefix)
-            .arg(RETENTION_MS);
-        let reply: Vec<Vec<u8>> = self.run(invocation.invoke_async(&mut c)).await?;
+        let reply = self.rotate_call(&r).await?;
         let kind = reply.first().map(Vec::as_slice).unwrap_or_default();
         let family = || Self::family_from(&reply[2..9], &reply[1]);
         match kind {
@@ -278,55 +505,42 @@ impl RefreshTokenStore for RedisStore {
                     .ok_or_else(|| StoreError("a stored token hash is corrupt".into()))?,
                 sealed_successor: reply[10].clone(),
             }),
+            b"corrupt" => Err(StoreError("a stored token index is corrupt".into())),
             _ => Err(StoreError(
                 "unexpected reply from the rotation script".into(),
             )),
         }
     }
 
-    async fn revoke_token(&self, hash: TokenHash, _now: u64) -> Result<bool, StoreError> {
+    async fn revoke_token(
+        &self,
+        hash: TokenHash,
+        now: u64,
+    ) -> Result<Option<FamilyId>, StoreError> {
+        let Some(index) = self.index(&hash).await? else {
+            return Ok(None);
+        };
         let mut c = self.connection.clone();
-        let script = Script::new(REVOKE_TOKEN);
-        let n: i64 = self
-            .run(script.key(self.token_key(&hash)).invoke_async(&mut c))
-            .await?;
-        Ok(n == 1)
+        let mut invocation = scripts()
+            .revoke_by_token
+            .key(self.token_key(&index.family, &hash));
+        invocation.key(self.family_key(&index.family)).arg(now);
+        let known: i64 = self.run(invocation.invoke_async(&mut c)).await?;
+        Ok((known == 1).then(|| FamilyId(index.family)))
     }
 
     async fn revoke_family(&self, family: &FamilyId, now: u64) -> Result<bool, StoreError> {
-        let mut c = self.connection.clone();
-        let script = Script::new(REVOKE_FAMILIES);
-        let mut invocation = script.key(self.family_key(family));
-        invocation.arg(now);
-        let n: i64 = self.run(invocation.invoke_async(&mut c)).await?;
-        if n == 0 {
-            // Already revoked counts as done; only a missing family is "no".
-            let exists: i64 = self
-                .run(
-                    redis::cmd("EXISTS")
-                        .arg(self.family_key(family))
-                        .query_async(&mut c),
-                )
-                .await?;
-            return Ok(exists == 1);
-        }
-        Ok(true)
+        // Already revoked counts as done; only a missing family is "no".
+        Ok(self.revoke_family_id(&family.0, now).await? >= 0)
     }
 
     async fn revoke_subject(&self, subject: &str, now: u64) -> Result<usize, StoreError> {
-        let mut c = self.connection.clone();
-        let ids = self.family_ids(subject).await?;
-        if ids.is_empty() {
-            return Ok(0);
+        // One script per family: on a cluster, families live in different slots.
+        let mut revoked = 0;
+        for id in self.family_ids(subject).await? {
+            revoked += usize::from(self.revoke_family_id(&id, now).await? == 1);
         }
-        let script = Script::new(REVOKE_FAMILIES);
-        let mut invocation = script.prepare_invoke();
-        for id in &ids {
-            invocation.key(self.family_key(&FamilyId(id.clone())));
-        }
-        invocation.arg(now);
-        let n: i64 = self.run(invocation.invoke_async(&mut c)).await?;
-        Ok(usize::try_from(n).unwrap_or(0))
+        Ok(revoked)
     }
 
     async fn families(&self, subject: &str) -> Result<Vec<Family>, StoreError> {
@@ -337,7 +551,7 @@ impl RefreshTokenStore for RedisStore {
             let fields: Vec<Option<Vec<u8>>> = self
                 .run(
                     redis::cmd("HMGET")
-                        .arg(self.family_key(&FamilyId(id.clone())))
+                        .arg(self.family_key(&id))
                         .arg(&[
                             "subject", "client", "created", "abs", "idle", "last", "revoked",
                         ])
@@ -345,7 +559,7 @@ impl RefreshTokenStore for RedisStore {
                 )
                 .await?;
             if fields.iter().any(Option::is_none) {
-                continue; // expired meanwhile
+                continue; // expired meanwhile, or never finished being created
             }
             let fields: Vec<Vec<u8>> = fields.into_iter().flatten().collect();
             out.push(Self::family_from(&fields, id.as_bytes())?);

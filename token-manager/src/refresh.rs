@@ -105,8 +105,9 @@ pub enum RefreshError {
     /// The token or its session was revoked.
     #[error("the session was revoked; sign in again")]
     Revoked,
-    /// An already-rotated token was presented again: the whole session is revoked.
-    #[error("refresh token reuse detected; the session {family} is revoked")]
+    /// An already-rotated (or revoked) token was presented again: the whole session is
+    /// revoked. The message names no id, so it can go to the client as it is.
+    #[error("refresh token reuse detected; the session is revoked, sign in again")]
     ReuseDetected {
         /// The revoked family.
         family: FamilyId,
@@ -318,13 +319,30 @@ impl<S: RefreshTokenStore> RefreshTokens<S> {
         }
     }
 
-    /// Revokes one token (RFC 7009: succeeds for unknown tokens too).
+    /// Revokes the session a token belongs to (logout, RFC 7009). Succeeds for unknown
+    /// tokens too. Any token of the session counts, a rotated one included: revoking only
+    /// that token would let whoever rotated it (a thief) keep the successor, and would
+    /// turn the victim's later reuse into a plain "revoked" instead of reuse detection.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use keel_token_manager::{MemoryStore, RefreshConfig, RefreshError, RefreshTokens, SealingKeys};
+    ///
+    /// let tokens = RefreshTokens::new(MemoryStore::new(), SealingKeys::generate(1).unwrap(), RefreshConfig::default());
+    /// let stolen = tokens.issue("user-42", "web-app").await.unwrap();
+    /// let thiefs = tokens.rotate(&stolen.token).await.unwrap();
+    /// tokens.revoke(&stolen.token).await.unwrap(); // logout with the old token
+    /// assert!(matches!(tokens.rotate(&thiefs.token).await, Err(RefreshError::Revoked)));
+    /// # }
+    /// ```
     ///
     /// # Errors
     /// [`RefreshError::Store`].
     pub async fn revoke(&self, token: &str) -> Result<(), RefreshError> {
-        if plausible(token) && self.store.revoke_token(hash_token(token), now_ms()).await? {
-            audit::revoked("token", None);
+        if plausible(token)
+            && let Some(family) = self.store.revoke_token(hash_token(token), now_ms()).await?
+        {
+            audit::revoked("token", Some(&family));
         }
         Ok(())
     }

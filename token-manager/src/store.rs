@@ -74,7 +74,8 @@ pub enum TokenState {
         /// The successor token, sealed.
         sealed_successor: Vec<u8>,
     },
-    /// Revoked on its own.
+    /// Revoked on its own (written by older versions; today revoking a token revokes
+    /// its family). Presenting it while its family is live counts as reuse.
     Revoked,
 }
 
@@ -154,8 +155,12 @@ pub trait RefreshTokenStore: Send + Sync + fmt::Debug {
     async fn create(&self, family: Family, first: TokenRecord) -> Result<(), StoreError>;
     /// Rotates a token (see [`RotateOutcome`]), all or nothing.
     async fn rotate(&self, request: RotateRequest) -> Result<RotateOutcome, StoreError>;
-    /// Revokes one token; its family's other tokens are not affected. True if it existed.
-    async fn revoke_token(&self, hash: TokenHash, now: u64) -> Result<bool, StoreError>;
+    /// Revokes the family of a token (RFC 7009 §2.1 lets a server revoke the grant a token
+    /// belongs to): whoever holds any token of that session, a thief who rotated it
+    /// included, is signed out. Returns the family when the token was known (revoked
+    /// before or not).
+    async fn revoke_token(&self, hash: TokenHash, now: u64)
+    -> Result<Option<FamilyId>, StoreError>;
     /// Revokes a whole family. True if it existed.
     async fn revoke_family(&self, family: &FamilyId, now: u64) -> Result<bool, StoreError>;
     /// Revokes every family of a user; how many.
@@ -228,7 +233,13 @@ impl RefreshTokenStore for MemoryStore {
             return Ok(RotateOutcome::Expired);
         }
         match record.state {
-            TokenState::Revoked => Ok(RotateOutcome::Revoked),
+            TokenState::Revoked => {
+                // A revoked token of a live family: reuse.
+                let mut family = family;
+                family.revoked_at = Some(r.now);
+                s.families.insert(family.id.clone(), family.clone());
+                Ok(RotateOutcome::ReuseDetected { family })
+            }
             TokenState::Active => {
                 let mut family = family;
                 family.last_used_at = r.now;
@@ -285,15 +296,19 @@ impl RefreshTokenStore for MemoryStore {
         }
     }
 
-    async fn revoke_token(&self, hash: TokenHash, _now: u64) -> Result<bool, StoreError> {
+    async fn revoke_token(
+        &self,
+        hash: TokenHash,
+        now: u64,
+    ) -> Result<Option<FamilyId>, StoreError> {
         let mut s = self.lock();
-        Ok(match s.tokens.get_mut(&hash) {
-            Some(record) => {
-                record.state = TokenState::Revoked;
-                true
-            }
-            None => false,
-        })
+        let Some(id) = s.tokens.get(&hash).map(|t| t.family.clone()) else {
+            return Ok(None);
+        };
+        if let Some(f) = s.families.get_mut(&id) {
+            f.revoked_at.get_or_insert(now);
+        }
+        Ok(Some(id))
     }
 
     async fn revoke_family(&self, family: &FamilyId, now: u64) -> Result<bool, StoreError> {
@@ -372,7 +387,11 @@ impl<T: RefreshTokenStore + ?Sized> RefreshTokenStore for std::sync::Arc<T> {
     async fn rotate(&self, request: RotateRequest) -> Result<RotateOutcome, StoreError> {
         (**self).rotate(request).await
     }
-    async fn revoke_token(&self, hash: TokenHash, now: u64) -> Result<bool, StoreError> {
+    async fn revoke_token(
+        &self,
+        hash: TokenHash,
+        now: u64,
+    ) -> Result<Option<FamilyId>, StoreError> {
         (**self).revoke_token(hash, now).await
     }
     async fn revoke_family(&self, family: &FamilyId, now: u64) -> Result<bool, StoreError> {

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_testkit::{PostgresServer, RedisServer};
+use keel_testkit::{PostgresServer, RedisCluster, RedisServer};
 use keel_token_manager::{
     MemoryStore, PostgresStore, RedisStore, RefreshConfig, RefreshError, RefreshTokenStore,
     RefreshTokens, SealingKeys,
@@ -16,6 +16,7 @@ use keel_token_manager::{
 enum Backend {
     Memory,
     Redis(RedisServer),
+    RedisCluster(RedisCluster),
     Postgres(PostgresServer),
 }
 
@@ -51,6 +52,16 @@ impl Backend {
                 let connection = redis::aio::ConnectionManager::new(client).await.unwrap();
                 Arc::new(RedisStore::new(connection))
             }
+            Backend::RedisCluster(cluster) => {
+                let client = redis::cluster::ClusterClient::builder(cluster.urls())
+                    .connection_timeout(Duration::from_secs(1))
+                    .response_timeout(Duration::from_secs(1))
+                    .build()
+                    .unwrap();
+                Arc::new(RedisStore::cluster(
+                    client.get_async_connection().await.unwrap(),
+                ))
+            }
             Backend::Postgres(server) => {
                 let store = PostgresStore::new(pool(server));
                 store.migrate().await.unwrap();
@@ -80,6 +91,18 @@ macro_rules! every_store {
                 }
             )*
         }
+        mod redis_cluster_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let cluster = tokio::task::spawn_blocking(|| keel_testkit::RedisCluster::start(3))
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    super::$name(super::Backend::RedisCluster(cluster)).await;
+                }
+            )*
+        }
         mod postgres_store {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,6 +121,7 @@ every_store!(
     two_hundred_concurrent_rotations_leave_exactly_one_successor,
     lifetimes_idle_and_absolute_are_enforced_and_rotation_does_not_extend_them,
     revocation_sessions_and_cleanup,
+    logout_with_a_rotated_token_signs_the_thief_out,
 );
 
 fn strict() -> RefreshConfig {
@@ -221,37 +245,59 @@ async fn lifetimes_idle_and_absolute_are_enforced_and_rotation_does_not_extend_t
 }
 
 async fn revocation_sessions_and_cleanup(backend: Backend) {
-    let expires_by_itself = matches!(backend, Backend::Redis(_));
+    let expires_by_itself = matches!(backend, Backend::Redis(_) | Backend::RedisCluster(_));
     let tokens = backend.engine(strict()).await;
     let laptop = tokens.issue("user-1", "web").await.unwrap();
     let phone = tokens.issue("user-1", "mobile").await.unwrap();
+    let tablet = tokens.issue("user-1", "tablet").await.unwrap();
     let other = tokens.issue("user-2", "web").await.unwrap();
     let sessions = tokens.sessions("user-1").await.unwrap();
     let clients: HashSet<&str> = sessions.iter().map(|s| s.client_id.as_str()).collect();
-    assert_eq!(clients, HashSet::from(["web", "mobile"]));
+    assert_eq!(clients, HashSet::from(["web", "mobile", "tablet"]));
 
     // RFC 7009: revoking an unknown or malformed token succeeds.
     tokens.revoke("not-a-token").await.unwrap();
     tokens.revoke(&"A".repeat(43)).await.unwrap();
 
-    tokens.revoke(&laptop.token).await.unwrap();
-    assert!(matches!(
-        tokens.rotate(&laptop.token).await,
-        Err(RefreshError::Revoked)
-    ));
+    // Revoking a token ends its session: the current token and every other one.
+    let laptop_next = tokens.rotate(&laptop.token).await.unwrap();
+    tokens.revoke(&laptop_next.token).await.unwrap();
+    for token in [&laptop.token, &laptop_next.token] {
+        assert!(matches!(
+            tokens.rotate(token).await,
+            Err(RefreshError::Revoked)
+        ));
+    }
     assert!(tokens.revoke_family(&phone.family).await.unwrap());
+    assert!(
+        tokens.revoke_family(&phone.family).await.unwrap(),
+        "revoking twice is fine"
+    );
+    assert!(
+        !tokens
+            .revoke_family(&keel_token_manager::store::FamilyId("nope".into()))
+            .await
+            .unwrap()
+    );
     assert!(matches!(
         tokens.rotate(&phone.token).await,
         Err(RefreshError::Revoked)
     ));
-    assert_eq!(
-        tokens.sessions("user-1").await.unwrap().len(),
-        1,
-        "the laptop's family is still live"
-    );
+    let live: Vec<String> = tokens
+        .sessions("user-1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.client_id)
+        .collect();
+    assert_eq!(live, ["tablet"], "only the tablet's session is still live");
 
     assert_eq!(tokens.revoke_subject("user-1").await.unwrap(), 1);
     assert!(tokens.sessions("user-1").await.unwrap().is_empty());
+    assert!(matches!(
+        tokens.rotate(&tablet.token).await,
+        Err(RefreshError::Revoked)
+    ));
     if expires_by_itself {
         // Redis expires records by itself (a day after the session's absolute end);
         // revoked sessions answer "revoked" until then.
@@ -261,7 +307,7 @@ async fn revocation_sessions_and_cleanup(backend: Backend) {
             Err(RefreshError::Revoked)
         ));
     } else {
-        assert_eq!(tokens.cleanup().await.unwrap(), 2);
+        assert_eq!(tokens.cleanup().await.unwrap(), 3);
         assert!(matches!(
             tokens.rotate(&phone.token).await,
             Err(RefreshError::Unknown)
@@ -272,6 +318,57 @@ async fn revocation_sessions_and_cleanup(backend: Backend) {
         tokens.rotate("garbage").await,
         Err(RefreshError::Unknown)
     ));
+}
+
+/// The review's scenario: a thief rotates a stolen token v0 into v1, then logs out with
+/// v0 hoping to cut the link between them, so that the victim's later use of v0 reads as
+/// "revoked" instead of reuse and v1 lives on. Revoking any token of a session ends the
+/// session: v1 is dead, and so is everything else of that family.
+async fn logout_with_a_rotated_token_signs_the_thief_out(backend: Backend) {
+    for grace in [Duration::ZERO, Duration::from_secs(10)] {
+        let tokens = backend
+            .engine(RefreshConfig::default().grace_period(grace))
+            .await;
+        let victim = format!("victim-{}", grace.as_secs());
+        let v0 = tokens.issue(&victim, "web").await.unwrap();
+        let v1 = tokens.rotate(&v0.token).await.unwrap(); // the thief
+        tokens.revoke(&v0.token).await.unwrap(); // the thief's "logout"
+        assert!(
+            matches!(tokens.rotate(&v1.token).await, Err(RefreshError::Revoked)),
+            "the thief's successor must die with the session (grace {grace:?})"
+        );
+        assert!(matches!(
+            tokens.rotate(&v0.token).await,
+            Err(RefreshError::Revoked)
+        ));
+        assert!(tokens.sessions(&victim).await.unwrap().is_empty());
+        // A second session of the same user is not touched.
+        let other = tokens.issue(&victim, "mobile").await.unwrap();
+        tokens.revoke(&v1.token).await.unwrap();
+        assert!(tokens.rotate(&other.token).await.is_ok());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_alone_by_an_older_version_counts_as_reuse() {
+    // Before migration 3, revoking a token marked only that token (state 2). Such a
+    // token presented while its family lives must revoke the family.
+    let backend = Backend::Postgres(PostgresServer::start().unwrap());
+    let tokens = backend.engine(strict()).await;
+    let t = tokens.issue("user-1", "web").await.unwrap();
+    let Backend::Postgres(server) = &backend else {
+        unreachable!()
+    };
+    let sql = format!(
+        "UPDATE keel_refresh_tokens SET state = 2 WHERE family_id = '{}'",
+        t.family
+    );
+    tokio::task::block_in_place(|| server.psql(&sql)).unwrap();
+    assert!(matches!(
+        tokens.rotate(&t.token).await,
+        Err(RefreshError::ReuseDetected { .. })
+    ));
+    assert!(tokens.sessions("user-1").await.unwrap().is_empty());
 }
 
 #[test]
@@ -302,7 +399,7 @@ async fn a_postgres_crash_mid_rotation_leaves_the_family_before_or_after_never_b
     let store = Arc::new(PostgresStore::new(pool(&server)));
     assert_eq!(
         store.migrate().await.unwrap(),
-        2,
+        3,
         "a fresh database gets the schema"
     );
     assert_eq!(
