@@ -14,6 +14,8 @@ use ring::signature::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::untrusted::shown;
+
 /// The signature algorithms Keel issues and accepts. There is deliberately no `none` and
 /// no HMAC: a public key can never be mistaken for a shared secret.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -86,6 +88,14 @@ pub enum KeyError {
     /// A JWK or JWKS could not be read.
     #[error("invalid JWK: {0}")]
     Jwk(String),
+    /// Two keys with one `kid`: in a key ring (a rotation to a `kid` still in use) or in
+    /// a JWKS. Which one a token means would be ambiguous; give the new key a new id.
+    #[error("the key id {0:?} is already in use")]
+    DuplicateKid(String),
+    /// The PEM text holds more than one private key: which one signs and which one is
+    /// published would be a guess. Give one key per PEM.
+    #[error("the PEM text holds more than one private key; give exactly one")]
+    SeveralPemKeys,
 }
 
 /// One public key as a JSON Web Key (RFC 7517), as published in a JWKS.
@@ -95,9 +105,14 @@ pub struct Jwk {
     pub kty: String,
     /// The key id.
     pub kid: String,
-    /// Always `sig`.
+    /// `sig` for signature keys (ours always say so); a key with another `use` never
+    /// verifies a token.
     #[serde(rename = "use", default, skip_serializing_if = "Option::is_none")]
     pub use_: Option<String>,
+    /// What the key may do (RFC 7517 §4.3); when present, it must include `verify` for
+    /// the key to verify a token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_ops: Option<Vec<String>>,
     /// The algorithm.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alg: Option<String>,
@@ -119,6 +134,17 @@ pub struct Jwk {
 }
 
 impl Jwk {
+    /// Whether `use` and `key_ops` allow verifying signatures with this key (both absent
+    /// allows it, as RFC 7517 does).
+    #[must_use]
+    pub fn verifies_signatures(&self) -> bool {
+        self.use_.as_deref().is_none_or(|u| u == "sig")
+            && self
+                .key_ops
+                .as_ref()
+                .is_none_or(|ops| ops.iter().any(|op| op == "verify"))
+    }
+
     /// The algorithm this key verifies, from `alg` or else from `kty`/`crv`.
     #[must_use]
     pub fn algorithm(&self) -> Option<Algorithm> {
@@ -139,11 +165,12 @@ impl Jwk {
     /// [`KeyError::Jwk`] when a component is missing or invalid, or the type and the
     /// algorithm disagree.
     pub fn decoding_key(&self) -> Result<(Algorithm, DecodingKey), KeyError> {
-        let missing = |what: &str| KeyError::Jwk(format!("kid {:?}: missing {what}", self.kid));
+        let missing =
+            |what: &str| KeyError::Jwk(format!("kid {:?}: missing {what}", shown(&self.kid)));
         let algorithm = self.algorithm().ok_or_else(|| {
             KeyError::Jwk(format!(
                 "kid {:?}: unsupported key type or algorithm",
-                self.kid
+                shown(&self.kid)
             ))
         })?;
         let key = match (algorithm, self.kty.as_str()) {
@@ -161,11 +188,11 @@ impl Jwk {
             _ => {
                 return Err(KeyError::Jwk(format!(
                     "kid {:?}: kty and alg disagree",
-                    self.kid
+                    shown(&self.kid)
                 )));
             }
         }
-        .map_err(|e| KeyError::Jwk(format!("kid {:?}: {e}", self.kid)))?;
+        .map_err(|e| KeyError::Jwk(format!("kid {:?}: {e}", shown(&self.kid))))?;
         Ok((algorithm, key))
     }
 }
@@ -183,7 +210,7 @@ impl Jwks {
     /// # Errors
     /// [`KeyError::Jwk`] when it is not a JWKS.
     pub fn from_json(json: &str) -> Result<Self, KeyError> {
-        serde_json::from_str(json).map_err(|e| KeyError::Jwk(e.to_string()))
+        serde_json::from_str(json).map_err(|e| KeyError::Jwk(shown(&e.to_string())))
     }
 
     /// The document as JSON.
@@ -223,8 +250,22 @@ fn check_kid(kid: &str) -> Result<(), KeyError> {
     Ok(())
 }
 
-/// The DER inside a `-----BEGIN PRIVATE KEY-----` block.
+/// The DER inside a `-----BEGIN PRIVATE KEY-----` block, the only private key of `pem`.
 fn pkcs8_der(pem: &str) -> Result<Vec<u8>, KeyError> {
+    // Any kind of private key counts (PKCS#8, PKCS#1 RSA, SEC1 EC, encrypted): the
+    // signer must never load one key while the JWKS publishes another.
+    let private_keys = pem
+        .match_indices("-----BEGIN ")
+        .filter(|(at, _)| {
+            pem[*at..]
+                .lines()
+                .next()
+                .is_some_and(|line| line.contains("PRIVATE KEY-----"))
+        })
+        .count();
+    if private_keys > 1 {
+        return Err(KeyError::SeveralPemKeys);
+    }
     let start = pem
         .find("-----BEGIN PRIVATE KEY-----")
         .ok_or(KeyError::NotPkcs8Pem)?;
@@ -267,18 +308,21 @@ impl SigningKey {
             y: Option<String>,
         }
         let jwk: PrivateJwk =
-            serde_json::from_str(json).map_err(|e| KeyError::Jwk(e.to_string()))?;
+            serde_json::from_str(json).map_err(|e| KeyError::Jwk(shown(&e.to_string())))?;
         let part = |value: &Option<String>, name: &str, len: usize| -> Result<Vec<u8>, KeyError> {
             let bytes = value
                 .as_deref()
                 .and_then(|v| URL_SAFE_NO_PAD.decode(v).ok())
                 .ok_or_else(|| {
-                    KeyError::Jwk(format!("kid {:?}: missing or invalid {name}", jwk.kid))
+                    KeyError::Jwk(format!(
+                        "kid {:?}: missing or invalid {name}",
+                        shown(&jwk.kid)
+                    ))
                 })?;
             if bytes.len() != len {
                 return Err(KeyError::Jwk(format!(
                     "kid {:?}: {name} must be {len} bytes",
-                    jwk.kid
+                    shown(&jwk.kid)
                 )));
             }
             Ok(bytes)
@@ -311,7 +355,7 @@ impl SigningKey {
             )),
             _ => Err(KeyError::Jwk(format!(
                 "kid {:?}: not a P-256 or Ed25519 private key",
-                jwk.kid
+                shown(&jwk.kid)
             ))),
         }
     }
@@ -353,6 +397,7 @@ impl SigningKey {
             kty: String::new(),
             kid: kid.to_owned(),
             use_: Some("sig".to_owned()),
+            key_ops: None,
             alg: Some(algorithm.as_str().to_owned()),
             n: None,
             e: None,
@@ -483,7 +528,7 @@ impl fmt::Debug for Slot {
 /// use std::time::Duration;
 ///
 /// let ring = KeyRing::new(SigningKey::generate("2026-11", Algorithm::ES256).unwrap());
-/// ring.rotate(SigningKey::generate("2026-12", Algorithm::EdDSA).unwrap(), Duration::from_secs(900));
+/// ring.rotate(SigningKey::generate("2026-12", Algorithm::EdDSA).unwrap(), Duration::from_secs(900)).unwrap();
 /// assert_eq!(ring.active().kid(), "2026-12");
 /// let jwks = ring.jwks();
 /// assert_eq!(jwks.keys.len(), 2); // the old key still verifies during the overlap
@@ -503,18 +548,49 @@ impl KeyRing {
     }
 
     /// Makes `next` the signing key; the current ones keep verifying for `overlap` (make
-    /// it at least the access-token lifetime).
-    pub fn rotate(&self, next: SigningKey, overlap: Duration) {
-        let retire_at = SystemTime::now() + overlap;
+    /// it at least the access-token lifetime), then are dropped from the ring. Keys whose
+    /// overlap has passed are dropped here too, so the ring holds only what verifies.
+    ///
+    /// # Errors
+    /// [`KeyError::DuplicateKid`] when a key the ring still holds has `next`'s `kid`
+    /// (the active key, or one still verifying): nothing changes.
+    pub fn rotate(&self, next: SigningKey, overlap: Duration) -> Result<(), KeyError> {
+        let now = SystemTime::now();
+        let retire_at = now + overlap;
         let mut slots = self
             .slots
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        slots.retain(|s| s.live(now));
+        if slots.iter().any(|s| s.key.kid() == next.kid()) {
+            return Err(KeyError::DuplicateKid(next.kid().to_owned()));
+        }
         for slot in slots.iter_mut() {
             slot.retire_at = Some(slot.retire_at.map_or(retire_at, |t| t.min(retire_at)));
         }
-        slots.retain(|s| s.key.kid() != next.kid());
         slots.insert(0, Slot::new(next));
+        Ok(())
+    }
+
+    /// The ids of the keys the ring holds, the signing key first: those that still
+    /// verify, and retired ones until the next [`rotate`](Self::rotate) drops them.
+    ///
+    /// ```
+    /// use keel_token_manager::{Algorithm, KeyRing, SigningKey};
+    /// use std::time::Duration;
+    ///
+    /// let ring = KeyRing::new(SigningKey::generate("a", Algorithm::EdDSA).unwrap());
+    /// ring.rotate(SigningKey::generate("b", Algorithm::EdDSA).unwrap(), Duration::ZERO).unwrap();
+    /// ring.rotate(SigningKey::generate("c", Algorithm::EdDSA).unwrap(), Duration::ZERO).unwrap();
+    /// assert_eq!(ring.key_ids(), ["c", "b"]); // "a" retired before this rotation: gone
+    /// ```
+    #[must_use]
+    pub fn key_ids(&self) -> Vec<String> {
+        let slots = self
+            .slots
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        slots.iter().map(|s| s.key.kid().to_owned()).collect()
     }
 
     /// The key that signs now.

@@ -58,6 +58,7 @@ mod redis_store;
 mod refresh;
 mod seal;
 pub mod store;
+mod untrusted;
 mod validate;
 
 pub use access::{

@@ -14,15 +14,28 @@ use serde::Deserialize;
 use crate::access::{AccessTokenClaims, unix};
 use crate::audit;
 use crate::keys::{Algorithm, Jwks, KeyError, KeyRing, VerifyingKey};
+use crate::untrusted::shown;
 
 /// Why a token was refused. Each reason is distinct, so logs and metrics can tell an
 /// attack (`none`, algorithm confusion, tampering) from a stale client (expired).
+///
+/// Text taken from the token (an `alg`, a `typ`, a `kid`, a parser's complaint) is at
+/// most 128 characters, with quotes, backslashes, control and non-ASCII bytes escaped as
+/// `%XX`: the messages can go into a `WWW-Authenticate` header or a log line as they
+/// are.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ValidationError {
     /// Not three base64url parts with a JSON header.
     #[error("the token is not a well-formed JWS")]
     Malformed,
+    /// Longer than the validator accepts ([`Validator::max_token_len`]).
+    #[error("the token is too large")]
+    TooLarge,
+    /// The header has `crit`: extensions the recipient must understand, and this
+    /// validator implements none (RFC 7515 §4.1.11).
+    #[error("the token requires header extensions (crit) that are not supported")]
+    CriticalHeader,
     /// `alg: none`: unsigned tokens are never accepted.
     #[error("unsigned tokens (alg none) are not accepted")]
     AlgorithmNone,
@@ -50,6 +63,12 @@ pub enum ValidationError {
     /// `nbf` is still ahead (beyond the leeway).
     #[error("the token is not valid yet")]
     NotYetValid,
+    /// `iat` is ahead of now by more than the leeway.
+    #[error("the token claims to be issued in the future")]
+    IssuedInFuture,
+    /// `exp - iat` is longer than [`Validator::max_lifetime`] allows.
+    #[error("the token's lifetime is longer than accepted")]
+    LifetimeTooLong,
     /// `iss` is not the expected issuer.
     #[error("the token was issued by someone else")]
     WrongIssuer,
@@ -67,6 +86,8 @@ impl ValidationError {
     pub fn reason(&self) -> &'static str {
         match self {
             ValidationError::Malformed => "malformed",
+            ValidationError::TooLarge => "too_large",
+            ValidationError::CriticalHeader => "crit_unsupported",
             ValidationError::AlgorithmNone => "alg_none",
             ValidationError::AlgorithmNotAllowed(_) => "alg_not_allowed",
             ValidationError::AlgorithmMismatch => "alg_mismatch",
@@ -76,13 +97,22 @@ impl ValidationError {
             ValidationError::BadSignature => "bad_signature",
             ValidationError::Expired => "expired",
             ValidationError::NotYetValid => "not_yet_valid",
+            ValidationError::IssuedInFuture => "iat_in_future",
+            ValidationError::LifetimeTooLong => "lifetime_too_long",
             ValidationError::WrongIssuer => "wrong_issuer",
             ValidationError::WrongAudience => "wrong_audience",
             ValidationError::InvalidClaims(_) => "invalid_claims",
         }
     }
 
-    /// The `WWW-Authenticate` value for a 401 (RFC 6750 `invalid_token`).
+    /// The `WWW-Authenticate` value for a 401 (RFC 6750 `invalid_token`). Its length is
+    /// bounded whatever the token held.
+    ///
+    /// ```
+    /// # use keel_token_manager::ValidationError;
+    /// let e = ValidationError::Expired;
+    /// assert_eq!(e.www_authenticate(), "Bearer error=\"invalid_token\", error_description=\"the token has expired\"");
+    /// ```
     #[must_use]
     pub fn www_authenticate(&self) -> String {
         format!(
@@ -128,7 +158,13 @@ pub struct Validator {
     audience: String,
     leeway: Duration,
     allowed: Vec<Algorithm>,
+    max_lifetime: Option<Duration>,
+    max_token_len: usize,
 }
+
+/// The longest token accepted by default: 16 KiB, room for Entra ID tokens with many
+/// claims, and a bound on what an attacker makes us decode.
+const DEFAULT_MAX_TOKEN_LEN: usize = 16 * 1024;
 
 impl fmt::Debug for Validator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -137,6 +173,8 @@ impl fmt::Debug for Validator {
             .field("audience", &self.audience)
             .field("leeway", &self.leeway)
             .field("allowed", &self.allowed)
+            .field("max_lifetime", &self.max_lifetime)
+            .field("max_token_len", &self.max_token_len)
             .finish_non_exhaustive()
     }
 }
@@ -148,6 +186,9 @@ struct JoseHeader {
     typ: Option<String>,
     #[serde(default)]
     kid: Option<String>,
+    /// Present at all means refused: no extension is implemented.
+    #[serde(default)]
+    crit: Option<serde::de::IgnoredAny>,
 }
 
 impl Validator {
@@ -160,17 +201,28 @@ impl Validator {
     }
 
     /// Validates tokens verified by the keys of a JWKS (another issuer's, or our own as
-    /// published).
+    /// published). Keys whose `use` or `key_ops` do not allow verifying signatures
+    /// (encryption keys published in the same set) are left out: a token naming one is
+    /// refused as [`ValidationError::UnknownKey`].
     ///
     /// # Errors
-    /// [`KeyError::Jwk`] when a key of the set is invalid.
+    /// [`KeyError::DuplicateKid`] when two keys of the set share a `kid` (a token naming
+    /// it would be ambiguous), [`KeyError::Jwk`] when a signature key of the set is
+    /// invalid.
     pub fn from_jwks(
         jwks: &Jwks,
         issuer: impl Into<String>,
         audience: impl Into<String>,
     ) -> Result<Self, KeyError> {
         let mut map = HashMap::new();
+        let mut seen = std::collections::HashSet::new();
         for jwk in &jwks.keys {
+            if !seen.insert(jwk.kid.as_str()) {
+                return Err(KeyError::DuplicateKid(shown(&jwk.kid)));
+            }
+            if !jwk.verifies_signatures() {
+                continue;
+            }
             let (algorithm, key) = jwk.decoding_key()?;
             map.insert(jwk.kid.clone(), Arc::new(VerifyingKey { algorithm, key }));
         }
@@ -188,10 +240,39 @@ impl Validator {
             audience,
             leeway: Duration::from_secs(60),
             allowed: vec![Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA],
+            max_lifetime: None,
+            max_token_len: DEFAULT_MAX_TOKEN_LEN,
         }
     }
 
-    /// The clock-skew allowance on exp and nbf (default 60 s).
+    /// Refuses tokens whose `exp - iat` is longer than `max` ([`ValidationError::LifetimeTooLong`]):
+    /// for tokens from another issuer, a bound on how long a leaked token can be
+    /// replayed whatever that issuer chose. Off by default.
+    ///
+    /// ```
+    /// # use keel_token_manager::{Algorithm, KeyRing, SigningKey, Validator, AccessTokenIssuer, Grant, ValidationError};
+    /// # use std::time::Duration;
+    /// # let keys = KeyRing::new(SigningKey::generate("k", Algorithm::EdDSA).unwrap());
+    /// let issuer = AccessTokenIssuer::new(keys.clone(), "iss", "aud").ttl(Duration::from_secs(3600));
+    /// let token = issuer.issue(&Grant::new("u", "c")).unwrap().token;
+    /// let strict = Validator::new(keys, "iss", "aud").max_lifetime(Duration::from_secs(900));
+    /// assert_eq!(strict.validate(&token).unwrap_err(), ValidationError::LifetimeTooLong);
+    /// ```
+    #[must_use]
+    pub fn max_lifetime(mut self, max: Duration) -> Self {
+        self.max_lifetime = Some(max);
+        self
+    }
+
+    /// The longest token accepted, in bytes (default 16 KiB); longer ones are refused
+    /// with [`ValidationError::TooLarge`] before anything is decoded.
+    #[must_use]
+    pub fn max_token_len(mut self, bytes: usize) -> Self {
+        self.max_token_len = bytes;
+        self
+    }
+
+    /// The clock-skew allowance on exp, nbf and iat (default 60 s).
     #[must_use]
     pub fn leeway(mut self, leeway: Duration) -> Self {
         self.leeway = leeway;
@@ -224,6 +305,9 @@ impl Validator {
         token: &str,
         kid_seen: &mut Option<String>,
     ) -> Result<AccessTokenClaims, ValidationError> {
+        if token.len() > self.max_token_len {
+            return Err(ValidationError::TooLarge);
+        }
         let mut parts = token.split('.');
         let (Some(header), Some(_), Some(_), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -235,24 +319,27 @@ impl Validator {
             .ok()
             .and_then(|json| serde_json::from_slice::<JoseHeader>(&json).ok())
             .ok_or(ValidationError::Malformed)?;
+        if header.crit.is_some() {
+            return Err(ValidationError::CriticalHeader);
+        }
         if header.alg.eq_ignore_ascii_case("none") {
             return Err(ValidationError::AlgorithmNone);
         }
         let algorithm = Algorithm::parse(&header.alg)
             .filter(|a| self.allowed.contains(a))
-            .ok_or_else(|| ValidationError::AlgorithmNotAllowed(header.alg.clone()))?;
+            .ok_or_else(|| ValidationError::AlgorithmNotAllowed(shown(&header.alg)))?;
         let typ_ok = header.typ.as_deref().is_some_and(|t| {
             t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt")
         });
         if !typ_ok {
-            return Err(ValidationError::WrongType(header.typ));
+            return Err(ValidationError::WrongType(header.typ.as_deref().map(shown)));
         }
         let kid = header.kid.ok_or(ValidationError::MissingKeyId)?;
-        *kid_seen = Some(kid.clone());
+        *kid_seen = Some(shown(&kid));
         let key = self
             .keys
             .find(&kid)
-            .ok_or_else(|| ValidationError::UnknownKey(kid.clone()))?;
+            .ok_or_else(|| ValidationError::UnknownKey(shown(&kid)))?;
         if key.algorithm != algorithm {
             return Err(ValidationError::AlgorithmMismatch);
         }
@@ -262,7 +349,7 @@ impl Validator {
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[&self.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        jsonwebtoken::decode::<AccessTokenClaims>(token, &key.key, &validation)
+        let claims = jsonwebtoken::decode::<AccessTokenClaims>(token, &key.key, &validation)
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::InvalidSignature
@@ -273,11 +360,21 @@ impl Validator {
                 ErrorKind::InvalidIssuer => ValidationError::WrongIssuer,
                 ErrorKind::InvalidAudience => ValidationError::WrongAudience,
                 ErrorKind::MissingRequiredClaim(claim) => {
-                    ValidationError::InvalidClaims(format!("missing {claim}"))
+                    ValidationError::InvalidClaims(shown(&format!("missing {claim}")))
                 }
-                ErrorKind::Json(e) => ValidationError::InvalidClaims(e.to_string()),
+                ErrorKind::Json(e) => ValidationError::InvalidClaims(shown(&e.to_string())),
                 _ => ValidationError::Malformed,
-            })
+            })?;
+        let now = unix(SystemTime::now());
+        if claims.iat > now.saturating_add(self.leeway.as_secs()) {
+            return Err(ValidationError::IssuedInFuture);
+        }
+        if let Some(max) = self.max_lifetime
+            && claims.exp.saturating_sub(claims.iat) > max.as_secs()
+        {
+            return Err(ValidationError::LifetimeTooLong);
+        }
+        Ok(claims)
     }
 }
 

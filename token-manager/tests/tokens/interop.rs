@@ -32,8 +32,10 @@ fn python(script: &str, args: &[&str]) -> String {
 
 fn ring() -> KeyRing {
     let ring = KeyRing::new(pem_key("rsa", Algorithm::RS256));
-    ring.rotate(pem_key("ec", Algorithm::ES256), Duration::from_secs(600));
-    ring.rotate(pem_key("ed", Algorithm::EdDSA), Duration::from_secs(600));
+    ring.rotate(pem_key("ec", Algorithm::ES256), Duration::from_secs(600))
+        .unwrap();
+    ring.rotate(pem_key("ed", Algorithm::EdDSA), Duration::from_secs(600))
+        .unwrap();
     ring
 }
 

@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use keel_token_manager::{
-    AccessTokenIssuer, Algorithm, Grant, Jwks, KeyRing, SigningKey, StepUp, ValidationError,
-    Validator,
+    AccessTokenIssuer, Algorithm, Grant, Jwks, KeyError, KeyRing, SigningKey, StepUp,
+    ValidationError, Validator,
 };
 use proptest::prelude::*;
 
@@ -123,7 +123,8 @@ fn a_rotated_key_verifies_during_the_overlap_only() {
     ring.rotate(
         SigningKey::generate("new", Algorithm::ES256).unwrap(),
         Duration::from_secs(900),
-    );
+    )
+    .unwrap();
     let new_token = issuer.issue(&Grant::new("u", "c")).unwrap().token;
     assert_eq!(
         jsonwebtoken::decode_header(&new_token)
@@ -144,7 +145,8 @@ fn a_rotated_key_verifies_during_the_overlap_only() {
     ring.rotate(
         SigningKey::generate("newest", Algorithm::EdDSA).unwrap(),
         Duration::ZERO,
-    );
+    )
+    .unwrap();
     assert_eq!(
         validator.validate(&old_token),
         Err(ValidationError::UnknownKey("old".into()))
@@ -154,13 +156,264 @@ fn a_rotated_key_verifies_during_the_overlap_only() {
         Err(ValidationError::UnknownKey("new".into()))
     );
     assert_eq!(ring.jwks().keys.len(), 1);
+    // Retired keys leave the ring at the next rotation: it does not grow forever.
+    for i in 0..50 {
+        ring.rotate(
+            SigningKey::generate(&format!("k{i}"), Algorithm::EdDSA).unwrap(),
+            Duration::ZERO,
+        )
+        .unwrap();
+    }
+    assert_eq!(ring.key_ids(), ["k49", "k48"]);
+}
+
+#[test]
+fn a_key_ring_refuses_a_second_key_with_a_kid_it_holds() {
+    let ring = KeyRing::new(SigningKey::generate("a", Algorithm::EdDSA).unwrap());
+    let issuer = AccessTokenIssuer::new(ring.clone(), ISSUER, AUDIENCE);
+    let validator = Validator::new(ring.clone(), ISSUER, AUDIENCE);
+    let token = issuer.issue(&Grant::new("u", "c")).unwrap().token;
+    // Same kid as the active key, and as a key still verifying: refused, nothing changes.
+    let err = ring
+        .rotate(
+            SigningKey::generate("a", Algorithm::EdDSA).unwrap(),
+            Duration::from_secs(60),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, KeyError::DuplicateKid(kid) if kid == "a"),
+        "{err}"
+    );
+    ring.rotate(
+        SigningKey::generate("b", Algorithm::EdDSA).unwrap(),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert!(matches!(
+        ring.rotate(
+            SigningKey::generate("a", Algorithm::ES256).unwrap(),
+            Duration::from_secs(60)
+        ),
+        Err(KeyError::DuplicateKid(_))
+    ));
+    assert_eq!(ring.active().kid(), "b");
+    assert!(
+        validator.validate(&token).is_ok(),
+        "the original key still verifies"
+    );
+}
+
+#[test]
+fn a_pem_with_more_than_one_private_key_is_refused() {
+    let two = format!("{}\n{}", fixture("ec-p256.pem"), fixture("ed25519.pem"));
+    assert!(matches!(
+        SigningKey::from_pem("k", Algorithm::ES256, &two),
+        Err(KeyError::SeveralPemKeys)
+    ));
+    let rsa_and_pkcs1 = format!(
+        "{}\n-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n",
+        fixture("rsa-2048.pem")
+    );
+    assert!(matches!(
+        SigningKey::from_pem("k", Algorithm::RS256, &rsa_and_pkcs1),
+        Err(KeyError::SeveralPemKeys)
+    ));
+    // One key, with a certificate beside it, is fine.
+    let with_cert = format!(
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n{}",
+        fixture("ec-p256.pem")
+    );
+    assert!(SigningKey::from_pem("k", Algorithm::ES256, &with_cert).is_ok());
+}
+
+#[test]
+fn a_jwks_with_duplicate_kids_or_non_signature_keys_is_handled_safely() {
+    let ring = KeyRing::new(pem_key("ec", Algorithm::ES256));
+    let mut jwks = ring.jwks();
+    let mut twin = jwks.keys[0].clone();
+    jwks.keys.push(twin.clone());
+    assert!(matches!(
+        Validator::from_jwks(&jwks, ISSUER, AUDIENCE),
+        Err(KeyError::DuplicateKid(_))
+    ));
+
+    let token = AccessTokenIssuer::new(ring.clone(), ISSUER, AUDIENCE)
+        .issue(&Grant::new("u", "c"))
+        .unwrap()
+        .token;
+    twin.use_ = Some("enc".into());
+    let enc = Validator::from_jwks(
+        &Jwks {
+            keys: vec![twin.clone()],
+        },
+        ISSUER,
+        AUDIENCE,
+    )
+    .unwrap();
+    assert_eq!(
+        enc.validate(&token),
+        Err(ValidationError::UnknownKey("ec".into())),
+        "an encryption key never verifies"
+    );
+    twin.use_ = None;
+    twin.key_ops = Some(vec!["encrypt".into()]);
+    let ops = Validator::from_jwks(
+        &Jwks {
+            keys: vec![twin.clone()],
+        },
+        ISSUER,
+        AUDIENCE,
+    )
+    .unwrap();
+    assert!(ops.validate(&token).is_err());
+    twin.key_ops = Some(vec!["verify".into()]);
+    let verify = Validator::from_jwks(&Jwks { keys: vec![twin] }, ISSUER, AUDIENCE).unwrap();
+    assert!(verify.validate(&token).is_ok());
+}
+
+/// Signs any header JSON (fields jsonwebtoken's `Header` cannot express, like `crit`)
+/// with the RSA fixture.
+fn sign_raw(header: &serde_json::Value, claims: &serde_json::Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(fixture("rsa-2048.pem").as_bytes()).unwrap();
+    let signing_input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let signature = jsonwebtoken::crypto::sign(
+        signing_input.as_bytes(),
+        &key,
+        jsonwebtoken::Algorithm::RS256,
+    )
+    .unwrap();
+    format!("{signing_input}.{signature}")
+}
+
+/// Header values are bounded and contain only visible ASCII (RFC 9110 field values).
+fn assert_bounded(e: &ValidationError) {
+    let header = e.www_authenticate();
+    assert!(header.len() < 400, "{} bytes", header.len());
+    assert!(header.bytes().all(|b| b == b' ' || b.is_ascii_graphic()));
+    assert!(e.to_string().len() < 300);
+}
+
+#[test]
+fn forged_headers_and_time_claims_are_refused_with_bounded_messages() {
+    let ring = KeyRing::new(pem_key("rsa", Algorithm::RS256));
+    let validator = Validator::new(ring.clone(), ISSUER, AUDIENCE);
+    let header = |extra: serde_json::Value| {
+        let mut h = serde_json::json!({"alg": "RS256", "typ": "at+jwt", "kid": "rsa"});
+        h.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        h
+    };
+    let good = sign_raw(&header(serde_json::json!({})), &claims(now() + 600));
+    assert!(validator.validate(&good).is_ok());
+
+    // crit naming anything (RFC 7515 §4.1.11): no extension is implemented.
+    for crit in [
+        serde_json::json!(["urn:x:unknown"]),
+        serde_json::json!(["exp"]),
+        serde_json::json!([]),
+        serde_json::json!("b64"),
+    ] {
+        let token = sign_raw(
+            &header(serde_json::json!({"crit": crit, "urn:x:unknown": true})),
+            &claims(now() + 600),
+        );
+        assert_eq!(
+            validator.validate(&token),
+            Err(ValidationError::CriticalHeader)
+        );
+    }
+
+    // Attacker-sized text comes back bounded and escaped.
+    let huge_kid = "k\"\r\n".repeat(25_000); // 100,000 characters, as in the review
+    let token = sign_raw(
+        &header(serde_json::json!({"kid": huge_kid})),
+        &claims(now() + 600),
+    );
+    assert_eq!(validator.validate(&token), Err(ValidationError::TooLarge));
+    let roomy = validator.clone().max_token_len(1 << 20);
+    let err = roomy.validate(&token).unwrap_err();
+    assert!(matches!(&err, ValidationError::UnknownKey(k) if k.len() <= 131 && k.ends_with("...")));
+    assert_bounded(&err);
+    let err = validator
+        .validate(&sign_raw(
+            &header(serde_json::json!({"alg": "X".repeat(10_000)})),
+            &claims(now() + 600),
+        ))
+        .unwrap_err();
+    assert!(matches!(&err, ValidationError::AlgorithmNotAllowed(a) if a.len() <= 131));
+    assert_bounded(&err);
+    let err = validator
+        .validate(&sign_raw(
+            &header(serde_json::json!({"typ": "\u{1F600}".repeat(1_000)})),
+            &claims(now() + 600),
+        ))
+        .unwrap_err();
+    assert!(matches!(&err, ValidationError::WrongType(Some(t)) if t.len() <= 131 && t.is_ascii()));
+    assert_bounded(&err);
+    let mut odd = claims(now() + 600);
+    odd["amr"] = serde_json::json!("x\"".repeat(1_500)); // serde echoes the string back
+    let err = validator
+        .validate(&sign_raw(&header(serde_json::json!({})), &odd))
+        .unwrap_err();
+    assert!(matches!(err, ValidationError::InvalidClaims(_)), "{err:?}");
+    assert_bounded(&err);
+    assert_eq!(
+        validator.validate(&format!("{good}{}", "A".repeat(20_000))),
+        Err(ValidationError::TooLarge)
+    );
+
+    // iat ahead of now beyond the leeway.
+    let mut future = claims(now() + 7200);
+    future["iat"] = serde_json::json!(now() + 3600);
+    let future = sign_raw(&header(serde_json::json!({})), &future);
+    assert_eq!(
+        validator.validate(&future),
+        Err(ValidationError::IssuedInFuture)
+    );
+    let mut skewed = claims(now() + 600);
+    skewed["iat"] = serde_json::json!(now() + 30);
+    assert!(
+        validator
+            .validate(&sign_raw(&header(serde_json::json!({})), &skewed))
+            .is_ok(),
+        "within the leeway"
+    );
+
+    // A maximum lifetime for tokens from other issuers.
+    let long = sign_raw(&header(serde_json::json!({})), &claims(now() + 86_400));
+    assert!(validator.validate(&long).is_ok());
+    let capped = validator.clone().max_lifetime(Duration::from_secs(3600));
+    assert_eq!(
+        capped.validate(&long),
+        Err(ValidationError::LifetimeTooLong)
+    );
+    assert!(capped.validate(&good).is_ok());
+
+    let reasons: std::collections::HashSet<&str> = [
+        ValidationError::CriticalHeader,
+        ValidationError::TooLarge,
+        ValidationError::IssuedInFuture,
+        ValidationError::LifetimeTooLong,
+        ValidationError::Malformed,
+    ]
+    .iter()
+    .map(ValidationError::reason)
+    .collect();
+    assert_eq!(reasons.len(), 5, "each refusal has its own reason");
 }
 
 #[test]
 fn the_published_jwks_is_enough_to_validate() {
     let ring = KeyRing::new(pem_key("rsa", Algorithm::RS256));
-    ring.rotate(pem_key("ec", Algorithm::ES256), Duration::from_secs(60));
-    ring.rotate(pem_key("ed", Algorithm::EdDSA), Duration::from_secs(60));
+    ring.rotate(pem_key("ec", Algorithm::ES256), Duration::from_secs(60))
+        .unwrap();
+    ring.rotate(pem_key("ed", Algorithm::EdDSA), Duration::from_secs(60))
+        .unwrap();
     let json = ring.jwks().to_json();
     let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
     let keys = doc["keys"].as_array().unwrap();
@@ -201,7 +454,8 @@ fn the_published_jwks_is_enough_to_validate() {
 #[test]
 fn each_bad_token_is_refused_for_its_own_reason() {
     let ring = KeyRing::new(pem_key("rsa", Algorithm::RS256));
-    ring.rotate(pem_key("ec", Algorithm::ES256), Duration::from_secs(600));
+    ring.rotate(pem_key("ec", Algorithm::ES256), Duration::from_secs(600))
+        .unwrap();
     let validator = Validator::new(ring.clone(), ISSUER, AUDIENCE).leeway(Duration::from_secs(5));
     let good = forge(
         jsonwebtoken::Algorithm::RS256,
@@ -441,5 +695,35 @@ proptest! {
         let validator = Validator::new(ring, ISSUER, AUDIENCE);
         let token = format!("{}.{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(body), URL_SAFE_NO_PAD.encode(sig));
         prop_assert!(validator.validate(&token).is_err());
+    }
+}
+
+proptest! {
+    // Each case signs with RSA: fewer cases.
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn arbitrary_header_fields_are_refused_with_bounded_messages(
+        alg in prop_oneof![Just("RS256".to_owned()), any::<String>()],
+        typ in prop_oneof![Just("at+jwt".to_owned()), any::<String>()],
+        kid in prop_oneof![Just("rsa".to_owned()), any::<String>(), "[a-z\"\\\\]{100,3000}"],
+        crit in any::<bool>(),
+    ) {
+        let ring = KeyRing::new(pem_key("rsa", Algorithm::RS256));
+        let validator = Validator::new(ring, ISSUER, AUDIENCE);
+        let mut header = serde_json::json!({"alg": alg, "typ": typ, "kid": kid});
+        if crit {
+            header["crit"] = serde_json::json!(["urn:x"]);
+        }
+        let token = sign_raw(&header, &claims(now() + 600));
+        match validator.validate(&token) {
+            Ok(_) => prop_assert!(!crit && alg == "RS256" && typ == "at+jwt" && kid == "rsa"),
+            Err(e) => {
+                prop_assert!(!crit || e == ValidationError::CriticalHeader || e == ValidationError::Malformed, "{e:?}");
+                let value = e.www_authenticate();
+                prop_assert!(value.len() < 400);
+                prop_assert!(value.bytes().all(|b| b == b' ' || b.is_ascii_graphic()));
+            }
+        }
     }
 }
