@@ -2,6 +2,11 @@
 //! refresh (rotated on every use, reuse detected), logout, a protected route, a route
 //! that needs step-up authentication, and the JWKS endpoint.
 //!
+//! Security events (a refresh token reused, a forged token refused) are audit events on
+//! the `keel_token_manager::audit` target: the service installs keel-observability's
+//! JSON logs so they are seen. Error bodies carry fixed descriptions, never internal ids
+//! or store messages.
+//!
 //! ```text
 //! cargo run -p keel-examples --example token_service            # on 127.0.0.1:3002
 //! cargo run -p keel-examples --example token_service -- --smoke # scripted self-check
@@ -11,8 +16,9 @@
 // An executable's report goes to stdout.
 #![allow(clippy::print_stdout)]
 
+use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -71,12 +77,43 @@ async fn tokens_for(auth: &Auth, subject: &str, refresh: String) -> Response {
             "refresh_token": refresh,
         }))
         .into_response(),
-        Err(e) => oauth_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            &e.to_string(),
-        ),
+        Err(e) => {
+            tracing::error!(error = %e, "signing an access token failed");
+            oauth_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "the token service is unavailable; try again",
+            )
+        }
     }
+}
+
+/// The OAuth error for a refused refresh token: a fixed description per kind (the
+/// error's own text stays in the logs), so no id or store message reaches the client.
+fn refresh_refused(e: &RefreshError) -> Response {
+    let (status, description) = match e {
+        RefreshError::Store(_) | RefreshError::Seal(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the token service is unavailable; try again",
+        ),
+        RefreshError::ReuseDetected { .. } => (
+            StatusCode::BAD_REQUEST,
+            "the refresh token was already used; the session is revoked, sign in again",
+        ),
+        RefreshError::Expired => (
+            StatusCode::BAD_REQUEST,
+            "the session has expired; sign in again",
+        ),
+        RefreshError::Revoked => (
+            StatusCode::BAD_REQUEST,
+            "the session was revoked; sign in again",
+        ),
+        _ => (StatusCode::BAD_REQUEST, "unknown refresh token"),
+    };
+    if status.is_server_error() {
+        tracing::error!(error = %e, "refresh failed");
+    }
+    oauth_error(status, e.oauth_error(), description)
 }
 
 async fn login(State(auth): State<Arc<Auth>>, Json(body): Json<Value>) -> Response {
@@ -90,11 +127,7 @@ async fn login(State(auth): State<Arc<Auth>>, Json(body): Json<Value>) -> Respon
     }
     match auth.refresh.issue("ada", "demo-web").await {
         Ok(refresh) => tokens_for(&auth, "ada", refresh.token).await,
-        Err(e) => oauth_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            e.oauth_error(),
-            &e.to_string(),
-        ),
+        Err(e) => refresh_refused(&e),
     }
 }
 
@@ -102,28 +135,41 @@ async fn refresh(State(auth): State<Arc<Auth>>, Json(body): Json<Value>) -> Resp
     let token = body["refresh_token"].as_str().unwrap_or_default();
     match auth.refresh.rotate(token).await {
         Ok(next) => tokens_for(&auth, &next.subject, next.token).await,
-        Err(e @ (RefreshError::Store(_) | RefreshError::Seal(_))) => oauth_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            e.oauth_error(),
-            &e.to_string(),
-        ),
-        Err(e) => oauth_error(StatusCode::BAD_REQUEST, e.oauth_error(), &e.to_string()),
+        Err(e) => refresh_refused(&e),
     }
 }
 
 async fn logout(State(auth): State<Arc<Auth>>, Json(body): Json<Value>) -> StatusCode {
     let token = body["refresh_token"].as_str().unwrap_or_default();
-    // RFC 7009: 200 whatever the token was.
-    let _ = auth.refresh.revoke(token).await;
-    StatusCode::OK
+    // RFC 7009: 200 whatever the token was; the whole session the token belongs to ends.
+    match auth.refresh.revoke(token).await {
+        Ok(()) => StatusCode::OK,
+        Err(e) => {
+            tracing::error!(error = %e, "logout failed");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    }
 }
 
 /// The validated claims, or the 401 to send (its `WWW-Authenticate` value).
 fn bearer(auth: &Auth, headers: &HeaderMap) -> Result<AccessTokenClaims, String> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        // None, or several: which credentials count would be a guess (RFC 6750 §3.1).
+        let error = if headers.contains_key(header::AUTHORIZATION) {
+            "Bearer error=\"invalid_request\", error_description=\"more than one Authorization header\""
+        } else {
+            "Bearer"
+        };
+        return Err(error.to_owned());
+    };
+    // The scheme is case-insensitive (RFC 9110 §11.1); one space, then the token.
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .unwrap_or_default();
     auth.validator
         .validate(token)
@@ -181,6 +227,17 @@ fn app(auth: Arc<Auth>) -> Router {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let smoke = std::env::args().any(|a| a == "--smoke");
+    // Logs (security events included) as JSON lines; in smoke mode to stderr, and kept so
+    // the run can check that reuse was reported.
+    let captured = Captured::default();
+    let mut logs = keel_observability::LogConfig::builder().lossy(false);
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        logs = logs.filter(filter);
+    }
+    if smoke {
+        logs = logs.writer(captured.clone());
+    }
+    let guard = keel_observability::init(logs.build()?)?;
     let addr: SocketAddr = if smoke {
         "127.0.0.1:0".parse()?
     } else {
@@ -236,11 +293,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     check(orders.status() == 200, "the access token opens /orders");
     let anonymous = client.get(format!("{base}/orders")).send().await?;
     check(
-        anonymous.status() == 401
-            && anonymous.headers()[header::WWW_AUTHENTICATE]
+        anonymous.status() == 401 && anonymous.headers()[header::WWW_AUTHENTICATE] == "Bearer",
+        "no token: 401 with a bare Bearer challenge (RFC 6750 §3.1)",
+    );
+    let forged = client
+        .get(format!("{base}/orders"))
+        .bearer_auth("eyJhbGciOiJub25lIn0.e30.")
+        .send()
+        .await?;
+    check(
+        forged.status() == 401
+            && forged.headers()[header::WWW_AUTHENTICATE]
                 .to_str()?
                 .contains("invalid_token"),
-        "no token: 401 with WWW-Authenticate invalid_token",
+        "a forged token: 401 with WWW-Authenticate invalid_token",
     );
     let admin = client
         .get(format!("{base}/admin"))
@@ -263,6 +329,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     check(
         jwks["keys"][0]["kty"] == "OKP",
         "the JWKS publishes the signing key",
+    );
+
+    let lowercase = client
+        .get(format!("{base}/orders"))
+        .header(header::AUTHORIZATION, format!("bearer {access}"))
+        .send()
+        .await?;
+    check(
+        lowercase.status() == 200,
+        "the Bearer scheme is case-insensitive",
+    );
+    let doubled = client
+        .get(format!("{base}/orders"))
+        .header(header::AUTHORIZATION, format!("Bearer {access}"))
+        .header(header::AUTHORIZATION, format!("Bearer {access}"))
+        .send()
+        .await?;
+    check(
+        doubled.status() == 401
+            && doubled.headers()[header::WWW_AUTHENTICATE]
+                .to_str()?
+                .contains("invalid_request"),
+        "two Authorization headers are refused",
     );
 
     let first: Value = post("/refresh", json!({"refresh_token": r0}))
@@ -293,8 +382,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let reuse_status = reuse.status();
     let reuse_body: Value = reuse.json().await?;
     check(
-        reuse_status == 400 && reuse_body["error"] == "invalid_grant",
-        "reusing an old refresh token is refused (invalid_grant)",
+        reuse_status == 400
+            && reuse_body["error"] == "invalid_grant"
+            && reuse_body["error_description"]
+                == "the refresh token was already used; the session is revoked, sign in again",
+        "reusing an old refresh token is refused (invalid_grant, no internal id in the body)",
     );
     let after = post("/refresh", json!({"refresh_token": r2})).await?;
     check(
@@ -302,14 +394,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "...and it revoked the whole session, current token included",
     );
 
-    let login: Value = post("/login", json!({"username": "ada", "password": "lovelace"}))
-        .await?
-        .json()
-        .await?;
-    let fresh = login["refresh_token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let fresh = login_refresh_token(&post).await?;
     check(
         post("/logout", json!({"refresh_token": fresh}))
             .await?
@@ -325,10 +410,82 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "a logged-out refresh token no longer works",
     );
 
+    // The review's attack: a thief rotates a stolen token, then logs out with the old one
+    // hoping to cut the link between them. Logout ends the whole session.
+    let stolen = login_refresh_token(&post).await?;
+    let thiefs: Value = post("/refresh", json!({"refresh_token": stolen}))
+        .await?
+        .json()
+        .await?;
+    let thiefs = thiefs["refresh_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    post("/logout", json!({"refresh_token": stolen})).await?;
+    check(
+        !thiefs.is_empty()
+            && post("/refresh", json!({"refresh_token": thiefs}))
+                .await?
+                .status()
+                == 400,
+        "logout with a rotated token ends the session: the thief's successor is dead",
+    );
+
     server.abort();
+    drop(guard); // flushes the log writer
+    let log = captured.text();
+    check(
+        log.contains("refresh_token_reuse_detected") && log.contains("\"security\":true"),
+        "reuse was reported as a security event in the logs",
+    );
     if failures > 0 {
         return Err(format!("{failures} smoke check(s) failed").into());
     }
     println!("smoke: ok");
     Ok(())
+}
+
+/// Logs in as the demo user; the refresh token.
+async fn login_refresh_token<F, Fut>(post: &F) -> Result<String, Box<dyn std::error::Error>>
+where
+    F: Fn(&str, Value) -> Fut,
+    Fut: Future<Output = reqwest::Result<reqwest::Response>>,
+{
+    let login: Value = post("/login", json!({"username": "ada", "password": "lovelace"}))
+        .await?
+        .json()
+        .await?;
+    Ok(login["refresh_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned())
+}
+
+/// A log writer that keeps what it writes and passes it on to stderr.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn text(&self) -> String {
+        let bytes = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(buf);
+        std::io::stderr().write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
