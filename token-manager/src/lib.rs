@@ -35,7 +35,7 @@
 //! reuse detection that revokes the family, a grace period in which a retry returns the
 //! same successor (sealed with AES-256-GCM under a rotating key ring), revocation,
 //! session listing and cleanup, on the in-memory store, on Redis (feature `redis`: one
-//! Lua script, one round trip per rotation) and on PostgreSQL (feature `postgres`: one
+//! Lua script, one round trip per rotation; Redis Cluster too) and on PostgreSQL (feature `postgres`: one
 //! transaction per rotation, migrations shipped). Still being built: the client side (the Entra ID OAuth client and the
 //! `TokenProvider` trait that `keel-graph-client` consumes).
 //!
