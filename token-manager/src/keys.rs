@@ -284,7 +284,7 @@ impl SigningKey {
     /// [`KeyError`] when the PEM, the key or the `kid` is not valid for `algorithm`.
     pub fn from_pem(kid: &str, algorithm: Algorithm, pem: &str) -> Result<Self, KeyError> {
         let der = pkcs8_der(pem)?;
-        Self::from_pkcs8_der(kid, algorithm, &der, Some(pem))
+        Self::from_pkcs8_der(kid, algorithm, &der)
     }
 
     /// Loads a private JWK: `kty` `EC` with `crv` `P-256` (ES256) or `kty` `OKP` with `crv`
@@ -335,7 +335,7 @@ impl SigningKey {
                     0x22, 0x04, 0x20,
                 ];
                 der.extend_from_slice(&part(&jwk.d, "d", 32)?);
-                Self::from_pkcs8_der(&jwk.kid, Algorithm::EdDSA, &der, None)
+                Self::from_pkcs8_der(&jwk.kid, Algorithm::EdDSA, &der)
             }
             ("EC", Some("P-256")) => {
                 // PKCS#8 around an RFC 5915 ECPrivateKey with its public point.
@@ -348,7 +348,7 @@ impl SigningKey {
                 der.extend_from_slice(&[0xa1, 0x44, 0x03, 0x42, 0x00, 0x04]);
                 der.extend_from_slice(&part(&jwk.x, "x", 32)?);
                 der.extend_from_slice(&part(&jwk.y, "y", 32)?);
-                Self::from_pkcs8_der(&jwk.kid, Algorithm::ES256, &der, None)
+                Self::from_pkcs8_der(&jwk.kid, Algorithm::ES256, &der)
             }
             ("RSA", _) => Err(KeyError::Jwk(
                 "load RSA private keys from PKCS#8 PEM".into(),
@@ -382,15 +382,10 @@ impl SigningKey {
                 return Err(rejected("RSA keys cannot be generated here; load a PEM"));
             }
         };
-        Self::from_pkcs8_der(kid, algorithm, der.as_ref(), None)
+        Self::from_pkcs8_der(kid, algorithm, der.as_ref())
     }
 
-    fn from_pkcs8_der(
-        kid: &str,
-        algorithm: Algorithm,
-        der: &[u8],
-        pem: Option<&str>,
-    ) -> Result<Self, KeyError> {
+    fn from_pkcs8_der(kid: &str, algorithm: Algorithm, der: &[u8]) -> Result<Self, KeyError> {
         check_kid(kid)?;
         let rejected = |reason: String| KeyError::Rejected { algorithm, reason };
         let mut jwk = Jwk {
@@ -412,8 +407,13 @@ impl SigningKey {
                 jwk.kty = "RSA".into();
                 jwk.n = Some(b64(&public.n));
                 jwk.e = Some(b64(&public.e));
-                let pem = pem.ok_or_else(|| rejected("RSA keys load from PEM".into()))?;
-                EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| rejected(e.to_string()))?
+                // Only the block the JWK was made from: jsonwebtoken's loader takes the
+                // first block of a PEM, which in a bundle may be a certificate.
+                let block = format!(
+                    "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+                    STANDARD.encode(der)
+                );
+                EncodingKey::from_rsa_pem(block.as_bytes()).map_err(|e| rejected(e.to_string()))?
             }
             Algorithm::ES256 => {
                 let pair = EcdsaKeyPair::from_pkcs8(
@@ -556,7 +556,9 @@ impl KeyRing {
     /// (the active key, or one still verifying): nothing changes.
     pub fn rotate(&self, next: SigningKey, overlap: Duration) -> Result<(), KeyError> {
         let now = SystemTime::now();
-        let retire_at = now + overlap;
+        // Past the clock's range: the current keys keep verifying (until a later
+        // rotation with a bounded overlap).
+        let retire_at = now.checked_add(overlap);
         let mut slots = self
             .slots
             .write()
@@ -566,7 +568,10 @@ impl KeyRing {
             return Err(KeyError::DuplicateKid(next.kid().to_owned()));
         }
         for slot in slots.iter_mut() {
-            slot.retire_at = Some(slot.retire_at.map_or(retire_at, |t| t.min(retire_at)));
+            slot.retire_at = match (slot.retire_at, retire_at) {
+                (Some(t), Some(r)) => Some(t.min(r)),
+                (t, r) => t.or(r),
+            };
         }
         slots.insert(0, Slot::new(next));
         Ok(())

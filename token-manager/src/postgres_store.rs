@@ -30,6 +30,10 @@ const MIGRATION_LOCK: i64 = 0x6b65_656c_746f_6b31;
 // revoked alone (older versions only).
 const ACTIVE: i16 = 0;
 
+/// The longest idle lifetime passed to the rotation function, ms: `now + idle` must not
+/// overflow BIGINT.
+const IDLE_MS_MAX: u64 = 1_000_000_000_000_000;
+
 /// Refresh-token families in PostgreSQL, through a deadpool-postgres pool.
 ///
 /// ```no_run
@@ -185,7 +189,9 @@ impl RefreshTokenStore for PostgresStore {
                     &r.sealed_successor,
                     &int(r.now),
                     &int(r.grace_ms),
-                    &int(r.idle_ms),
+                    // No idle limit is `u64::MAX`: capped (at 31 million years) so that
+                    // `now + idle` stays inside BIGINT.
+                    &int(r.idle_ms.min(IDLE_MS_MAX)),
                 ],
             )
             .await

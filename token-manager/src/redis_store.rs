@@ -16,8 +16,13 @@
 //! in another slot: on a cluster it is read first, and a successor's index is written
 //! *before* the rotation that makes it current (an index that points at a family with no
 //! such token answers "unknown", so a rotation that never happened leaves nothing
-//! usable). A new family is added to its subject's set first, so "sign out everywhere"
-//! never misses a session that a crash left half-created.
+//! usable; one the script refused is deleted at once). A new family is added to its
+//! subject's set first, so "sign out everywhere" never misses a session that a crash
+//! left half-created.
+//!
+//! Every read is a script too, so it runs on the primary: a cluster client that reads
+//! from replicas would otherwise send it to a replica that may lack the latest writes,
+//! and a logout that finds nothing there revokes nothing.
 
 use std::fmt;
 use std::time::Duration;
@@ -220,7 +225,22 @@ redis.call('HSET', KEYS[1], 'revoked', ARGV[1])
 return 1
 ";
 
+/// Reads a token's index. Every read this store bases a decision on is a script: a
+/// script runs on the primary, while a plain GET may be served by a replica (a cluster
+/// client that reads from replicas) that lacks the latest writes, and a logout that
+/// finds nothing there would revoke nothing. KEYS: the index.
+const READ_INDEX: &str = "return redis.call('GET', KEYS[1])";
+
+/// A subject's families, on the primary (see [`READ_INDEX`]). KEYS: the set.
+const READ_SUBJECT: &str = "return redis.call('SMEMBERS', KEYS[1])";
+
+/// A family's fields, on the primary (see [`READ_INDEX`]). KEYS: the family.
+const READ_FAMILY: &str = "return redis.call('HMGET', KEYS[1], 'subject', 'client', 'created', 'abs', 'idle', 'last', 'revoked')";
+
 struct Scripts {
+    read_index: Script,
+    read_subject: Script,
+    read_family: Script,
     rotate_single: Script,
     rotate_family: Script,
     create_family: Script,
@@ -232,6 +252,9 @@ struct Scripts {
 fn scripts() -> &'static Scripts {
     static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
     SCRIPTS.get_or_init(|| Scripts {
+        read_index: Script::new(READ_INDEX),
+        read_subject: Script::new(READ_SUBJECT),
+        read_family: Script::new(READ_FAMILY),
         rotate_single: Script::new(&format!("{ROTATE_SINGLE_PRELUDE}{ROTATE_CORE}")),
         rotate_family: Script::new(&format!("{ROTATE_FAMILY_PRELUDE}{ROTATE_CORE}")),
         create_family: Script::new(CREATE_FAMILY),
@@ -355,9 +378,10 @@ impl RedisStore {
         let mut c = self.connection.clone();
         let raw: Option<String> = self
             .run(
-                redis::cmd("GET")
-                    .arg(self.index_key(hash))
-                    .query_async(&mut c),
+                scripts()
+                    .read_index
+                    .key(self.index_key(hash))
+                    .invoke_async(&mut c),
             )
             .await?;
         raw.map(Index::parse).transpose()
@@ -367,9 +391,10 @@ impl RedisStore {
     async fn family_ids(&self, subject: &str) -> Result<Vec<String>, StoreError> {
         let mut c = self.connection.clone();
         self.run(
-            redis::cmd("SMEMBERS")
-                .arg(self.subject_key(subject))
-                .query_async(&mut c),
+            scripts()
+                .read_subject
+                .key(self.subject_key(subject))
+                .invoke_async(&mut c),
         )
         .await
     }
@@ -444,7 +469,20 @@ impl RedisStore {
                     .arg(self.tag(&index.family))
                     .arg(&index.family)
                     .arg(&index.gone);
-                self.run(invocation.invoke_async(&mut c)).await
+                let reply: Vec<Vec<u8>> = self.run(invocation.invoke_async(&mut c)).await?;
+                if reply.first().map(Vec::as_slice) != Some(b"rotated".as_slice()) {
+                    // No successor was made (revoked, expired, reuse, a retry): its index
+                    // points at nothing and would stay until the family's records go.
+                    // Best effort: left behind, it is harmless and expires with them.
+                    let _ = self
+                        .run(
+                            redis::cmd("DEL")
+                                .arg(self.index_key(&r.successor))
+                                .query_async::<()>(&mut c),
+                        )
+                        .await;
+                }
+                Ok(reply)
             }
         }
     }
@@ -526,7 +564,7 @@ impl RefreshTokenStore for RedisStore {
             .key(self.token_key(&index.family, &hash));
         invocation.key(self.family_key(&index.family)).arg(now);
         let known: i64 = self.run(invocation.invoke_async(&mut c)).await?;
-        Ok((known == 1).then(|| FamilyId(index.family)))
+        Ok((known == 1).then_some(FamilyId(index.family)))
     }
 
     async fn revoke_family(&self, family: &FamilyId, now: u64) -> Result<bool, StoreError> {
@@ -550,12 +588,10 @@ impl RefreshTokenStore for RedisStore {
         for id in ids {
             let fields: Vec<Option<Vec<u8>>> = self
                 .run(
-                    redis::cmd("HMGET")
-                        .arg(self.family_key(&id))
-                        .arg(&[
-                            "subject", "client", "created", "abs", "idle", "last", "revoked",
-                        ])
-                        .query_async(&mut c),
+                    scripts()
+                        .read_family
+                        .key(self.family_key(&id))
+                        .invoke_async(&mut c),
                 )
                 .await?;
             if fields.iter().any(Option::is_none) {

@@ -186,9 +186,17 @@ struct JoseHeader {
     typ: Option<String>,
     #[serde(default)]
     kid: Option<String>,
-    /// Present at all means refused: no extension is implemented.
-    #[serde(default)]
+    /// Present at all means refused: no extension is implemented. `null` counts as
+    /// present (a plain `Option` would read it as absent).
+    #[serde(default, deserialize_with = "present")]
     crit: Option<serde::de::IgnoredAny>,
+}
+
+/// `Some` for any value, `null` included; only a missing field stays `None`.
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<serde::de::IgnoredAny>, D::Error> {
+    serde::de::IgnoredAny::deserialize(deserializer).map(Some)
 }
 
 impl Validator {
@@ -202,8 +210,9 @@ impl Validator {
 
     /// Validates tokens verified by the keys of a JWKS (another issuer's, or our own as
     /// published). Keys whose `use` or `key_ops` do not allow verifying signatures
-    /// (encryption keys published in the same set) are left out: a token naming one is
-    /// refused as [`ValidationError::UnknownKey`].
+    /// (encryption keys published in the same set), and keys of an algorithm this crate
+    /// does not verify (RS512, ES384, `oct`, an encryption `alg`), are left out: a token
+    /// naming one is refused as [`ValidationError::UnknownKey`].
     ///
     /// # Errors
     /// [`KeyError::DuplicateKid`] when two keys of the set share a `kid` (a token naming
@@ -220,7 +229,7 @@ impl Validator {
             if !seen.insert(jwk.kid.as_str()) {
                 return Err(KeyError::DuplicateKid(shown(&jwk.kid)));
             }
-            if !jwk.verifies_signatures() {
+            if !jwk.verifies_signatures() || jwk.algorithm().is_none() {
                 continue;
             }
             let (algorithm, key) = jwk.decoding_key()?;

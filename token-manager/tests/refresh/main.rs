@@ -122,6 +122,9 @@ every_store!(
     lifetimes_idle_and_absolute_are_enforced_and_rotation_does_not_extend_them,
     revocation_sessions_and_cleanup,
     logout_with_a_rotated_token_signs_the_thief_out,
+    a_session_without_an_idle_limit_rotates,
+    subjects_with_hash_tag_and_separator_characters_stay_apart,
+    a_logout_racing_the_thiefs_rotations_still_ends_the_session,
 );
 
 fn strict() -> RefreshConfig {
@@ -349,6 +352,96 @@ async fn logout_with_a_rotated_token_signs_the_thief_out(backend: Backend) {
     }
 }
 
+/// `RefreshConfig::idle_lifetime(None)` is documented ("no idle limit"): the store gets
+/// `idle_ms = u64::MAX`, and a rotation must not overflow on it (PostgreSQL computed
+/// `p_now + p_idle` in BIGINT: "bigint out of range" on every rotation).
+async fn a_session_without_an_idle_limit_rotates(backend: Backend) {
+    let tokens = backend.engine(strict().idle_lifetime(None)).await;
+    let first = tokens.issue("user-1", "web").await.unwrap();
+    let second = tokens.rotate(&first.token).await.unwrap();
+    assert_eq!(second.expires_at, first.expires_at);
+    let third = tokens.rotate(&second.token).await.unwrap();
+    let sessions = tokens.sessions("user-1").await.unwrap();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(
+        sessions[0].expires_at, third.expires_at,
+        "the absolute end bounds it"
+    );
+}
+
+/// The thief keeps rotating (with retries inside the grace period) while the victim
+/// logs out with the token the thief started from: whatever the interleaving, once the
+/// logout has returned, nothing the thief holds rotates.
+async fn a_logout_racing_the_thiefs_rotations_still_ends_the_session(backend: Backend) {
+    let tokens = Arc::new(
+        backend
+            .engine(RefreshConfig::default().grace_period(Duration::from_secs(10)))
+            .await,
+    );
+    for _ in 0..5 {
+        let v0 = tokens.issue("victim", "web").await.unwrap();
+        let thief = {
+            let tokens = tokens.clone();
+            let v0 = v0.token.clone();
+            tokio::spawn(async move {
+                let mut held = vec![v0];
+                for _ in 0..30 {
+                    let last = held.last().unwrap().clone();
+                    match tokens.rotate(&last).await {
+                        Ok(next) => {
+                            // A retry of the same token inside the grace period.
+                            let _ = tokens.rotate(&last).await;
+                            held.push(next.token);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                held
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        tokens.revoke(&v0.token).await.unwrap();
+        let held = thief.await.unwrap();
+        for token in &held {
+            let result = tokens.rotate(token).await;
+            assert!(
+                matches!(result, Err(RefreshError::Revoked)),
+                "after logout: {result:?}"
+            );
+        }
+    }
+}
+
+/// Subjects are the service's (user ids, e-mail addresses): `{`, `}` and `:` in them
+/// neither break the Redis keys (hash tags, separators) nor mix two users up.
+async fn subjects_with_hash_tag_and_separator_characters_stay_apart(backend: Backend) {
+    let tokens = backend.engine(strict()).await;
+    let subjects = ["{a}", "a}{b", "{", "}", "x:i:y", "s:{t}", "", "{}"];
+    let mut issued = Vec::new();
+    for subject in subjects {
+        let first = tokens.issue(subject, "web").await.unwrap();
+        let next = tokens.rotate(&first.token).await.unwrap();
+        issued.push((subject, first, next));
+    }
+    for (subject, _, _) in &issued {
+        assert_eq!(
+            tokens.sessions(subject).await.unwrap().len(),
+            1,
+            "{subject:?}"
+        );
+    }
+    assert_eq!(tokens.revoke_subject("{a}").await.unwrap(), 1);
+    tokens.revoke(&issued[1].1.token).await.unwrap();
+    for (subject, _, next) in &issued {
+        let result = tokens.rotate(&next.token).await;
+        if ["{a}", "a}{b"].contains(subject) {
+            assert!(matches!(result, Err(RefreshError::Revoked)), "{subject:?}");
+        } else {
+            assert!(result.is_ok(), "{subject:?}: {result:?}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_revoked_alone_by_an_older_version_counts_as_reuse() {
     // Before migration 3, revoking a token marked only that token (state 2). Such a
@@ -562,4 +655,339 @@ fn audit_events_name_what_happened_and_never_a_token_or_hash() {
             "part of a token or hash leaked"
         );
     }
+}
+
+/// A cluster node started by hand as a replica (the testkit's clusters have none);
+/// killed on drop.
+struct Replica {
+    port: u16,
+    child: std::process::Child,
+    _dir: tempfile_dir::Dir,
+}
+
+mod tempfile_dir {
+    /// A private folder removed on drop.
+    pub(crate) struct Dir(pub(crate) std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port_pair() -> u16 {
+    loop {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = a.local_addr().unwrap().port();
+        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+async fn command(port: u16, args: &[&str]) -> redis::Value {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query_async(&mut c).await.unwrap()
+}
+
+async fn text(port: u16, args: &[&str]) -> String {
+    match command(port, args).await {
+        redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
+        redis::Value::VerbatimString { text, .. } => text,
+        redis::Value::SimpleString(s) => s,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Adds a replica to the master that owns `slot`; returns it (and the master's port)
+/// once the whole cluster lists it.
+async fn add_replica(cluster: &RedisCluster, slot: u16) -> (Replica, u16) {
+    let port = free_port_pair();
+    let dir = std::env::temp_dir().join(format!("keel-replica-{port}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args([
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+        ])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let replica = Replica {
+        port,
+        child,
+        _dir: tempfile_dir::Dir(dir),
+    };
+    let seed = cluster.nodes()[0].port();
+    for _ in 0..100 {
+        if redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The master of the slot, from CLUSTER NODES.
+    let nodes = text(seed, &["CLUSTER", "NODES"]).await;
+    let line: Vec<&str> = nodes
+        .lines()
+        .find(|line| {
+            line.contains("master")
+                && line.split(' ').skip(8).any(|range| {
+                    let (a, b) = range.split_once('-').unwrap_or((range, range));
+                    (a.parse::<u16>().unwrap()..=b.parse::<u16>().unwrap()).contains(&slot)
+                })
+        })
+        .unwrap()
+        .split(' ')
+        .collect();
+    let master = line[0].to_owned();
+    let master_port: u16 = line[1]
+        .split('@')
+        .next()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    command(port, &["CLUSTER", "MEET", "127.0.0.1", &seed.to_string()]).await;
+    for _ in 0..200 {
+        if text(port, &["CLUSTER", "NODES"]).await.contains(&master) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    command(port, &["CLUSTER", "REPLICATE", &master]).await;
+    let listed = format!(":{port}@");
+    for _ in 0..400 {
+        let synced = text(port, &["INFO", "replication"])
+            .await
+            .contains("master_link_status:up");
+        let mut known = true;
+        for node in cluster.nodes() {
+            known &= text(node.port(), &["CLUSTER", "NODES"])
+                .await
+                .lines()
+                .any(|l| l.contains(&listed) && l.contains("slave") && l.contains(&master));
+        }
+        if synced && known {
+            return (replica, master_port);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the replica did not join");
+}
+
+/// Waits until the primary's one replica has acknowledged every write.
+async fn wait_for_replica(master: &mut redis::aio::MultiplexedConnection) {
+    for _ in 0..50 {
+        let acked: i64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(200)
+            .query_async(master)
+            .await
+            .unwrap();
+        if acked == 1 {
+            return;
+        }
+    }
+    panic!("the replica does not acknowledge");
+}
+
+/// A cluster client configured to read from replicas (`read_routing_strategy`, which
+/// redis-rs offers and read-heavy deployments turn on) sends plain GET and SMEMBERS to a
+/// replica. Replication is asynchronous: a replica may lack the latest writes for a
+/// moment, or for as long as its link to the primary is down (it serves stale data by
+/// default). Here the link is cut for real (the primary stops accepting the replica's
+/// login). A logout, or a "sign out everywhere", that looks the token or the subject up
+/// on such a replica finds nothing and revokes nothing: once the replica catches up, the
+/// session works again. The reads that decide a revocation must go to the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_read_from_replicas_revocation_still_reaches_the_primary() {
+    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3))
+        .await
+        .unwrap()
+        .unwrap();
+    let seed = cluster.nodes()[0].port();
+    // Every key of this store in one slot, so one replica covers them all.
+    let prefix = "keel:{rt}:";
+    let slot = match command(seed, &["CLUSTER", "KEYSLOT", prefix]).await {
+        redis::Value::Int(n) => u16::try_from(n).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let (replica, master_port) = add_replica(&cluster, slot).await;
+    let mut ports: Vec<u16> = cluster.nodes().iter().map(|n| n.port()).collect();
+    ports.push(replica.port);
+    for port in &ports {
+        command(
+            *port,
+            &["ACL", "SETUSER", "app", "on", ">pw", "~*", "&*", "+@all"],
+        )
+        .await;
+    }
+    // Cut replication: the primary refuses the replica's (password-less) login.
+    let master = redis::Client::open(format!("redis://127.0.0.1:{master_port}")).unwrap();
+    let mut master = master.get_multiplexed_async_connection().await.unwrap();
+    let run = |args: &[&str]| {
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd
+    };
+    // A write the replica has seen first: a replica with replication offset 0 is left out
+    // of CLUSTER SLOTS, so clients would not read from it.
+    let _: () = run(&["SET", "keel:{rt}:warm", "1"])
+        .query_async(&mut master)
+        .await
+        .unwrap();
+    wait_for_replica(&mut master).await;
+    // Every primary lists the replica in CLUSTER SLOTS (where clients learn of it).
+    let mut listed = false;
+    for _ in 0..200 {
+        let mut all = true;
+        for port in &ports[..3] {
+            let slots = format!("{:?}", command(*port, &["CLUSTER", "SLOTS"]).await);
+            all &= slots.contains(&format!("int({})", replica.port));
+        }
+        listed = all;
+        if listed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(listed, "the replica is in CLUSTER SLOTS");
+
+    let _: () = run(&["ACL", "SETUSER", "default", "off"])
+        .query_async(&mut master)
+        .await
+        .unwrap();
+    let _: i64 = run(&["CLIENT", "KILL", "TYPE", "replica"])
+        .query_async(&mut master)
+        .await
+        .unwrap();
+
+    let urls: Vec<String> = ports[..3]
+        .iter()
+        .map(|p| format!("redis://app:pw@127.0.0.1:{p}"))
+        .collect();
+    let client = redis::cluster::ClusterClient::builder(urls)
+        .read_routing_strategy(redis::cluster_read_routing::RandomReplicaStrategy)
+        .connection_timeout(Duration::from_secs(1))
+        .response_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let store = RedisStore::cluster(client.get_async_connection().await.unwrap()).prefix(prefix);
+    let tokens = RefreshTokens::new(store, SealingKeys::generate(1).unwrap(), strict());
+
+    let logged_out = tokens.issue("user-1", "web").await.unwrap();
+    let everywhere = tokens.issue("user-3", "web").await.unwrap();
+    let fresh = tokens.issue("user-2", "web").await.unwrap();
+    tokens.revoke(&logged_out.token).await.unwrap();
+    tokens.revoke_subject("user-3").await.unwrap();
+    let mut wrong = Vec::new();
+    let next = tokens.rotate(&fresh.token).await;
+    if next.is_err() {
+        wrong.push(format!("a token minted a moment ago read as {next:?}"));
+    }
+
+    // The link comes back; the replica catches up.
+    let _: () = run(&["ACL", "SETUSER", "default", "on"])
+        .query_async(&mut master)
+        .await
+        .unwrap();
+    let mut synced = false;
+    for _ in 0..200 {
+        synced = text(replica.port, &["INFO", "replication"])
+            .await
+            .contains("master_link_status:up");
+        if synced {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(synced, "the replica reconnected");
+    wait_for_replica(&mut master).await;
+
+    let after_logout = tokens.rotate(&logged_out.token).await;
+    if !matches!(after_logout, Err(RefreshError::Revoked)) {
+        wrong.push(format!(
+            "logout read a lagging replica and revoked nothing: after it, {after_logout:?}"
+        ));
+    }
+    let after = tokens.rotate(&everywhere.token).await;
+    if !matches!(after, Err(RefreshError::Revoked)) {
+        wrong.push(format!(
+            "sign-out-everywhere read a lagging replica: after it, {after:?}"
+        ));
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// On a cluster, a rotation writes the successor's index before its script runs. When
+/// the script does not rotate (revoked, expired, reuse, a retry in the grace period),
+/// that index points at nothing and, left there, lives as long as the family's records
+/// (its absolute end plus a day): anyone holding a dead session's token could fill
+/// Redis with them, one key per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_rotation_that_does_not_happen_leaves_no_index_behind() {
+    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3))
+        .await
+        .unwrap()
+        .unwrap();
+    let backend = Backend::RedisCluster(cluster);
+    let tokens = backend
+        .engine(RefreshConfig::default().grace_period(Duration::from_secs(60)))
+        .await;
+    let Backend::RedisCluster(cluster) = &backend else {
+        unreachable!()
+    };
+    let indexes = || async {
+        let mut n = 0;
+        for node in cluster.nodes() {
+            if let redis::Value::Array(keys) = command(node.port(), &["KEYS", "keel:rt:i:*"]).await
+            {
+                n += keys.len();
+            }
+        }
+        n
+    };
+    let v0 = tokens.issue("user-1", "web").await.unwrap();
+    let v1 = tokens.rotate(&v0.token).await.unwrap();
+    assert_eq!(indexes().await, 2);
+    for _ in 0..5 {
+        assert!(tokens.rotate(&v0.token).await.unwrap().retried);
+    }
+    assert_eq!(indexes().await, 2, "retries in the grace period");
+    tokens.revoke(&v1.token).await.unwrap();
+    for _ in 0..20 {
+        assert!(matches!(
+            tokens.rotate(&v1.token).await,
+            Err(RefreshError::Revoked)
+        ));
+    }
+    assert_eq!(indexes().await, 2, "rotations of a revoked session");
 }

@@ -237,7 +237,7 @@ fn a_jwks_with_duplicate_kids_or_non_signature_keys_is_handled_safely() {
         Err(KeyError::DuplicateKid(_))
     ));
 
-    let token = AccessTokenIssuer::new(ring.clone(), ISSUER, AUDIENCE)
+    let token = AccessTokenIssuer::new(ring, ISSUER, AUDIENCE)
         .issue(&Grant::new("u", "c"))
         .unwrap()
         .token;
@@ -300,7 +300,7 @@ fn assert_bounded(e: &ValidationError) {
 #[test]
 fn forged_headers_and_time_claims_are_refused_with_bounded_messages() {
     let ring = KeyRing::new(pem_key("rsa", Algorithm::RS256));
-    let validator = Validator::new(ring.clone(), ISSUER, AUDIENCE);
+    let validator = Validator::new(ring, ISSUER, AUDIENCE);
     let header = |extra: serde_json::Value| {
         let mut h = serde_json::json!({"alg": "RS256", "typ": "at+jwt", "kid": "rsa"});
         h.as_object_mut()
@@ -387,7 +387,7 @@ fn forged_headers_and_time_claims_are_refused_with_bounded_messages() {
     // A maximum lifetime for tokens from other issuers.
     let long = sign_raw(&header(serde_json::json!({})), &claims(now() + 86_400));
     assert!(validator.validate(&long).is_ok());
-    let capped = validator.clone().max_lifetime(Duration::from_secs(3600));
+    let capped = validator.max_lifetime(Duration::from_secs(3600));
     assert_eq!(
         capped.validate(&long),
         Err(ValidationError::LifetimeTooLong)
@@ -726,4 +726,98 @@ proptest! {
             }
         }
     }
+}
+
+/// A `crit` that is present counts, whatever its value: `"crit": null` is not "no
+/// crit" (RFC 7515 §4.1.11 makes any `crit` that is not a list of understood names
+/// invalid), and the check must not depend on how a JSON `null` deserializes.
+#[test]
+fn a_null_crit_header_is_refused_too() {
+    let ring = KeyRing::new(pem_key("rsa", Algorithm::RS256));
+    let validator = Validator::new(ring, ISSUER, AUDIENCE);
+    let token = sign_raw(
+        &serde_json::json!({"alg": "RS256", "typ": "at+jwt", "kid": "rsa", "crit": null}),
+        &claims(now() + 600),
+    );
+    assert_eq!(
+        validator.validate(&token),
+        Err(ValidationError::CriticalHeader)
+    );
+}
+
+/// A PEM bundle with the certificate before the key (a common layout) holds one private
+/// key, and `from_pem` accepts it. The key that signs must be the key the JWK was made
+/// from: jsonwebtoken's RSA loader takes the *first* PEM block (here the certificate),
+/// so every token failed to sign (or, with another public key first, signing and the
+/// published JWK would disagree).
+#[test]
+fn an_rsa_pem_bundle_with_its_certificate_first_signs_with_its_key() {
+    let bundle = format!("{}{}", fixture("rsa-2048.crt.pem"), fixture("rsa-2048.pem"));
+    let key = SigningKey::from_pem("rsa", Algorithm::RS256, &bundle).unwrap();
+    let ring = KeyRing::new(key);
+    let issued =
+        AccessTokenIssuer::new(ring.clone(), ISSUER, AUDIENCE).issue(&Grant::new("u", "c"));
+    let token = match issued {
+        Ok(issued) => issued.token,
+        Err(e) => panic!("a key that loaded does not sign: {e}"),
+    };
+    let validator = Validator::from_jwks(&ring.jwks(), ISSUER, AUDIENCE).unwrap();
+    assert!(validator.validate(&token).is_ok());
+}
+
+/// A JWKS may hold keys for algorithms this validator does not accept (RS512, ES384, an
+/// `oct` key, an encryption key that names its `alg` but no `use`). They can never
+/// verify a token it accepts; one of them must not make the whole set unusable.
+#[test]
+fn a_jwks_with_a_key_of_another_algorithm_still_serves_its_other_keys() {
+    let ring = KeyRing::new(pem_key("ec", Algorithm::ES256));
+    let token = AccessTokenIssuer::new(ring.clone(), ISSUER, AUDIENCE)
+        .issue(&Grant::new("u", "c"))
+        .unwrap()
+        .token;
+    let ours = serde_json::to_value(&ring.jwks().keys[0]).unwrap();
+    for other in [
+        serde_json::json!({"kty": "EC", "kid": "p384", "use": "sig", "crv": "P-384", "x": "AA", "y": "AA"}),
+        serde_json::json!({"kty": "RSA", "kid": "rs512", "alg": "RS512", "n": "AQAB", "e": "AQAB"}),
+        serde_json::json!({"kty": "RSA", "kid": "oaep", "alg": "RSA-OAEP-256", "n": "AQAB", "e": "AQAB"}),
+        serde_json::json!({"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"}),
+    ] {
+        let json = serde_json::json!({"keys": [other.clone(), ours.clone()]}).to_string();
+        let jwks = Jwks::from_json(&json).unwrap();
+        let validator = match Validator::from_jwks(&jwks, ISSUER, AUDIENCE) {
+            Ok(v) => v,
+            Err(e) => panic!("{other}: the whole set was refused: {e}"),
+        };
+        assert!(validator.validate(&token).is_ok(), "{other}");
+    }
+    // A key of an accepted algorithm that is broken still refuses the set.
+    let broken = serde_json::json!({"kty": "EC", "kid": "bad", "crv": "P-256", "x": "AA"});
+    let json = serde_json::json!({"keys": [broken, ours]}).to_string();
+    assert!(matches!(
+        Validator::from_jwks(&Jwks::from_json(&json).unwrap(), ISSUER, AUDIENCE),
+        Err(KeyError::Jwk(_))
+    ));
+}
+
+/// An overlap too long to add to the clock ("keep verifying for ever") must not panic.
+#[test]
+fn a_rotation_with_an_unbounded_overlap_does_not_panic() {
+    let ring = KeyRing::new(SigningKey::generate("a", Algorithm::EdDSA).unwrap());
+    let old = AccessTokenIssuer::new(ring.clone(), ISSUER, AUDIENCE)
+        .issue(&Grant::new("u", "c"))
+        .unwrap()
+        .token;
+    let rotated = std::panic::catch_unwind(|| {
+        ring.rotate(
+            SigningKey::generate("b", Algorithm::EdDSA).unwrap(),
+            Duration::MAX,
+        )
+    });
+    assert!(matches!(rotated, Ok(Ok(()))), "rotate panicked or failed");
+    assert_eq!(ring.active().kid(), "b");
+    let validator = Validator::new(ring, ISSUER, AUDIENCE);
+    assert!(
+        validator.validate(&old).is_ok(),
+        "the old key still verifies"
+    );
 }
