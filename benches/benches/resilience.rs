@@ -193,7 +193,9 @@ fn pipeline(c: &mut Criterion) {
         .attempt_timeout(Duration::from_secs(10))
         .build();
     let keel_layered = ServiceBuilder::new()
-        .layer(PipelineLayer::new(keel_pipeline.clone()))
+        .layer(PipelineLayer::every_request_idempotent(
+            keel_pipeline.clone(),
+        ))
         .service(work);
 
     let peer = ServiceBuilder::new()

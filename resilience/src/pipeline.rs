@@ -8,8 +8,12 @@
 //!
 //! - The **rate limit** is checked once per call, so retries never count twice against it.
 //! - The **total timeout** bounds everything, retries and their delays included.
-//! - **Retry** runs attempts; each attempt asks the **breaker** for a permit, so a call
-//!   refused by an open breaker is retried only if the breaker's `retry_after` fits.
+//! - **Retry** runs attempts; each attempt asks the **breaker** for a permit. A refusal
+//!   by the pipeline's own breaker ends the call at once ([`PipelineError::CircuitOpen`],
+//!   with the breaker's `retry_after` for the caller): waiting out an open breaker would
+//!   hold every caller for the whole open period. A delay that would end after the total
+//!   timeout (a long `Retry-After`) is not slept either: the error comes back at once,
+//!   with its delay.
 //! - The **bulkhead** bounds concurrent attempts, and the **attempt timeout** bounds each
 //!   one. A timed-out attempt counts as a breaker failure; a bulkhead refusal does not
 //!   (the dependency was never asked).
@@ -175,9 +179,25 @@ impl Pipeline {
         if let Some(limiter) = &self.rate_limiter {
             limiter.check().map_err(PipelineError::RateLimited)?;
         }
+        let deadline = self
+            .total_timeout
+            .and_then(|limit| tokio::time::Instant::now().checked_add(limit));
         let attempts = async {
             match &self.retry {
-                Some(retry) => retry.run(idempotency, |_| self.attempt(&mut work)).await,
+                Some(retry) => {
+                    retry
+                        .run_inner(
+                            idempotency,
+                            deadline,
+                            |error: &PipelineError<E>| match error {
+                                // Our own breaker's refusal: fail fast, not a wait.
+                                PipelineError::CircuitOpen(_) => ErrorClass::Permanent,
+                                other => other.class(),
+                            },
+                            |_| self.attempt(&mut work),
+                        )
+                        .await
+                }
                 None => self.attempt(&mut work).await,
             }
         };

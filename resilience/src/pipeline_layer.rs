@@ -16,9 +16,14 @@ use crate::retry::Idempotency;
 ///
 /// Retrying needs a fresh copy of the request and of the service for each attempt, so
 /// the request and the service must be `Clone` (and `Send + Sync`, as the future is
-/// `Send`). Whether a request may be retried is
-/// decided per request by the idempotency function (all requests are idempotent with
-/// [`PipelineLayer::new`]). Each call allocates one boxed future, unlike
+/// `Send`). Whether a request may be retried is decided per request: by its HTTP
+/// method with [`PipelineLayer::new`] (RFC 9110 §9.2.2: GET, HEAD, OPTIONS, TRACE, PUT
+/// and DELETE, or any request with an `Idempotency-Key` header; a POST or PATCH without
+/// one is never retried), by a function of the request with
+/// [`with_idempotency`](PipelineLayer::with_idempotency), or, as an explicit opt-in,
+/// for every request with [`every_request_idempotent`](PipelineLayer::every_request_idempotent).
+/// Requests that are not HTTP requests (no [`HttpRequest`] impl) must say which.
+/// Each call allocates one boxed future, unlike
 /// [`CircuitBreakerLayer`](crate::breaker::CircuitBreakerLayer), which allocates nothing.
 ///
 /// ```
@@ -32,14 +37,15 @@ use crate::retry::Idempotency;
 /// let only_a_bulkhead = Pipeline::builder("reports")
 ///     .bulkhead(Bulkhead::new("reports", 8, Duration::from_millis(100)))
 ///     .build();
+/// // Plain strings have no HTTP method: every request is declared safe to repeat.
 /// let service = ServiceBuilder::new()
-///     .layer(PipelineLayer::new(only_a_bulkhead))
+///     .layer(PipelineLayer::every_request_idempotent(only_a_bulkhead))
 ///     .service_fn(|name: &'static str| async move { Ok::<_, std::io::Error>(name.len()) });
 /// assert_eq!(service.oneshot("quarterly").await.unwrap(), 9);
 /// # }
 /// ```
 #[derive(Clone, Debug)]
-pub struct PipelineLayer<I = fn() -> Idempotency> {
+pub struct PipelineLayer<I = ByMethod> {
     pipeline: Pipeline,
     idempotency: I,
 }
@@ -49,13 +55,77 @@ fn always_idempotent() -> Idempotency {
 }
 
 impl PipelineLayer {
-    /// Treats every request as idempotent.
+    /// Decides by each request's HTTP method (see [`ByMethod`]): the safe default.
     #[must_use]
     pub fn new(pipeline: Pipeline) -> Self {
         PipelineLayer {
             pipeline,
+            idempotency: ByMethod,
+        }
+    }
+}
+
+impl PipelineLayer<fn() -> Idempotency> {
+    /// Treats every request as safe to repeat: an explicit opt-in, for services whose
+    /// requests are all reads or carry their own de-duplication.
+    #[must_use]
+    pub fn every_request_idempotent(pipeline: Pipeline) -> Self {
+        PipelineLayer {
+            pipeline,
             idempotency: always_idempotent,
         }
+    }
+}
+
+/// What [`ByMethod`] needs to know of a request. Implemented for `http::Request<B>` and
+/// `http::request::Parts`; implement it for your own (`Clone`) request type.
+pub trait HttpRequest {
+    /// The method.
+    fn method(&self) -> &http::Method;
+    /// The headers.
+    fn headers(&self) -> &http::HeaderMap;
+}
+
+impl<B> HttpRequest for http::Request<B> {
+    fn method(&self) -> &http::Method {
+        self.method()
+    }
+    fn headers(&self) -> &http::HeaderMap {
+        self.headers()
+    }
+}
+
+impl HttpRequest for http::request::Parts {
+    fn method(&self) -> &http::Method {
+        &self.method
+    }
+    fn headers(&self) -> &http::HeaderMap {
+        &self.headers
+    }
+}
+
+/// Idempotency by HTTP method (RFC 9110 §9.2.2), or by an `Idempotency-Key` header (the
+/// IETF draft that lets a POST be repeated safely): the default of
+/// [`PipelineLayer::new`].
+///
+/// ```
+/// use keel_resilience::pipeline_layer::{ByMethod, RequestIdempotency};
+/// use keel_resilience::retry::Idempotency;
+///
+/// let post = http::Request::post("/orders").body(()).unwrap();
+/// assert_eq!(ByMethod.idempotency(&post), Idempotency::NonIdempotent);
+/// let keyed = http::Request::post("/orders").header("idempotency-key", "8e03978e").body(()).unwrap();
+/// assert_eq!(ByMethod.idempotency(&keyed), Idempotency::Idempotent);
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ByMethod;
+
+impl<Req: HttpRequest> RequestIdempotency<Req> for ByMethod {
+    fn idempotency(&self, request: &Req) -> Idempotency {
+        if request.headers().contains_key("idempotency-key") {
+            return Idempotency::Idempotent;
+        }
+        Idempotency::of_method(request.method())
     }
 }
 

@@ -123,6 +123,8 @@ pub struct CircuitBreakerConfig {
     pub(crate) minimum_calls: u32,
     pub(crate) half_open_permits: u32,
     pub(crate) open_wait: OpenWait,
+    pub(crate) max_half_open: Duration,
+    pub(crate) abandoned_calls: super::Outcome,
     pub(crate) listeners: Vec<Listener>,
 }
 
@@ -136,6 +138,8 @@ impl fmt::Debug for CircuitBreakerConfig {
             .field("minimum_calls", &self.minimum_calls)
             .field("half_open_permits", &self.half_open_permits)
             .field("open_wait", &self.open_wait)
+            .field("max_half_open", &self.max_half_open)
+            .field("abandoned_calls", &self.abandoned_calls)
             .field("listeners", &self.listeners.len())
             .finish()
     }
@@ -143,9 +147,11 @@ impl fmt::Debug for CircuitBreakerConfig {
 
 impl CircuitBreakerConfig {
     /// The standard preset, named `name`: the last 100 calls, open at 50% failures once
-    /// 20 calls are in the window, 10 trial calls half-open, 30 s open. Slow-call
-    /// detection is off (see [`CircuitBreakerConfigBuilder::slow_calls`]): with it off a
-    /// call through a count-based window reads no clock.
+    /// 20 calls are in the window, 10 trial calls half-open, 30 s open, at most 60 s
+    /// half-open, and a call abandoned before it reports (dropped unrecorded: a timeout
+    /// or a cancellation outside the breaker) counted as a failure. Slow-call detection
+    /// is off (see [`CircuitBreakerConfigBuilder::slow_calls`]): with it off a call
+    /// through a count-based window reads no clock.
     pub fn standard(name: impl Into<Cow<'static, str>>) -> Self {
         CircuitBreakerConfig {
             name: name.into(),
@@ -155,6 +161,8 @@ impl CircuitBreakerConfig {
             minimum_calls: 20,
             half_open_permits: 10,
             open_wait: OpenWait::Fixed(Duration::from_secs(30)),
+            max_half_open: Duration::from_secs(60),
+            abandoned_calls: super::Outcome::Failure,
             listeners: Vec::new(),
         }
     }
@@ -221,6 +229,26 @@ impl CircuitBreakerConfigBuilder {
         self
     }
 
+    /// How long the breaker may stay half-open (default 60 s). A trial that never
+    /// finishes (a hung call) would otherwise keep it half-open, refusing everything,
+    /// forever; past this, a call that finds every trial permit out opens the breaker
+    /// again, and new trials follow the next open wait.
+    pub fn max_half_open(mut self, limit: Duration) -> Self {
+        self.config.max_half_open = limit;
+        self
+    }
+
+    /// How a call abandoned before it reports counts: a permit dropped unrecorded,
+    /// which is what a timeout or a cancellation outside the breaker does (default
+    /// [`Outcome::Failure`](super::Outcome::Failure), so hung calls cut off by an outer
+    /// timeout still open the breaker). [`Outcome::Ignored`](super::Outcome::Ignored)
+    /// gives the permit back uncounted, for callers that cancel healthy calls on
+    /// purpose (hedging losers inside the breaker).
+    pub fn abandoned_calls(mut self, outcome: super::Outcome) -> Self {
+        self.config.abandoned_calls = outcome;
+        self
+    }
+
     /// Calls `listener` on every state change, after the change.
     pub fn on_state_change(
         mut self,
@@ -264,6 +292,17 @@ impl CircuitBreakerConfigBuilder {
         }
         if c.minimum_calls == 0 {
             return range("minimum_calls", "at least 1");
+        }
+        if let SlidingWindow::Count { size } = c.window
+            && c.minimum_calls > size
+        {
+            return range(
+                "minimum_calls",
+                "at most the count window's size: a window that never holds that many calls never opens",
+            );
+        }
+        if c.max_half_open.is_zero() {
+            return range("max_half_open", "above zero");
         }
         if c.half_open_permits == 0 || c.half_open_permits > 10_000 {
             return range("half_open_permits", "1 to 10000");
@@ -336,6 +375,22 @@ mod tests {
         );
         assert!(b().minimum_calls(0).build().is_err());
         assert!(b().half_open_permits(0).build().is_err());
+        let never_trips = b()
+            .sliding_window(SlidingWindow::Count { size: 10 })
+            .minimum_calls(20)
+            .build()
+            .unwrap_err();
+        assert!(
+            never_trips.to_string().contains("minimum_calls"),
+            "{never_trips}"
+        );
+        assert!(
+            b().sliding_window(SlidingWindow::Count { size: 10 })
+                .minimum_calls(10)
+                .build()
+                .is_ok()
+        );
+        assert!(b().max_half_open(Duration::ZERO).build().is_err());
         assert!(
             b().open_wait(OpenWait::Fixed(Duration::ZERO))
                 .build()

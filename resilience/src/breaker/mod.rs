@@ -7,7 +7,14 @@
 //!   the open wait (fixed or backing off) has passed; the next call then moves it to
 //!   half-open.
 //! - **Half-open**: `half_open_permits` trial calls run; when they have all finished,
-//!   the breaker closes (rates below thresholds) or opens again.
+//!   the breaker closes (rates below thresholds) or opens again. Trials still out after
+//!   `max_half_open` (hung calls) open it again instead of keeping it half-open forever.
+//! - A permit dropped without a result (a call abandoned by a timeout or cancellation
+//!   outside the breaker) counts as a failure by default, so a timeout layered outside
+//!   the breaker does not hide hung calls from it.
+//! - Recovery: each automatic close after an outage records how long the breaker was
+//!   open or half-open in the histogram `resilience_breaker_recovery_seconds{breaker}`
+//!   (MTTR per dependency), beside `resilience_breaker_transitions_total`.
 //! - Manual states: **disabled** (always run, record nothing), **forced open** (refuse
 //!   everything), **metrics only** (record, never open).
 //!
@@ -196,7 +203,12 @@ pub struct CircuitBreaker {
     consecutive_opens: AtomicU32,
     /// Half-open trial results, tagged with the generation they belong to (see `Trials`).
     trials: AtomicU64,
+    /// When the last transition happened (ns since `base`).
+    state_since: AtomicU64,
+    /// When the current outage began: the last move from closed to open (ns since `base`).
+    outage_since: AtomicU64,
     rejected: metrics::Counter,
+    recovery: metrics::Histogram,
 }
 
 impl fmt::Debug for CircuitBreaker {
@@ -211,8 +223,10 @@ impl fmt::Debug for CircuitBreaker {
 /// Leave to run one call, from [`CircuitBreaker::try_acquire`] ([`Permit`], borrowing
 /// the breaker) or [`CircuitBreaker::try_acquire_owned`] ([`OwnedPermit`], holding an
 /// `Arc` so it can live in a `'static` future). Report how the call went with
-/// [`record`](Self::record); dropping it unrecorded (a cancelled call) gives a half-open
-/// trial permit back.
+/// [`record`](Self::record); dropping it unrecorded (an abandoned call: a timeout or
+/// a cancellation outside the breaker) counts as the configured
+/// [`abandoned_calls`](CircuitBreakerConfigBuilder::abandoned_calls) outcome, a failure
+/// by default.
 #[must_use = "a permit must be recorded, or the call does not count"]
 pub struct PermitOf<B: Deref<Target = CircuitBreaker>> {
     breaker: B,
@@ -252,7 +266,7 @@ impl<B: Deref<Target = CircuitBreaker>> Drop for PermitOf<B> {
     #[inline]
     fn drop(&mut self) {
         if !self.recorded {
-            self.breaker.release_trial(self.phase);
+            self.breaker.on_abandoned(self.phase, self.start);
         }
     }
 }
@@ -327,6 +341,7 @@ impl CircuitBreaker {
     #[must_use]
     pub fn new(config: CircuitBreakerConfig) -> Self {
         let rejected = metrics::counter!("resilience_breaker_rejected_total", "breaker" => config.name.clone());
+        let recovery = metrics::histogram!("resilience_breaker_recovery_seconds", "breaker" => config.name.clone());
         CircuitBreaker {
             window: Window::new(config.window),
             config,
@@ -335,7 +350,10 @@ impl CircuitBreaker {
             open_until: AtomicU64::new(0),
             consecutive_opens: AtomicU32::new(0),
             trials: AtomicU64::new(u64::MAX),
+            state_since: AtomicU64::new(0),
+            outage_since: AtomicU64::new(0),
             rejected,
+            recovery,
         }
     }
 
@@ -421,7 +439,23 @@ impl CircuitBreaker {
                 }
                 State::HalfOpen => {
                     if word::issued(current) >= u64::from(self.config.half_open_permits) {
-                        return Err(self.reject(State::HalfOpen, None));
+                        let limit =
+                            u64::try_from(self.config.max_half_open.as_nanos()).unwrap_or(u64::MAX);
+                        let since = self
+                            .now()
+                            .saturating_sub(self.state_since.load(Ordering::Acquire));
+                        if since < limit {
+                            return Err(self.reject(
+                                State::HalfOpen,
+                                Some(Duration::from_nanos(limit - since)),
+                            ));
+                        }
+                        // Trials out for longer than half-open may last: hung. Open again,
+                        // so that new trials can run after the open wait.
+                        tracing::warn!(breaker = %self.config.name, "half-open trials did not finish in time; opening again");
+                        self.open(current, Counts::default());
+                        current = self.word.load(Ordering::Acquire);
+                        continue;
                     }
                     let next = current + (1 << word::ISSUED_SHIFT);
                     match self.word.compare_exchange_weak(
@@ -454,6 +488,15 @@ impl CircuitBreaker {
             breaker: self.config.name.clone(),
             state,
             retry_after,
+        }
+    }
+
+    /// A permit dropped unrecorded: counted as configured.
+    #[inline]
+    fn on_abandoned(&self, phase: u64, start: Option<Instant>) {
+        match self.config.abandoned_calls {
+            Outcome::Ignored => self.release_trial(phase),
+            outcome => self.on_result(phase, outcome, self.is_slow(start)),
         }
     }
 
@@ -614,7 +657,19 @@ impl CircuitBreaker {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
-                    self.announce(State::from_bits(phase), to, counts);
+                    let now = self.now();
+                    self.state_since.store(now, Ordering::Release);
+                    let from = State::from_bits(phase);
+                    if to == State::Open && from == State::Closed {
+                        self.outage_since.store(now, Ordering::Release);
+                    }
+                    if to == State::Closed && from == State::HalfOpen {
+                        // Recovered by itself: how long the dependency was out (MTTR).
+                        let outage = now.saturating_sub(self.outage_since.load(Ordering::Acquire));
+                        #[allow(clippy::cast_precision_loss)]
+                        self.recovery.record(outage as f64 / 1e9);
+                    }
+                    self.announce(from, to, counts);
                     return true;
                 }
                 Err(actual) => current = actual,

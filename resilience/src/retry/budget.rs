@@ -44,6 +44,10 @@ pub struct RetryBudget {
     mark_epochs: Box<[AtomicU32]>,
     mark_totals: Box<[AtomicU64]>,
     retries: RollingCounter,
+    /// Serialises withdrawals: the check and the withdrawal are one step, so concurrent
+    /// retries cannot overdraw the budget. Only failures withdraw, so this lock is off
+    /// the success path (deposits never take it).
+    withdrawing: std::sync::Mutex<()>,
     base: Instant,
 }
 
@@ -75,6 +79,7 @@ impl RetryBudget {
             mark_epochs: (0..buckets).map(|_| AtomicU32::new(UNMARKED)).collect(),
             mark_totals: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
             retries: RollingCounter::new(Duration::from_secs(seconds)),
+            withdrawing: std::sync::Mutex::new(()),
             base: Instant::now(),
         }
     }
@@ -132,9 +137,14 @@ impl RetryBudget {
         }
     }
 
-    /// Takes one retry from the budget; `false` when it is spent.
+    /// Takes one retry from the budget; `false` when it is spent. Atomic: however many
+    /// threads withdraw at once, no more retries are granted than the budget allows.
     #[must_use]
     pub fn try_withdraw(&self) -> bool {
+        let _one_at_a_time = self
+            .withdrawing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = self.now();
         let epoch = Self::epoch(now);
         let total = self.requests.load(Ordering::Acquire);

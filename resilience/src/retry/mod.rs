@@ -5,7 +5,10 @@
 //! - its error is [transient or throttled](crate::ErrorClass), not permanent;
 //! - the work is idempotent (or the policy was told to retry non-idempotent work);
 //! - attempts are left (`max_attempts` counts the first one);
-//! - the delay fits in what is left of `max_elapsed`, if one is set;
+//! - the delay fits in what is left of `max_elapsed`, if one is set, and before the
+//!   caller's deadline ([`Retry::run_until`]; the [`Pipeline`](crate::pipeline::Pipeline)
+//!   passes its total timeout): a `Retry-After` of 60 s with 30 s left is not slept,
+//!   the error comes back at once with its delay, for the caller or a queue to honour;
 //! - the shared [`RetryBudget`] has a retry left.
 //!
 //! The delay is the error's own (`Retry-After`, through
@@ -66,6 +69,8 @@ pub enum GaveUp {
     Elapsed,
     /// The retry budget is spent.
     Budget,
+    /// The next delay would end after the caller's deadline.
+    Deadline,
 }
 
 impl GaveUp {
@@ -76,6 +81,7 @@ impl GaveUp {
             GaveUp::Attempts => "attempts",
             GaveUp::Elapsed => "elapsed",
             GaveUp::Budget => "budget",
+            GaveUp::Deadline => "deadline",
         }
     }
 }
@@ -297,6 +303,52 @@ impl Retry {
             .await
     }
 
+    /// Like [`run`](Self::run), knowing that the caller gives up at `deadline`: a retry
+    /// whose delay would end after it is not slept, and the last error comes back at
+    /// once (with its `retry_after`, if it was throttled).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use keel_resilience::{Classify, ErrorClass};
+    /// use keel_resilience::retry::{Idempotency, Retry, RetryConfig};
+    ///
+    /// #[derive(Debug)]
+    /// struct TooMany; // a 429 with Retry-After: 60
+    /// impl Classify for TooMany {
+    ///     fn class(&self) -> ErrorClass {
+    ///         ErrorClass::Throttled { retry_after: Some(Duration::from_secs(60)) }
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let retry = Retry::new(RetryConfig::standard("graph"));
+    /// let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    /// let started = tokio::time::Instant::now();
+    /// let result = retry
+    ///     .run_until(deadline, Idempotency::Idempotent, |_| async { Err::<(), _>(TooMany) })
+    ///     .await;
+    /// assert!(result.is_err());
+    /// assert_eq!(started.elapsed(), Duration::ZERO, "60 s do not fit in 30 s: not slept");
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// The last attempt's error.
+    pub async fn run_until<T, E, F, Fut>(
+        &self,
+        deadline: Instant,
+        idempotency: Idempotency,
+        attempt: F,
+    ) -> Result<T, E>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: Classify,
+    {
+        self.run_inner(idempotency, Some(deadline), Classify::class, attempt)
+            .await
+    }
+
     /// Like [`run`](Self::run), classifying errors with `classify`.
     ///
     /// # Errors
@@ -304,6 +356,22 @@ impl Retry {
     pub async fn run_classified<T, E, F, Fut, C>(
         &self,
         idempotency: Idempotency,
+        classify: C,
+        attempt: F,
+    ) -> Result<T, E>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        C: Fn(&E) -> ErrorClass,
+    {
+        self.run_inner(idempotency, None, classify, attempt).await
+    }
+
+    /// The loop behind every `run`: `deadline` is when the caller gives up, if it said.
+    pub(crate) async fn run_inner<T, E, F, Fut, C>(
+        &self,
+        idempotency: Idempotency,
+        deadline: Option<Instant>,
         classify: C,
         mut attempt: F,
     ) -> Result<T, E>
@@ -329,7 +397,7 @@ impl Retry {
             let delay = class
                 .retry_after()
                 .unwrap_or_else(|| config.backoff.delay(number, previous));
-            if let Some(reason) = self.stop(class, idempotency, number, start, delay) {
+            if let Some(reason) = self.stop(class, idempotency, number, start, deadline, delay) {
                 tracing::debug!(policy = %config.name, attempts = number, reason = reason.as_str(), "retry gave up");
                 if reason != GaveUp::Permanent {
                     metrics::counter!(
@@ -354,6 +422,7 @@ impl Retry {
         idempotency: Idempotency,
         number: u32,
         start: Option<Instant>,
+        deadline: Option<Instant>,
         delay: Duration,
     ) -> Option<GaveUp> {
         let config = &self.inner.config;
@@ -370,6 +439,11 @@ impl Retry {
             && start.elapsed() + delay > max
         {
             return Some(GaveUp::Elapsed);
+        }
+        if let Some(deadline) = deadline
+            && Instant::now() + delay >= deadline
+        {
+            return Some(GaveUp::Deadline);
         }
         if let Some(budget) = &self.inner.budget
             && !budget.try_withdraw()

@@ -186,8 +186,10 @@ async fn half_open_failure_reopens_with_a_growing_wait() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn half_open_refuses_beyond_its_permits_and_cancelled_trials_give_them_back() {
-    let b = Arc::new(CircuitBreaker::new(config().build().unwrap()));
+async fn half_open_refuses_beyond_its_permits_and_ignored_abandoned_trials_give_them_back() {
+    let b = Arc::new(CircuitBreaker::new(
+        config().abandoned_calls(Outcome::Ignored).build().unwrap(),
+    ));
     for _ in 0..5 {
         let _ = fail(&b).await;
     }
@@ -198,11 +200,107 @@ async fn half_open_refuses_beyond_its_permits_and_cancelled_trials_give_them_bac
         panic!("a third trial was admitted")
     };
     assert_eq!(refused.state(), State::HalfOpen);
-    drop(second); // cancelled: gives its permit back
+    assert!(
+        refused.retry_after().is_some(),
+        "half-open says when to come back"
+    );
+    drop(second); // cancelled on purpose: gives its permit back
     let third = b.try_acquire().expect("the released permit is reusable");
     first.record(Outcome::Success);
     third.record(Outcome::Success);
     assert_eq!(b.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_abandoned_by_an_outer_timeout_count_as_failures() {
+    // The review's case: a timeout outside the breaker drops hung calls; the breaker must
+    // still see them (before: 100 hung calls, breaker closed, 0 calls recorded).
+    let b = Arc::new(CircuitBreaker::new(CircuitBreakerConfig::standard("hung")));
+    let mut timed_out = 0;
+    for _ in 0..100 {
+        let call = b.call(|| async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<_, std::io::Error>(())
+        });
+        match tokio::time::timeout(Duration::from_millis(100), call).await {
+            Err(_) => timed_out += 1,
+            Ok(result) => assert!(matches!(result, Err(BreakerError::Rejected(_)))),
+        }
+    }
+    assert_eq!(b.state(), State::Open);
+    assert_eq!(
+        timed_out, 20,
+        "opened once the minimum of 20 abandoned calls was in"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_half_open_trial_does_not_keep_the_breaker_half_open_forever() {
+    let b = CircuitBreaker::new(
+        config()
+            .half_open_permits(1)
+            .max_half_open(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+    );
+    for _ in 0..5 {
+        let _ = fail(&b).await;
+    }
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let hung = b.try_acquire().unwrap(); // never reports
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let refused = b.try_acquire().unwrap_err();
+    assert_eq!(refused.state(), State::HalfOpen);
+    assert_eq!(refused.retry_after(), Some(Duration::from_secs(30)));
+    tokio::time::advance(Duration::from_secs(31)).await;
+    let reopened = b.try_acquire().unwrap_err();
+    assert_eq!(
+        reopened.state(),
+        State::Open,
+        "past max_half_open: open again"
+    );
+    assert!(reopened.retry_after().is_some());
+    tokio::time::advance(Duration::from_secs(11)).await;
+    let trial = b.try_acquire().expect("a new trial after the open wait");
+    trial.record(Outcome::Success);
+    assert_eq!(b.state(), State::Closed);
+    hung.record(Outcome::Failure); // from an old generation: ignored
+    assert_eq!(b.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_recovery_records_how_long_the_outage_lasted() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // Handles are taken when the breaker is built: it records into this recorder.
+    let b = metrics::with_local_recorder(&recorder, || {
+        CircuitBreaker::new(config().half_open_permits(1).build().unwrap())
+    });
+    for _ in 0..5 {
+        let _ = fail(&b).await;
+    }
+    assert_eq!(b.state(), State::Open);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    b.try_acquire().unwrap().record(Outcome::Failure); // the outage goes on
+    tokio::time::advance(Duration::from_secs(10)).await;
+    b.try_acquire().unwrap().record(Outcome::Success);
+    assert_eq!(b.state(), State::Closed);
+    let recoveries: Vec<f64> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == "resilience_breaker_recovery_seconds")
+        .flat_map(|(.., value)| match value {
+            DebugValue::Histogram(values) => values.into_iter().map(|v| v.into_inner()).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(recoveries.len(), 1, "{recoveries:?}");
+    assert!(
+        (recoveries[0] - 20.0).abs() < 0.01,
+        "open 10 s, half-open, open 10 s: {recoveries:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

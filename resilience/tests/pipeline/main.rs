@@ -227,7 +227,7 @@ async fn hedging_takes_the_first_success_and_cancels_the_rest() {
     let hedge = Hedge::new(Duration::from_millis(100), 3);
     let start = Instant::now();
     let winner = hedge
-        .run(|n| {
+        .run(Idempotency::Idempotent, |n| {
             let flag = Flag(cancelled.clone());
             async move {
                 let _flag = flag;
@@ -250,27 +250,241 @@ async fn hedging_takes_the_first_success_and_cancels_the_rest() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn hedging_moves_on_at_once_after_a_failure_and_reports_the_last_error() {
-    let hedge = Hedge::new(Duration::from_secs(10), 3);
+#[derive(Debug, PartialEq)]
+enum HedgeFault {
+    Down,
+    BadInput,
+    Throttled,
+}
+
+impl Classify for HedgeFault {
+    fn class(&self) -> ErrorClass {
+        match self {
+            HedgeFault::Down => ErrorClass::Transient,
+            HedgeFault::BadInput => ErrorClass::Permanent,
+            HedgeFault::Throttled => ErrorClass::Throttled {
+                retry_after: Some(Duration::from_secs(30)),
+            },
+        }
+    }
+}
+
+/// Runs one hedged call whose attempts fail with `fault` after 10 ms; how many
+/// attempts it made and how long it took.
+async fn hedged_failures(hedge: &Hedge, fault: fn() -> HedgeFault) -> (u32, Duration, HedgeFault) {
     let start = Instant::now();
     let tried = AtomicU32::new(0);
     let error = hedge
-        .run(|n| {
+        .run(Idempotency::Idempotent, |_| {
             tried.fetch_add(1, Ordering::SeqCst);
             async move {
-                if n < 3 {
-                    Err::<(), _>(Fault::Down)
-                } else {
-                    Err(Fault::BadInput)
-                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Err::<(), _>(fault())
             }
         })
         .await
         .unwrap_err();
-    assert_eq!(error, Fault::BadInput);
-    assert_eq!(tried.load(Ordering::SeqCst), 3);
+    (tried.load(Ordering::SeqCst), start.elapsed(), error)
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedging_never_acts_on_permanent_or_throttled_errors() {
+    // Before: a permanent 400-style error made 4 attempts in 0 ns, a 429 with
+    // Retry-After: 30 too.
+    let eager = Hedge::new(Duration::from_secs(1), 4).on_transient_errors();
+    let (tried, took, error) = hedged_failures(&eager, || HedgeFault::BadInput).await;
+    assert_eq!(
+        (tried, error),
+        (1, HedgeFault::BadInput),
+        "no hedge after a permanent error"
+    );
+    assert_eq!(took, Duration::from_millis(10), "it ends the call at once");
+    let (tried, _, error) = hedged_failures(&eager, || HedgeFault::Throttled).await;
+    assert_eq!(
+        (tried, error),
+        (1, HedgeFault::Throttled),
+        "nor after a throttled one"
+    );
+    // Hedges already running when a permanent error comes are cancelled with the call.
+    let quick = Hedge::new(Duration::from_millis(1), 4);
+    let (tried, took, _) = hedged_failures(&quick, || HedgeFault::BadInput).await;
+    assert_eq!((tried, took), (4, Duration::from_millis(10)));
+
+    // Transient errors start the next attempt only when asked.
+    let slow_only = Hedge::new(Duration::from_secs(10), 3);
+    let (tried, _, error) = hedged_failures(&slow_only, || HedgeFault::Down).await;
+    assert_eq!((tried, error), (1, HedgeFault::Down));
+    let on_errors = Hedge::new(Duration::from_secs(10), 3).on_transient_errors();
+    let (tried, took, _) = hedged_failures(&on_errors, || HedgeFault::Down).await;
+    assert_eq!((tried, took), (3, Duration::from_millis(30)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedging_runs_non_idempotent_work_once() {
+    let hedge = Hedge::new(Duration::from_millis(10), 5).without_budget();
+    let tried = AtomicU32::new(0);
+    let answer = hedge
+        .run(Idempotency::NonIdempotent, |n| {
+            tried.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok::<_, HedgeFault>(n)
+            }
+        })
+        .await;
+    assert_eq!((answer, tried.load(Ordering::SeqCst)), (Ok(1), 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedging_a_uniformly_slow_dependency_stays_within_its_budget() {
+    // Before: 300 attempts for 100 calls. Every attempt takes 200 ms; hedges start at 50 ms.
+    let hedge = Hedge::new(Duration::from_millis(50), 3);
+    let tried = AtomicU32::new(0);
+    for _ in 0..100 {
+        hedge
+            .run(Idempotency::Idempotent, |_| {
+                tried.fetch_add(1, Ordering::SeqCst);
+                async {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    Ok::<_, HedgeFault>(())
+                }
+            })
+            .await
+            .unwrap();
+    }
+    let tried = tried.load(Ordering::SeqCst);
+    // 100 calls over ~20 s: 10% of them plus the reserve of 1 a second over the window.
+    assert!(
+        (100..=135).contains(&tried),
+        "{tried} attempts for 100 calls"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_makes_500_concurrent_callers_fail_fast() {
+    // Before: the standard pipeline classed its own breaker's refusal as throttled and
+    // slept through the open period (a call 5 s after opening returned after 25.4 s).
+    let pipeline = Arc::new(Pipeline::standard("down"));
+    let breaker = pipeline.circuit_breaker().unwrap().clone();
+    breaker.force_open();
+    breaker.reset();
+    for _ in 0..20 {
+        breaker
+            .try_acquire()
+            .unwrap()
+            .record(keel_resilience::breaker::Outcome::Failure);
+    }
+    assert_eq!(breaker.state(), State::Open);
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let start = Instant::now();
+    let mut callers = Vec::new();
+    for _ in 0..500 {
+        let pipeline = pipeline.clone();
+        callers.push(tokio::spawn(async move {
+            pipeline
+                .run(Idempotency::Idempotent, || async { Ok::<_, Fault>(()) })
+                .await
+        }));
+    }
+    for caller in callers {
+        let error = caller.await.unwrap().unwrap_err();
+        let PipelineError::CircuitOpen(refused) = &error else {
+            panic!("{error:?}")
+        };
+        assert_eq!(
+            refused.retry_after(),
+            Some(Duration::from_secs(25)),
+            "for the caller to use"
+        );
+    }
+    assert_eq!(start.elapsed(), Duration::ZERO, "nobody waited");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_longer_than_the_time_left_is_not_slept() {
+    // Before: a 429 with Retry-After: 60 under a 30 s total timeout slept until the
+    // timeout and returned TotalTimeout, losing the 429 and its delay.
+    let pipeline = Pipeline::standard("graph");
+    let start = Instant::now();
+    let tried = AtomicU32::new(0);
+    let error = pipeline
+        .run(Idempotency::Idempotent, || {
+            tried.fetch_add(1, Ordering::SeqCst);
+            async { Err::<(), _>(HedgeFault::Throttled) }
+        })
+        .await
+        .unwrap_err();
     assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(tried.load(Ordering::SeqCst), 1);
+    assert!(
+        matches!(error, PipelineError::Inner(HedgeFault::Throttled)),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.class().retry_after(),
+        Some(Duration::from_secs(30)),
+        "its delay, for the caller"
+    );
+
+    // A delay that fits is slept and retried.
+    let short = Pipeline::builder("t")
+        .total_timeout(Duration::from_secs(60))
+        .retry(retry(2))
+        .build();
+    let start = Instant::now();
+    let _ = short
+        .run(Idempotency::Idempotent, || async {
+            Err::<(), _>(HedgeFault::Throttled)
+        })
+        .await;
+    assert_eq!(start.elapsed(), Duration::from_secs(30));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_pipeline_layer_decides_by_http_method_by_default() {
+    use keel_resilience::pipeline_layer::PipelineLayer;
+    use tower::{ServiceBuilder, ServiceExt};
+
+    // Before: PipelineLayer::new treated every request as idempotent: a failing POST
+    // reached the service 3 times.
+    let calls = Arc::new(AtomicU32::new(0));
+    let service = {
+        let calls = calls.clone();
+        tower::service_fn(move |_: http::Request<String>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err::<(), _>(Fault::Down) }
+        })
+    };
+    let svc = ServiceBuilder::new()
+        .layer(PipelineLayer::new(
+            Pipeline::builder("t").retry(retry(3)).build(),
+        ))
+        .service(service);
+    let request = |method: http::Method, key: Option<&str>| {
+        let mut builder = http::Request::builder().method(method).uri("/orders");
+        if let Some(key) = key {
+            builder = builder.header("idempotency-key", key);
+        }
+        builder.body(String::new()).unwrap()
+    };
+    let _ = svc.clone().oneshot(request(http::Method::POST, None)).await;
+    assert_eq!(calls.swap(0, Ordering::SeqCst), 1, "a POST is not retried");
+    let _ = svc
+        .clone()
+        .oneshot(request(http::Method::PATCH, None))
+        .await;
+    assert_eq!(calls.swap(0, Ordering::SeqCst), 1, "nor a PATCH");
+    let _ = svc.clone().oneshot(request(http::Method::GET, None)).await;
+    assert_eq!(calls.swap(0, Ordering::SeqCst), 3, "a GET is");
+    let _ = svc
+        .clone()
+        .oneshot(request(http::Method::POST, Some("k-1")))
+        .await;
+    assert_eq!(
+        calls.swap(0, Ordering::SeqCst),
+        3,
+        "so is a POST with an Idempotency-Key"
+    );
 }
 
 #[tokio::test]
