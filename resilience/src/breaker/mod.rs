@@ -211,6 +211,17 @@ pub struct CircuitBreaker {
     recovery: metrics::Histogram,
 }
 
+/// An open, half-open or forced-open breaker is kept through a
+/// [`KeyedRegistry`](crate::keyed::KeyedRegistry)'s size-based eviction.
+impl crate::keyed::Retain for CircuitBreaker {
+    fn retain(&self) -> bool {
+        matches!(
+            self.state(),
+            State::Open | State::HalfOpen | State::ForcedOpen
+        )
+    }
+}
+
 impl fmt::Debug for CircuitBreaker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreaker")

@@ -84,6 +84,9 @@ pub struct RateLimiter {
     rejected: metrics::Counter,
 }
 
+/// A limiter's budget can be rebuilt from its quota: evicted freely.
+impl crate::keyed::Retain for RateLimiter {}
+
 /// One clock for every limiter: building a `quanta` clock runs `cpuid`, which costs tens
 /// of microseconds on a virtual machine, far too much per key or per refusal.
 fn shared_clock() -> DefaultClock {

@@ -9,22 +9,38 @@ use super::RateLimited;
 use crate::classify::{Classify, ErrorClass};
 
 /// GCRA ("generic cell rate algorithm") on one key holding the theoretical arrival time
-/// (TAT) in microseconds. Redis's own `TIME` is the clock, so instances with skewed
-/// clocks still share one limit; the key expires once it no longer constrains anything.
+/// (TAT). Redis's own `TIME` is the clock, so instances with skewed clocks still share
+/// one limit; the key expires once it no longer constrains anything.
+///
+/// Exact at any rate: the TAT is whole microseconds plus a remainder in units of
+/// 1/`per_second` µs, so an interval of 1,000,000/`per_second` µs (333,333.33… µs at 3
+/// per second, a third of a µs at 3,000,000 per second) is added without rounding.
+/// Every number stays an integer below 2^53, which Lua's doubles hold exactly.
+///
+/// ARGV: per_second, (burst - 1) × 1,000,000 (the tolerance, scaled by per_second).
 /// Returns `{1, 0}` when allowed, `{0, wait_us}` when not.
 const SCRIPT: &str = r"
-local interval = tonumber(ARGV[1])
+local rate = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local tat = tonumber(redis.call('GET', KEYS[1]))
-if (not tat) or tat < now then tat = now end
-local allow_at = tat - tolerance
-if now < allow_at then
-  return {0, allow_at - now}
+local tat, frac = now, 0
+local stored = redis.call('GET', KEYS[1])
+if stored then
+  local sep = string.find(stored, ':', 1, true)
+  if sep then
+    local a, b = tonumber(string.sub(stored, 1, sep - 1)), tonumber(string.sub(stored, sep + 1))
+    if a and b and (a > now or (a == now and b > 0)) then tat, frac = a, b end
+  end
 end
-local new_tat = tat + interval
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+local ahead = (tat - now) * rate + frac
+if ahead > tolerance then
+  return {0, math.ceil((ahead - tolerance) / rate)}
+end
+local sum = frac + 1000000
+tat = tat + math.floor(sum / rate)
+frac = sum % rate
+redis.call('SET', KEYS[1], string.format('%d:%d', tat, frac), 'PX', math.floor((tat - now) / 1000) + 2)
 return {1, 0}
 ";
 
@@ -35,6 +51,14 @@ pub enum RedisRateLimitError {
     /// Over the limit.
     #[error(transparent)]
     Limited(#[from] RateLimited),
+    /// Redis did not answer within the decision timeout (and the limiter fails closed).
+    #[error("rate limit `{name}`: Redis did not answer within {after:?}")]
+    Timeout {
+        /// The limiter's name.
+        name: Cow<'static, str>,
+        /// The decision timeout.
+        after: Duration,
+    },
     /// Redis could not be asked (and the limiter fails closed).
     #[error("rate limit `{name}` could not reach Redis: {source}")]
     Redis {
@@ -50,7 +74,9 @@ impl Classify for RedisRateLimitError {
     fn class(&self) -> ErrorClass {
         match self {
             RedisRateLimitError::Limited(limited) => limited.class(),
-            RedisRateLimitError::Redis { .. } => ErrorClass::Transient,
+            RedisRateLimitError::Redis { .. } | RedisRateLimitError::Timeout { .. } => {
+                ErrorClass::Transient
+            }
         }
     }
 }
@@ -58,7 +84,14 @@ impl Classify for RedisRateLimitError {
 /// A rate limit shared by every instance of a service: `per_second` calls per second
 /// per key, with bursts of `burst`, kept in Redis (single node or cluster: each key is
 /// one slot). Each check is one round trip running one Lua script, so concurrent
-/// instances can never both take the last call.
+/// instances can never both take the last call. Any rate is kept exactly (no interval
+/// rounding, even above a million per second).
+///
+/// A check decides within its decision timeout (5 ms by default): when Redis is slow,
+/// paused or gone, the limiter does not wait on it, and fails closed
+/// ([`RedisRateLimitError::Timeout`]) or, if asked, open. Keys are
+/// `keel:ratelimit:v2:<length of name>:<name>:<key>`, so two limiters' keys cannot
+/// collide whatever their names hold.
 ///
 /// ```no_run
 /// use keel_resilience::rate_limit::RedisRateLimiter;
@@ -76,8 +109,10 @@ pub struct RedisRateLimiter {
     script: redis::Script,
     name: Cow<'static, str>,
     prefix: String,
-    interval_us: u64,
-    tolerance_us: u64,
+    per_second: u32,
+    /// (burst - 1) × 1,000,000: the tolerance in units of 1/`per_second` µs.
+    tolerance_scaled: u64,
+    decision_timeout: Duration,
     fail_open: bool,
 }
 
@@ -85,16 +120,17 @@ impl std::fmt::Debug for RedisRateLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisRateLimiter")
             .field("name", &self.name)
-            .field("interval_us", &self.interval_us)
-            .field("tolerance_us", &self.tolerance_us)
+            .field("per_second", &self.per_second)
+            .field("tolerance_scaled", &self.tolerance_scaled)
+            .field("decision_timeout", &self.decision_timeout)
             .field("fail_open", &self.fail_open)
             .finish_non_exhaustive()
     }
 }
 
 impl RedisRateLimiter {
-    /// `per_second` calls per second (at least 1) with bursts of `burst` (at least 1),
-    /// keys prefixed with `keel:ratelimit:<name>:`. Fails closed when Redis is down.
+    /// `per_second` calls per second (at least 1) with bursts of `burst` (at least 1).
+    /// Fails closed when Redis is down or slower than the decision timeout (5 ms).
     pub fn new(
         connection: ConnectionManager,
         name: impl Into<Cow<'static, str>>,
@@ -102,20 +138,34 @@ impl RedisRateLimiter {
         burst: u32,
     ) -> Self {
         let name = name.into();
-        let interval_us = 1_000_000 / u64::from(per_second.max(1));
         RedisRateLimiter {
             connection,
             script: redis::Script::new(SCRIPT),
-            prefix: format!("keel:ratelimit:{name}:"),
+            prefix: format!("keel:ratelimit:v2:{}:{name}:", name.len()),
             name,
-            interval_us,
-            tolerance_us: interval_us * u64::from(burst.max(1) - 1),
+            per_second: per_second.max(1),
+            tolerance_scaled: u64::from(burst.max(1) - 1) * 1_000_000,
+            decision_timeout: Duration::from_millis(5),
             fail_open: false,
         }
     }
 
-    /// Allow calls (and log a warning) when Redis cannot be reached, instead of refusing
-    /// them.
+    /// How long a check may wait on Redis before it decides without it (default 5 ms),
+    /// failing closed, or open with [`fail_open`](Self::fail_open).
+    #[must_use]
+    pub fn decision_timeout(mut self, limit: Duration) -> Self {
+        self.decision_timeout = limit;
+        self
+    }
+
+    /// The Redis key holding `key`'s state.
+    #[must_use]
+    pub fn redis_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// Allow calls (and log a warning) when Redis cannot be reached or does not answer
+    /// in time, instead of refusing them.
     #[must_use]
     pub fn fail_open(mut self, fail_open: bool) -> Self {
         self.fail_open = fail_open;
@@ -126,17 +176,30 @@ impl RedisRateLimiter {
     ///
     /// # Errors
     /// [`RedisRateLimitError::Limited`] when over the limit;
-    /// [`RedisRateLimitError::Redis`] when Redis cannot be asked and the limiter fails
-    /// closed.
+    /// [`RedisRateLimitError::Redis`] or [`RedisRateLimitError::Timeout`] when Redis
+    /// cannot be asked in time and the limiter fails closed.
     pub async fn check(&self, key: &str) -> Result<(), RedisRateLimitError> {
         let mut connection = self.connection.clone();
-        let reply: Result<(i64, i64), _> = self
-            .script
-            .key(format!("{}{key}", self.prefix))
-            .arg(self.interval_us)
-            .arg(self.tolerance_us)
-            .invoke_async(&mut connection)
-            .await;
+        let mut invocation = self.script.key(self.redis_key(key));
+        invocation.arg(self.per_second).arg(self.tolerance_scaled);
+        let reply = tokio::time::timeout(
+            self.decision_timeout,
+            invocation.invoke_async::<(i64, i64)>(&mut connection),
+        )
+        .await;
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(_) if self.fail_open => {
+                tracing::warn!(limiter = %self.name, timeout = ?self.decision_timeout, "Redis too slow; rate limit failing open");
+                return Ok(());
+            }
+            Err(_) => {
+                return Err(RedisRateLimitError::Timeout {
+                    name: self.name.clone(),
+                    after: self.decision_timeout,
+                });
+            }
+        };
         match reply {
             Ok((1, _)) => Ok(()),
             Ok((_, wait_us)) => {

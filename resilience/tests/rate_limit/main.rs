@@ -56,8 +56,43 @@ fn a_million_distinct_keys_stay_within_the_bound() {
 }
 
 #[test]
+fn a_flood_of_new_keys_cannot_evict_an_open_breaker() {
+    // Before: after 30,000 attacker keys (the victim looked up every 10,000), the next
+    // call got a fresh closed breaker that hammered the failing dependency.
+    use keel_resilience::breaker::{CircuitBreaker, CircuitBreakerConfig, Outcome, State};
+    let registry = KeyedRegistry::new(1_000, Duration::from_secs(600), |key: &String| {
+        CircuitBreaker::new(CircuitBreakerConfig::standard(format!("host:{key}")))
+    });
+    let victim = "victim.example".to_owned();
+    let breaker = registry.get(&victim);
+    for _ in 0..20 {
+        breaker.try_acquire().unwrap().record(Outcome::Failure);
+    }
+    assert_eq!(breaker.state(), State::Open);
+    drop(breaker);
+    for i in 0..30_000u32 {
+        registry.get(&format!("attacker-{i}.example"));
+        if i % 10_000 == 0 {
+            registry.get(&victim);
+        }
+    }
+    registry.sync();
+    assert_eq!(
+        registry.get(&victim).state(),
+        State::Open,
+        "the victim's breaker survived the flood"
+    );
+    registry.sync();
+    assert!(
+        registry.len() <= 1_000 + 100,
+        "still bounded: {}",
+        registry.len()
+    );
+}
+
+#[test]
 fn idle_keys_are_forgotten() {
-    let registry = KeyedRegistry::new(100, Duration::from_millis(50), |_key: &&str| 0u8);
+    let registry = KeyedRegistry::new(100, Duration::from_millis(50), |_key: &&str| ());
     registry.get(&"a");
     registry.sync();
     assert_eq!(registry.len(), 1);
@@ -98,7 +133,8 @@ async fn four_clients_sharing_redis_admit_no_more_than_the_limit() {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..4 {
-        let limiter = RedisRateLimiter::new(connect(&redis).await, "shared", per_second, burst);
+        let limiter = RedisRateLimiter::new(connect(&redis).await, "shared", per_second, burst)
+            .decision_timeout(Duration::from_secs(1));
         tasks.push(tokio::spawn(async move {
             let mut admitted = 0u32;
             // Bounded: stops by itself when the window ends.
@@ -133,7 +169,8 @@ async fn four_clients_sharing_redis_admit_no_more_than_the_limit() {
 #[tokio::test]
 async fn redis_limiter_burst_retry_after_and_separate_keys() {
     let redis = RedisServer::start().unwrap();
-    let limiter = RedisRateLimiter::new(connect(&redis).await, "burst", 10, 3);
+    let limiter = RedisRateLimiter::new(connect(&redis).await, "burst", 10, 3)
+        .decision_timeout(Duration::from_secs(1));
     for _ in 0..3 {
         limiter.check("k").await.unwrap();
     }
@@ -147,7 +184,7 @@ async fn redis_limiter_burst_retry_after_and_separate_keys() {
     limiter.check("other").await.unwrap();
     // The key expires once it no longer constrains anything.
     let ttl = redis
-        .command(&["PTTL", "keel:ratelimit:burst:k"])
+        .command(&["PTTL", &limiter.redis_key("k")])
         .unwrap()
         .as_integer()
         .unwrap();
@@ -179,4 +216,103 @@ async fn redis_down_fails_closed_or_open_as_configured() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(recovered, "the limiter works again once Redis is back");
+}
+
+#[tokio::test]
+async fn a_paused_redis_gets_a_decision_within_the_timeout() {
+    // Before: with Redis paused for 2 s, fail-open waited 502 ms (or hung 2.1 s with no
+    // response timeout) before allowing.
+    let redis = RedisServer::start().unwrap();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let connection = redis::aio::ConnectionManager::new(client).await.unwrap(); // no response timeout
+    let closed = RedisRateLimiter::new(connection.clone(), "paused", 10, 5);
+    let open = RedisRateLimiter::new(connection, "paused-open", 10, 5).fail_open(true);
+    closed.check("warm").await.unwrap();
+    open.check("warm").await.unwrap();
+    let pid = redis.pid().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let start = Instant::now();
+    let error = closed.check("k").await.unwrap_err();
+    let closed_took = start.elapsed();
+    let start = Instant::now();
+    open.check("k").await.unwrap();
+    let open_took = start.elapsed();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        matches!(error, RedisRateLimitError::Timeout { .. }),
+        "{error}"
+    );
+    assert_eq!(error.class(), ErrorClass::Transient);
+    for took in [closed_took, open_took] {
+        assert!(
+            took < Duration::from_millis(100),
+            "decided after {took:?} (5 ms asked)"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rates_above_a_million_per_second_are_still_limited_and_exact() {
+    // Before: the interval was whole microseconds: above 1,000,000/s it rounded to 0 and
+    // nothing was limited; 3/s became 333,333 µs instead of 333,333.33.
+    let redis = RedisServer::start().unwrap();
+    let connection = connect(&redis).await;
+    // At 3,000,000 per second each call adds a third of a microsecond to the limit's
+    // clock: kept as a remainder in units of 1/3,000,000 µs, not rounded to nothing.
+    let fast = RedisRateLimiter::new(connection.clone(), "fast", 3_000_000, 1)
+        .decision_timeout(Duration::from_secs(1));
+    fast.check("k").await.unwrap();
+    let state = redis.command(&["GET", &fast.redis_key("k")]).unwrap();
+    let state = state.as_text().unwrap().to_owned();
+    assert_eq!(
+        state.split_once(':').map(|(_, r)| r),
+        Some("1000000"),
+        "{state}"
+    );
+
+    // Exactness at 3 per second: the state after 3 calls is a whole number of µs plus
+    // a remainder in thirds of a µs, never rounded.
+    let third =
+        RedisRateLimiter::new(connection, "thirds", 3, 3).decision_timeout(Duration::from_secs(1));
+    for _ in 0..3 {
+        third.check("k").await.unwrap();
+    }
+    let state = redis.command(&["GET", &third.redis_key("k")]).unwrap();
+    let state = state.as_text().unwrap().to_owned();
+    let (_, remainder) = state.split_once(':').unwrap();
+    assert!(["0", "1", "2"].contains(&remainder), "{state}");
+    let Err(RedisRateLimitError::Limited(limited)) = third.check("k").await else {
+        panic!("a 4th call within a second passed 3 per second")
+    };
+    let wait = limited.retry_after().as_micros();
+    assert!((330_000..=333_334).contains(&wait), "{wait} µs");
+}
+
+#[tokio::test]
+async fn limiter_names_and_keys_cannot_collide() {
+    // Before: limiter `a` with key `b:c` and limiter `a:b` with key `c` shared one key.
+    let redis = RedisServer::start().unwrap();
+    let connection = connect(&redis).await;
+    let one = RedisRateLimiter::new(connection.clone(), "a", 1, 1)
+        .decision_timeout(Duration::from_secs(1));
+    let two =
+        RedisRateLimiter::new(connection, "a:b", 1, 1).decision_timeout(Duration::from_secs(1));
+    assert_ne!(one.redis_key("b:c"), two.redis_key("c"));
+    one.check("b:c").await.unwrap();
+    two.check("c")
+        .await
+        .expect("another limiter's key is not shared");
+    assert!(one.check("b:c").await.is_err());
 }
