@@ -31,7 +31,7 @@
 //!
 //! | feature | what it adds |
 //! |---|---|
-//! | `redis` | [`checks::RedisCheck`](checks) (`PING`) |
+//! | `redis` | [`checks::RedisCheck`](checks) (`PING` on a connection of its own, reconnected at once, no backoff) |
 //! | `postgres` | [`checks::PostgresCheck`](checks) (`SELECT 1` from a deadpool-postgres pool) |
 //! | `http-check` | [`checks::HttpCheck`](checks) (status and latency threshold) |
 //! | `circuit-breaker` | [`checks::BreakerCheck`](checks) (a keel-resilience breaker's state) |

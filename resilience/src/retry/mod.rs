@@ -299,7 +299,7 @@ impl Retry {
         Fut: Future<Output = Result<T, E>>,
         E: Classify,
     {
-        self.run_classified(idempotency, Classify::class, attempt)
+        self.run_inner(idempotency, None, Classify::class, attempt)
             .await
     }
 
