@@ -198,7 +198,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let breaker = Arc::new(CircuitBreaker::new(
         CircuitBreakerConfig::builder("inventory")
-            .minimum_calls(6)
+            .minimum_calls(10)
             .failure_rate_threshold(50.0)
             .half_open_permits(2)
             .open_wait(OpenWait::Fixed(Duration::from_millis(500)))

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use moka::notification::RemovalCause;
 
@@ -38,7 +38,7 @@ impl Retain for () {}
 /// are not lost to size pressure: evicted from the main store, they move to a second,
 /// separately bounded store (`max_keys / 10`, at least 64) and come back on their next
 /// use, so a flood of new keys cannot reset a victim's open breaker. Idle expiry still
-/// applies to them.
+/// applies to them: one not used again within `idle` of its eviction is dropped.
 ///
 /// ```
 /// use std::time::Duration;
@@ -53,10 +53,25 @@ impl Retain for () {}
 /// ```
 pub struct KeyedRegistry<K, V> {
     entries: moka::sync::Cache<K, Arc<V>>,
-    /// Values evicted by size whose state must be kept.
-    retained: Arc<Mutex<HashMap<K, Arc<V>>>>,
+    /// Values evicted by size whose state must be kept, with when they were evicted.
+    retained: Arc<Mutex<HashMap<K, Kept<V>>>>,
     make: Arc<dyn Fn(&K) -> V + Send + Sync>,
     max_keys: u64,
+    idle: Duration,
+}
+
+/// A retained value and when it left the main store: it expires `idle` after that
+/// unless a use takes it back first (an open breaker reads "open" until a call comes,
+/// so without this a retained breaker whose key is never used again stays for ever).
+struct Kept<V> {
+    value: Arc<V>,
+    since: Instant,
+}
+
+impl<V> Kept<V> {
+    fn fresh(&self, idle: Duration) -> bool {
+        self.since.elapsed() < idle
+    }
 }
 
 impl<K, V> fmt::Debug for KeyedRegistry<K, V> {
@@ -75,6 +90,7 @@ impl<K, V> Clone for KeyedRegistry<K, V> {
             retained: self.retained.clone(),
             make: self.make.clone(),
             max_keys: self.max_keys,
+            idle: self.idle,
         }
     }
 }
@@ -91,7 +107,7 @@ where
         idle: Duration,
         make: impl Fn(&K) -> V + Send + Sync + 'static,
     ) -> Self {
-        let retained: Arc<Mutex<HashMap<K, Arc<V>>>> = Arc::default();
+        let retained: Arc<Mutex<HashMap<K, Kept<V>>>> = Arc::default();
         let max_retained = usize::try_from((max_keys / 10).max(64)).unwrap_or(usize::MAX);
         let keep = retained.clone();
         let on_evicted = move |key: Arc<K>, value: Arc<V>, cause: RemovalCause| {
@@ -100,10 +116,11 @@ where
             }
             let mut kept = keep.lock().unwrap_or_else(PoisonError::into_inner);
             if kept.len() >= max_retained {
-                kept.retain(|_, v| v.retain());
+                kept.retain(|_, k| k.value.retain() && k.fresh(idle));
             }
             if kept.len() < max_retained {
-                kept.insert((*key).clone(), value);
+                let since = Instant::now();
+                kept.insert((*key).clone(), Kept { value, since });
             } else {
                 metrics::counter!("resilience_keyed_retained_dropped_total").increment(1);
                 tracing::warn!("keyed registry: too many values to retain; one is dropped");
@@ -118,6 +135,7 @@ where
             retained,
             make: Arc::new(make),
             max_keys,
+            idle,
         }
     }
 
@@ -127,6 +145,8 @@ where
             return None;
         }
         kept.remove(key)
+            .filter(|k| k.fresh(self.idle))
+            .map(|k| k.value)
     }
 
     /// The value for `key`, made now if there is none. Concurrent first uses of one key
@@ -145,7 +165,8 @@ where
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .get(key)
-                .cloned()
+                .filter(|k| k.fresh(self.idle))
+                .map(|k| k.value.clone())
         })
     }
 
@@ -176,6 +197,11 @@ where
     /// Applies pending evictions now.
     pub fn sync(&self) {
         self.entries.run_pending_tasks();
+        let idle = self.idle;
+        self.retained
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, k| k.fresh(idle));
     }
 
     /// The size bound.

@@ -26,7 +26,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::breaker::{CallNotPermitted, CircuitBreaker, CircuitBreakerConfig, Outcome};
+use crate::breaker::{CallNotPermitted, CircuitBreaker, CircuitBreakerConfig, Outcome, Permit};
 use crate::bulkhead::{Bulkhead, BulkheadFull};
 use crate::classify::{Classify, ErrorClass};
 use crate::rate_limit::{RateLimited, RateLimiter};
@@ -231,27 +231,27 @@ impl Pipeline {
                 Some(breaker) => Some(breaker.try_acquire().map_err(PipelineError::CircuitOpen)?),
                 None => None,
             };
-            let result = async {
-                let _slot = match &self.bulkhead {
-                    Some(bulkhead) => Some(
-                        bulkhead
-                            .acquire()
-                            .await
-                            .map_err(PipelineError::BulkheadFull)?,
-                    ),
-                    None => None,
-                };
-                match OptionalTimeout::new(self.attempt_timeout, future).await {
-                    Ok(result) => result.map_err(PipelineError::Inner),
-                    Err(elapsed) => Err(PipelineError::AttemptTimeout(elapsed)),
-                }
-            }
-            .await;
+            // Until the bulkhead gives a slot the dependency has not been asked: a caller
+            // that gives up while queued (its total timeout, a cancellation) or is refused
+            // a slot does not count against the breaker.
+            let mut unasked = NotYetAsked(permit);
+            let _slot = match &self.bulkhead {
+                Some(bulkhead) => Some(
+                    bulkhead
+                        .acquire()
+                        .await
+                        .map_err(PipelineError::BulkheadFull)?,
+                ),
+                None => None,
+            };
+            let permit = unasked.0.take();
+            let result = match OptionalTimeout::new(self.attempt_timeout, future).await {
+                Ok(result) => result.map_err(PipelineError::Inner),
+                Err(elapsed) => Err(PipelineError::AttemptTimeout(elapsed)),
+            };
             if let Some(permit) = permit {
                 permit.record(match &result {
                     Ok(_) => Outcome::Success,
-                    // The dependency was never asked.
-                    Err(PipelineError::BulkheadFull(_)) => Outcome::Ignored,
                     Err(error) => match error.class() {
                         ErrorClass::Permanent => Outcome::Ignored,
                         _ => Outcome::Failure,
@@ -259,6 +259,18 @@ impl Pipeline {
                 });
             }
             result
+        }
+    }
+}
+
+/// A breaker permit for an attempt that has not reached the dependency yet: dropped
+/// while it still holds the permit, the attempt counts as ignored, not abandoned.
+struct NotYetAsked<'a>(Option<Permit<'a>>);
+
+impl Drop for NotYetAsked<'_> {
+    fn drop(&mut self) {
+        if let Some(permit) = self.0.take() {
+            permit.record(Outcome::Ignored);
         }
     }
 }

@@ -229,10 +229,11 @@ impl CircuitBreakerConfigBuilder {
         self
     }
 
-    /// How long the breaker may stay half-open (default 60 s). A trial that never
-    /// finishes (a hung call) would otherwise keep it half-open, refusing everything,
-    /// forever; past this, a call that finds every trial permit out opens the breaker
-    /// again, and new trials follow the next open wait.
+    /// How long half-open trials may stay out (default 60 s). A trial that never
+    /// finishes (a hung call) would otherwise keep the breaker half-open, refusing
+    /// everything, forever; a call that finds every trial permit out, the newest issued
+    /// at least this long ago, opens the breaker again, and new trials follow the next
+    /// open wait.
     pub fn max_half_open(mut self, limit: Duration) -> Self {
         self.config.max_half_open = limit;
         self

@@ -203,8 +203,9 @@ pub struct CircuitBreaker {
     consecutive_opens: AtomicU32,
     /// Half-open trial results, tagged with the generation they belong to (see `Trials`).
     trials: AtomicU64,
-    /// When the last transition happened (ns since `base`).
-    state_since: AtomicU64,
+    /// When the newest half-open trial permit was issued (ns since `base`), stamped
+    /// before the permit is published.
+    last_trial: AtomicU64,
     /// When the current outage began: the last move from closed to open (ns since `base`).
     outage_since: AtomicU64,
     rejected: metrics::Counter,
@@ -361,7 +362,7 @@ impl CircuitBreaker {
             open_until: AtomicU64::new(0),
             consecutive_opens: AtomicU32::new(0),
             trials: AtomicU64::new(u64::MAX),
-            state_since: AtomicU64::new(0),
+            last_trial: AtomicU64::new(0),
             outage_since: AtomicU64::new(0),
             rejected,
             recovery,
@@ -452,23 +453,28 @@ impl CircuitBreaker {
                     if word::issued(current) >= u64::from(self.config.half_open_permits) {
                         let limit =
                             u64::try_from(self.config.max_half_open.as_nanos()).unwrap_or(u64::MAX);
-                        let since = self
-                            .now()
-                            .saturating_sub(self.state_since.load(Ordering::Acquire));
+                        // Every trial out has been out at least since the newest permit
+                        // of this generation was issued, and that permit was stamped
+                        // before it was published. (Not the time of the transition: that
+                        // stamp follows the state word, so a call seeing the new state
+                        // early would read the state before's, an open wait ago.)
+                        let newest = self.last_trial.load(Ordering::Acquire);
+                        let since = self.now().saturating_sub(newest);
                         if since < limit {
                             return Err(self.reject(
                                 State::HalfOpen,
                                 Some(Duration::from_nanos(limit - since)),
                             ));
                         }
-                        // Trials out for longer than half-open may last: hung. Open again,
-                        // so that new trials can run after the open wait.
+                        // Every trial out for longer than half-open may last: hung. Open
+                        // again, so that new trials can run after the open wait.
                         tracing::warn!(breaker = %self.config.name, "half-open trials did not finish in time; opening again");
                         self.open(current, Counts::default());
                         current = self.word.load(Ordering::Acquire);
                         continue;
                     }
                     let next = current + (1 << word::ISSUED_SHIFT);
+                    self.last_trial.fetch_max(self.now(), Ordering::AcqRel);
                     match self.word.compare_exchange_weak(
                         current,
                         next,
@@ -595,6 +601,13 @@ impl CircuitBreaker {
             self.window.reset();
             if self.transition(phase, State::Closed, counts) {
                 self.consecutive_opens.store(0, Ordering::Release);
+                // Recovered by itself (not a manual reset): how long the dependency was
+                // out (MTTR).
+                let outage = self
+                    .now()
+                    .saturating_sub(self.outage_since.load(Ordering::Acquire));
+                #[allow(clippy::cast_precision_loss)]
+                self.recovery.record(outage as f64 / 1e9);
             }
         }
     }
@@ -647,6 +660,13 @@ impl CircuitBreaker {
 
     fn open(&self, from_word: u64, counts: Counts) {
         let consecutive = self.consecutive_opens.load(Ordering::Acquire);
+        // `open_until` is stored before the transition (a caller that sees the new
+        // state must see its wait), so a caller that will lose the race must not store
+        // it: one that read the count after the winner bumped it sees the winner's state
+        // here, and one that read it before computes the winner's wait.
+        if word::phase(self.word.load(Ordering::Acquire)) != word::phase(from_word) {
+            return;
+        }
         let wait = self.config.open_wait.wait(consecutive);
         let until = self
             .now()
@@ -670,17 +690,9 @@ impl CircuitBreaker {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
-                    let now = self.now();
-                    self.state_since.store(now, Ordering::Release);
                     let from = State::from_bits(phase);
                     if to == State::Open && from == State::Closed {
-                        self.outage_since.store(now, Ordering::Release);
-                    }
-                    if to == State::Closed && from == State::HalfOpen {
-                        // Recovered by itself: how long the dependency was out (MTTR).
-                        let outage = now.saturating_sub(self.outage_since.load(Ordering::Acquire));
-                        #[allow(clippy::cast_precision_loss)]
-                        self.recovery.record(outage as f64 / 1e9);
+                        self.outage_since.store(self.now(), Ordering::Release);
                     }
                     self.announce(from, to, counts);
                     return true;
@@ -816,5 +828,83 @@ impl CircuitBreaker {
         let result = call().await;
         permit.record(classify(&result));
         result.map_err(BreakerError::Inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_half_open_state_is_not_judged_by_the_time_of_the_state_before_it() {
+        // Review: `transition` published the new state word first and stamped
+        // `state_since` after, and half-open was judged by that stamp. A call that found
+        // every trial permit out in between read the stamp of the state before (the
+        // opening, an open wait ago): with an open wait of at least `max_half_open` it
+        // reopened a breaker half-open for nanoseconds.
+        let b = CircuitBreaker::new(
+            CircuitBreakerConfig::builder("t")
+                .minimum_calls(1)
+                .half_open_permits(1)
+                .open_wait(OpenWait::Fixed(Duration::from_secs(120)))
+                .max_half_open(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        );
+        b.try_acquire().unwrap().record(Outcome::Failure);
+        assert_eq!(b.state(), State::Open);
+        tokio::time::advance(Duration::from_secs(120)).await;
+        // Thread A wins the move to half-open: its compare-and-swap of the word is
+        // visible, its stamp of the time not yet.
+        let open = b.word.load(Ordering::Acquire);
+        let half_open =
+            ((word::generation(open) + 1) << word::GENERATION_SHIFT) | State::HalfOpen.bits();
+        b.word.store(half_open, Ordering::Release);
+        // Thread B takes the only trial permit; thread C finds every permit out.
+        let trial = b.try_acquire().unwrap();
+        let refused = b.try_acquire().unwrap_err();
+        assert_eq!(
+            refused.state(),
+            State::HalfOpen,
+            "a trial a few nanoseconds old is not hung"
+        );
+        assert_eq!(refused.retry_after(), Some(Duration::from_secs(60)));
+        trial.record(Outcome::Success);
+        assert_eq!(b.state(), State::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reopening_that_lost_the_race_does_not_change_the_open_wait() {
+        // Review: thread A finds every trial permit out past `max_half_open` and calls
+        // `open`; meanwhile thread B's failed trial reopens the breaker first and bumps
+        // the backoff count. A's `open` stored its `open_until` (from the bumped count,
+        // a doubled wait) before its transition failed: the breaker stayed open 40 s
+        // where the backoff said 20 s.
+        let b = CircuitBreaker::new(
+            CircuitBreakerConfig::builder("t")
+                .minimum_calls(1)
+                .half_open_permits(1)
+                .open_wait(OpenWait::Backoff {
+                    initial: Duration::from_secs(10),
+                    multiplier: 2.0,
+                    max: Duration::from_secs(100),
+                })
+                .max_half_open(Duration::from_secs(5))
+                .build()
+                .unwrap(),
+        );
+        b.try_acquire().unwrap().record(Outcome::Failure);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let trial = b.try_acquire().unwrap();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        // A: every permit out for `max_half_open`; it is about to open again.
+        let seen_by_a = b.word.load(Ordering::Acquire);
+        // B: its trial fails first; open again for the second wait, 20 s.
+        trial.record(Outcome::Failure);
+        assert_eq!(b.state(), State::Open);
+        // A goes on.
+        b.open(seen_by_a, Counts::default());
+        let refused = b.try_acquire().unwrap_err();
+        assert_eq!(refused.retry_after(), Some(Duration::from_secs(20)));
     }
 }

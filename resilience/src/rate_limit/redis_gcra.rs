@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionLike, ConnectionManager};
 
 use super::RateLimited;
 use crate::classify::{Classify, ErrorClass};
@@ -15,7 +15,10 @@ use crate::classify::{Classify, ErrorClass};
 /// Exact at any rate: the TAT is whole microseconds plus a remainder in units of
 /// 1/`per_second` µs, so an interval of 1,000,000/`per_second` µs (333,333.33… µs at 3
 /// per second, a third of a µs at 3,000,000 per second) is added without rounding.
-/// Every number stays an integer below 2^53, which Lua's doubles hold exactly.
+/// Every number stays an integer below 2^53, which Lua's doubles hold exactly. A stored
+/// TAT further ahead than this limit ever sets it (a corrupt value, or one left by other
+/// settings under the same name) is held at a spent burst, so it cannot refuse calls
+/// for longer than one burst's worth of time.
 ///
 /// ARGV: per_second, (burst - 1) × 1,000,000 (the tolerance, scaled by per_second).
 /// Returns `{1, 0}` when allowed, `{0, wait_us}` when not.
@@ -24,13 +27,24 @@ local rate = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+-- The furthest ahead of now this limit ever sets its TAT (µs): burst × interval.
+local span = math.floor((tolerance + 1000000) / rate) + 1
 local tat, frac = now, 0
 local stored = redis.call('GET', KEYS[1])
 if stored then
   local sep = string.find(stored, ':', 1, true)
   if sep then
     local a, b = tonumber(string.sub(stored, 1, sep - 1)), tonumber(string.sub(stored, sep + 1))
-    if a and b and (a > now or (a == now and b > 0)) then tat, frac = a, b end
+    if a and b and (a > now or (a == now and b > 0)) then
+      tat, frac = a, b
+      if not (frac >= 0 and frac < rate) then frac = 0 end
+      if tat - now > span then
+        -- Not a state this limit writes (corrupt, or left by other settings): held
+        -- at a spent burst and written back with an expiry, so it heals.
+        tat, frac = now + span, 0
+        redis.call('SET', KEYS[1], string.format('%d:%d', tat, frac), 'PX', math.floor(span / 1000) + 2)
+      end
+    end
   end
 end
 local ahead = (tat - now) * rate + frac
@@ -82,10 +96,12 @@ impl Classify for RedisRateLimitError {
 }
 
 /// A rate limit shared by every instance of a service: `per_second` calls per second
-/// per key, with bursts of `burst`, kept in Redis (single node or cluster: each key is
-/// one slot). Each check is one round trip running one Lua script, so concurrent
-/// instances can never both take the last call. Any rate is kept exactly (no interval
-/// rounding, even above a million per second).
+/// per key, with bursts of `burst`, kept in Redis: a single node through a
+/// [`ConnectionManager`] (the default), a Redis Cluster through redis-rs's
+/// `cluster_async::ClusterConnection` (feature `cluster-async` of `redis`), or any
+/// cloneable [`ConnectionLike`]; each key is one slot. Each check is one round trip
+/// running one Lua script, so concurrent instances can never both take the last call.
+/// Any rate is kept exactly (no interval rounding, even above a million per second).
 ///
 /// A check decides within its decision timeout (5 ms by default): when Redis is slow,
 /// paused or gone, the limiter does not wait on it, and fails closed
@@ -104,8 +120,8 @@ impl Classify for RedisRateLimitError {
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
-pub struct RedisRateLimiter {
-    connection: ConnectionManager,
+pub struct RedisRateLimiter<C = ConnectionManager> {
+    connection: C,
     script: redis::Script,
     name: Cow<'static, str>,
     prefix: String,
@@ -116,7 +132,7 @@ pub struct RedisRateLimiter {
     fail_open: bool,
 }
 
-impl std::fmt::Debug for RedisRateLimiter {
+impl<C> std::fmt::Debug for RedisRateLimiter<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisRateLimiter")
             .field("name", &self.name)
@@ -128,11 +144,11 @@ impl std::fmt::Debug for RedisRateLimiter {
     }
 }
 
-impl RedisRateLimiter {
+impl<C: ConnectionLike + Clone + Send + Sync> RedisRateLimiter<C> {
     /// `per_second` calls per second (at least 1) with bursts of `burst` (at least 1).
     /// Fails closed when Redis is down or slower than the decision timeout (5 ms).
     pub fn new(
-        connection: ConnectionManager,
+        connection: C,
         name: impl Into<Cow<'static, str>>,
         per_second: u32,
         burst: u32,

@@ -435,13 +435,20 @@ impl Retry {
         if number >= config.max_attempts {
             return Some(GaveUp::Attempts);
         }
+        // Checked sums: a delay too long for the clock (a `Duration::MAX` from an
+        // error's `Classify`) does not fit either limit; it must not panic.
         if let (Some(max), Some(start)) = (config.max_elapsed, start)
-            && start.elapsed() + delay > max
+            && start
+                .elapsed()
+                .checked_add(delay)
+                .is_none_or(|end| end > max)
         {
             return Some(GaveUp::Elapsed);
         }
         if let Some(deadline) = deadline
-            && Instant::now() + delay >= deadline
+            && Instant::now()
+                .checked_add(delay)
+                .is_none_or(|end| end >= deadline)
         {
             return Some(GaveUp::Deadline);
         }

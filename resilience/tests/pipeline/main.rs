@@ -544,3 +544,59 @@ async fn the_pipeline_layer_retries_idempotent_requests_only() {
     assert!(matches!(error, PipelineError::Inner(Fault::Down)));
     assert_eq!(calls.load(Ordering::SeqCst), 1, "a write is not retried");
 }
+
+#[tokio::test(start_paused = true)]
+async fn callers_timed_out_while_queued_at_the_bulkhead_do_not_trip_the_breaker() {
+    // Review: the breaker permit is taken before the bulkhead slot. A caller whose total
+    // timeout fires while it waits for a slot drops that permit unrecorded, which counts
+    // as an abandoned call (a failure by default) although the dependency was never
+    // asked: a saturated but healthy dependency got its breaker opened.
+    let b = breaker(5);
+    let bulkhead = Bulkhead::new("t", 1, Duration::from_secs(60));
+    let pipeline = Pipeline::builder("t")
+        .total_timeout(Duration::from_secs(1))
+        .circuit_breaker(b.clone())
+        .bulkhead(bulkhead.clone())
+        .build();
+    // A slow report (no total timeout) holds the only slot for 5 s; it succeeds.
+    let reports = Pipeline::builder("t")
+        .circuit_breaker(b.clone())
+        .bulkhead(bulkhead)
+        .build();
+    let busy = {
+        let pipeline = reports.clone();
+        tokio::spawn(async move {
+            pipeline
+                .run(Idempotency::Idempotent, || async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    Ok::<_, Fault>(())
+                })
+                .await
+        })
+    };
+    tokio::task::yield_now().await;
+    let mut queued = Vec::new();
+    for _ in 0..10 {
+        let pipeline = pipeline.clone();
+        queued.push(tokio::spawn(async move {
+            pipeline
+                .run(Idempotency::Idempotent, || async { Ok::<_, Fault>(()) })
+                .await
+        }));
+    }
+    for caller in queued {
+        let result = caller.await.unwrap();
+        assert!(
+            matches!(result, Ok(()) | Err(PipelineError::TotalTimeout(_))),
+            "{result:?}"
+        );
+    }
+    assert!(busy.await.unwrap().is_ok());
+    assert_eq!(
+        b.state(),
+        State::Closed,
+        "nobody failed: callers only waited for a bulkhead slot ({:?})",
+        b.metrics()
+    );
+    assert_eq!(b.metrics().failed_calls, 0);
+}

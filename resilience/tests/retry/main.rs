@@ -253,3 +253,43 @@ fn the_retry_budget_cannot_be_overdrawn_by_concurrent_withdrawals() {
         "rounds in which more than one retry was granted"
     );
 }
+
+/// An error whose own delay is as long as a `Duration` goes (a `Classify` impl that
+/// trusts a server's number, or says "never" with `Duration::MAX`).
+#[derive(Debug)]
+struct WaitForever;
+
+impl Classify for WaitForever {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Throttled {
+            retry_after: Some(Duration::MAX),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delay_too_long_for_the_clock_gives_up_instead_of_panicking() {
+    // Review: `Instant::now() + delay` (deadline) and `start.elapsed() + delay`
+    // (max_elapsed) overflowed and panicked on a huge delay.
+    let with_deadline = Retry::new(policy().build().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let result = with_deadline
+        .run_until(deadline, Idempotency::Idempotent, |_| async {
+            Err::<(), _>(WaitForever)
+        })
+        .await;
+    assert!(result.is_err());
+
+    let with_elapsed = Retry::new(
+        policy()
+            .max_elapsed(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+    );
+    let result = with_elapsed
+        .run(Idempotency::Idempotent, |_| async {
+            Err::<(), _>(WaitForever)
+        })
+        .await;
+    assert!(result.is_err());
+}

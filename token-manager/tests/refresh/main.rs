@@ -604,6 +604,10 @@ fn audit_events_name_what_happened_and_never_a_token_or_hash() {
         .finish();
     let mut secrets = Vec::new();
     tracing::subscriber::with_default(subscriber, || {
+        // Other tests in this process may have hit these callsites first, with no
+        // subscriber of theirs interested, and tracing caches that: ask again now that
+        // this one is in place (otherwise events go missing under plain `cargo test`).
+        tracing::callsite::rebuild_interest_cache();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
