@@ -19,8 +19,8 @@ use crate::untrusted::shown;
 /// Why a token was refused. Each reason is distinct, so logs and metrics can tell an
 /// attack (`none`, algorithm confusion, tampering) from a stale client (expired).
 ///
-/// Text taken from the token (an `alg`, a `typ`, a `kid`, a parser's complaint) is at
-/// most 128 characters, with quotes, backslashes, control and non-ASCII bytes escaped as
+/// Text taken from the token (an `alg`, a `typ`, a `kid`, a parser's complaint) is cut
+/// to 128 characters (then `...`), with quotes, backslashes, control and non-ASCII bytes escaped as
 /// `%XX`: the messages can go into a `WWW-Authenticate` header or a log line as they
 /// are.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
