@@ -9,6 +9,7 @@
 //! | [`breaker`] | [`CircuitBreaker`](breaker::CircuitBreaker): count- and time-based windows, failure and slow-call rates, half-open trials, fixed or backing-off open waits, manual states, events, a tower layer |
 //! | [`classify`] | [`ErrorClass`] and [`Classify`]: transient / throttled / permanent, shared by every Keel crate |
 //! | [`retry`] | [`Retry`](retry::Retry): exponential (full jitter) or decorrelated backoff, delays from `Retry-After`, max attempts and elapsed time, a retry budget, idempotency |
+//! | [`dead_letter`] | [`DeadLetterQueue`](dead_letter::DeadLetterQueue): work that failed for good, kept in memory, a Redis stream (feature `redis`) or PostgreSQL (feature `postgres`); list, inspect, replay, purge |
 //! | [`timeout`] | [`with_timeout`](timeout::with_timeout): a limit that cancels the work |
 //! | [`bulkhead`] | [`Bulkhead`](bulkhead::Bulkhead): a concurrency limit with a bounded wait |
 //! | [`rate_limit`] | [`RateLimiter`](rate_limit::RateLimiter) and [`KeyedRateLimiter`](rate_limit::KeyedRateLimiter) on governor; `RedisRateLimiter`, a GCRA in one Lua script shared by every instance (feature `redis`) |
@@ -39,7 +40,8 @@
 //!
 //! | feature | what it adds |
 //! |---|---|
-//! | `redis` | `RedisRateLimiter`, a rate limit shared through Redis |
+//! | `redis` | `RedisRateLimiter`, a rate limit shared through Redis; `RedisDeadLetters`, dead letters in a Redis stream |
+//! | `postgres` | `PostgresDeadLetters`, dead letters in PostgreSQL, with its migration |
 //!
 //!
 //! It depends on no other Keel crate.
@@ -48,6 +50,7 @@
 pub mod breaker;
 pub mod bulkhead;
 pub mod classify;
+pub mod dead_letter;
 pub mod fallback;
 pub mod hedge;
 pub mod keyed;

@@ -1,0 +1,509 @@
+//! The dead-letter queue on its three stores: memory, a real redis-server (and a Redis
+//! Cluster), a real PostgreSQL. What a user relies on: letters are kept whole, survive a
+//! restart of the process (and of PostgreSQL), a replay hands each letter over once even
+//! with two replays at the same time, and a failing handler loses nothing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use keel_resilience::ErrorClass;
+use keel_resilience::dead_letter::{
+    DeadLetterError, DeadLetterQueue, LetterId, MemoryDeadLetters, NewLetter, PostgresDeadLetters,
+    Purge, RedisDeadLetters, ReplayOptions,
+};
+use keel_testkit::{PostgresServer, RedisCluster, RedisServer};
+
+enum Backend {
+    Memory(Arc<MemoryDeadLetters>),
+    Redis(RedisServer),
+    Cluster(RedisCluster),
+    Postgres(PostgresServer),
+}
+
+fn pool(server: &PostgresServer) -> deadpool_postgres::Pool {
+    let mut config = deadpool_postgres::Config::new();
+    config.url = Some(server.url());
+    config.connect_timeout = Some(Duration::from_secs(2));
+    config.pool = Some(deadpool_postgres::PoolConfig {
+        max_size: 8,
+        timeouts: deadpool_postgres::Timeouts {
+            wait: Some(Duration::from_secs(5)),
+            create: Some(Duration::from_secs(2)),
+            recycle: Some(Duration::from_secs(2)),
+        },
+        ..Default::default()
+    });
+    config
+        .create_pool(
+            Some(deadpool_postgres::Runtime::Tokio1),
+            tokio_postgres::NoTls,
+        )
+        .unwrap()
+}
+
+impl Backend {
+    async fn all() -> Vec<(&'static str, Backend)> {
+        let (redis, cluster, postgres) = tokio::task::spawn_blocking(|| {
+            (
+                RedisServer::start().unwrap(),
+                RedisCluster::start(3).unwrap(),
+                PostgresServer::start().unwrap(),
+            )
+        })
+        .await
+        .unwrap();
+        vec![
+            (
+                "memory",
+                Backend::Memory(Arc::new(MemoryDeadLetters::new())),
+            ),
+            ("redis", Backend::Redis(redis)),
+            ("redis cluster", Backend::Cluster(cluster)),
+            ("postgres", Backend::Postgres(postgres)),
+        ]
+    }
+
+    /// A queue over this backend, as a fresh process would open it.
+    async fn queue(&self, name: &'static str) -> DeadLetterQueue {
+        match self {
+            Backend::Memory(store) => DeadLetterQueue::new(name, store.clone()),
+            Backend::Redis(server) => {
+                let client = redis::Client::open(server.url()).unwrap();
+                let connection = redis::aio::ConnectionManager::new(client).await.unwrap();
+                DeadLetterQueue::new(name, RedisDeadLetters::new(connection, name))
+            }
+            Backend::Cluster(cluster) => {
+                let client = redis::cluster::ClusterClient::new(cluster.urls()).unwrap();
+                let connection = client.get_async_connection().await.unwrap();
+                DeadLetterQueue::new(name, RedisDeadLetters::new(connection, name))
+            }
+            Backend::Postgres(server) => {
+                let store = PostgresDeadLetters::new(pool(server), name);
+                store.migrate().await.unwrap();
+                DeadLetterQueue::new(name, store)
+            }
+        }
+    }
+}
+
+fn letter(n: usize) -> NewLetter {
+    NewLetter::new(
+        format!("order-{n}"),
+        vec![0, 159, 146, 150, u8::try_from(n % 256).unwrap()],
+        ErrorClass::Throttled {
+            retry_after: Some(Duration::from_millis(1500)),
+        },
+        format!("429 Too Many Requests (letter {n})"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn letters_are_kept_whole_listed_in_order_inspected_and_purged() {
+    for (name, backend) in Backend::all().await {
+        let queue = backend.queue("keep").await;
+        let first = SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000);
+        let last = first + Duration::from_secs(42);
+        let id = queue
+            .push(
+                letter(1)
+                    .with_attempts(3)
+                    .with_failure_times(first, last)
+                    .with_correlation_id("4bf92f3577b34da6a3ce929d0e0e4736")
+                    .with_source("graph-writes"),
+            )
+            .await
+            .unwrap();
+        let kept = queue.inspect(&id).await.unwrap().expect(name);
+        assert_eq!(kept.key(), "order-1", "{name}");
+        assert_eq!(kept.payload(), &[0, 159, 146, 150, 1], "{name}");
+        assert_eq!(
+            kept.class(),
+            ErrorClass::Throttled {
+                retry_after: Some(Duration::from_millis(1500))
+            },
+            "{name}"
+        );
+        assert_eq!(kept.message(), "429 Too Many Requests (letter 1)", "{name}");
+        assert_eq!(kept.attempts(), 3, "{name}");
+        assert_eq!(kept.first_failed_at(), first, "{name}");
+        assert_eq!(kept.last_failed_at(), last, "{name}");
+        assert_eq!(
+            kept.correlation_id(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+            "{name}"
+        );
+        assert_eq!(kept.source(), "graph-writes", "{name}");
+        assert_eq!(kept.replay_failures(), 0, "{name}");
+
+        // A runaway message is cut, not refused; text is kept as it was (not escaped).
+        let long = queue
+            .push(NewLetter::new(
+                "ключ-2",
+                Vec::new(),
+                ErrorClass::Permanent,
+                "é|".repeat(100_000),
+            ))
+            .await
+            .unwrap();
+        let long = queue.inspect(&long).await.unwrap().unwrap();
+        assert_eq!(long.key(), "ключ-2", "{name}");
+        assert!(long.message().chars().count() <= 1027, "{name}");
+        assert!(long.message().starts_with("é|é|"), "{name}");
+        for n in 3..=7 {
+            queue.push(letter(n)).await.unwrap();
+        }
+
+        // Listed oldest first, paged by id.
+        let page = queue.list(None, 4).await.unwrap();
+        let keys: Vec<&str> = page.iter().map(|l| l.key()).collect();
+        assert_eq!(keys, ["order-1", "ключ-2", "order-3", "order-4"], "{name}");
+        let rest = queue.list(Some(page[3].id()), 10).await.unwrap();
+        let keys: Vec<&str> = rest.iter().map(|l| l.key()).collect();
+        assert_eq!(keys, ["order-5", "order-6", "order-7"], "{name}");
+        let stats = queue.stats().await.unwrap();
+        assert_eq!(stats.letters, 7, "{name}");
+        assert!(stats.oldest_enqueued_at.is_some(), "{name}");
+
+        // Ids from outside are data, not commands.
+        for hostile in [
+            "",
+            "-",
+            "+",
+            "0-0 OR 1=1",
+            "((1-0",
+            "99999999999999999999999-1",
+        ] {
+            let id = LetterId::from_text(hostile);
+            assert!(
+                queue.inspect(&id).await.unwrap().is_none(),
+                "{name}: {hostile}"
+            );
+            assert_eq!(queue.purge(Purge::One(id)).await.unwrap(), 0, "{name}");
+        }
+
+        assert_eq!(
+            queue.purge(Purge::One(page[0].id().clone())).await.unwrap(),
+            1
+        );
+        assert!(
+            queue.inspect(page[0].id()).await.unwrap().is_none(),
+            "{name}"
+        );
+        assert_eq!(
+            queue
+                .purge(Purge::EnqueuedBefore(SystemTime::UNIX_EPOCH))
+                .await
+                .unwrap(),
+            0,
+            "{name}"
+        );
+        let future = SystemTime::now() + Duration::from_secs(3600);
+        assert_eq!(
+            queue.purge(Purge::EnqueuedBefore(future)).await.unwrap(),
+            6,
+            "{name}"
+        );
+        assert_eq!(queue.stats().await.unwrap().letters, 0, "{name}");
+        queue.push(letter(8)).await.unwrap();
+        assert_eq!(queue.purge(Purge::All).await.unwrap(), 1, "{name}");
+        assert!(queue.list(None, 10).await.unwrap().is_empty(), "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn letters_survive_a_restart_of_the_process_and_of_postgres() {
+    for (name, mut backend) in Backend::all().await {
+        if matches!(backend, Backend::Memory(_)) {
+            continue; // kept in the process: gone with it, as documented
+        }
+        let before = backend.queue("restart").await;
+        let id = before.push(letter(1)).await.unwrap();
+        drop(before);
+        if let Backend::Postgres(server) = &mut backend {
+            tokio::task::block_in_place(|| server.restart().unwrap());
+        }
+        let after = backend.queue("restart").await;
+        let kept = after.inspect(&id).await.unwrap();
+        assert_eq!(
+            kept.map(|l| l.key().to_owned()).as_deref(),
+            Some("order-1"),
+            "{name}"
+        );
+        // Another queue's letters are not this one's.
+        assert!(
+            backend
+                .queue("other")
+                .await
+                .list(None, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_handler_loses_nothing_and_the_next_replay_delivers() {
+    for (name, backend) in Backend::all().await {
+        let queue = backend.queue("fail").await;
+        for n in 0..10 {
+            queue.push(letter(n)).await.unwrap();
+        }
+        // The handler refuses the odd letters and times out on letter 4.
+        let seen = Mutex::new(Vec::new());
+        let report = queue
+            .replay(
+                ReplayOptions::default()
+                    .batch(3)
+                    .lease(Duration::from_secs(10))
+                    .handler_timeout(Duration::from_millis(300)),
+                |letter| {
+                    seen.lock().unwrap().push(letter.key().to_owned());
+                    let n: usize = letter.key()[6..].parse().unwrap();
+                    async move {
+                        if n == 4 {
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                        }
+                        if n % 2 == 1 {
+                            Err(format!("downstream refused {n}"))
+                        } else {
+                            Ok(())
+                        }
+                    }
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(report.delivered, 4, "{name}: {report:?}");
+        assert_eq!(report.failed, 6, "{name}: {report:?}");
+        let seen = seen.into_inner().unwrap();
+        assert_eq!(
+            seen.len(),
+            10,
+            "{name}: each letter once per replay: {seen:?}"
+        );
+        let left = queue.list(None, 100).await.unwrap();
+        let keys: Vec<&str> = left.iter().map(|l| l.key()).collect();
+        assert_eq!(
+            keys,
+            [
+                "order-1", "order-3", "order-4", "order-5", "order-7", "order-9"
+            ],
+            "{name}"
+        );
+        assert_eq!(left[0].replay_failures(), 1, "{name}");
+        assert_eq!(
+            left[0].last_replay_error(),
+            Some("downstream refused 1"),
+            "{name}"
+        );
+        assert!(
+            left[2].last_replay_error().unwrap().contains("timed out"),
+            "{name}: {:?}",
+            left[2].last_replay_error()
+        );
+        // The payload and the original error are untouched by the failures.
+        assert_eq!(
+            left[0].message(),
+            "429 Too Many Requests (letter 1)",
+            "{name}"
+        );
+
+        let report = queue
+            .replay(ReplayOptions::default(), |_| async { Ok::<(), String>(()) })
+            .await
+            .unwrap();
+        assert_eq!(report.delivered, 6, "{name}");
+        assert_eq!(queue.stats().await.unwrap().letters, 0, "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replays_at_once_hand_each_letter_over_exactly_once() {
+    for (name, backend) in Backend::all().await {
+        let a = backend.queue("twice").await;
+        let b = backend.queue("twice").await;
+        for n in 0..60 {
+            a.push(letter(n)).await.unwrap();
+        }
+        let handed: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let replay = |queue: DeadLetterQueue, who: &'static str| {
+            let handed = handed.clone();
+            async move {
+                queue
+                    .replay(ReplayOptions::default().batch(4), move |letter| {
+                        *handed
+                            .lock()
+                            .unwrap()
+                            .entry(letter.key().to_owned())
+                            .or_default() += 1;
+                        let n: usize = letter.key()[6..].parse().unwrap();
+                        async move {
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                            // One replay fails a few letters: they must stay.
+                            if who == "b" && n % 7 == 0 {
+                                Err("b's downstream is down")
+                            } else {
+                                Ok(())
+                            }
+                        }
+                    })
+                    .await
+                    .unwrap()
+            }
+        };
+        let (ra, rb) = tokio::join!(
+            tokio::spawn(replay(a.clone(), "a")),
+            tokio::spawn(replay(b, "b"))
+        );
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        let handed = handed.lock().unwrap().clone();
+        let twice: Vec<_> = handed.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "{name}: handed over twice: {twice:?}");
+        let left = a.stats().await.unwrap().letters;
+        assert_eq!(
+            ra.delivered + rb.delivered + usize::try_from(left).unwrap(),
+            60,
+            "{name}: {ra:?} {rb:?}, {left} left"
+        );
+        assert_eq!(usize::try_from(left).unwrap(), rb.failed, "{name}");
+        assert!(
+            ra.delivered > 0 && rb.delivered + rb.failed > 0,
+            "{name}: both took part: {ra:?} {rb:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_that_dies_leaves_its_letters_to_the_next_one_after_the_lease() {
+    for (name, backend) in Backend::all().await {
+        let queue = backend.queue("crash").await;
+        for n in 0..3 {
+            queue.push(letter(n)).await.unwrap();
+        }
+        // A replay claims the letters, then its process dies: it never settles them.
+        let dying = queue.replay(
+            ReplayOptions::default()
+                .lease(Duration::from_millis(800))
+                .handler_timeout(Duration::from_millis(700)),
+            |_| async {
+                std::future::pending::<()>().await;
+                Ok::<(), String>(())
+            },
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), dying)
+                .await
+                .is_err(),
+            "{name}"
+        );
+        // While the lease runs, another replay gets nothing...
+        let during = queue
+            .replay(ReplayOptions::default(), |_| async { Ok::<(), String>(()) })
+            .await
+            .unwrap();
+        assert_eq!(during.delivered, 0, "{name}: {during:?}");
+        // ...and after it, every letter.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let after = queue
+            .replay(ReplayOptions::default(), |_| async { Ok::<(), String>(()) })
+            .await
+            .unwrap();
+        assert_eq!(after.delivered, 3, "{name}: {after:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_purged_during_its_replay_is_not_counted_delivered() {
+    for (name, backend) in Backend::all().await {
+        let queue = backend.queue("purged").await;
+        queue.push(letter(1)).await.unwrap();
+        let other = queue.clone();
+        let report = queue
+            .replay(ReplayOptions::default(), move |letter| {
+                let other = other.clone();
+                async move {
+                    other.purge(Purge::One(letter.id().clone())).await.unwrap();
+                    Ok::<(), String>(())
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(report.delivered, 0, "{name}: {report:?}");
+        assert_eq!(report.lost_claims, 1, "{name}: {report:?}");
+    }
+}
+
+#[tokio::test]
+async fn replay_options_that_cannot_work_are_refused() {
+    let queue = DeadLetterQueue::new("opts", MemoryDeadLetters::new());
+    let refused = queue
+        .replay(
+            ReplayOptions::default()
+                .lease(Duration::from_secs(1))
+                .handler_timeout(Duration::from_secs(1)),
+            |_| async { Ok::<(), String>(()) },
+        )
+        .await;
+    assert!(matches!(refused, Err(DeadLetterError::InvalidOptions(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_stores_refuse_when_full_and_oversized_payloads_are_refused() {
+    let redis = tokio::task::spawn_blocking(|| RedisServer::start().unwrap())
+        .await
+        .unwrap();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let connection = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let queues = [
+        DeadLetterQueue::new("full", MemoryDeadLetters::new().capacity(2).max_payload(8)),
+        DeadLetterQueue::new(
+            "full",
+            RedisDeadLetters::new(connection, "full")
+                .capacity(2)
+                .max_payload(8),
+        ),
+    ];
+    for queue in queues {
+        queue.push(letter(1)).await.unwrap();
+        queue.push(letter(2)).await.unwrap();
+        let full = queue.push(letter(3)).await.unwrap_err();
+        assert!(full.is_full(), "{full}");
+        assert!(full.to_string().contains("replay or purge"), "{full}");
+        assert_eq!(queue.stats().await.unwrap().letters, 2);
+        queue.purge(Purge::All).await.unwrap();
+        let big = NewLetter::new("k", vec![0; 9], ErrorClass::Permanent, "x");
+        assert!(matches!(
+            queue.push(big).await,
+            Err(DeadLetterError::TooLarge { size: 9, limit: 8 })
+        ));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_redis_holds_is_not_trusted() {
+    let redis = tokio::task::spawn_blocking(|| RedisServer::start().unwrap())
+        .await
+        .unwrap();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let connection = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let store = RedisDeadLetters::new(connection, "hostile");
+    let stream = store.stream_key().to_owned();
+    let queue = DeadLetterQueue::new("hostile", store);
+    queue.push(letter(1)).await.unwrap();
+    // Someone else wrote to the stream: no class, a time that is not a number.
+    redis
+        .command(&["XADD", &stream, "*", "k", "x", "f", "soon"])
+        .unwrap();
+    let err = queue.list(None, 10).await.unwrap_err();
+    assert!(matches!(err, DeadLetterError::Store { .. }), "{err:?}");
+    assert!(err.to_string().len() < 200, "{err}");
+    // Redis down: a typed error within the timeout, not a hang.
+    drop(redis);
+    let started = std::time::Instant::now();
+    let err = queue.push(letter(2)).await.unwrap_err();
+    assert!(matches!(err, DeadLetterError::Store { .. }), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
