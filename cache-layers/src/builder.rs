@@ -14,6 +14,9 @@ use crate::flight::Flights;
 use crate::options::EntryOptions;
 use crate::stats::Stats;
 #[cfg(feature = "redis")]
+use keel_resilience::dead_letter::DeadLetterQueue;
+
+#[cfg(feature = "redis")]
 use crate::{
     backplane::{Backplane, LocalCache},
     keys::KeySpace,
@@ -59,6 +62,8 @@ pub struct CacheBuilder<V> {
     catch_up_every: Duration,
     #[cfg(feature = "redis")]
     queue_capacity: usize,
+    #[cfg(feature = "redis")]
+    dead_letters: Option<DeadLetterQueue>,
 }
 
 impl<V> fmt::Debug for CacheBuilder<V> {
@@ -96,6 +101,8 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
             catch_up_every: Duration::from_secs(2),
             #[cfg(feature = "redis")]
             queue_capacity: 10_000,
+            #[cfg(feature = "redis")]
+            dead_letters: None,
         }
     }
 
@@ -199,6 +206,20 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
         self
     }
 
+    /// Where write-behind writes go when they are given up (the value could not be
+    /// encoded, or [`Cache::shutdown`](crate::Cache::shutdown) ran out of time with Redis
+    /// unreachable): each becomes a letter with the cache key, the value encoded by the
+    /// cache's codec, the error, the attempts and the failure times, source
+    /// `cache-write-behind:<namespace>`. Without a queue they are dropped, with an error
+    /// logged. A replay handler decides whether such a value is still current before
+    /// writing it back: the cache may have moved on since.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn dead_letters(mut self, queue: DeadLetterQueue) -> Self {
+        self.dead_letters = Some(queue);
+        self
+    }
+
     /// Builds the cache. With an L2, this starts its backplane and write-behind tasks, so
     /// it must run inside a tokio runtime.
     ///
@@ -256,6 +277,8 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
                     self.lock,
                     self.tombstone_ttl,
                     self.queue_capacity,
+                    self.dead_letters
+                        .map(|queue| (queue, format!("cache-write-behind:{}", self.namespace))),
                 ))
             }
         };

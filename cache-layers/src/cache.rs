@@ -428,7 +428,10 @@ impl<V: Send + Sync + 'static> Cache<V> {
     }
 
     /// Flushes the write-behind queue (within `within`), then stops the backplane. Other
-    /// clones of this cache keep L1 but no longer write behind.
+    /// clones of this cache keep L1 but no longer write behind. Writes still queued when
+    /// `within` passes are tried once more and, when that fails too, go to the
+    /// dead-letter queue set with [`CacheBuilder::dead_letters`](crate::CacheBuilder::dead_letters)
+    /// (this waits up to `within` again for that), or are dropped with an error logged.
     ///
     /// # Errors
     /// [`CacheError::Unflushed`] with the number of writes that could not be made.

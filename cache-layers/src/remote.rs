@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use keel_resilience::ErrorClass;
+use keel_resilience::dead_letter::{DeadLetterQueue, NewLetter};
 use keel_resilience::timeout::with_timeout;
 use tokio::sync::{mpsc, oneshot};
 
@@ -40,6 +42,8 @@ pub(crate) struct Remote<V> {
     worker: Mutex<Option<tokio::task::JoinHandle<()>>>,
     pending: AtomicUsize,
     abandon: AtomicBool,
+    /// Where given-up writes go, and the source they are marked with.
+    dead_letters: Option<(DeadLetterQueue, String)>,
 }
 
 impl<V> fmt::Debug for Remote<V> {
@@ -96,6 +100,7 @@ impl<V: Send + Sync + 'static> Remote<V> {
         lock: Option<LockSettings>,
         tombstone_ttl: Duration,
         queue_capacity: usize,
+        dead_letters: Option<(DeadLetterQueue, String)>,
     ) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(queue_capacity.max(1));
         let remote = Arc::new(Self {
@@ -112,6 +117,7 @@ impl<V: Send + Sync + 'static> Remote<V> {
             worker: Mutex::new(None),
             pending: AtomicUsize::new(0),
             abandon: AtomicBool::new(false),
+            dead_letters,
         });
         let worker = tokio::spawn(remote.clone().drain(rx));
         *remote
@@ -336,7 +342,9 @@ impl<V: Send + Sync + 'static> Remote<V> {
         }
     }
 
-    /// Closes the queue and waits for it to drain.
+    /// Closes the queue and waits for it to drain. When `within` passes first, the writes
+    /// still queued are given up: each is tried once more, and those that fail go to the
+    /// dead-letter queue (this waits up to `within` again for that).
     pub(crate) async fn close(&self, within: Duration) -> Result<(), CacheError> {
         self.close_queue();
         let worker = self
@@ -344,10 +352,11 @@ impl<V: Send + Sync + 'static> Remote<V> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
-        if let Some(worker) = worker
-            && with_timeout(within, worker).await.is_err()
+        if let Some(mut worker) = worker
+            && with_timeout(within, &mut worker).await.is_err()
         {
             self.abandon.store(true, Ordering::Release);
+            let _ = with_timeout(within, worker).await;
         }
         self.unflushed()
     }
@@ -362,20 +371,34 @@ impl<V: Send + Sync + 'static> Remote<V> {
                 }
                 Queued::Write(key, entry) => {
                     let mut backoff = Duration::from_millis(10);
-                    loop {
-                        let written = match self.write(&key, &entry, true).await {
-                            Ok(()) => Ok(()),
+                    let mut attempts = 0_u32;
+                    let mut first_failure = None;
+                    let given_up = loop {
+                        attempts = attempts.saturating_add(1);
+                        match self.write(&key, &entry, true).await {
+                            Ok(()) => break None,
                             Err(CacheError::Encode(e)) => {
-                                tracing::error!(error = %e, "a write-behind value could not be encoded; dropped");
-                                Ok(())
+                                break Some((
+                                    ErrorClass::Permanent,
+                                    format!("the value could not be encoded: {e}"),
+                                ));
                             }
-                            Err(e) => Err(e),
-                        };
-                        if written.is_ok() || self.abandon.load(Ordering::Acquire) {
-                            break;
+                            Err(e) => {
+                                first_failure.get_or_insert_with(std::time::SystemTime::now);
+                                if self.abandon.load(Ordering::Acquire) {
+                                    break Some((
+                                        ErrorClass::Transient,
+                                        format!("not written before shutdown: {e}"),
+                                    ));
+                                }
+                            }
                         }
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(1));
+                    };
+                    if let Some((class, message)) = given_up {
+                        self.give_up(&key, &entry, class, message, attempts, first_failure)
+                            .await;
                     }
                     if !self.abandon.load(Ordering::Acquire) {
                         self.pending.fetch_sub(1, Ordering::AcqRel);
@@ -383,5 +406,37 @@ impl<V: Send + Sync + 'static> Remote<V> {
                 }
             }
         }
+    }
+
+    /// A write-behind write that will not be made: to the dead-letter queue, or dropped
+    /// with an error logged.
+    async fn give_up(
+        &self,
+        key: &str,
+        entry: &Entry<V>,
+        class: ErrorClass,
+        message: String,
+        attempts: u32,
+        first_failure: Option<std::time::SystemTime>,
+    ) {
+        let Some((queue, source)) = &self.dead_letters else {
+            tracing::error!(%key, error = %message, "a write-behind write was given up and dropped (no dead-letter queue)");
+            return;
+        };
+        // The value as the cache's codec encodes it; empty for an absence, or for a
+        // value that does not encode.
+        let mut payload = Vec::new();
+        if let Some(value) = &entry.value
+            && self.codec.encode(value, &mut payload).is_err()
+        {
+            payload.clear();
+        }
+        let now = std::time::SystemTime::now();
+        let letter = NewLetter::new(key, payload, class, message)
+            .with_attempts(attempts)
+            .with_failure_times(first_failure.unwrap_or(now), now)
+            .with_source(source.clone());
+        // The queue logs and counts a letter it could not keep.
+        let _ = queue.push(letter).await;
     }
 }

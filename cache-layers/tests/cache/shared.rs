@@ -41,6 +41,7 @@ suite!(
     l2_ttls_carry_the_jitter,
     a_schema_bump_or_an_undecodable_record_is_a_miss,
     write_behind_keeps_order_and_loses_nothing_on_shutdown,
+    writes_given_up_at_shutdown_go_to_the_dead_letter_queue,
     an_older_load_never_overwrites_a_newer_value,
     clear_empties_every_instance_and_l2,
 );
@@ -518,6 +519,55 @@ async fn write_behind_keeps_order_and_loses_nothing_on_shutdown(mut redis: Topol
             .await
             .unwrap();
         assert!(found.is_some(), "late{key} was lost");
+    }
+}
+
+async fn writes_given_up_at_shutdown_go_to_the_dead_letter_queue(mut redis: Topology) {
+    use keel_cache_layers::{Codec, Postcard};
+    use keel_resilience::ErrorClass;
+    use keel_resilience::dead_letter::{DeadLetterQueue, MemoryDeadLetters};
+
+    let dead_letters = DeadLetterQueue::new("cache", MemoryDeadLetters::new());
+    let writer = builder("users", redis.l2().await)
+        .dead_letters(dead_letters.clone())
+        .build()
+        .unwrap();
+    connected(&writer).await;
+    writer
+        .insert_behind("landed", "kept in L2".into())
+        .await
+        .unwrap();
+    writer.flush(Duration::from_secs(10)).await.unwrap();
+    // Redis is gone for good: the queued writes cannot be made before shutdown ends.
+    redis.stop();
+    for key in 0..5 {
+        writer
+            .insert_behind(&format!("late{key}"), format!("value {key}"))
+            .await
+            .unwrap();
+    }
+    let flushed = writer.shutdown(Duration::from_secs(2)).await;
+    assert!(
+        matches!(
+            flushed,
+            Err(keel_cache_layers::CacheError::Unflushed { pending: 5 })
+        ),
+        "{flushed:?}"
+    );
+    let letters = dead_letters.list(None, 100).await.unwrap();
+    let keys: Vec<&str> = letters.iter().map(|l| l.key()).collect();
+    assert_eq!(keys, ["late0", "late1", "late2", "late3", "late4"]);
+    for (n, letter) in letters.iter().enumerate() {
+        let value: String = Codec::<String>::decode(&Postcard, letter.payload()).unwrap();
+        assert_eq!(value, format!("value {n}"));
+        assert_eq!(letter.source(), "cache-write-behind:users");
+        assert_eq!(letter.class(), ErrorClass::Transient);
+        assert!(letter.attempts() >= 1);
+        assert!(
+            letter.message().contains("not written before shutdown"),
+            "{}",
+            letter.message()
+        );
     }
 }
 

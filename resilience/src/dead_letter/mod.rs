@@ -53,6 +53,12 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Where letters come from
+//!
+//! [`Pipeline::run_or_dead_letter`](crate::pipeline::Pipeline::run_or_dead_letter) keeps
+//! the work of a call that failed for good; keel-cache-layers' write-behind keeps the
+//! writes it gives up on; push your own with [`DeadLetterQueue::push`].
+//!
 //! ## Metrics
 //!
 //! Counters `resilience_dead_letters_added_total`, `resilience_dead_letters_push_failed_total`,
@@ -62,6 +68,7 @@
 //! [`DeadLetterQueue::stats`] call (call it from your metrics scrape or a periodic task).
 //! Every series has the label `queue`.
 
+mod capture;
 mod error;
 mod letter;
 mod memory;
@@ -77,6 +84,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+pub use capture::{DeadLettered, KeepOnFailure};
 pub use error::DeadLetterError;
 pub use letter::{DeadLetter, LetterId, NewLetter};
 pub use memory::MemoryDeadLetters;

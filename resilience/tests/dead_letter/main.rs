@@ -343,7 +343,7 @@ async fn two_replays_at_once_hand_each_letter_over_exactly_once() {
                         async move {
                             tokio::time::sleep(Duration::from_millis(2)).await;
                             // One replay fails a few letters: they must stay.
-                            if who == "b" && n % 7 == 0 {
+                            if who == "b" && n.is_multiple_of(7) {
                                 Err("b's downstream is down")
                             } else {
                                 Ok(())
@@ -506,4 +506,154 @@ async fn what_redis_holds_is_not_trusted() {
     let err = queue.push(letter(2)).await.unwrap_err();
     assert!(matches!(err, DeadLetterError::Store { .. }), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+mod pipeline {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use keel_resilience::breaker::{CircuitBreaker, CircuitBreakerConfig};
+    use keel_resilience::dead_letter::{DeadLetterQueue, KeepOnFailure, MemoryDeadLetters};
+    use keel_resilience::pipeline::Pipeline;
+    use keel_resilience::retry::{Backoff, Idempotency, Retry, RetryConfig};
+    use keel_resilience::{Classify, ErrorClass};
+
+    #[derive(Debug)]
+    struct Failure(ErrorClass);
+    impl std::fmt::Display for Failure {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "the dependency said {:?}", self.0)
+        }
+    }
+    impl Classify for Failure {
+        fn class(&self) -> ErrorClass {
+            self.0
+        }
+    }
+
+    fn pipeline() -> Pipeline {
+        Pipeline::builder("orders-api")
+            .retry(Retry::new(
+                RetryConfig::builder("orders-api")
+                    .max_attempts(3)
+                    .backoff(Backoff::Constant(Duration::from_millis(1)))
+                    .without_budget()
+                    .build()
+                    .unwrap(),
+            ))
+            .build()
+    }
+
+    #[tokio::test]
+    async fn work_that_fails_for_good_is_kept_with_its_attempts_and_nothing_else_is() {
+        let dead_letters = DeadLetterQueue::new("orders", MemoryDeadLetters::new());
+        let pipeline = pipeline();
+        let built = AtomicUsize::new(0);
+
+        // Succeeds: nothing kept, the payload never built.
+        let ok = pipeline
+            .run_or_dead_letter(
+                Idempotency::Idempotent,
+                &dead_letters,
+                KeepOnFailure::new("order-1", || {
+                    built.fetch_add(1, Ordering::SeqCst);
+                    vec![1]
+                }),
+                || async { Ok::<_, Failure>(7) },
+            )
+            .await
+            .unwrap();
+        assert_eq!(ok, 7);
+        assert_eq!(built.load(Ordering::SeqCst), 0);
+
+        // Transient every time: kept after the three attempts.
+        let calls = AtomicUsize::new(0);
+        let failed = pipeline
+            .run_or_dead_letter(
+                Idempotency::Idempotent,
+                &dead_letters,
+                KeepOnFailure::new("order-2", || b"two".to_vec()).correlation_id("corr-2"),
+                || {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    async { Err::<(), _>(Failure(ErrorClass::Transient)) }
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(failed.is_kept());
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+        // Permanent: kept after one attempt, not retried.
+        let failed = pipeline
+            .run_or_dead_letter(
+                Idempotency::Idempotent,
+                &dead_letters,
+                KeepOnFailure::new("order-3", || b"three".to_vec()),
+                || async { Err::<(), _>(Failure(ErrorClass::Permanent)) },
+            )
+            .await
+            .unwrap_err();
+        assert!(failed.is_kept());
+
+        let letters = dead_letters.list(None, 10).await.unwrap();
+        assert_eq!(letters.len(), 2);
+        let (two, three) = (&letters[0], &letters[1]);
+        assert_eq!(
+            (two.key(), two.payload(), two.attempts(), two.class()),
+            ("order-2", b"two".as_slice(), 3, ErrorClass::Transient)
+        );
+        assert_eq!(two.correlation_id(), Some("corr-2"));
+        assert_eq!(two.source(), "orders-api");
+        assert!(two.first_failed_at() <= two.last_failed_at());
+        assert!(two.message().contains("Transient"), "{}", two.message());
+        assert_eq!(
+            (three.key(), three.attempts(), three.class()),
+            ("order-3", 1, ErrorClass::Permanent)
+        );
+    }
+
+    #[tokio::test]
+    async fn work_refused_by_an_open_breaker_is_kept_with_no_attempt() {
+        let dead_letters = DeadLetterQueue::new("orders", MemoryDeadLetters::new());
+        let breaker = Arc::new(CircuitBreaker::new(CircuitBreakerConfig::standard("api")));
+        breaker.force_open();
+        let pipeline = Pipeline::builder("orders-api")
+            .circuit_breaker(breaker)
+            .build();
+        let failed = pipeline
+            .run_or_dead_letter(
+                Idempotency::Idempotent,
+                &dead_letters,
+                KeepOnFailure::new("order-9", || b"nine".to_vec()),
+                || async { Ok::<(), Failure>(()) },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(failed.error.policy(), "circuit_breaker");
+        let letter = &dead_letters.list(None, 1).await.unwrap()[0];
+        assert_eq!((letter.key(), letter.attempts()), ("order-9", 0));
+    }
+
+    #[tokio::test]
+    async fn a_letter_that_cannot_be_kept_says_so_and_keeps_the_error() {
+        let dead_letters = DeadLetterQueue::new("orders", MemoryDeadLetters::new().capacity(1));
+        let pipeline = pipeline();
+        for n in 0..2 {
+            let failed = pipeline
+                .run_or_dead_letter(
+                    Idempotency::NonIdempotent,
+                    &dead_letters,
+                    KeepOnFailure::new(format!("order-{n}"), Vec::new),
+                    || async { Err::<(), _>(Failure(ErrorClass::Permanent)) },
+                )
+                .await
+                .unwrap_err();
+            assert_eq!(failed.is_kept(), n == 0);
+            assert_eq!(failed.error.policy(), "inner");
+            if n == 1 {
+                assert!(failed.letter.unwrap_err().is_full());
+            }
+        }
+    }
 }
