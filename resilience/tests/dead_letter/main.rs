@@ -657,3 +657,156 @@ mod pipeline {
         }
     }
 }
+
+#[cfg(any())] // REVIEW-TEMP
+#[test]
+fn sizes_ages_and_replays_are_exported_as_metrics() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let queue = DeadLetterQueue::new("metered", MemoryDeadLetters::new().capacity(3));
+            for n in 0..4 {
+                let _ = queue.push(letter(n)).await; // the fourth is refused: full
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            queue.stats().await.unwrap();
+            queue
+                .replay(ReplayOptions::default().limit(2), |letter| async move {
+                    if letter.key() == "order-0" {
+                        Err("still down")
+                    } else {
+                        Ok(())
+                    }
+                })
+                .await
+                .unwrap();
+        });
+    });
+    let metrics: HashMap<String, DebugValue> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _, _, value)| {
+            let key = key.key();
+            let mut labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            labels.sort();
+            (format!("{}{{{}}}", key.name(), labels.join(",")), value)
+        })
+        .collect();
+    let get = |name: &str| {
+        metrics
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing from {:#?}", metrics.keys()))
+            .clone()
+    };
+    assert_eq!(
+        get("resilience_dead_letters_added_total{queue=metered}"),
+        DebugValue::Counter(3)
+    );
+    assert_eq!(
+        get("resilience_dead_letters_push_failed_total{queue=metered}"),
+        DebugValue::Counter(1)
+    );
+    assert_eq!(
+        get("resilience_dead_letters{queue=metered}"),
+        DebugValue::Gauge(3.0.into())
+    );
+    match get("resilience_dead_letters_oldest_age_seconds{queue=metered}") {
+        DebugValue::Gauge(age) => assert!(age.into_inner() >= 0.01, "{age}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        get("resilience_dead_letters_replayed_total{outcome=delivered,queue=metered}"),
+        DebugValue::Counter(1)
+    );
+    assert_eq!(
+        get("resilience_dead_letters_replayed_total{outcome=failed,queue=metered}"),
+        DebugValue::Counter(1)
+    );
+}
+
+// ===== REVIEW EXPERIMENTS (to be removed) =====
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_batch_outlives_lease() {
+    for (name, backend) in Backend::all().await {
+        let a = backend.queue("rv_lease").await;
+        let b = backend.queue("rv_lease").await;
+        for n in 0..3 {
+            a.push(letter(n)).await.unwrap();
+        }
+        let handed: Arc<Mutex<Vec<(String, &'static str)>>> = Arc::default();
+        let h1 = handed.clone();
+        let ra = tokio::spawn(async move {
+            a.replay(
+                ReplayOptions::default().batch(3).lease(Duration::from_millis(1000)).handler_timeout(Duration::from_millis(900)),
+                move |l| {
+                    h1.lock().unwrap().push((l.key().to_owned(), "A"));
+                    async { tokio::time::sleep(Duration::from_millis(600)).await; Ok::<(), String>(()) }
+                },
+            ).await.unwrap()
+        });
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let h2 = handed.clone();
+        let rb = b.replay(ReplayOptions::default(), move |l| {
+            h2.lock().unwrap().push((l.key().to_owned(), "B"));
+            async { Ok::<(), String>(()) }
+        }).await.unwrap();
+        let ra = ra.await.unwrap();
+        println!("{name}: A={ra:?} B={rb:?} handed={:?}", handed.lock().unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_pg_nul_and_error_leak() {
+    let pg = tokio::task::spawn_blocking(|| PostgresServer::start().unwrap()).await.unwrap();
+    let store = PostgresDeadLetters::new(pool(&pg), "nul");
+    store.migrate().await.unwrap();
+    let q = DeadLetterQueue::new("nul", store);
+    let r = q.push(NewLetter::new("k", b"password=hunter2".to_vec(), ErrorClass::Permanent, "bad reply: \0\x01 token=SECRET42")).await;
+    match r {
+        Ok(id) => println!("pg nul: kept {id}"),
+        Err(e) => println!("pg nul: REFUSED display={e} debug={e:?} source={:?}", std::error::Error::source(&e).map(|s| s.to_string())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_redis_edges() {
+    let redis = tokio::task::spawn_blocking(|| RedisServer::start().unwrap()).await.unwrap();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let connection = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let store = RedisDeadLetters::new(connection, "edge");
+    let stream = store.stream_key().to_owned();
+    let q = DeadLetterQueue::new("edge", store);
+    q.push(letter(1)).await.unwrap();
+    println!("list limit 0: {:?}", q.list(None, 0).await.map(|v| v.len()));
+    let max = LetterId::from_text("18446744073709551615-18446744073709551615");
+    println!("list after max id: {:?}", q.list(Some(&max), 10).await.map(|v| v.len()));
+    // id reuse after Purge::All
+    let mut reused = 0;
+    for _ in 0..300 {
+        let id1 = q.push(letter(2)).await.unwrap();
+        q.purge(Purge::All).await.unwrap();
+        let id2 = q.push(letter(3)).await.unwrap();
+        if id2.as_str() <= id1.as_str() || id2 == id1 { reused += 1; if reused == 1 { println!("reuse: before purge {id1}, after {id2}"); } }
+        q.purge(Purge::All).await.unwrap();
+    }
+    println!("ids reused/not increasing after Purge::All: {reused}/300");
+    // poison entry blocks replay of everything
+    for n in 0..5 { q.push(letter(n)).await.unwrap(); }
+    redis.command(&["XADD", &stream, "*", "k", "x", "c", "bogus"]).unwrap();
+    for n in 5..10 { q.push(letter(n)).await.unwrap(); }
+    let mut got = 0;
+    let r = q.replay(ReplayOptions::default().batch(4), |_| { got += 1; async { Ok::<(), String>(()) } }).await;
+    println!("poison replay: {:?}, delivered {got}; letters left {}", r.map_err(|e| e.to_string()), q.stats().await.unwrap().letters);
+    let r = q.replay(ReplayOptions::default().batch(4), |_| async { Ok::<(), String>(()) }).await;
+    println!("poison replay 2: {:?}", r.map_err(|e| e.to_string()));
+}
