@@ -10,11 +10,17 @@ pub(crate) const MESSAGE_MAX: usize = 1024;
 /// The most characters of a key, a source or a correlation id a letter keeps.
 pub(crate) const LABEL_MAX: usize = 512;
 
-/// `text` cut to `max` characters, with `...` after a cut.
+/// `text` cut to `max` characters, with `...` after a cut, and NUL characters (which
+/// PostgreSQL's text refuses) replaced by U+FFFD.
 pub(crate) fn bounded(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
+    let cut = match text.char_indices().nth(max) {
         None => text.to_owned(),
         Some((end, _)) => format!("{}...", &text[..end]),
+    };
+    if cut.contains('\0') {
+        cut.replace('\0', "\u{FFFD}")
+    } else {
+        cut
     }
 }
 
@@ -302,6 +308,7 @@ mod tests {
         assert_eq!(letter.message.chars().count(), MESSAGE_MAX + 3);
         assert!(letter.message.ends_with("..."));
         assert_eq!(bounded("short", 10), "short");
+        assert_eq!(bounded("bad reply: \0\x01", 100), "bad reply: \u{FFFD}\x01");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::error::DeadLetterError;
 use super::letter::{DeadLetter, LetterId, NewLetter};
-use super::store::{Claimed, DeadLetterStore, Purge, QueueStats};
+use super::store::{ClaimRequest, Claimed, DeadLetterStore, Purge, QueueStats};
 
 struct Kept {
     letter: DeadLetter,
@@ -167,47 +167,62 @@ impl DeadLetterStore for MemoryDeadLetters {
         async move { Ok(found) }.boxed()
     }
 
-    fn claim(
-        &self,
-        after: Option<LetterId>,
-        limit: usize,
-        lease: Duration,
-        token: String,
-        started: Option<u64>,
-    ) -> BoxFuture<'_, Result<Claimed, DeadLetterError>> {
+    fn claim(&self, request: ClaimRequest) -> BoxFuture<'_, Result<Claimed, DeadLetterError>> {
         let now = Instant::now();
-        let until = now
-            .checked_add(lease)
+        let lease_end = now
+            .checked_add(request.lease)
             .unwrap_or(now + Duration::from_secs(86_400 * 365));
         let claimed = self.with(|l| {
-            let started = started.unwrap_or_else(|| {
+            let started = request.started.unwrap_or_else(|| {
                 l.clock += 1;
                 l.clock
             });
+            let until = match &request.until {
+                Some(id) => number(id),
+                None => l.kept.keys().next_back().copied(),
+            };
+            let Some(last) = until else {
+                return Claimed {
+                    started,
+                    until: None,
+                    ..Claimed::nothing(&request)
+                };
+            };
+            let from = after_key(request.after.as_ref());
+            if matches!(from, std::ops::Bound::Excluded(a) if a >= last) {
+                // Past the replay's end (a range that starts after it ends panics).
+                return Claimed {
+                    started,
+                    until: Some(id_of(last)),
+                    ..Claimed::nothing(&request)
+                };
+            }
             let mut letters = Vec::new();
             let mut cursor = None;
-            let mut range = l
-                .kept
-                .range_mut((after_key(after.as_ref()), std::ops::Bound::Unbounded));
+            let mut range = l.kept.range_mut((from, std::ops::Bound::Included(last)));
             for (n, kept) in range.by_ref() {
                 cursor = Some(id_of(*n));
-                if kept.claim.as_ref().is_some_and(|(_, until)| *until > now)
-                    || kept.failed_at.is_some_and(|t| t > started)
-                {
+                let held_by_another = kept
+                    .claim
+                    .as_ref()
+                    .is_some_and(|(token, ends)| *ends > now && *token != request.token);
+                if held_by_another || kept.failed_at.is_some_and(|t| t > started) {
                     continue;
                 }
-                kept.claim = Some((token.clone(), until));
+                kept.claim = Some((request.token.clone(), lease_end));
                 letters.push(kept.letter.clone());
-                if letters.len() >= limit {
+                if letters.len() >= request.limit {
                     break;
                 }
             }
             let exhausted = range.next().is_none();
             Claimed {
                 letters,
+                unreadable: Vec::new(),
                 cursor,
                 exhausted,
                 started,
+                until: Some(id_of(last)),
             }
         });
         async move { Ok(claimed) }.boxed()

@@ -27,7 +27,11 @@
 //! shorter than the lease. A replay that dies mid-way (its process killed) leaves its
 //! claims to expire: the letters come back for the next replay after the lease, so over
 //! crashes a letter is delivered at least once: make the handler idempotent, or check the
-//! letter's `id`.
+//! letter's `id`. A batch is leased at once; before each handler the replay checks that
+//! the handler would end within the lease, and otherwise claims again (renewing its own
+//! claims). A replay covers the letters kept before it started, so a handler that
+//! dead-letters the work again cannot make it run forever. Entries of the store that are
+//! not letters are skipped, counted and logged with their ids.
 //!
 //! ```
 //! use keel_resilience::dead_letter::{DeadLetterQueue, MemoryDeadLetters, NewLetter, ReplayOptions};
@@ -94,7 +98,7 @@ pub use postgres::PostgresDeadLetters;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::RedisDeadLetters;
-pub use store::{Claimed, DeadLetterStore, Purge, QueueStats};
+pub use store::{ClaimRequest, Claimed, DeadLetterStore, Purge, QueueStats};
 
 /// How a replay runs. `Default`: batches of 100, a 5-minute lease, handlers stopped
 /// after 1 minute, every letter.
@@ -164,6 +168,9 @@ pub struct ReplayReport {
     /// Accepted by the handler, but the letter was purged (or its claim expired) in the
     /// meantime: nothing was deleted by this replay.
     pub lost_claims: usize,
+    /// Entries of the store that are not letters (written by something else, or
+    /// damaged): skipped and logged with their ids, for an operator to purge.
+    pub unreadable: usize,
 }
 
 /// A dead-letter queue over a [`DeadLetterStore`]. Cheap to clone; clones share the store.
@@ -273,7 +280,8 @@ impl DeadLetterQueue {
 
     /// Hands the letters back, oldest first, to `handler`: see the [module docs](self).
     /// A letter the handler accepts is deleted; one it refuses (or that times out) stays,
-    /// its failure counted.
+    /// its failure counted. A replay covers the letters kept before it started: those
+    /// kept meanwhile (a handler that dead-letters the work again) wait for the next.
     ///
     /// # Errors
     /// [`DeadLetterError::InvalidOptions`] when `handler_timeout` is not shorter than
@@ -289,34 +297,54 @@ impl DeadLetterQueue {
         Fut: Future<Output = Result<(), E>>,
         E: fmt::Display,
     {
-        if options.handler_timeout >= options.lease || options.lease.is_zero() {
+        if options.lease.is_zero()
+            || options.handler_timeout >= options.lease
+            || options.lease > MAX_LEASE
+        {
             return Err(DeadLetterError::InvalidOptions(
-                "handler_timeout must be shorter than lease, and lease longer than zero",
+                "handler_timeout must be shorter than lease, and lease between zero and 7 days",
             ));
         }
         let token = claim_token();
         let mut report = ReplayReport::default();
-        let mut cursor: Option<LetterId> = None;
-        let mut started = None;
+        let mut request = ClaimRequest {
+            after: None,
+            until: None,
+            limit: options.batch,
+            lease: options.lease,
+            token: token.clone(),
+            started: None,
+        };
         let mut left = options.limit.unwrap_or(usize::MAX);
         while left > 0 {
-            let claimed = self
-                .store
-                .claim(
-                    cursor.clone(),
-                    options.batch.min(left),
-                    options.lease,
-                    token.clone(),
-                    started,
-                )
-                .await?;
-            started = Some(claimed.started);
-            if let Some(next) = claimed.cursor {
-                cursor = Some(next);
+            request.limit = options.batch.min(left);
+            let asked = tokio::time::Instant::now();
+            let claimed = self.store.claim(request.clone()).await?;
+            if request.started.is_none() {
+                request.started = Some(claimed.started);
+                request.until.clone_from(&claimed.until);
+                if claimed.until.is_none() {
+                    break; // the store was empty
+                }
             }
+            for (id, why) in &claimed.unreadable {
+                report.unreadable += 1;
+                tracing::warn!(queue = %self.name, letter = %id, problem = %why, "an entry of the dead-letter store is not a letter: skipped (purge it by id)");
+            }
+            let mut handled: Option<LetterId> = None;
+            let mut lease_short = false;
             for letter in claimed.letters {
+                // A batch is leased at once and handled one letter after another: a
+                // handler that could end after the lease would meet another replay on
+                // the letter. Claim again from here instead (this replay's own claims
+                // are renewed).
+                if asked.elapsed() + options.handler_timeout >= options.lease {
+                    lease_short = true;
+                    break;
+                }
                 left = left.saturating_sub(1);
                 let id = letter.id().clone();
+                handled = Some(id.clone());
                 let outcome =
                     crate::timeout::with_timeout(options.handler_timeout, handler(letter)).await;
                 match outcome {
@@ -343,6 +371,19 @@ impl DeadLetterQueue {
                     }
                 }
             }
+            if lease_short {
+                if handled.is_none() {
+                    return Err(DeadLetterError::store(format!(
+                        "a claim took longer than lease - handler_timeout ({:?}) to answer",
+                        options.lease.saturating_sub(options.handler_timeout)
+                    )));
+                }
+                request.after = handled;
+                continue;
+            }
+            if let Some(next) = claimed.cursor {
+                request.after = Some(next);
+            }
             if claimed.exhausted {
                 break;
             }
@@ -355,6 +396,9 @@ impl DeadLetterQueue {
             .increment(1);
     }
 }
+
+/// The longest lease a replay may take.
+const MAX_LEASE: Duration = Duration::from_secs(7 * 86_400);
 
 /// A token naming one replay's claims: random, so two replays never share one.
 fn claim_token() -> String {

@@ -4,7 +4,6 @@
 //! letters, and leases run on the database's clock.
 
 use std::fmt;
-use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use futures_util::FutureExt;
@@ -13,7 +12,7 @@ use tokio_postgres::Row;
 
 use super::error::DeadLetterError;
 use super::letter::{DeadLetter, LetterId, NewLetter, class_from, class_text, from_millis, millis};
-use super::store::{Claimed, DeadLetterStore, Purge, QueueStats};
+use super::store::{ClaimRequest, Claimed, DeadLetterStore, Purge, QueueStats};
 
 /// The migrations, in order: (version, SQL).
 const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/0001_dead_letters.sql"))];
@@ -223,7 +222,16 @@ impl DeadLetterStore for PostgresDeadLetters {
                 )
                 .await
                 .map_err(db)?;
-            rows.iter().map(letter_of).collect()
+            Ok(rows
+                .iter()
+                .filter_map(|row| match letter_of(row) {
+                    Ok(letter) => Some(letter),
+                    Err(e) => {
+                        tracing::warn!(letter = row.get::<_, i64>(0), problem = %e, "a row of keel_dead_letters is not a letter: skipped (purge it by id)");
+                        None
+                    }
+                })
+                .collect())
         }
         .boxed()
     }
@@ -249,34 +257,56 @@ impl DeadLetterStore for PostgresDeadLetters {
         .boxed()
     }
 
-    fn claim(
-        &self,
-        after: Option<LetterId>,
-        limit: usize,
-        lease: Duration,
-        token: String,
-        started: Option<u64>,
-    ) -> BoxFuture<'_, Result<Claimed, DeadLetterError>> {
+    fn claim(&self, request: ClaimRequest) -> BoxFuture<'_, Result<Claimed, DeadLetterError>> {
         async move {
             // An id that is not one of ours: nothing comes after it.
-            let after = after.map_or(0, |id| row_id(&id).unwrap_or(i64::MAX));
+            let after = request
+                .after
+                .as_ref()
+                .map_or(0, |id| row_id(id).unwrap_or(i64::MAX));
             let client = self.client().await?;
-            let started = match started {
-                Some(ms) => int(ms),
-                None => client
-                    .query_one(&format!("SELECT {NOW_MICROS}"), &[])
-                    .await
-                    .map_err(db)?
-                    .get(0),
+            let (started, until) = match (request.started, &request.until) {
+                (Some(started), Some(until)) => match row_id(until) {
+                    Some(until) => (int(started), until),
+                    None => return Ok(Claimed::nothing(&request)),
+                },
+                _ => {
+                    let row = client
+                        .query_one(
+                            &format!(
+                                "SELECT {NOW_MICROS}, max(id) FROM keel_dead_letters WHERE queue = $1"
+                            ),
+                            &[&self.queue],
+                        )
+                        .await
+                        .map_err(db)?;
+                    let started: i64 = row.get(0);
+                    match row.get::<_, Option<i64>>(1) {
+                        Some(until) => (started, until),
+                        None => {
+                            return Ok(Claimed {
+                                started: uint(started),
+                                until: None,
+                                ..Claimed::nothing(&request)
+                            });
+                        }
+                    }
+                }
             };
-            let limit = limit.max(1);
-            let lease_ms = int(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX / 4));
+            let limit = request.limit.max(1);
+            // At most a year: `now + lease` stays far from BIGINT's end.
+            let lease_ms = int(
+                u64::try_from(request.lease.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .min(365 * 86_400_000),
+            );
             let rows = client
                 .query(
                     &format!(
                         "WITH picked AS ( \
                            SELECT id FROM keel_dead_letters \
-                           WHERE queue = $1 AND id > $2 AND (claimed_until IS NULL OR claimed_until <= {NOW_MS}) \
+                           WHERE queue = $1 AND id > $2 AND id <= $7 \
+                             AND (claimed_until IS NULL OR claimed_until <= {NOW_MS} OR claim_token = $4) \
                              AND (last_replay_at IS NULL OR last_replay_at <= $6) \
                            ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
                          UPDATE keel_dead_letters d SET claim_token = $4, claimed_until = {NOW_MS} + $5 \
@@ -287,21 +317,34 @@ impl DeadLetterStore for PostgresDeadLetters {
                         &self.queue,
                         &after,
                         &i64::try_from(limit).unwrap_or(i64::MAX),
-                        &token,
+                        &request.token,
                         &lease_ms,
                         &started,
+                        &until,
                     ],
                 )
                 .await
                 .map_err(db)?;
-            let mut letters = rows.iter().map(letter_of).collect::<Result<Vec<_>, _>>()?;
+            let mut letters = Vec::with_capacity(rows.len());
+            let mut unreadable = Vec::new();
+            let mut last = None;
+            for row in &rows {
+                let id: i64 = row.get(0);
+                last = last.max(Some(id));
+                match letter_of(row) {
+                    Ok(letter) => letters.push(letter),
+                    Err(e) => unreadable.push((LetterId(id.to_string()), e.to_string())),
+                }
+            }
             letters.sort_by_key(|l| row_id(&l.id));
             Ok(Claimed {
-                cursor: letters.last().map(|l| l.id.clone()),
+                cursor: last.map(|id| LetterId(id.to_string())),
                 // Fewer than asked: none is left after the cursor that no one holds.
-                exhausted: letters.len() < limit,
+                exhausted: rows.len() < limit,
                 letters,
+                unreadable,
                 started: uint(started),
+                until: Some(LetterId(until.to_string())),
             })
         }
         .boxed()

@@ -17,7 +17,7 @@ use redis::aio::{ConnectionLike, ConnectionManager};
 
 use super::error::DeadLetterError;
 use super::letter::{DeadLetter, LetterId, NewLetter, class_from, class_text, from_millis, millis};
-use super::store::{Claimed, DeadLetterStore, Purge, QueueStats};
+use super::store::{ClaimRequest, Claimed, DeadLetterStore, Purge, QueueStats};
 
 const PUSH: &str = r"
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then
@@ -41,9 +41,16 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local micros = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local started = tonumber(ARGV[6])
 if started == 0 then started = micros end
+local started_text = string.format('%d', started)
+local upto = ARGV[7]
+if upto == '' then
+  local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+  if #newest == 0 then return {'', 1, {}, started_text, ''} end
+  upto = newest[1][1]
+end
 local want = tonumber(ARGV[2])
 local scan = tonumber(ARGV[3])
-local entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', scan)
+local entries = redis.call('XRANGE', KEYS[1], ARGV[1], upto, 'COUNT', scan)
 local out = {}
 local last = ''
 local broke = false
@@ -54,7 +61,8 @@ for _, e in ipairs(entries) do
   if c then
     local sep = string.find(c, '|', 1, true)
     local ends = sep and tonumber(string.sub(c, sep + 1))
-    if ends and ends > now then free = false end
+    local mine = sep and string.sub(c, 1, sep - 1) == ARGV[4]
+    if ends and ends > now and not mine then free = false end
   end
   if free then
     local st = redis.call('HGET', KEYS[3], e[1])
@@ -62,7 +70,7 @@ for _, e in ipairs(entries) do
     if failed and failed > started then free = false end
   end
   if free then
-    redis.call('HSET', KEYS[2], e[1], ARGV[4] .. '|' .. (now + tonumber(ARGV[5])))
+    redis.call('HSET', KEYS[2], e[1], ARGV[4] .. '|' .. string.format('%d', now + tonumber(ARGV[5])))
     table.insert(out, {e[1], e[2], redis.call('HGET', KEYS[3], e[1]) or ''})
     if #out >= want then
       broke = true
@@ -72,7 +80,7 @@ for _, e in ipairs(entries) do
 end
 local exhausted = 0
 if not broke and #entries < scan then exhausted = 1 end
-return {last, exhausted, out, string.format('%d', started)}
+return {last, exhausted, out, started_text, upto}
 ";
 
 const COMPLETE: &str = r"
@@ -130,9 +138,12 @@ end
 return n
 ";
 
+/// Empties the stream without deleting it, so it keeps its last id and new letters never
+/// reuse an old letter's id.
 const CLEAR: &str = r"
 local n = redis.call('XLEN', KEYS[1])
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+if n > 0 then redis.call('XTRIM', KEYS[1], 'MAXLEN', 0) end
+redis.call('DEL', KEYS[2], KEYS[3])
 return n
 ";
 
@@ -281,11 +292,35 @@ fn letter_of(v: &Value) -> Result<DeadLetter, DeadLetterError> {
     Ok(dead)
 }
 
-fn letters_of(v: &Value) -> Result<Vec<DeadLetter>, DeadLetterError> {
-    match v {
-        Value::Array(items) => items.iter().map(letter_of).collect(),
-        _ => Err(corrupt("a list")),
+/// The letters in a script's list of entries, and the entries that are not letters.
+fn letters_of(v: &Value) -> Result<(Vec<DeadLetter>, Vec<(LetterId, String)>), DeadLetterError> {
+    let Value::Array(items) = v else {
+        return Err(corrupt("a list"));
+    };
+    let mut letters = Vec::with_capacity(items.len());
+    let mut unreadable = Vec::new();
+    for item in items {
+        match letter_of(item) {
+            Ok(letter) => letters.push(letter),
+            Err(e) => {
+                let id = match item {
+                    Value::Array(parts) => parts.first().and_then(text),
+                    _ => None,
+                };
+                unreadable.push((LetterId::from_text(&id.unwrap_or_default()), e.to_string()));
+            }
+        }
     }
+    Ok((letters, unreadable))
+}
+
+/// Readable letters; the others are logged (with their ids, for an operator to purge).
+fn readable(v: &Value) -> Result<Vec<DeadLetter>, DeadLetterError> {
+    let (letters, unreadable) = letters_of(v)?;
+    for (id, why) in unreadable {
+        tracing::warn!(letter = %id, problem = %why, "an entry of the dead-letter stream is not a letter: skipped (purge it by id)");
+    }
+    Ok(letters)
 }
 
 /// The exclusive range start after `after`, or `-`; `None` when `after` is not a stream
@@ -293,7 +328,10 @@ fn letters_of(v: &Value) -> Result<Vec<DeadLetter>, DeadLetterError> {
 fn start_after(after: Option<&LetterId>) -> Option<String> {
     match after {
         None => Some("-".into()),
-        Some(id) => stream_id(id).map(|(ms, seq)| format!("({ms}-{seq}")),
+        Some(id) => match stream_id(id)? {
+            (u64::MAX, u64::MAX) => None,
+            (ms, seq) => Some(format!("({ms}-{seq}")),
+        },
     }
 }
 
@@ -431,7 +469,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> DeadLetterStore for Redi
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<DeadLetter>, DeadLetterError>> {
         async move {
-            let Some(start) = start_after(after.as_ref()) else {
+            let Some(start) = start_after(after.as_ref()).filter(|_| limit > 0) else {
                 return Ok(Vec::new());
             };
             let page = self
@@ -440,7 +478,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> DeadLetterStore for Redi
                     vec![arg(start), arg(limit.to_string()), arg("+")],
                 )
                 .await?;
-            letters_of(&page)
+            readable(&page)
         }
         .boxed()
     }
@@ -457,34 +495,31 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> DeadLetterStore for Redi
                     vec![arg(exact.clone()), arg("1"), arg(exact)],
                 )
                 .await?;
-            Ok(letters_of(&page)?.into_iter().next())
+            Ok(readable(&page)?.into_iter().next())
         }
         .boxed()
     }
 
-    fn claim(
-        &self,
-        after: Option<LetterId>,
-        limit: usize,
-        lease: Duration,
-        token: String,
-        started: Option<u64>,
-    ) -> BoxFuture<'_, Result<Claimed, DeadLetterError>> {
+    fn claim(&self, request: ClaimRequest) -> BoxFuture<'_, Result<Claimed, DeadLetterError>> {
         async move {
-            let Some(start) = start_after(after.as_ref()) else {
-                // Not one of ours: nothing comes after it.
-                return Ok(Claimed {
-                    letters: Vec::new(),
-                    cursor: None,
-                    exhausted: true,
-                    started: started.unwrap_or(0),
-                });
+            let until = match &request.until {
+                None => String::new(),
+                Some(id) => match stream_id(id) {
+                    Some((ms, seq)) => format!("{ms}-{seq}"),
+                    None => return Ok(Claimed::nothing(&request)),
+                },
             };
-            let limit = limit.max(1);
+            let Some(start) = start_after(request.after.as_ref()) else {
+                return Ok(Claimed::nothing(&request));
+            };
+            let limit = request.limit.max(1);
             // Look at a few more entries than wanted, so letters held by another replay
             // are stepped over in the same round trip; bounded, so a script stays short.
             let scan = limit.saturating_mul(4).min(10_000);
-            let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX / 4);
+            // At most a year: the script's arithmetic stays exact.
+            let lease_ms = u64::try_from(request.lease.as_millis())
+                .unwrap_or(u64::MAX)
+                .min(365 * 86_400_000);
             let reply = self
                 .run(
                     &self.scripts.claim,
@@ -492,26 +527,31 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> DeadLetterStore for Redi
                         arg(start),
                         arg(limit.to_string()),
                         arg(scan.to_string()),
-                        arg(token),
+                        arg(request.token),
                         arg(lease_ms.to_string()),
-                        arg(started.unwrap_or(0).to_string()),
+                        arg(request.started.unwrap_or(0).to_string()),
+                        arg(until),
                     ],
                 )
                 .await?;
             let Value::Array(parts) = reply else {
                 return Err(corrupt("a claim"));
             };
-            let [last, exhausted, letters, started] = parts.as_slice() else {
+            let [last, exhausted, entries, started, until] = parts.as_slice() else {
                 return Err(corrupt("a claim's shape"));
             };
             let last = text(last).unwrap_or_default();
+            let until = text(until).unwrap_or_default();
+            let (letters, unreadable) = letters_of(entries)?;
             Ok(Claimed {
-                letters: letters_of(letters)?,
+                letters,
+                unreadable,
                 cursor: (!last.is_empty()).then_some(LetterId(last)),
                 exhausted: int(exhausted) == Some(1),
                 started: int(started)
                     .and_then(|n| u64::try_from(n).ok())
                     .ok_or_else(|| corrupt("a time"))?,
+                until: (!until.is_empty()).then_some(LetterId(until)),
             })
         }
         .boxed()

@@ -30,20 +30,62 @@ pub struct QueueStats {
     pub oldest_enqueued_at: Option<SystemTime>,
 }
 
+/// What a replay asks of [`DeadLetterStore::claim`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ClaimRequest {
+    /// Claim letters after this one (from the oldest when `None`).
+    pub after: Option<LetterId>,
+    /// Claim no letter after this one: the newest letter when the replay started, so
+    /// letters kept during the replay (a handler that dead-letters again) wait for the
+    /// next one. `None` on a replay's first claim: the store finds it.
+    pub until: Option<LetterId>,
+    /// At most this many letters.
+    pub limit: usize,
+    /// How long the claim holds them.
+    pub lease: Duration,
+    /// The replay's token: letters it already holds may be claimed again (the lease is
+    /// renewed).
+    pub token: String,
+    /// When the replay started (from its first claim): letters a replay failed after
+    /// that are left alone. `None` on a replay's first claim.
+    pub started: Option<u64>,
+}
+
 /// Letters claimed for one replay.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct Claimed {
     /// The letters now reserved for the claimer, oldest first.
     pub letters: Vec<DeadLetter>,
+    /// Entries the claim looked at that are not letters (written by something else, or
+    /// damaged): their ids and what is wrong. They are skipped, not handed over.
+    pub unreadable: Vec<(LetterId, String)>,
     /// Where the next claim starts (after this id); `None` to keep the one given.
     pub cursor: Option<LetterId>,
-    /// Whether the store has no letters after the cursor.
+    /// Whether the store has no letters after the cursor (up to `until`).
     pub exhausted: bool,
     /// When the replay started, as a mark on the store's clock (Redis and PostgreSQL:
     /// microseconds of their own time; memory: a counter): the `started` given, or now
     /// for a replay's first claim. Opaque to the caller, who passes it back.
     pub started: u64,
+    /// The newest letter the replay covers: the `until` given, or the store's newest
+    /// letter for a replay's first claim (`None`: the store was empty).
+    pub until: Option<LetterId>,
+}
+
+impl Claimed {
+    /// Nothing claimed, nothing left: for an `after` that is not one of the store's ids.
+    pub(crate) fn nothing(request: &ClaimRequest) -> Self {
+        Claimed {
+            letters: Vec::new(),
+            unreadable: Vec::new(),
+            cursor: None,
+            exhausted: true,
+            started: request.started.unwrap_or(0),
+            until: request.until.clone(),
+        }
+    }
 }
 
 /// A dead-letter backend. Every method is one atomic step in the store, so several
@@ -63,18 +105,12 @@ pub trait DeadLetterStore: fmt::Debug + Send + Sync + 'static {
     /// One letter.
     fn get(&self, id: LetterId) -> BoxFuture<'_, Result<Option<DeadLetter>, DeadLetterError>>;
 
-    /// Reserves for `lease` up to `limit` letters after `after` that no live claim
-    /// holds and that no replay failed since `started` (so a letter one replay failed is
-    /// not handed to another replay already running), under `token`, atomically (two
-    /// claimers never get the same letter while a lease runs), on the store's clock.
-    fn claim(
-        &self,
-        after: Option<LetterId>,
-        limit: usize,
-        lease: Duration,
-        token: String,
-        started: Option<u64>,
-    ) -> BoxFuture<'_, Result<Claimed, DeadLetterError>>;
+    /// Reserves for `lease` up to `limit` letters after `after` and up to `until` that
+    /// no other live claim holds and that no replay failed since `started` (so a letter
+    /// one replay failed is not handed to another replay already running), under
+    /// `token`, atomically (two claimers never get the same letter while a lease runs),
+    /// on the store's clock.
+    fn claim(&self, request: ClaimRequest) -> BoxFuture<'_, Result<Claimed, DeadLetterError>>;
 
     /// Deletes a letter still claimed under `token`; `false` when it is not (purged, or
     /// the lease ran out and another claimer took it).
@@ -113,15 +149,8 @@ impl<S: DeadLetterStore> DeadLetterStore for std::sync::Arc<S> {
     fn get(&self, id: LetterId) -> BoxFuture<'_, Result<Option<DeadLetter>, DeadLetterError>> {
         (**self).get(id)
     }
-    fn claim(
-        &self,
-        after: Option<LetterId>,
-        limit: usize,
-        lease: Duration,
-        token: String,
-        started: Option<u64>,
-    ) -> BoxFuture<'_, Result<Claimed, DeadLetterError>> {
-        (**self).claim(after, limit, lease, token, started)
+    fn claim(&self, request: ClaimRequest) -> BoxFuture<'_, Result<Claimed, DeadLetterError>> {
+        (**self).claim(request)
     }
     fn complete(
         &self,

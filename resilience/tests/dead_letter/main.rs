@@ -497,9 +497,10 @@ async fn what_redis_holds_is_not_trusted() {
     redis
         .command(&["XADD", &stream, "*", "k", "x", "f", "soon"])
         .unwrap();
-    let err = queue.list(None, 10).await.unwrap_err();
-    assert!(matches!(err, DeadLetterError::Store { .. }), "{err:?}");
-    assert!(err.to_string().len() < 200, "{err}");
+    // It is skipped (and logged with its id), not an error that blocks the queue.
+    let letters = queue.list(None, 10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(queue.stats().await.unwrap().letters, 2);
     // Redis down: a typed error within the timeout, not a hang.
     drop(redis);
     let started = std::time::Instant::now();
@@ -658,7 +659,6 @@ mod pipeline {
     }
 }
 
-#[cfg(any())] // REVIEW-TEMP
 #[test]
 fn sizes_ages_and_replays_are_exported_as_metrics() {
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
@@ -688,7 +688,7 @@ fn sizes_ages_and_replays_are_exported_as_metrics() {
                 .unwrap();
         });
     });
-    let metrics: HashMap<String, DebugValue> = snapshotter
+    let mut metrics: HashMap<String, DebugValue> = snapshotter
         .snapshot()
         .into_vec()
         .into_iter()
@@ -702,11 +702,9 @@ fn sizes_ages_and_replays_are_exported_as_metrics() {
             (format!("{}{{{}}}", key.name(), labels.join(",")), value)
         })
         .collect();
-    let get = |name: &str| {
-        metrics
-            .get(name)
-            .unwrap_or_else(|| panic!("{name} missing from {:#?}", metrics.keys()))
-            .clone()
+    let mut get = |name: &str| match metrics.remove(name) {
+        Some(value) => value,
+        None => panic!("{name} missing from {:#?}", metrics.keys()),
     };
     assert_eq!(
         get("resilience_dead_letters_added_total{queue=metered}"),
@@ -734,79 +732,223 @@ fn sizes_ages_and_replays_are_exported_as_metrics() {
     );
 }
 
-// ===== REVIEW EXPERIMENTS (to be removed) =====
+/// Review: a batch is leased at once but handled one letter after another; a slow
+/// handler ran the rest of the batch past its lease and a second replay took (and
+/// delivered) the same letters again, on every store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_batch_outlives_lease() {
+async fn a_slow_batch_renews_its_claims_instead_of_sharing_letters() {
     for (name, backend) in Backend::all().await {
-        let a = backend.queue("rv_lease").await;
-        let b = backend.queue("rv_lease").await;
+        let a = backend.queue("slow").await;
+        let b = backend.queue("slow").await;
         for n in 0..3 {
             a.push(letter(n)).await.unwrap();
         }
         let handed: Arc<Mutex<Vec<(String, &'static str)>>> = Arc::default();
-        let h1 = handed.clone();
-        let ra = tokio::spawn(async move {
-            a.replay(
-                ReplayOptions::default().batch(3).lease(Duration::from_millis(1000)).handler_timeout(Duration::from_millis(900)),
-                move |l| {
-                    h1.lock().unwrap().push((l.key().to_owned(), "A"));
-                    async { tokio::time::sleep(Duration::from_millis(600)).await; Ok::<(), String>(()) }
-                },
-            ).await.unwrap()
+        let record = |who: &'static str| {
+            let handed = handed.clone();
+            move |letter: keel_resilience::dead_letter::DeadLetter| {
+                handed.lock().unwrap().push((letter.key().to_owned(), who));
+                async move {
+                    if who == "a" {
+                        tokio::time::sleep(Duration::from_millis(600)).await;
+                    }
+                    Ok::<(), String>(())
+                }
+            }
+        };
+        let slow = tokio::spawn({
+            let a = a.clone();
+            let handler = record("a");
+            async move {
+                a.replay(
+                    ReplayOptions::default()
+                        .batch(3)
+                        .lease(Duration::from_millis(1000))
+                        .handler_timeout(Duration::from_millis(900)),
+                    handler,
+                )
+                .await
+                .unwrap()
+            }
         });
         tokio::time::sleep(Duration::from_millis(1300)).await;
-        let h2 = handed.clone();
-        let rb = b.replay(ReplayOptions::default(), move |l| {
-            h2.lock().unwrap().push((l.key().to_owned(), "B"));
-            async { Ok::<(), String>(()) }
-        }).await.unwrap();
-        let ra = ra.await.unwrap();
-        println!("{name}: A={ra:?} B={rb:?} handed={:?}", handed.lock().unwrap());
+        let rb = b
+            .replay(ReplayOptions::default(), record("b"))
+            .await
+            .unwrap();
+        let ra = slow.await.unwrap();
+        let handed = handed.lock().unwrap().clone();
+        let mut keys: Vec<&str> = handed.iter().map(|(k, _)| k.as_str()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(
+            keys.len(),
+            handed.len(),
+            "{name}: handed over twice: {handed:?}"
+        );
+        assert_eq!(ra.delivered + rb.delivered, 3, "{name}: {ra:?} {rb:?}");
+        assert_eq!(ra.lost_claims + rb.lost_claims, 0, "{name}: {ra:?} {rb:?}");
     }
 }
 
+/// Review: a handler that dead-letters the work again (what a pipeline does) made a
+/// replay run forever; a replay covers the letters kept before it started.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_pg_nul_and_error_leak() {
-    let pg = tokio::task::spawn_blocking(|| PostgresServer::start().unwrap()).await.unwrap();
-    let store = PostgresDeadLetters::new(pool(&pg), "nul");
-    store.migrate().await.unwrap();
-    let q = DeadLetterQueue::new("nul", store);
-    let r = q.push(NewLetter::new("k", b"password=hunter2".to_vec(), ErrorClass::Permanent, "bad reply: \0\x01 token=SECRET42")).await;
-    match r {
-        Ok(id) => println!("pg nul: kept {id}"),
-        Err(e) => println!("pg nul: REFUSED display={e} debug={e:?} source={:?}", std::error::Error::source(&e).map(|s| s.to_string())),
+async fn a_handler_that_dead_letters_again_does_not_make_the_replay_endless() {
+    for (name, backend) in Backend::all().await {
+        let queue = backend.queue("again").await;
+        for n in 0..2 {
+            queue.push(letter(n)).await.unwrap();
+        }
+        let again = queue.clone();
+        let report = tokio::time::timeout(
+            Duration::from_secs(20),
+            queue.replay(ReplayOptions::default().batch(1), move |letter| {
+                let again = again.clone();
+                async move {
+                    again
+                        .push(NewLetter::new(
+                            letter.key(),
+                            letter.payload().to_vec(),
+                            ErrorClass::Transient,
+                            "still failing",
+                        ))
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            }),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{name}: the replay did not end"))
+        .unwrap();
+        assert_eq!(report.delivered, 2, "{name}: {report:?}");
+        let left = queue.list(None, 10).await.unwrap();
+        assert_eq!(left.len(), 2, "{name}");
+        assert!(
+            left.iter().all(|l| l.message() == "still failing"),
+            "{name}"
+        );
     }
 }
 
+/// Review: text with a NUL character (a binary reply quoted in a message) was refused by
+/// PostgreSQL; every store keeps it, the NUL replaced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_redis_edges() {
-    let redis = tokio::task::spawn_blocking(|| RedisServer::start().unwrap()).await.unwrap();
-    let client = redis::Client::open(redis.url()).unwrap();
-    let connection = redis::aio::ConnectionManager::new(client).await.unwrap();
-    let store = RedisDeadLetters::new(connection, "edge");
-    let stream = store.stream_key().to_owned();
-    let q = DeadLetterQueue::new("edge", store);
-    q.push(letter(1)).await.unwrap();
-    println!("list limit 0: {:?}", q.list(None, 0).await.map(|v| v.len()));
-    let max = LetterId::from_text("18446744073709551615-18446744073709551615");
-    println!("list after max id: {:?}", q.list(Some(&max), 10).await.map(|v| v.len()));
-    // id reuse after Purge::All
-    let mut reused = 0;
-    for _ in 0..300 {
-        let id1 = q.push(letter(2)).await.unwrap();
-        q.purge(Purge::All).await.unwrap();
-        let id2 = q.push(letter(3)).await.unwrap();
-        if id2.as_str() <= id1.as_str() || id2 == id1 { reused += 1; if reused == 1 { println!("reuse: before purge {id1}, after {id2}"); } }
-        q.purge(Purge::All).await.unwrap();
+async fn messages_with_nul_characters_are_kept_on_every_store() {
+    for (name, backend) in Backend::all().await {
+        let queue = backend.queue("nul").await;
+        let id = queue
+            .push(NewLetter::new(
+                "k\0ey",
+                vec![0, 0],
+                ErrorClass::Transient,
+                "bad reply: \0\u{1}",
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        let kept = queue.inspect(&id).await.unwrap().unwrap();
+        assert_eq!(kept.message(), "bad reply: \u{FFFD}\u{1}", "{name}");
+        assert_eq!(kept.key(), "k\u{FFFD}ey", "{name}");
+        assert_eq!(
+            kept.payload(),
+            &[0, 0],
+            "{name}: payloads are bytes, kept as they are"
+        );
+        // A handler's error with a NUL is kept too.
+        let report = queue
+            .replay(ReplayOptions::default(), |_| async { Err("down: \0") })
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert_eq!(report.failed, 1, "{name}");
     }
-    println!("ids reused/not increasing after Purge::All: {reused}/300");
-    // poison entry blocks replay of everything
-    for n in 0..5 { q.push(letter(n)).await.unwrap(); }
-    redis.command(&["XADD", &stream, "*", "k", "x", "c", "bogus"]).unwrap();
-    for n in 5..10 { q.push(letter(n)).await.unwrap(); }
-    let mut got = 0;
-    let r = q.replay(ReplayOptions::default().batch(4), |_| { got += 1; async { Ok::<(), String>(()) } }).await;
-    println!("poison replay: {:?}, delivered {got}; letters left {}", r.map_err(|e| e.to_string()), q.stats().await.unwrap().letters);
-    let r = q.replay(ReplayOptions::default().batch(4), |_| async { Ok::<(), String>(()) }).await;
-    println!("poison replay 2: {:?}", r.map_err(|e| e.to_string()));
+}
+
+/// Review: one entry that is not a letter blocked every replay (the whole batch failed
+/// to parse after its leases were taken) and stranded the good letters claimed with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_that_is_not_a_letter_is_skipped_not_a_blocker() {
+    let (redis, postgres) = tokio::task::spawn_blocking(|| {
+        (
+            RedisServer::start().unwrap(),
+            PostgresServer::start().unwrap(),
+        )
+    })
+    .await
+    .unwrap();
+    let redis = Backend::Redis(redis);
+    let postgres = Backend::Postgres(postgres);
+    for (name, backend) in [("redis", &redis), ("postgres", &postgres)] {
+        let queue = backend.queue("damaged").await;
+        for n in 0..5 {
+            queue.push(letter(n)).await.unwrap();
+        }
+        let damaged = queue.push(letter(5)).await.unwrap();
+        match backend {
+            Backend::Redis(server) => {
+                // In its place, an entry someone else wrote.
+                queue.purge(Purge::One(damaged.clone())).await.unwrap();
+                server
+                    .command(&[
+                        "XADD",
+                        "keel:dlq:{7:damaged}:letters",
+                        "*",
+                        "k",
+                        "x",
+                        "c",
+                        "bogus",
+                    ])
+                    .unwrap();
+            }
+            Backend::Postgres(server) => {
+                server
+                    .psql(&format!(
+                        "UPDATE keel_dead_letters SET class = 'bogus' WHERE id = {}",
+                        damaged.as_str()
+                    ))
+                    .unwrap();
+            }
+            _ => unreachable!(),
+        }
+        for n in 6..11 {
+            queue.push(letter(n)).await.unwrap();
+        }
+        let report = queue
+            .replay(ReplayOptions::default().batch(4), |_| async {
+                Ok::<(), String>(())
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert_eq!(report.delivered, 10, "{name}: {report:?}");
+        assert_eq!(report.unreadable, 1, "{name}: {report:?}");
+        // Listing skips it too; stats count it, for an operator to purge.
+        assert!(queue.list(None, 100).await.unwrap().is_empty(), "{name}");
+        assert_eq!(queue.stats().await.unwrap().letters, 1, "{name}");
+    }
+}
+
+/// Review: after `Purge::All` the Redis stream started over and new letters reused old
+/// ids, so an operator's old id could purge a different letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_are_never_reused_after_a_purge() {
+    for (name, backend) in Backend::all().await {
+        let queue = backend.queue("reuse").await;
+        let mut previous = None;
+        for _ in 0..50 {
+            let id = queue.push(letter(1)).await.unwrap();
+            if let Some(old) = previous.replace(id.clone()) {
+                assert_ne!(old, id, "{name}");
+                assert!(queue.inspect(&old).await.unwrap().is_none(), "{name}");
+            }
+            queue.purge(Purge::All).await.unwrap();
+        }
+        // Edge pages: nothing asked, nothing after the largest id.
+        queue.push(letter(2)).await.unwrap();
+        assert!(queue.list(None, 0).await.unwrap().is_empty(), "{name}");
+        let end = LetterId::from_text("18446744073709551615-18446744073709551615");
+        assert!(
+            queue.list(Some(&end), 10).await.unwrap().is_empty(),
+            "{name}"
+        );
+    }
 }
