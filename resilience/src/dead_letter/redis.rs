@@ -292,8 +292,11 @@ fn letter_of(v: &Value) -> Result<DeadLetter, DeadLetterError> {
     Ok(dead)
 }
 
+/// Entries that are not letters: their ids and what is wrong.
+type Unreadable = Vec<(LetterId, String)>;
+
 /// The letters in a script's list of entries, and the entries that are not letters.
-fn letters_of(v: &Value) -> Result<(Vec<DeadLetter>, Vec<(LetterId, String)>), DeadLetterError> {
+fn letters_of(v: &Value) -> Result<(Vec<DeadLetter>, Unreadable), DeadLetterError> {
     let Value::Array(items) = v else {
         return Err(corrupt("a list"));
     };
