@@ -10,7 +10,7 @@ use crate::cache::{Cache, Inner};
 use crate::clock::{Clock, CoarseClock, VersionClock};
 use crate::codec::{Codec, Compression};
 use crate::error::BuildError;
-use crate::flight::Flights;
+use crate::flight::{Changes, Flights};
 use crate::options::EntryOptions;
 use crate::stats::Stats;
 #[cfg(feature = "redis")]
@@ -296,6 +296,7 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
             clock: self.clock,
             versions,
             flights: Flights::new(),
+            changes: Changes::new(),
             stats,
             #[cfg(feature = "redis")]
             remote,

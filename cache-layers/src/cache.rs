@@ -15,7 +15,7 @@ use crate::clock::{Clock, VersionClock};
 use crate::codec::{Codec, Postcard};
 use crate::entry::{Entry, Tags};
 use crate::error::{BoxError, CacheError};
-use crate::flight::{Flights, Landed, SharedLoad, Ticket};
+use crate::flight::{Changes, Flights, Landed, SharedLoad, Ticket};
 use crate::options::{Deadlines, EntryOptions};
 use crate::stats::{CacheStats, Stats};
 #[cfg(feature = "redis")]
@@ -79,6 +79,8 @@ pub(crate) struct Inner<V> {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) versions: Arc<VersionClock>,
     pub(crate) flights: Flights<V>,
+    /// Changes per key (stripe), so fills from reads never undo a newer change.
+    pub(crate) changes: Changes,
     pub(crate) stats: Arc<Stats>,
     #[cfg(feature = "redis")]
     pub(crate) remote: Option<Arc<Remote<V>>>,
@@ -177,12 +179,14 @@ impl<V: Send + Sync + 'static> Cache<V> {
         #[cfg(feature = "redis")]
         if let Some(remote) = &self.inner.remote {
             let now = self.inner.clock.now_ms();
+            let seen = self.inner.changes.seen(key);
             if let Some(entry) = remote.read(key).await
                 && entry.is_fresh(now)
             {
                 self.inner.stats.l2_hit();
                 let value = entry.value.clone();
-                self.inner.l1.insert(Arc::from(key), entry);
+                self.inner
+                    .fill(key, entry, || self.inner.changes.unchanged(key, seen));
                 return value;
             }
             self.inner.stats.l2_miss();
@@ -327,12 +331,21 @@ impl<V: Send + Sync + 'static> Cache<V> {
             }
         }
         self.inner.stats.l1_miss();
+        let seen = self.inner.changes.seen(key);
         let flight = self.start(key, options, load, stale.clone(), false);
         let limit = match (&stale, options.soft_timeout, options.hard_timeout) {
             (Some(_), Some(soft), Some(hard)) => Some(soft.min(hard)),
             (Some(_), Some(soft), None) => Some(soft),
             (_, _, hard) => hard,
         };
+        // The stale value answers a soft timeout only while nothing overwrote or
+        // invalidated the key.
+        let stale = stale.map(|entry| Stale {
+            entry,
+            inner: self.inner.clone(),
+            key: Arc::from(key),
+            seen,
+        });
         Err(wait(flight, stale, limit, self.inner.stats.clone()).boxed())
     }
 
@@ -526,10 +539,19 @@ impl<V: Send + Sync + 'static> Cache<V> {
     }
 }
 
-/// Waits for a load within the soft/hard limit, falling back to `stale`.
+/// A stale entry a caller may fall back to, and how to tell it is still the key's.
+struct Stale<V: Send + Sync + 'static> {
+    entry: Entry<V>,
+    inner: Arc<Inner<V>>,
+    key: Arc<str>,
+    seen: u64,
+}
+
+/// Waits for a load within the soft/hard limit, falling back to `stale` (unless the key
+/// changed since).
 async fn wait<V: Send + Sync + 'static>(
     flight: SharedLoad<V>,
-    stale: Option<Entry<V>>,
+    stale: Option<Stale<V>>,
     limit: Option<Duration>,
     stats: Arc<Stats>,
 ) -> Landed<V> {
@@ -539,11 +561,11 @@ async fn wait<V: Send + Sync + 'static>(
     match with_timeout(limit, flight).await {
         Ok(landed) => landed,
         Err(_) => match stale {
-            Some(entry) => {
+            Some(stale) if stale.inner.changes.unchanged(&stale.key, stale.seen) => {
                 stats.stale_served();
-                Ok(entry.value)
+                Ok(stale.entry.value)
             }
-            None => Err(CacheError::Timeout { after: limit }),
+            _ => Err(CacheError::Timeout { after: limit }),
         },
     }
 }
@@ -567,18 +589,35 @@ impl<V: Send + Sync + 'static> Inner<V> {
             deadlines: options.deadlines(self.clock.now_ms(), false),
             tags: Tags::from(&options.tags),
         };
-        // A load that started before this write must not replace it.
+        // A load or a read from L2 that started before this write must not replace it.
+        self.changes.mark(key);
         self.flights.poison(key);
         self.l1.insert(Arc::from(key), entry.clone());
         entry
     }
 
+    /// Puts `entry` in L1 if `still_current()` (nothing changed the key since it was
+    /// read), and takes it back if a change landed while it went in: every L1 fill from
+    /// a read goes through here, so none undoes a newer write or an invalidation (at
+    /// worst the key is dropped, and the next read goes to L2).
+    fn fill(&self, key: &str, entry: Entry<V>, still_current: impl Fn() -> bool) {
+        if !still_current() {
+            return;
+        }
+        self.l1.insert(Arc::from(key), entry);
+        if !still_current() {
+            self.l1.invalidate(key);
+        }
+    }
+
     pub(crate) fn drop_key_locally(&self, key: &str) {
+        self.changes.mark(key);
         self.flights.poison(key);
         self.l1.invalidate(key);
     }
 
     pub(crate) fn drop_tag_locally(&self, tag: &str) {
+        self.changes.mark_all();
         self.flights.poison_all();
         // A scan, not moka's invalidation closures: those tax every read of the cache to
         // speed up an operation that is rare.
@@ -590,6 +629,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
     }
 
     pub(crate) fn drop_all_locally(&self) {
+        self.changes.mark_all();
         self.flights.poison_all();
         self.l1.invalidate_all();
         // moka's invalidate_all spares entries written within its clock's last tick; an
@@ -625,9 +665,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             match remote.read(&key).await {
                 Some(found) if usable(&found, now, refresh) => {
                     self.stats.l2_hit();
-                    if cacheable() {
-                        self.l1.insert(key.clone(), found.clone());
-                    }
+                    self.fill(&key, found.clone(), cacheable);
                     return Ok(found.value);
                 }
                 Some(found) => {
@@ -642,9 +680,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             }
             match remote.lock_or_wait(&key, &*self.clock, refresh).await {
                 crate::remote::LockStep::Found(found) => {
-                    if cacheable() {
-                        self.l1.insert(key.clone(), found.clone());
-                    }
+                    self.fill(&key, found.clone(), cacheable);
                     return Ok(found.value);
                 }
                 crate::remote::LockStep::Held(held) => lock = Some(held),
@@ -669,7 +705,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                         tags: Tags::from(&options.tags),
                     };
                     if cacheable() {
-                        self.l1.insert(key.clone(), entry.clone());
+                        self.fill(&key, entry.clone(), cacheable);
                         #[cfg(feature = "redis")]
                         if let Some(remote) = &self.remote {
                             // Best effort: the value is served from L1 either way.
@@ -679,7 +715,8 @@ impl<V: Send + Sync + 'static> Inner<V> {
                     Ok(entry.value.clone())
                 }
             }
-            Err(error) => match stale.filter(|s| s.is_servable(now)) {
+            // An invalidated or overwritten value is never served as fail-safe.
+            Err(error) => match stale.filter(|s| s.is_servable(now) && cacheable()) {
                 Some(stale) => {
                     tracing::warn!(cache = %self.name, error = %error, "loader failed; serving the last good value (fail-safe)");
                     self.stats.stale_served();
@@ -695,7 +732,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                             refresh_at: stale.deadlines.refresh_at.max(retry_at),
                             stale_until: stale.deadlines.stale_until,
                         });
-                        self.l1.insert(key.clone(), throttled);
+                        self.fill(&key, throttled, cacheable);
                     }
                     Ok(stale.value)
                 }

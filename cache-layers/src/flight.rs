@@ -87,23 +87,81 @@ impl<V: Send + Sync + 'static> Flights<V> {
         }
     }
 
+    /// Marks the load of `key` as overtaken by a write or an invalidation, and takes it
+    /// out of the map: its callers still get its result, but nobody joins it any more
+    /// (a request that starts after an invalidation must not get the read from before
+    /// it), and its result is neither cached nor served as fail-safe.
     pub(crate) fn poison(&self, key: &str) {
-        let map = self
+        let mut map = self
             .map
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(flight) = map.get(key) {
+        if let Some(flight) = map.remove(key) {
             flight.poisoned.store(true, Ordering::Release);
         }
     }
 
+    /// [`poison`](Self::poison) for every load.
     pub(crate) fn poison_all(&self) {
-        let map = self
+        let mut map = self
             .map
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for flight in map.values() {
+        for (_, flight) in map.drain() {
             flight.poisoned.store(true, Ordering::Release);
         }
+    }
+}
+
+/// How many times each key may have changed in L1 (written, invalidated, cleared), in
+/// stripes: a read that fills L1 from L2 notes its key's stripe before reading and checks
+/// it after filling, and takes its fill back when a change landed in between, so a fill
+/// never undoes a newer write or an invalidation. Stripes keep it cheap; a change to
+/// another key of the same stripe only costs a fill (the next read goes to L2).
+#[derive(Debug)]
+pub(crate) struct Changes {
+    stripes: [AtomicU64; STRIPES],
+}
+
+const STRIPES: usize = 64;
+
+impl Changes {
+    pub(crate) fn new() -> Self {
+        Self {
+            stripes: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    fn stripe(&self, key: &str) -> &AtomicU64 {
+        // FNV-1a: cheap, and only the stripe's spread matters.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in key.as_bytes() {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        #[allow(clippy::cast_possible_truncation)] // below STRIPES
+        &self.stripes[(hash % STRIPES as u64) as usize]
+    }
+
+    /// Notes a change of `key` (before L1 is changed).
+    pub(crate) fn mark(&self, key: &str) {
+        self.stripe(key).fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Notes a change of every key.
+    pub(crate) fn mark_all(&self) {
+        for stripe in &self.stripes {
+            stripe.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Where `key`'s changes stand, for [`unchanged`](Self::unchanged).
+    pub(crate) fn seen(&self, key: &str) -> u64 {
+        self.stripe(key).load(Ordering::Acquire)
+    }
+
+    /// Whether `key` has not changed since `seen`.
+    pub(crate) fn unchanged(&self, key: &str, seen: u64) -> bool {
+        self.stripe(key).load(Ordering::Acquire) == seen
     }
 }

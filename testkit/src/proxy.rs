@@ -3,7 +3,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -32,6 +32,8 @@ struct Shared {
     target: SocketAddr,
     cut: AtomicBool,
     stop: AtomicBool,
+    /// Milliseconds each chunk from the server waits before it reaches the client.
+    reply_delay_ms: AtomicU64,
     open: Mutex<Vec<TcpStream>>,
 }
 
@@ -60,6 +62,7 @@ impl TcpProxy {
             target,
             cut: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            reply_delay_ms: AtomicU64::new(0),
             open: Mutex::new(Vec::new()),
         });
         let state = shared.clone();
@@ -88,6 +91,16 @@ impl TcpProxy {
     /// Accepts connections again.
     pub fn restore(&self) {
         self.shared.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// Holds every reply (each chunk from the server) for `delay` before passing it on,
+    /// on every connection, until set back to zero: a slow network or a slow server,
+    /// for tests of what happens while a reply is on its way.
+    pub fn delay_replies(&self, delay: Duration) {
+        self.shared.reply_delay_ms.store(
+            u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
     }
 }
 
@@ -142,16 +155,21 @@ fn forward(client: TcpStream, server: TcpStream, shared: &Arc<Shared>) {
         }
     }
     // Each direction ends when either side closes; both sockets are then shut down.
-    std::thread::spawn(move || pipe(client, server2));
-    std::thread::spawn(move || pipe(server, client2));
+    let replies = shared.clone();
+    std::thread::spawn(move || pipe(client, server2, None));
+    std::thread::spawn(move || pipe(server, client2, Some(&replies.reply_delay_ms)));
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
+fn pipe(mut from: TcpStream, mut to: TcpStream, delay_ms: Option<&AtomicU64>) {
     let mut buf = [0u8; 16 * 1024];
     loop {
         match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                let delay = delay_ms.map_or(0, |d| d.load(Ordering::SeqCst));
+                if delay > 0 {
+                    std::thread::sleep(Duration::from_millis(delay));
+                }
                 if to.write_all(&buf[..n]).is_err() {
                     break;
                 }

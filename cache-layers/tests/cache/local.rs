@@ -373,3 +373,88 @@ async fn wait_for(mut condition: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Review (issue 11, item 5): an invalidation left the running load joinable, so a
+/// request that started after the invalidation got the read from before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_after_an_invalidation_does_not_join_the_load_before_it() {
+    let cache = Cache::<String>::builder("local").build().unwrap();
+    let before = tokio::spawn({
+        let cache = cache.clone();
+        async move {
+            cache
+                .get_or_load("k", || async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Ok::<_, std::io::Error>("read before the invalidation".to_owned())
+                })
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    cache.invalidate("k").await.unwrap();
+    let after = cache
+        .get_or_load("k", || async {
+            Ok::<_, std::io::Error>("read after the invalidation".to_owned())
+        })
+        .await
+        .unwrap();
+    assert_eq!(*after, "read after the invalidation");
+    // The earlier caller gets its own read, which is not cached over the newer one.
+    assert_eq!(
+        *before.await.unwrap().unwrap(),
+        "read before the invalidation"
+    );
+    assert_eq!(
+        cache.peek("k").as_deref().map(String::as_str),
+        Some("read after the invalidation")
+    );
+}
+
+/// Review (issue 11, item 5): with fail-safe on, a load overtaken by an invalidation
+/// served the explicitly invalidated value when its loader failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_safe_never_serves_an_invalidated_value() {
+    let clock = ManualClock::new(1_000_000);
+    let cache = Cache::<String>::builder("local")
+        .clock(clock.clone())
+        .entry_options(
+            EntryOptions::new(Duration::from_secs(1))
+                .fail_safe(Duration::from_secs(3600))
+                .soft_timeout(Duration::from_millis(100)),
+        )
+        .build()
+        .unwrap();
+    cache
+        .get_or_load("k", || async { Ok::<_, std::io::Error>("old".to_owned()) })
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(2)); // expired, still servable as fail-safe
+    let slow_failure = || async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Err::<String, _>(std::io::Error::other("source down"))
+    };
+    let first = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.get_or_load("k", slow_failure).await }
+    });
+    let second = tokio::spawn({
+        let cache = cache.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            cache.get_or_load("k", slow_failure).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    cache.invalidate("k").await.unwrap();
+    let third = cache.get_or_load("k", slow_failure).await;
+    for (name, answer) in [
+        ("first", first.await.unwrap()),
+        ("second", second.await.unwrap()),
+        ("third", third),
+    ] {
+        assert!(
+            !matches!(&answer, Ok(v) if **v == "old"),
+            "{name}: the invalidated value came back: {answer:?}"
+        );
+    }
+}
