@@ -15,7 +15,7 @@ use crate::clock::{Clock, VersionClock};
 use crate::codec::{Codec, Postcard};
 use crate::entry::{Entry, Tags};
 use crate::error::{BoxError, CacheError};
-use crate::flight::{Changes, Flights, Landed, SharedLoad, Ticket};
+use crate::flight::{Changes, Flights, Landed, Seen, SharedLoad, Ticket};
 use crate::options::{Deadlines, EntryOptions};
 use crate::stats::{CacheStats, Stats};
 #[cfg(feature = "redis")]
@@ -185,8 +185,10 @@ impl<V: Send + Sync + 'static> Cache<V> {
             {
                 self.inner.stats.l2_hit();
                 let value = entry.value.clone();
-                self.inner
-                    .fill(key, entry, || self.inner.changes.unchanged(key, seen));
+                let tagged = !entry.tags.is_empty();
+                self.inner.fill(key, entry, || {
+                    self.inner.changes.unchanged(key, seen, tagged)
+                });
                 return value;
             }
             self.inner.stats.l2_miss();
@@ -346,7 +348,14 @@ impl<V: Send + Sync + 'static> Cache<V> {
             key: Arc::from(key),
             seen,
         });
-        Err(wait(flight, stale, limit, self.inner.stats.clone()).boxed())
+        Err(wait(
+            flight,
+            stale,
+            limit,
+            options.hard_timeout,
+            self.inner.stats.clone(),
+        )
+        .boxed())
     }
 
     /// Joins the running load of `key` or starts one in its own task.
@@ -358,21 +367,23 @@ impl<V: Send + Sync + 'static> Cache<V> {
         stale: Option<Entry<V>>,
         refresh: bool,
     ) -> SharedLoad<V> {
-        self.inner.flights.join_or_start(key, |ticket| {
-            let inner = self.inner.clone();
-            let key: Arc<str> = Arc::from(key);
-            let options = options.clone();
-            let task = tokio::spawn(Inner::load(
-                inner,
-                key,
-                options,
-                load(),
-                stale,
-                refresh,
-                ticket,
-            ));
-            async move { task.await.unwrap_or(Err(CacheError::LoaderPanicked)) }.boxed()
-        })
+        self.inner
+            .flights
+            .join_or_start(key, &options.tags, |ticket| {
+                let inner = self.inner.clone();
+                let key: Arc<str> = Arc::from(key);
+                let options = options.clone();
+                let task = tokio::spawn(Inner::load(
+                    inner,
+                    key,
+                    options,
+                    load(),
+                    stale,
+                    refresh,
+                    ticket,
+                ));
+                async move { task.await.unwrap_or(Err(CacheError::LoaderPanicked)) }.boxed()
+            })
     }
 
     /// Stores a value (write-through): in L1 at once, and in L2 before returning, then
@@ -544,7 +555,7 @@ struct Stale<V: Send + Sync + 'static> {
     entry: Entry<V>,
     inner: Arc<Inner<V>>,
     key: Arc<str>,
-    seen: u64,
+    seen: Seen,
 }
 
 /// Waits for a load within the soft/hard limit, falling back to `stale` (unless the key
@@ -553,19 +564,37 @@ async fn wait<V: Send + Sync + 'static>(
     flight: SharedLoad<V>,
     stale: Option<Stale<V>>,
     limit: Option<Duration>,
+    hard: Option<Duration>,
     stats: Arc<Stats>,
 ) -> Landed<V> {
     let Some(limit) = limit else {
         return flight.await;
     };
-    match with_timeout(limit, flight).await {
+    let mut flight = flight;
+    match with_timeout(limit, &mut flight).await {
         Ok(landed) => landed,
         Err(_) => match stale {
-            Some(stale) if stale.inner.changes.unchanged(&stale.key, stale.seen) => {
-                stats.stale_served();
-                Ok(stale.entry.value)
+            Some(stale) => {
+                let tagged = !stale.entry.tags.is_empty();
+                if stale
+                    .inner
+                    .changes
+                    .unchanged(&stale.key, stale.seen, tagged)
+                {
+                    stats.stale_served();
+                    return Ok(stale.entry.value);
+                }
+                // The key changed since the call began: its stale value is no answer.
+                // Wait for the load, up to the hard limit if there is one.
+                match hard {
+                    None => flight.await,
+                    Some(hard) => match with_timeout(hard.saturating_sub(limit), flight).await {
+                        Ok(landed) => landed,
+                        Err(_) => Err(CacheError::Timeout { after: hard }),
+                    },
+                }
             }
-            _ => Err(CacheError::Timeout { after: limit }),
+            None => Err(CacheError::Timeout { after: limit }),
         },
     }
 }
@@ -617,12 +646,13 @@ impl<V: Send + Sync + 'static> Inner<V> {
     }
 
     pub(crate) fn drop_tag_locally(&self, tag: &str) {
-        self.changes.mark_all();
-        self.flights.poison_all();
+        self.changes.mark_tag();
+        self.flights.poison_tag(tag);
         // A scan, not moka's invalidation closures: those tax every read of the cache to
         // speed up an operation that is rare.
         for (key, entry) in &self.l1 {
             if entry.tags.iter().any(|t| &**t == tag) {
+                self.changes.mark(&key);
                 self.l1.invalidate(&*key);
             }
         }
@@ -657,6 +687,12 @@ impl<V: Send + Sync + 'static> Inner<V> {
             id: ticket.id,
         };
         let cacheable = || !ticket.poisoned.load(Ordering::Acquire);
+        // A fill is also taken back after a tag invalidation when the entry has tags (an
+        // entry found in L2 may carry tags this load was not started with).
+        let seen = self.changes.seen(&key);
+        let (inner, this_key) = (&*self, &*key);
+        let current =
+            |tagged: bool| move || cacheable() && inner.changes.unchanged(this_key, seen, tagged);
         #[cfg(feature = "redis")]
         let mut lock = None;
         #[cfg(feature = "redis")]
@@ -665,7 +701,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             match remote.read(&key).await {
                 Some(found) if usable(&found, now, refresh) => {
                     self.stats.l2_hit();
-                    self.fill(&key, found.clone(), cacheable);
+                    self.fill(&key, found.clone(), current(!found.tags.is_empty()));
                     return Ok(found.value);
                 }
                 Some(found) => {
@@ -680,7 +716,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             }
             match remote.lock_or_wait(&key, &*self.clock, refresh).await {
                 crate::remote::LockStep::Found(found) => {
-                    self.fill(&key, found.clone(), cacheable);
+                    self.fill(&key, found.clone(), current(!found.tags.is_empty()));
                     return Ok(found.value);
                 }
                 crate::remote::LockStep::Held(held) => lock = Some(held),
@@ -705,7 +741,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                         tags: Tags::from(&options.tags),
                     };
                     if cacheable() {
-                        self.fill(&key, entry.clone(), cacheable);
+                        self.fill(&key, entry.clone(), current(!entry.tags.is_empty()));
                         #[cfg(feature = "redis")]
                         if let Some(remote) = &self.remote {
                             // Best effort: the value is served from L1 either way.
@@ -732,7 +768,8 @@ impl<V: Send + Sync + 'static> Inner<V> {
                             refresh_at: stale.deadlines.refresh_at.max(retry_at),
                             stale_until: stale.deadlines.stale_until,
                         });
-                        self.fill(&key, throttled, cacheable);
+                        let tagged = !throttled.tags.is_empty();
+                        self.fill(&key, throttled, current(tagged));
                     }
                     Ok(stale.value)
                 }

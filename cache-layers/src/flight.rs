@@ -27,6 +27,8 @@ pub(crate) struct Flights<V> {
 struct Flight<V> {
     id: u64,
     load: SharedLoad<V>,
+    /// The tags its result is stored with.
+    tags: Arc<[Arc<str>]>,
     /// Set when the key is invalidated while the load runs: its result is returned to
     /// its callers but not cached.
     poisoned: Arc<AtomicBool>,
@@ -50,6 +52,7 @@ impl<V: Send + Sync + 'static> Flights<V> {
     pub(crate) fn join_or_start(
         &self,
         key: &str,
+        tags: &Arc<[Arc<str>]>,
         start: impl FnOnce(Ticket) -> BoxFuture<'static, Landed<V>>,
     ) -> SharedLoad<V> {
         let mut map = self
@@ -70,6 +73,7 @@ impl<V: Send + Sync + 'static> Flights<V> {
             Flight {
                 id,
                 load: load.clone(),
+                tags: tags.clone(),
                 poisoned,
             },
         );
@@ -101,7 +105,24 @@ impl<V: Send + Sync + 'static> Flights<V> {
         }
     }
 
-    /// [`poison`](Self::poison) for every load.
+    /// [`poison`](Self::poison) for the loads whose result is stored with `tag`; the
+    /// others stay shared (an unrelated tag must not split every flight).
+    pub(crate) fn poison_tag(&self, tag: &str) {
+        let mut map = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.retain(|_, flight| {
+            let hit = flight.tags.iter().any(|t| &**t == tag);
+            if hit {
+                flight.poisoned.store(true, Ordering::Release);
+            }
+            !hit
+        });
+    }
+
+    /// [`poison`](Self::poison) for every load (a clear, or a resync after missed
+    /// invalidations).
     pub(crate) fn poison_all(&self) {
         let mut map = self
             .map
@@ -121,6 +142,16 @@ impl<V: Send + Sync + 'static> Flights<V> {
 #[derive(Debug)]
 pub(crate) struct Changes {
     stripes: [AtomicU64; STRIPES],
+    /// Tag invalidations: a fill of a tagged entry also checks this one (the keys a tag
+    /// covers in L2 are not known here).
+    tags: AtomicU64,
+}
+
+/// Where one key's changes stood when a read began.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Seen {
+    stripe: u64,
+    tags: u64,
 }
 
 const STRIPES: usize = 64;
@@ -129,6 +160,7 @@ impl Changes {
     pub(crate) fn new() -> Self {
         Self {
             stripes: std::array::from_fn(|_| AtomicU64::new(0)),
+            tags: AtomicU64::new(0),
         }
     }
 
@@ -150,18 +182,28 @@ impl Changes {
 
     /// Notes a change of every key.
     pub(crate) fn mark_all(&self) {
+        self.tags.fetch_add(1, Ordering::AcqRel);
         for stripe in &self.stripes {
             stripe.fetch_add(1, Ordering::AcqRel);
         }
     }
 
-    /// Where `key`'s changes stand, for [`unchanged`](Self::unchanged).
-    pub(crate) fn seen(&self, key: &str) -> u64 {
-        self.stripe(key).load(Ordering::Acquire)
+    /// Notes a tag invalidation (the keys it covers in L1 are marked one by one).
+    pub(crate) fn mark_tag(&self) {
+        self.tags.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Whether `key` has not changed since `seen`.
-    pub(crate) fn unchanged(&self, key: &str, seen: u64) -> bool {
-        self.stripe(key).load(Ordering::Acquire) == seen
+    /// Where `key`'s changes stand, for [`unchanged`](Self::unchanged).
+    pub(crate) fn seen(&self, key: &str) -> Seen {
+        Seen {
+            stripe: self.stripe(key).load(Ordering::Acquire),
+            tags: self.tags.load(Ordering::Acquire),
+        }
+    }
+
+    /// Whether `key` (an entry with tags when `tagged`) has not changed since `seen`.
+    pub(crate) fn unchanged(&self, key: &str, seen: Seen, tagged: bool) -> bool {
+        self.stripe(key).load(Ordering::Acquire) == seen.stripe
+            && (!tagged || self.tags.load(Ordering::Acquire) == seen.tags)
     }
 }

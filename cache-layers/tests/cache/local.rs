@@ -458,3 +458,94 @@ async fn fail_safe_never_serves_an_invalidated_value() {
         );
     }
 }
+
+/// Review of the fix above: a tag invalidation split every running load (single-flight
+/// lost for keys the tag does not cover). Only loads stored with the tag are left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_invalidation_leaves_other_loads_shared_and_splits_its_own() {
+    let cache = Cache::<String>::builder("local").build().unwrap();
+    let loads = Arc::new(AtomicUsize::new(0));
+    let slow = |loads: &Arc<AtomicUsize>, value: &'static str| {
+        let loads = loads.clone();
+        move || async move {
+            loads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok::<_, std::io::Error>(value.to_owned())
+        }
+    };
+    let tagged = EntryOptions::new(Duration::from_secs(60)).tags(["t"]);
+    let first = tokio::spawn({
+        let (cache, load) = (cache.clone(), slow(&loads, "untagged"));
+        async move { cache.get_or_load("plain", load).await }
+    });
+    let first_tagged = tokio::spawn({
+        let (cache, load, options) = (cache.clone(), slow(&loads, "before"), tagged.clone());
+        async move { cache.get_or_load_with("tagged", &options, load).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    cache.invalidate_tag("t").await.unwrap();
+    let second = cache
+        .get_or_load("plain", slow(&loads, "untagged"))
+        .await
+        .unwrap();
+    let second_tagged = cache
+        .get_or_load_with("tagged", &tagged, slow(&loads, "after"))
+        .await
+        .unwrap();
+    assert_eq!(*second, "untagged");
+    assert_eq!(*first.await.unwrap().unwrap(), "untagged");
+    assert_eq!(*first_tagged.await.unwrap().unwrap(), "before");
+    assert_eq!(*second_tagged, "after", "joined a load the tag invalidated");
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        3,
+        "one load for `plain`, two for `tagged`"
+    );
+    assert_eq!(
+        cache.peek("plain").as_deref().map(String::as_str),
+        Some("untagged")
+    );
+}
+
+/// Review of the fix above: with a soft timeout and no hard one, a change to the key
+/// (or its stripe) while waiting made the caller fail with `Timeout`; it waits for the
+/// load instead, since the stale value is no longer an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soft_timeout_after_a_change_waits_for_the_load() {
+    let clock = ManualClock::new(1_000_000);
+    let cache = Cache::<String>::builder("local")
+        .clock(clock.clone())
+        .entry_options(
+            EntryOptions::new(Duration::from_secs(1))
+                .fail_safe(Duration::from_secs(3600))
+                .soft_timeout(Duration::from_millis(50)),
+        )
+        .build()
+        .unwrap();
+    cache.insert("k", "old".into()).await.unwrap();
+    clock.advance(Duration::from_secs(2));
+    let call = tokio::spawn({
+        let cache = cache.clone();
+        async move {
+            cache
+                .get_or_load("k", || async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Ok::<_, std::io::Error>("new".to_owned())
+                })
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    cache.insert("k", "newer".into()).await.unwrap(); // its stale value is no answer now
+    let answer = call.await.unwrap();
+    assert_eq!(
+        answer.as_deref().map(String::as_str).ok(),
+        Some("new"),
+        "{answer:?}"
+    );
+    // The load was overtaken by the write: its result went to its caller only.
+    assert_eq!(
+        cache.peek("k").as_deref().map(String::as_str),
+        Some("newer")
+    );
+}
