@@ -305,7 +305,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
                 self.inner.stats.l1_hit();
                 Ok(Ok(entry.value))
             }
-            found => self.refresh_or_load(key, options, load, found, now),
+            found => self.refresh_or_load(key, options, load, found.is_some(), now),
         }
     }
 
@@ -316,16 +316,22 @@ impl<V: Send + Sync + 'static> Cache<V> {
         key: &str,
         options: &EntryOptions,
         load: impl FnOnce() -> Load<V>,
-        found: Option<Entry<V>>,
+        found: bool,
         now: u64,
     ) -> Result<Landed<V>, BoxFuture<'static, Landed<V>>> {
+        // Note the key's changes, then look again: a change that landed since the lookup
+        // is either seen in this second look or noted by the load (a change marks both
+        // before and after it touches L1), so an invalidated entry never becomes the
+        // load's fallback.
+        let seen = self.inner.changes.seen(key);
+        let found = if found { self.inner.l1.get(key) } else { None };
         let mut stale = None;
         if let Some(entry) = found {
             if entry.is_fresh(now) {
                 self.inner.stats.l1_hit();
                 // Stale-while-revalidate: answer now, reload in the background (or leave
                 // the load already running alone: `start` joins it).
-                drop(self.start(key, options, load, Some(entry.clone()), true));
+                drop(self.start(key, options, load, Some(entry.clone()), true, seen));
                 return Ok(Ok(entry.value));
             }
             if entry.is_servable(now) {
@@ -333,8 +339,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
             }
         }
         self.inner.stats.l1_miss();
-        let seen = self.inner.changes.seen(key);
-        let flight = self.start(key, options, load, stale.clone(), false);
+        let flight = self.start(key, options, load, stale.clone(), false, seen);
         let limit = match (&stale, options.soft_timeout, options.hard_timeout) {
             (Some(_), Some(soft), Some(hard)) => Some(soft.min(hard)),
             (Some(_), Some(soft), None) => Some(soft),
@@ -366,6 +371,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
         load: impl FnOnce() -> Load<V>,
         stale: Option<Entry<V>>,
         refresh: bool,
+        seen: Seen,
     ) -> SharedLoad<V> {
         self.inner
             .flights
@@ -381,6 +387,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
                     stale,
                     refresh,
                     ticket,
+                    seen,
                 ));
                 async move { task.await.unwrap_or(Err(CacheError::LoaderPanicked)) }.boxed()
             })
@@ -410,7 +417,11 @@ impl<V: Send + Sync + 'static> Cache<V> {
         let entry = self.inner.store_locally(key, value, options);
         #[cfg(feature = "redis")]
         if let Some(remote) = &self.inner.remote {
-            remote.write(key, &entry, true).await?;
+            let written = remote.write(key, &entry, true).await;
+            // A read of L2 that began before the write landed there may have filled L1
+            // meanwhile (this instance skips its own announcement): put the write back.
+            self.inner.reassert(key, &entry);
+            written?;
         }
         #[cfg(not(feature = "redis"))]
         drop(entry);
@@ -487,7 +498,11 @@ impl<V: Send + Sync + 'static> Cache<V> {
         #[cfg(feature = "redis")]
         if let Some(remote) = &self.inner.remote {
             let version = self.inner.versions.next(&*self.inner.clock);
-            remote.tombstone(key, version, true).await?;
+            let dropped = remote.tombstone(key, version, true).await;
+            // A read of L2 that began before the tombstone landed may have filled L1
+            // meanwhile (this instance skips its own announcement): drop it again.
+            self.inner.drop_key_locally(key);
+            dropped?;
         }
         Ok(())
     }
@@ -501,8 +516,18 @@ impl<V: Send + Sync + 'static> Cache<V> {
         #[cfg(feature = "redis")]
         if let Some(remote) = &self.inner.remote {
             let version = self.inner.versions.next(&*self.inner.clock);
-            remote.tombstone_tag(tag, version).await?;
-            remote.backplane.publish(Kind::Tag, tag).await?;
+            let dropped = match remote.tombstone_tag(tag, version).await {
+                Ok(()) => remote
+                    .backplane
+                    .publish(Kind::Tag, tag)
+                    .await
+                    .map(|_| ())
+                    .map_err(CacheError::from),
+                Err(e) => Err(e),
+            };
+            // Reads of L2 that began before the tombstones landed: drop again.
+            self.inner.drop_tag_locally(tag);
+            dropped?;
         }
         Ok(())
     }
@@ -516,7 +541,10 @@ impl<V: Send + Sync + 'static> Cache<V> {
         self.inner.drop_all_locally();
         #[cfg(feature = "redis")]
         if let Some(remote) = &self.inner.remote {
-            remote.backplane.publish(Kind::Clear, "").await?;
+            let cleared = remote.backplane.publish(Kind::Clear, "").await;
+            // Reads of the old generation that began before it moved: drop again.
+            self.inner.drop_all_locally();
+            cleared?;
         }
         Ok(())
     }
@@ -618,10 +646,12 @@ impl<V: Send + Sync + 'static> Inner<V> {
             deadlines: options.deadlines(self.clock.now_ms(), false),
             tags: Tags::from(&options.tags),
         };
-        // A load or a read from L2 that started before this write must not replace it.
+        // A load or a read from L2 that started before this write must not replace it:
+        // two rounds, as in `drop_key_locally`.
         self.changes.mark(key);
         self.flights.poison(key);
         self.l1.insert(Arc::from(key), entry.clone());
+        self.put_back(key, &entry);
         entry
     }
 
@@ -639,39 +669,75 @@ impl<V: Send + Sync + 'static> Inner<V> {
         }
     }
 
+    /// Drops `key` from L1, in two rounds: note the change, drop; note it again, drop
+    /// again. A fill checks the notes before and after it inserts, so one that slipped
+    /// in between the first drop and the second note is removed by the second drop; a
+    /// lookup that still saw the old entry looks again after noting the changes, and
+    /// sees the drop or is told of the change.
     pub(crate) fn drop_key_locally(&self, key: &str) {
-        self.changes.mark(key);
-        self.flights.poison(key);
-        self.l1.invalidate(key);
+        for _ in 0..2 {
+            self.changes.mark(key);
+            self.flights.poison(key);
+            self.l1.invalidate(key);
+        }
     }
 
+    /// After a write's L2 step: the write's entry goes back into L1 if an older one took
+    /// its place meanwhile (a read of L2 that began before the write landed there).
+    #[cfg(feature = "redis")]
+    fn reassert(&self, key: &str, entry: &Entry<V>) {
+        self.put_back(key, entry);
+    }
+
+    /// The second round of a write: note the change again, and put the write back if an
+    /// older entry took its place meanwhile.
+    fn put_back(&self, key: &str, entry: &Entry<V>) {
+        self.changes.mark(key);
+        self.flights.poison(key);
+        if self
+            .l1
+            .get(key)
+            .is_some_and(|current| current.version < entry.version)
+        {
+            self.l1.insert(Arc::from(key), entry.clone());
+        }
+    }
+
+    /// Drops every L1 entry stored with `tag`, in two rounds as in `drop_key_locally`
+    /// (fills of tagged entries check the tag notes).
     pub(crate) fn drop_tag_locally(&self, tag: &str) {
-        self.changes.mark_tag();
-        self.flights.poison_tag(tag);
-        // A scan, not moka's invalidation closures: those tax every read of the cache to
-        // speed up an operation that is rare.
-        for (key, entry) in &self.l1 {
-            if entry.tags.iter().any(|t| &**t == tag) {
-                self.changes.mark(&key);
-                self.l1.invalidate(&*key);
+        for _ in 0..2 {
+            self.changes.mark_tag();
+            self.flights.poison_tag(tag);
+            // A scan, not moka's invalidation closures: those tax every read of the cache
+            // to speed up an operation that is rare.
+            for (key, entry) in &self.l1 {
+                if entry.tags.iter().any(|t| &**t == tag) {
+                    self.changes.mark(&key);
+                    self.l1.invalidate(&*key);
+                }
             }
         }
     }
 
+    /// Drops every L1 entry, in two rounds as in `drop_key_locally`.
     pub(crate) fn drop_all_locally(&self) {
-        self.changes.mark_all();
-        self.flights.poison_all();
-        self.l1.invalidate_all();
-        // moka's invalidate_all spares entries written within its clock's last tick; an
-        // entry written just before a clear must go too.
-        for (key, _) in &self.l1 {
-            self.l1.invalidate(&*key);
+        for _ in 0..2 {
+            self.changes.mark_all();
+            self.flights.poison_all();
+            self.l1.invalidate_all();
+            // moka's invalidate_all spares entries written within its clock's last tick; an
+            // entry written just before a clear must go too.
+            for (key, _) in &self.l1 {
+                self.l1.invalidate(&*key);
+            }
         }
     }
 
     /// One load, in its own task: L2 first, then (optionally) the distributed lock, then
     /// the loader; fail-safe on failure.
     #[cfg_attr(not(feature = "redis"), allow(unused_mut, unused_variables))]
+    #[allow(clippy::too_many_arguments)]
     async fn load(
         self: Arc<Self>,
         key: Arc<str>,
@@ -680,6 +746,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         mut stale: Option<Entry<V>>,
         refresh: bool,
         ticket: Ticket,
+        seen: Seen,
     ) -> Landed<V> {
         let _landing = Landing {
             inner: &self,
@@ -689,7 +756,6 @@ impl<V: Send + Sync + 'static> Inner<V> {
         let cacheable = || !ticket.poisoned.load(Ordering::Acquire);
         // A fill is also taken back after a tag invalidation when the entry has tags (an
         // entry found in L2 may carry tags this load was not started with).
-        let seen = self.changes.seen(&key);
         let (inner, this_key) = (&*self, &*key);
         let current =
             |tagged: bool| move || cacheable() && inner.changes.unchanged(this_key, seen, tagged);
@@ -752,29 +818,31 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 }
             }
             // An invalidated or overwritten value is never served as fail-safe.
-            Err(error) => match stale.filter(|s| s.is_servable(now) && cacheable()) {
-                Some(stale) => {
-                    tracing::warn!(cache = %self.name, error = %error, "loader failed; serving the last good value (fail-safe)");
-                    self.stats.stale_served();
-                    if cacheable() {
-                        let retry_at =
-                            now.saturating_add(crate::options::millis(options.fail_safe_throttle));
-                        let fresh_until = stale
-                            .deadlines
-                            .fresh_until
-                            .max(retry_at.min(stale.deadlines.stale_until));
-                        let throttled = stale.with_deadlines(Deadlines {
-                            fresh_until,
-                            refresh_at: stale.deadlines.refresh_at.max(retry_at),
-                            stale_until: stale.deadlines.stale_until,
-                        });
-                        let tagged = !throttled.tags.is_empty();
-                        self.fill(&key, throttled, current(tagged));
+            Err(error) => {
+                match stale.filter(|s| s.is_servable(now) && current(!s.tags.is_empty())()) {
+                    Some(stale) => {
+                        tracing::warn!(cache = %self.name, error = %error, "loader failed; serving the last good value (fail-safe)");
+                        self.stats.stale_served();
+                        if cacheable() {
+                            let retry_at = now
+                                .saturating_add(crate::options::millis(options.fail_safe_throttle));
+                            let fresh_until = stale
+                                .deadlines
+                                .fresh_until
+                                .max(retry_at.min(stale.deadlines.stale_until));
+                            let throttled = stale.with_deadlines(Deadlines {
+                                fresh_until,
+                                refresh_at: stale.deadlines.refresh_at.max(retry_at),
+                                stale_until: stale.deadlines.stale_until,
+                            });
+                            let tagged = !throttled.tags.is_empty();
+                            self.fill(&key, throttled, current(tagged));
+                        }
+                        Ok(stale.value)
                     }
-                    Ok(stale.value)
+                    None => Err(CacheError::loader(error)),
                 }
-                None => Err(CacheError::loader(error)),
-            },
+            }
         };
         #[cfg(feature = "redis")]
         if let (Some(remote), Some(held)) = (&self.remote, lock) {

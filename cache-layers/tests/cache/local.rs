@@ -549,3 +549,53 @@ async fn a_soft_timeout_after_a_change_waits_for_the_load() {
         Some("newer")
     );
 }
+
+/// Review of the fill guard: a lookup that still saw the old entry while an invalidation
+/// ran handed it to a new load as its fail-safe fallback, and it came back into L1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_racing_an_invalidation_never_brings_the_value_back() {
+    let clock = ManualClock::new(1_000_000);
+    let cache = Cache::<String>::builder("local")
+        .clock(clock.clone())
+        .entry_options(
+            EntryOptions::new(Duration::from_secs(1)).fail_safe(Duration::from_secs(3600)),
+        )
+        .build()
+        .unwrap();
+    let mut hits = 0;
+    let rounds = 3_000;
+    for i in 0..rounds {
+        let v = format!("old{i}");
+        cache.insert("k", v.clone()).await.unwrap();
+        clock.advance(Duration::from_secs(2)); // stale but servable
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let inv = {
+            let c = cache.clone();
+            let b = barrier.clone();
+            tokio::task::spawn_blocking(move || {
+                b.wait();
+                futures_util::FutureExt::now_or_never(c.invalidate("k"))
+                    .unwrap()
+                    .unwrap();
+            })
+        };
+        barrier.wait();
+        let _ = cache.get_or_load("k", failing).await;
+        inv.await.unwrap();
+        // give the load task time to finish
+        tokio::task::yield_now().await;
+        for _ in 0..100 {
+            if cache.peek("k").is_some() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        if cache.peek("k").as_deref() == Some(&v) {
+            hits += 1;
+        }
+    }
+    assert_eq!(
+        hits, 0,
+        "the invalidated value came back in {hits} of {rounds} rounds"
+    );
+}

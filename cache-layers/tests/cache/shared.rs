@@ -714,3 +714,139 @@ async fn a_get_whose_l2_reply_is_late_does_not_undo_a_newer_write() {
         Some("new")
     );
 }
+
+/// A second instance whose Redis replies can be held back by a proxy.
+async fn slow_pair() -> (
+    Topology,
+    keel_testkit::TcpProxy,
+    Cache<String>,
+    Cache<String>,
+) {
+    let redis = Topology::single();
+    let Topology::Single(server) = &redis else {
+        unreachable!()
+    };
+    let proxy = keel_testkit::TcpProxy::start(([127, 0, 0, 1], server.port()).into()).unwrap();
+    let other = builder("users", redis.l2().await).build().unwrap();
+    let slow = builder(
+        "users",
+        redis
+            .l2_through(&proxy)
+            .await
+            .op_timeout(Duration::from_secs(3)),
+    )
+    .build()
+    .unwrap();
+    connected(&other).await;
+    connected(&slow).await;
+    (redis, proxy, other, slow)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Review of the fill guard: a read on the instance that is itself clearing (its own
+/// announcement skipped) cached the old generation's value until its TTL.
+async fn a_read_during_its_own_clear_does_not_keep_the_old_value() {
+    let (_redis, proxy, other, slow) = slow_pair().await;
+    other.insert("k", "old".into()).await.unwrap();
+    proxy.delay_replies(Duration::from_millis(300));
+    let clear = tokio::spawn({
+        let slow = slow.clone();
+        async move { slow.clear().await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _ = slow.get("k").await;
+    clear.await.unwrap().unwrap();
+    proxy.delay_replies(Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        slow.peek("k").is_none(),
+        "old value cached in L1 after clear returned"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Review of the fill guard: the same for the instance invalidating a tag.
+async fn a_read_during_its_own_tag_invalidation_does_not_keep_the_old_value() {
+    let (_redis, proxy, other, slow) = slow_pair().await;
+    other
+        .insert_with(
+            "k",
+            "old".into(),
+            &EntryOptions::new(Duration::from_secs(600)).tags(["t"]),
+        )
+        .await
+        .unwrap();
+    proxy.delay_replies(Duration::from_millis(300));
+    let inv = tokio::spawn({
+        let slow = slow.clone();
+        async move { slow.invalidate_tag("t").await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _ = slow.get("k").await;
+    inv.await.unwrap().unwrap();
+    proxy.delay_replies(Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        slow.peek("k").is_none(),
+        "old value cached in L1 after invalidate_tag returned"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Review of the fill guard: a `get` decided before a write but polled after it (join!,
+/// FuturesUnordered) overwrote the newer write in L1.
+async fn a_read_polled_after_a_write_does_not_overwrite_it() {
+    let (_redis, proxy, other, slow) = slow_pair().await;
+    other.insert("k", "old".into()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await; // its backplane message is in
+    // L1 miss decided now; the future is polled later (join!, FuturesUnordered...).
+    let read = slow.get("k");
+    proxy.delay_replies(Duration::from_millis(300));
+    let write = tokio::spawn({
+        let slow = slow.clone();
+        async move {
+            slow.insert_with(
+                "k",
+                "new".into(),
+                &EntryOptions::new(Duration::from_secs(600)).tags(["t"]),
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(slow.peek("k").as_deref().map(String::as_str), Some("new"));
+    let _ = read.await;
+    write.await.unwrap().unwrap();
+    proxy.delay_replies(Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_ne!(
+        slow.peek("k").as_deref().map(String::as_str),
+        Some("old"),
+        "old value overwrote newer insert in L1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Review of the fill guard: an invalidation whose script had to be loaded again (after
+/// a Redis restart or failover) let a read in between cache the old value.
+async fn a_read_during_its_own_invalidation_after_a_script_flush_does_not_keep_the_old_value() {
+    let (redis, proxy, other, slow) = slow_pair().await;
+    other.insert("k", "old".into()).await.unwrap();
+    // As after a Redis restart or failover: the script cache is empty.
+    let mut raw = redis.raw().await;
+    let _: () = raw.query(redis::cmd("SCRIPT").arg("FLUSH")).await.unwrap();
+    proxy.delay_replies(Duration::from_millis(300));
+    let inv = tokio::spawn({
+        let slow = slow.clone();
+        async move { slow.invalidate("k").await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _ = slow.get("k").await;
+    inv.await.unwrap().unwrap();
+    proxy.delay_replies(Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        slow.peek("k").is_none(),
+        "old value cached in L1 after invalidate returned"
+    );
+}
