@@ -753,10 +753,17 @@ impl<V: Send + Sync + 'static> Inner<V> {
             key: &key,
             id: ticket.id,
         };
+        // Fills of this load's own result: a change of the key poisons the load (and the
+        // write's second round, after its L2 step, catches a fill that came first), so
+        // unrelated changes never cost a load its caching.
         let cacheable = || !ticket.poisoned.load(Ordering::Acquire);
-        // A fill is also taken back after a tag invalidation when the entry has tags (an
-        // entry found in L2 may carry tags this load was not started with).
+        // An entry found in L2 may carry tags this load was not started with: a tag
+        // invalidation since the load began also stops its fill (it costs an L2 read).
         let (inner, this_key) = (&*self, &*key);
+        let from_l2 =
+            |tagged: bool| move || cacheable() && (!tagged || inner.changes.tags_unchanged(seen));
+        // The caller's stale entry was read before the load existed: only a key that did
+        // not change since the lookup noted it may fall back on it.
         let current =
             |tagged: bool| move || cacheable() && inner.changes.unchanged(this_key, seen, tagged);
         #[cfg(feature = "redis")]
@@ -767,7 +774,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             match remote.read(&key).await {
                 Some(found) if usable(&found, now, refresh) => {
                     self.stats.l2_hit();
-                    self.fill(&key, found.clone(), current(!found.tags.is_empty()));
+                    self.fill(&key, found.clone(), from_l2(!found.tags.is_empty()));
                     return Ok(found.value);
                 }
                 Some(found) => {
@@ -782,7 +789,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             }
             match remote.lock_or_wait(&key, &*self.clock, refresh).await {
                 crate::remote::LockStep::Found(found) => {
-                    self.fill(&key, found.clone(), current(!found.tags.is_empty()));
+                    self.fill(&key, found.clone(), from_l2(!found.tags.is_empty()));
                     return Ok(found.value);
                 }
                 crate::remote::LockStep::Held(held) => lock = Some(held),
@@ -807,7 +814,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                         tags: Tags::from(&options.tags),
                     };
                     if cacheable() {
-                        self.fill(&key, entry.clone(), current(!entry.tags.is_empty()));
+                        self.fill(&key, entry.clone(), cacheable);
                         #[cfg(feature = "redis")]
                         if let Some(remote) = &self.remote {
                             // Best effort: the value is served from L1 either way.

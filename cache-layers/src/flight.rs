@@ -141,7 +141,7 @@ impl<V: Send + Sync + 'static> Flights<V> {
 /// another key of the same stripe only costs a fill (the next read goes to L2).
 #[derive(Debug)]
 pub(crate) struct Changes {
-    stripes: [AtomicU64; STRIPES],
+    stripes: Box<[AtomicU64]>,
     /// Tag invalidations: a fill of a tagged entry also checks this one (the keys a tag
     /// covers in L2 are not known here).
     tags: AtomicU64,
@@ -154,12 +154,12 @@ pub(crate) struct Seen {
     tags: u64,
 }
 
-const STRIPES: usize = 64;
+const STRIPES: usize = 1024;
 
 impl Changes {
     pub(crate) fn new() -> Self {
         Self {
-            stripes: std::array::from_fn(|_| AtomicU64::new(0)),
+            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             tags: AtomicU64::new(0),
         }
     }
@@ -199,6 +199,11 @@ impl Changes {
             stripe: self.stripe(key).load(Ordering::Acquire),
             tags: self.tags.load(Ordering::Acquire),
         }
+    }
+
+    /// Whether no tag was invalidated since `seen`.
+    pub(crate) fn tags_unchanged(&self, seen: Seen) -> bool {
+        self.tags.load(Ordering::Acquire) == seen.tags
     }
 
     /// Whether `key` (an entry with tags when `tagged`) has not changed since `seen`.
