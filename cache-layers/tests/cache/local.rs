@@ -410,20 +410,26 @@ async fn a_request_after_an_invalidation_does_not_join_the_load_before_it() {
     );
 }
 
-/// Review (issue 11, item 5): with fail-safe on, a load overtaken by an invalidation
-/// served the explicitly invalidated value when its loader failed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fail_safe_never_serves_an_invalidated_value() {
+/// A cache on a manual clock: 1 s TTL, an hour of fail-safe, and `soft` as soft timeout.
+fn fail_safe_cache(soft: Duration) -> (ManualClock, Cache<String>) {
     let clock = ManualClock::new(1_000_000);
     let cache = Cache::<String>::builder("local")
         .clock(clock.clone())
         .entry_options(
             EntryOptions::new(Duration::from_secs(1))
                 .fail_safe(Duration::from_secs(3600))
-                .soft_timeout(Duration::from_millis(100)),
+                .soft_timeout(soft),
         )
         .build()
         .unwrap();
+    (clock, cache)
+}
+
+/// Review (issue 11, item 5): with fail-safe on, a load overtaken by an invalidation
+/// served the explicitly invalidated value when its loader failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_safe_never_serves_an_invalidated_value() {
+    let (clock, cache) = fail_safe_cache(Duration::from_millis(100));
     cache
         .get_or_load("k", || async { Ok::<_, std::io::Error>("old".to_owned()) })
         .await
@@ -512,16 +518,7 @@ async fn a_tag_invalidation_leaves_other_loads_shared_and_splits_its_own() {
 /// load instead, since the stale value is no longer an answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_soft_timeout_after_a_change_waits_for_the_load() {
-    let clock = ManualClock::new(1_000_000);
-    let cache = Cache::<String>::builder("local")
-        .clock(clock.clone())
-        .entry_options(
-            EntryOptions::new(Duration::from_secs(1))
-                .fail_safe(Duration::from_secs(3600))
-                .soft_timeout(Duration::from_millis(50)),
-        )
-        .build()
-        .unwrap();
+    let (clock, cache) = fail_safe_cache(Duration::from_millis(50));
     cache.insert("k", "old".into()).await.unwrap();
     clock.advance(Duration::from_secs(2));
     let call = tokio::spawn({

@@ -668,26 +668,7 @@ async fn clear_empties_every_instance_and_l2(redis: Topology) {
 /// through, so a write landing while the L2 reply was on its way was undone in L1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_whose_l2_reply_is_late_does_not_undo_a_newer_write() {
-    use keel_testkit::TcpProxy;
-
-    let redis = Topology::single();
-    let Topology::Single(server) = &redis else {
-        unreachable!()
-    };
-    let proxy = TcpProxy::start(([127, 0, 0, 1], server.port()).into()).unwrap();
-    let other = builder("users", redis.l2().await).build().unwrap();
-    // Its calls may wait longer than the replies are held.
-    let slow = builder(
-        "users",
-        redis
-            .l2_through(&proxy)
-            .await
-            .op_timeout(Duration::from_secs(3)),
-    )
-    .build()
-    .unwrap();
-    connected(&other).await;
-    connected(&slow).await;
+    let (_redis, proxy, other, slow) = slow_pair().await;
     other.insert("k", "old".into()).await.unwrap();
 
     proxy.delay_replies(Duration::from_millis(300));
@@ -742,30 +723,40 @@ async fn slow_pair() -> (
     (redis, proxy, other, slow)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Runs `change` on `slow` with its Redis replies held 300 ms, reads `k` on `slow` while
+/// the change is under way, then lets the replies through and waits for things to settle.
+async fn read_during_own_change<F, Fut>(
+    proxy: &keel_testkit::TcpProxy,
+    slow: &Cache<String>,
+    change: F,
+) where
+    F: FnOnce(Cache<String>) -> Fut,
+    Fut: Future<Output = Result<(), keel_cache_layers::CacheError>> + Send + 'static,
+{
+    proxy.delay_replies(Duration::from_millis(300));
+    let change = tokio::spawn(change(slow.clone()));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _ = slow.get("k").await;
+    change.await.unwrap().unwrap();
+    proxy.delay_replies(Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
 /// Review of the fill guard: a read on the instance that is itself clearing (its own
 /// announcement skipped) cached the old generation's value until its TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_during_its_own_clear_does_not_keep_the_old_value() {
     let (_redis, proxy, other, slow) = slow_pair().await;
     other.insert("k", "old".into()).await.unwrap();
-    proxy.delay_replies(Duration::from_millis(300));
-    let clear = tokio::spawn({
-        let slow = slow.clone();
-        async move { slow.clear().await }
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let _ = slow.get("k").await;
-    clear.await.unwrap().unwrap();
-    proxy.delay_replies(Duration::ZERO);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    read_during_own_change(&proxy, &slow, |slow| async move { slow.clear().await }).await;
     assert!(
         slow.peek("k").is_none(),
         "old value cached in L1 after clear returned"
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 /// Review of the fill guard: the same for the instance invalidating a tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_during_its_own_tag_invalidation_does_not_keep_the_old_value() {
     let (_redis, proxy, other, slow) = slow_pair().await;
     other
@@ -776,25 +767,19 @@ async fn a_read_during_its_own_tag_invalidation_does_not_keep_the_old_value() {
         )
         .await
         .unwrap();
-    proxy.delay_replies(Duration::from_millis(300));
-    let inv = tokio::spawn({
-        let slow = slow.clone();
-        async move { slow.invalidate_tag("t").await }
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let _ = slow.get("k").await;
-    inv.await.unwrap().unwrap();
-    proxy.delay_replies(Duration::ZERO);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    read_during_own_change(&proxy, &slow, |slow| async move {
+        slow.invalidate_tag("t").await
+    })
+    .await;
     assert!(
         slow.peek("k").is_none(),
         "old value cached in L1 after invalidate_tag returned"
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 /// Review of the fill guard: a `get` decided before a write but polled after it (join!,
 /// FuturesUnordered) overwrote the newer write in L1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_polled_after_a_write_does_not_overwrite_it() {
     let (_redis, proxy, other, slow) = slow_pair().await;
     other.insert("k", "old".into()).await.unwrap();
@@ -826,25 +811,21 @@ async fn a_read_polled_after_a_write_does_not_overwrite_it() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 /// Review of the fill guard: an invalidation whose script had to be loaded again (after
 /// a Redis restart or failover) let a read in between cache the old value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_during_its_own_invalidation_after_a_script_flush_does_not_keep_the_old_value() {
     let (redis, proxy, other, slow) = slow_pair().await;
     other.insert("k", "old".into()).await.unwrap();
     // As after a Redis restart or failover: the script cache is empty.
     let mut raw = redis.raw().await;
     let _: () = raw.query(redis::cmd("SCRIPT").arg("FLUSH")).await.unwrap();
-    proxy.delay_replies(Duration::from_millis(300));
-    let inv = tokio::spawn({
-        let slow = slow.clone();
-        async move { slow.invalidate("k").await }
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let _ = slow.get("k").await;
-    inv.await.unwrap().unwrap();
-    proxy.delay_replies(Duration::ZERO);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    read_during_own_change(
+        &proxy,
+        &slow,
+        |slow| async move { slow.invalidate("k").await },
+    )
+    .await;
     assert!(
         slow.peek("k").is_none(),
         "old value cached in L1 after invalidate returned"
