@@ -420,7 +420,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
             let written = remote.write(key, &entry, true).await;
             // A read of L2 that began before the write landed there may have filled L1
             // meanwhile (this instance skips its own announcement): put the write back.
-            self.inner.reassert(key, &entry);
+            self.inner.put_back(key, &entry);
             written?;
         }
         #[cfg(not(feature = "redis"))]
@@ -682,15 +682,9 @@ impl<V: Send + Sync + 'static> Inner<V> {
         }
     }
 
-    /// After a write's L2 step: the write's entry goes back into L1 if an older one took
-    /// its place meanwhile (a read of L2 that began before the write landed there).
-    #[cfg(feature = "redis")]
-    fn reassert(&self, key: &str, entry: &Entry<V>) {
-        self.put_back(key, entry);
-    }
-
-    /// The second round of a write: note the change again, and put the write back if an
-    /// older entry took its place meanwhile.
+    /// The second round of a write (again after its L2 step, when there is one): note
+    /// the change again, and put the write back if an older entry took its place
+    /// meanwhile (a read of L2 that began before the write landed there).
     fn put_back(&self, key: &str, entry: &Entry<V>) {
         self.changes.mark(key);
         self.flights.poison(key);

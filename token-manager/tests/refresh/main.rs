@@ -805,6 +805,17 @@ async fn add_replica(cluster: &RedisCluster, slot: u16) -> (Replica, u16) {
     panic!("the replica did not join");
 }
 
+/// Closes the primary's replication links; the replica logs in again by itself.
+async fn drop_replica_links(master: &mut redis::aio::MultiplexedConnection) {
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .query_async(master)
+        .await
+        .unwrap();
+}
+
 /// Waits until the primary's one replica has acknowledged every write.
 async fn wait_for_replica(master: &mut redis::aio::MultiplexedConnection) {
     // Up to a minute: under `cargo test` this runs beside the other cluster tests, and a
@@ -823,13 +834,7 @@ async fn wait_for_replica(master: &mut redis::aio::MultiplexedConnection) {
         // (seen: "online", listening port 0, its acknowledged offset stuck): drop it so
         // the replica logs in again from scratch.
         if round % 25 == 0 {
-            let _: i64 = redis::cmd("CLIENT")
-                .arg("KILL")
-                .arg("TYPE")
-                .arg("replica")
-                .query_async(master)
-                .await
-                .unwrap();
+            drop_replica_links(master).await;
         }
     }
     let info: String = redis::cmd("INFO")
@@ -908,10 +913,7 @@ async fn on_a_cluster_read_from_replicas_revocation_still_reaches_the_primary() 
         .query_async(&mut master)
         .await
         .unwrap();
-    let _: i64 = run(&["CLIENT", "KILL", "TYPE", "replica"])
-        .query_async(&mut master)
-        .await
-        .unwrap();
+    drop_replica_links(&mut master).await;
 
     let urls: Vec<String> = ports[..3]
         .iter()
@@ -944,10 +946,7 @@ async fn on_a_cluster_read_from_replicas_revocation_still_reaches_the_primary() 
         .unwrap();
     // A link the replica set up while logins were refused is only half set up: start a
     // fresh one.
-    let _: i64 = run(&["CLIENT", "KILL", "TYPE", "replica"])
-        .query_async(&mut master)
-        .await
-        .unwrap();
+    drop_replica_links(&mut master).await;
     let mut synced = false;
     for _ in 0..1200 {
         synced = text(replica.port, &["INFO", "replication"])
