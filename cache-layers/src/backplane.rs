@@ -9,8 +9,15 @@
 //! longer reaches back that far (it is trimmed), or Redis lost its data (the epoch
 //! changed), the instance cannot know what it missed and drops its whole L1 instead.
 //! Either way it never goes on serving a value invalidated while it was away.
+//!
+//! Each log entry carries a nonce, and the instance keeps the nonce of the entry at its
+//! cursor. When Redis goes back in time (a restart from an older snapshot, a lagging
+//! replica promoted), the sequence falls below the cursor or the entry at the cursor is
+//! another one: the position script then starts a new epoch and a new generation (the
+//! data Redis went back to may hold values invalidated since), and every instance drops
+//! its L1 when it sees the new epoch.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -75,8 +82,10 @@ pub struct BackplaneStatus {
 struct Cursor {
     epoch: Option<String>,
     seq: u64,
-    /// Sequence numbers applied live, ahead of `seq` (after a gap).
-    ahead: BTreeSet<u64>,
+    /// The nonce of the log entry at `seq` (empty when unknown).
+    nonce: String,
+    /// Sequence numbers applied live, ahead of `seq` (after a gap), with their nonces.
+    ahead: BTreeMap<u64, String>,
 }
 
 const UNKNOWN: u64 = u64::MAX;
@@ -146,10 +155,10 @@ impl Backplane {
 
     /// Publishes an invalidation to the other instances.
     pub(crate) async fn publish(&self, kind: Kind, arg: &str) -> Result<(), L2Error> {
-        let candidate = epoch_candidate();
+        let (candidate, nonce) = (epoch_candidate(), epoch_candidate());
         let (_, generation) = self
             .l2
-            .publish(&self.keys, &self.message(kind, arg, &candidate))
+            .publish(&self.keys, &self.message(kind, arg, &candidate, &nonce))
             .await?;
         if kind == Kind::Clear {
             self.raise_generation(generation);
@@ -157,41 +166,42 @@ impl Backplane {
         Ok(())
     }
 
-    /// Writes a record (compare-and-set on its version), then publishes an invalidation of
+    /// Writes a record (with a version Redis mints), then publishes an invalidation of
     /// its key: in one round trip on a single node, in two (in that order) on a cluster.
-    /// Returns whether the record was written.
+    /// Returns the version written.
     pub(crate) async fn write_then_publish(
         &self,
         key: &str,
         entry_key: &str,
         record: &[u8],
-        version: u64,
         ttl_ms: u64,
-    ) -> Result<bool, L2Error> {
+    ) -> Result<u64, L2Error> {
         if self.l2.cluster {
-            let written = self
-                .l2
-                .compare_and_set(entry_key, record, version, ttl_ms)
-                .await?;
+            let version = self.l2.put(entry_key, record, ttl_ms).await?;
             self.publish(Kind::Key, key).await?;
-            return Ok(written);
+            return Ok(version);
         }
-        let candidate = epoch_candidate();
-        let message = self.message(Kind::Key, key, &candidate);
-        let (written, _) = self
-            .l2
-            .compare_and_set_then_publish(&self.keys, entry_key, record, version, ttl_ms, &message)
-            .await?;
-        Ok(written)
+        let (candidate, nonce) = (epoch_candidate(), epoch_candidate());
+        let message = self.message(Kind::Key, key, &candidate, &nonce);
+        self.l2
+            .put_then_publish(&self.keys, entry_key, record, ttl_ms, &message)
+            .await
     }
 
-    fn message<'a>(&'a self, kind: Kind, arg: &'a str, candidate: &'a str) -> PublishArgs<'a> {
+    fn message<'a>(
+        &'a self,
+        kind: Kind,
+        arg: &'a str,
+        candidate: &'a str,
+        nonce: &'a str,
+    ) -> PublishArgs<'a> {
         PublishArgs {
             origin: &self.origin,
             kind: kind.code(),
             arg,
             log_length: self.log_length,
             epoch_candidate: candidate,
+            nonce,
         }
     }
 
@@ -220,8 +230,9 @@ impl Backplane {
 
     /// Applies one live message; true when it revealed a gap that needs a catch-up.
     fn on_message(&self, local: &dyn LocalCache, payload: &[u8]) -> bool {
-        let mut parts = payload.splitn(5, |b| *b == b'|');
-        let (Some(origin), Some(kind), Some(seq), Some(generation), Some(arg)) = (
+        let mut parts = payload.splitn(6, |b| *b == b'|');
+        let (Some(origin), Some(kind), Some(seq), Some(generation), Some(nonce), Some(arg)) = (
+            parts.next(),
             parts.next(),
             parts.next(),
             parts.next(),
@@ -231,10 +242,11 @@ impl Backplane {
             tracing::warn!("ignored a malformed backplane message");
             return false;
         };
-        let (Some(kind), Some(seq), Some(generation), Ok(arg)) = (
+        let (Some(kind), Some(seq), Some(generation), Ok(nonce), Ok(arg)) = (
             Kind::parse(kind),
             parse_u64(seq),
             parse_u64(generation),
+            std::str::from_utf8(nonce),
             std::str::from_utf8(arg),
         ) else {
             tracing::warn!("ignored a malformed backplane message");
@@ -243,29 +255,49 @@ impl Backplane {
         let Ok(mut cursor) = self.cursor.lock() else {
             return false;
         };
-        if cursor.epoch.is_none() || seq <= cursor.seq || cursor.ahead.contains(&seq) {
-            return false; // not caught up yet (the catch-up covers it), or already applied
+        if cursor.epoch.is_none() || seq <= cursor.seq || cursor.ahead.contains_key(&seq) {
+            // Not caught up yet (the catch-up covers it), or already applied. One with
+            // the cursor's number but another nonce means Redis went back in time: the
+            // catch-up finds out and starts over.
+            return seq == cursor.seq && !cursor.nonce.is_empty() && cursor.nonce != nonce;
         }
         self.apply(local, origin, kind, generation, arg);
         if seq == cursor.seq + 1 {
             cursor.seq = seq;
+            nonce.clone_into(&mut cursor.nonce);
             loop {
                 let next = cursor.seq + 1;
-                if !cursor.ahead.remove(&next) {
+                let Some(nonce) = cursor.ahead.remove(&next) else {
                     break;
-                }
+                };
                 cursor.seq = next;
+                cursor.nonce = nonce;
             }
             false
         } else {
-            cursor.ahead.insert(seq);
+            cursor.ahead.insert(seq, nonce.to_owned());
             true
         }
     }
 
     /// Catches up from the log to the current sequence number.
     async fn catch_up(&self, local: &Weak<dyn LocalCache>) -> Result<(), L2Error> {
-        let (epoch, seq_now, generation) = self.l2.position(&self.keys, &epoch_candidate()).await?;
+        let known = self.cursor.lock().ok().and_then(|c| {
+            c.epoch
+                .clone()
+                .map(|epoch| (epoch, c.seq, c.nonce.clone()))
+        });
+        let position = self
+            .l2
+            .position(
+                &self.keys,
+                &epoch_candidate(),
+                known
+                    .as_ref()
+                    .map(|(epoch, seq, nonce)| (epoch.as_str(), *seq, nonce.as_str())),
+            )
+            .await?;
+        let seq_now = position.seq;
         let Some(local) = local.upgrade() else {
             return Ok(());
         };
@@ -273,21 +305,31 @@ impl Backplane {
             let Ok(mut cursor) = self.cursor.lock() else {
                 return Ok(());
             };
-            if cursor.epoch.as_deref() != Some(epoch.as_str()) {
-                // First contact, or Redis lost its data: what was missed cannot be known.
-                if cursor.epoch.is_some() || local.has_entries() {
+            if cursor.epoch.as_deref() != Some(position.epoch.as_str()) {
+                // First contact, Redis lost its data, or it went back in time: what was
+                // missed cannot be known.
+                if position.rewound {
+                    tracing::warn!(
+                        channel = self.keys.channel(),
+                        "Redis went back in time (its invalidation log is behind this \
+                         instance): starting a new generation and dropping L1"
+                    );
+                }
+                if cursor.epoch.is_some() || local.has_entries() || position.rewound {
                     local.drop_all(true);
                 }
                 *cursor = Cursor {
-                    epoch: Some(epoch),
+                    epoch: Some(position.epoch),
                     seq: seq_now,
-                    ahead: BTreeSet::new(),
+                    nonce: position.nonce,
+                    ahead: BTreeMap::new(),
                 };
-                self.generation.store(generation, Ordering::Release);
+                self.generation
+                    .store(position.generation, Ordering::Release);
                 return Ok(());
             }
         }
-        self.raise_generation(generation);
+        self.raise_generation(position.generation);
         loop {
             let after = match self.cursor.lock() {
                 Ok(c) if c.seq < seq_now => c.seq,
@@ -304,8 +346,19 @@ impl Backplane {
             if first.is_none_or(|first| first > after + 1) {
                 // The log was trimmed past our cursor.
                 local.drop_all(true);
-                cursor.seq =
-                    seq_now.max(page.last().and_then(|(id, _)| stream_seq(id)).unwrap_or(0));
+                let last = page.last().and_then(|(id, fields)| {
+                    stream_seq(id).map(|seq| (seq, parse_fields(fields).map(|f| f.nonce)))
+                });
+                match last {
+                    Some((seq, nonce)) if seq >= seq_now => {
+                        cursor.seq = seq;
+                        nonce.unwrap_or_default().clone_into(&mut cursor.nonce);
+                    }
+                    _ => {
+                        cursor.seq = seq_now;
+                        cursor.nonce.clear();
+                    }
+                }
                 cursor.ahead.clear();
                 return Ok(());
             }
@@ -314,12 +367,23 @@ impl Backplane {
                 if seq <= cursor.seq {
                     continue;
                 }
-                if !cursor.ahead.remove(&seq)
-                    && let Some((origin, kind, generation, arg)) = parse_fields(fields)
+                let parsed = parse_fields(fields);
+                if cursor.ahead.remove(&seq).is_none()
+                    && let Some(message) = &parsed
                 {
-                    self.apply(&*local, origin, kind, generation, arg);
+                    self.apply(
+                        &*local,
+                        message.origin,
+                        message.kind,
+                        message.generation,
+                        message.arg,
+                    );
                 }
                 cursor.seq = seq;
+                parsed
+                    .map(|m| m.nonce)
+                    .unwrap_or_default()
+                    .clone_into(&mut cursor.nonce);
             }
         }
     }
@@ -420,18 +484,34 @@ fn stream_seq(id: &str) -> Option<u64> {
     id.split_once('-').and_then(|(seq, _)| seq.parse().ok())
 }
 
-fn parse_fields(fields: &[Vec<u8>]) -> Option<(&[u8], Kind, u64, &str)> {
-    let (mut origin, mut kind, mut generation, mut arg) = (None, None, None, None);
+/// One invalidation as the log holds it.
+struct Logged<'a> {
+    origin: &'a [u8],
+    kind: Kind,
+    generation: u64,
+    nonce: &'a str,
+    arg: &'a str,
+}
+
+fn parse_fields(fields: &[Vec<u8>]) -> Option<Logged<'_>> {
+    let (mut origin, mut kind, mut generation, mut nonce, mut arg) = (None, None, None, "", None);
     for pair in fields.chunks_exact(2) {
         match pair[0].as_slice() {
             b"o" => origin = Some(pair[1].as_slice()),
             b"k" => kind = Kind::parse(&pair[1]),
             b"g" => generation = parse_u64(&pair[1]),
+            b"n" => nonce = std::str::from_utf8(&pair[1]).unwrap_or(""),
             b"a" => arg = std::str::from_utf8(&pair[1]).ok(),
             _ => {}
         }
     }
-    Some((origin?, kind?, generation?, arg?))
+    Some(Logged {
+        origin: origin?,
+        kind: kind?,
+        generation: generation?,
+        nonce,
+        arg: arg?,
+    })
 }
 
 #[cfg(test)]
@@ -468,26 +548,39 @@ mod tests {
     async fn live_messages_advance_the_cursor_and_gaps_ask_for_a_catch_up() {
         let b = backplane();
         let local = Recorder::default();
-        assert!(!b.on_message(&local, b"other|k|1|0|user:1"));
+        assert!(!b.on_message(&local, b"other|k|1|0|n1|user:1"));
         assert!(
-            !b.on_message(&local, b"other|k|1|0|user:1"),
+            !b.on_message(&local, b"other|k|1|0|n1|user:1"),
             "a duplicate is ignored"
         );
         assert!(
-            b.on_message(&local, b"other|t|3|0|tenant|x"),
+            b.on_message(&local, b"other|t|3|0|n3|tenant|x"),
             "seq 2 is missing"
         );
         assert_eq!(b.status().applied_seq, 1);
-        assert!(!b.on_message(&local, b"other|c|2|5|"));
+        assert!(!b.on_message(&local, b"other|c|2|5|n2|"));
         assert_eq!(b.status().applied_seq, 3, "the gap closed");
         assert_eq!(b.generation(), Some(5));
         // Our own messages move the cursor but are not applied.
-        assert!(!b.on_message(&local, format!("{}|k|4|5|mine", b.origin).as_bytes()));
+        assert!(!b.on_message(&local, format!("{}|k|4|5|n4|mine", b.origin).as_bytes()));
         assert_eq!(b.status().applied_seq, 4);
         assert_eq!(
             *local.0.lock().unwrap(),
             ["key user:1", "tag tenant|x", "all false"]
         );
+    }
+
+    #[tokio::test]
+    async fn a_message_at_the_cursor_with_another_nonce_asks_for_a_catch_up() {
+        let b = backplane();
+        let local = Recorder::default();
+        assert!(!b.on_message(&local, b"other|k|1|0|n1|user:1"));
+        assert!(!b.on_message(&local, b"other|k|1|0|n1|user:1"), "a duplicate");
+        assert!(
+            b.on_message(&local, b"other|k|1|0|elsewhere|user:2"),
+            "the same number with another nonce: Redis went back in time"
+        );
+        assert_eq!(*local.0.lock().unwrap(), ["key user:1"]);
     }
 
     #[tokio::test]
@@ -499,7 +592,8 @@ mod tests {
             b"|||",
             b"a|z|1|0|k",
             b"a|k|x|0|k",
-            b"a|k|1|0|\xff",
+            b"a|k|1|0|n|\xff",
+            b"a|k|1|0|k",
         ] {
             assert!(!b.on_message(&local, junk));
         }

@@ -414,10 +414,14 @@ impl<V: Send + Sync + 'static> Cache<V> {
         value: V,
         options: &EntryOptions,
     ) -> Result<(), CacheError> {
-        let entry = self.inner.store_locally(key, value, options);
+        #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
+        let mut entry = self.inner.store_locally(key, value, options);
         #[cfg(feature = "redis")]
         if let Some(remote) = &self.inner.remote {
-            let written = remote.write(key, &entry, true).await;
+            let written = remote.write(key, &entry, None).await;
+            if let Ok(version) = written {
+                entry.version = version;
+            }
             // A read of L2 that began before the write landed there may have filled L1
             // meanwhile (this instance skips its own announcement): put the write back.
             self.inner.put_back(key, &entry);
@@ -497,8 +501,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
         self.inner.drop_key_locally(key);
         #[cfg(feature = "redis")]
         if let Some(remote) = &self.inner.remote {
-            let version = self.inner.versions.next(&*self.inner.clock);
-            let dropped = remote.tombstone(key, version, true).await;
+            let dropped = remote.tombstone(key, true).await;
             // A read of L2 that began before the tombstone landed may have filled L1
             // meanwhile (this instance skips its own announcement): drop it again.
             self.inner.drop_key_locally(key);
@@ -515,8 +518,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
         self.inner.drop_tag_locally(tag);
         #[cfg(feature = "redis")]
         if let Some(remote) = &self.inner.remote {
-            let version = self.inner.versions.next(&*self.inner.clock);
-            let dropped = match remote.tombstone_tag(tag, version).await {
+            let dropped = match remote.tombstone_tag(tag).await {
                 Ok(()) => remote
                     .backplane
                     .publish(Kind::Tag, tag)
@@ -763,9 +765,18 @@ impl<V: Send + Sync + 'static> Inner<V> {
         #[cfg(feature = "redis")]
         let mut lock = None;
         #[cfg(feature = "redis")]
+        let mut snapshot = None;
+        #[cfg(feature = "redis")]
         if let Some(remote) = &self.remote {
             let now = self.clock.now_ms();
-            match remote.read(&key).await {
+            let found = match remote.read_for_load(&key, &options.tags).await {
+                Ok((found, taken)) => {
+                    snapshot = Some(taken);
+                    found
+                }
+                Err(_) => None,
+            };
+            match found {
                 Some(found) if usable(&found, now, refresh) => {
                     self.stats.l2_hit();
                     self.fill(&key, found.clone(), from_l2(!found.tags.is_empty()));
@@ -790,6 +801,12 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 crate::remote::LockStep::Proceed => {}
             }
         }
+        // Versions that reach L2 are minted by Redis: the snapshot's, when there is one.
+        #[cfg(feature = "redis")]
+        let version = snapshot
+            .as_ref()
+            .map_or_else(|| self.versions.next(&*self.clock), |s| s.version);
+        #[cfg(not(feature = "redis"))]
         let version = self.versions.next(&*self.clock);
         let started = Instant::now();
         let result = load.await;
@@ -809,10 +826,11 @@ impl<V: Send + Sync + 'static> Inner<V> {
                     };
                     if cacheable() {
                         self.fill(&key, entry.clone(), cacheable);
+                        // Best effort: the value is served from L1 either way. Only with a
+                        // snapshot, so it cannot land over a change made during the load.
                         #[cfg(feature = "redis")]
-                        if let Some(remote) = &self.remote {
-                            // Best effort: the value is served from L1 either way.
-                            let _ = remote.write(&key, &entry, false).await;
+                        if let (Some(remote), Some(snapshot)) = (&self.remote, &snapshot) {
+                            let _ = remote.fill(&key, &entry, snapshot).await;
                         }
                     }
                     Ok(entry.value.clone())

@@ -206,21 +206,50 @@ impl RedisL2 {
             .await
     }
 
-    /// Writes `record` unless L2 holds a version at least as new. True when written.
-    pub(crate) async fn compare_and_set(
+    /// Writes `record` whatever L2 holds (an insert or an invalidation: the newest call
+    /// to reach Redis wins), with a version minted by Redis above the key's current one.
+    /// Returns that version.
+    pub(crate) async fn put(&self, key: &str, record: &[u8], ttl_ms: u64) -> Result<u64, L2Error> {
+        let mut c = self.connection.clone();
+        let mut invocation = scripts().put.key(key);
+        invocation.arg(record).arg(ttl_ms.max(1));
+        self.call(invocation.invoke_async(&mut c)).await
+    }
+
+    /// Writes a load's `record` unless the key changed after the load's `snapshot` (see
+    /// [`read_snapshot`](Self::read_snapshot)). True when written.
+    pub(crate) async fn fill(
         &self,
         key: &str,
         record: &[u8],
-        version: u64,
+        snapshot: u64,
         ttl_ms: u64,
     ) -> Result<bool, L2Error> {
         let mut c = self.connection.clone();
-        let mut invocation = scripts().cas.key(key);
-        invocation.arg(record).arg(version).arg(ttl_ms.max(1));
+        let mut invocation = scripts().fill.key(key);
+        invocation.arg(record).arg(snapshot).arg(ttl_ms.max(1));
         let written: i64 = self.call(invocation.invoke_async(&mut c)).await?;
         Ok(written == 1)
     }
 
+    /// The record of `key` (if any) and a snapshot of its version: every later change of
+    /// the key gets a higher version, every earlier one a version no higher.
+    pub(crate) async fn read_snapshot(&self, key: &str) -> Result<(Option<Vec<u8>>, u64), L2Error> {
+        let mut c = self.connection.clone();
+        let invocation = scripts().snapshot.key(key);
+        self.call(invocation.invoke_async(&mut c)).await
+    }
+
+    /// The current version of a tag (empty when it was never invalidated).
+    pub(crate) async fn tag_version(&self, version_key: &str) -> Result<String, L2Error> {
+        let mut c = self.connection.clone();
+        let version: Option<String> = self
+            .call(redis::cmd("GET").arg(version_key).query_async(&mut c))
+            .await?;
+        Ok(version.unwrap_or_default())
+    }
+
+    /// Adds `key` to tag sets (an insert's tags). The sets live as long as their newest entry.
     pub(crate) async fn add_to_tags(
         &self,
         tag_keys: &[String],
@@ -229,34 +258,47 @@ impl RedisL2 {
     ) -> Result<(), L2Error> {
         for tag_key in tag_keys {
             let mut c = self.connection.clone();
-            let mut pipe = redis::pipe();
-            pipe.cmd("SADD").arg(tag_key).arg(key).ignore();
-            // Members outlive no entry: the set lives as long as its newest entry.
-            pipe.cmd("PEXPIRE")
-                .arg(tag_key)
-                .arg(ttl_ms.max(1))
-                .arg("GT")
-                .ignore();
-            pipe.cmd("PEXPIRE")
-                .arg(tag_key)
-                .arg(ttl_ms.max(1))
-                .arg("NX")
-                .ignore();
-            self.call(pipe.query_async::<()>(&mut c)).await?;
+            let mut invocation = scripts().join_tag.key(tag_key);
+            invocation.key(tag_key).arg(key).arg(ttl_ms.max(1)).arg("");
+            self.call(invocation.invoke_async::<i64>(&mut c)).await?;
         }
         Ok(())
     }
 
-    pub(crate) async fn take_tag_members(&self, tag_key: &str) -> Result<Vec<String>, L2Error> {
+    /// Adds a load's `key` to a tag set unless the tag was invalidated since the load's
+    /// snapshot of its version (`expected`). True when added.
+    pub(crate) async fn join_tag(
+        &self,
+        tag_key: &str,
+        version_key: &str,
+        key: &str,
+        ttl_ms: u64,
+        expected: &str,
+    ) -> Result<bool, L2Error> {
         let mut c = self.connection.clone();
-        let mut pipe = redis::pipe();
-        pipe.cmd("SMEMBERS")
-            .arg(tag_key)
-            .cmd("UNLINK")
-            .arg(tag_key)
-            .ignore();
-        let (members,): (Vec<String>,) = self.call(pipe.query_async(&mut c)).await?;
-        Ok(members)
+        let mut invocation = scripts().join_tag.key(tag_key);
+        invocation
+            .key(version_key)
+            .arg(key)
+            .arg(ttl_ms.max(1))
+            .arg(expected)
+            .arg(1);
+        let joined: i64 = self.call(invocation.invoke_async(&mut c)).await?;
+        Ok(joined == 1)
+    }
+
+    /// Invalidates a tag: raises its version (so loads that started before cannot join
+    /// it) and takes its members, in one step.
+    pub(crate) async fn take_tag(
+        &self,
+        tag_key: &str,
+        version_key: &str,
+        version_ttl_ms: u64,
+    ) -> Result<Vec<String>, L2Error> {
+        let mut c = self.connection.clone();
+        let mut invocation = scripts().take_tag.key(tag_key);
+        invocation.key(version_key).arg(version_ttl_ms.max(1));
+        self.call(invocation.invoke_async(&mut c)).await
     }
 
     /// Tries to take the load lock of a key.
@@ -310,43 +352,55 @@ impl RedisL2 {
         self.call(invocation.invoke_async(&mut c)).await
     }
 
-    /// [`compare_and_set`](Self::compare_and_set) then [`publish`](Self::publish) in one
-    /// script (single node only). Returns whether the record was written, and the
-    /// generation.
-    pub(crate) async fn compare_and_set_then_publish(
+    /// [`put`](Self::put) then [`publish`](Self::publish) in one script (single node
+    /// only). Returns the version written.
+    pub(crate) async fn put_then_publish(
         &self,
         keys: &crate::keys::KeySpace,
         entry_key: &str,
         record: &[u8],
-        version: u64,
         ttl_ms: u64,
         message: &PublishArgs<'_>,
-    ) -> Result<(bool, u64), L2Error> {
+    ) -> Result<u64, L2Error> {
         let mut c = self.connection.clone();
-        let mut invocation = publishing(&scripts().cas_and_publish, keys, message);
-        invocation
-            .key(entry_key)
-            .arg(record)
-            .arg(version)
-            .arg(ttl_ms.max(1));
-        let (written, _seq, generation): (i64, u64, u64) =
+        let mut invocation = publishing(&scripts().put_and_publish, keys, message);
+        invocation.key(entry_key).arg(record).arg(ttl_ms.max(1));
+        let (version, _seq, _generation): (u64, u64, u64) =
             self.call(invocation.invoke_async(&mut c)).await?;
-        Ok((written == 1, generation))
+        Ok(version)
     }
 
-    /// Reads (creating if missing) the epoch, and the current sequence and generation.
+    /// Reads (creating if missing) the epoch, and the current sequence and generation,
+    /// checking the instance's cursor against them: when Redis went back in time (the
+    /// sequence is below the cursor, or the cursor's log entry is not the one the
+    /// instance applied), the script starts a new epoch and a new generation, since data
+    /// invalidated after the point Redis went back to may be in L2 again.
     pub(crate) async fn position(
         &self,
         keys: &crate::keys::KeySpace,
         epoch_candidate: &str,
-    ) -> Result<(String, u64, u64), L2Error> {
+        cursor: Option<(&str, u64, &str)>,
+    ) -> Result<Position, L2Error> {
         let mut c = self.connection.clone();
         let mut invocation = scripts().position.key(keys.shared("epoch"));
+        let (epoch, seq, nonce) = cursor.unwrap_or(("", 0, ""));
         invocation
             .key(keys.shared("seq"))
             .key(keys.shared("gen"))
-            .arg(epoch_candidate);
-        self.call(invocation.invoke_async(&mut c)).await
+            .key(keys.shared("log"))
+            .arg(epoch_candidate)
+            .arg(epoch)
+            .arg(seq)
+            .arg(nonce);
+        let (epoch, seq, generation, nonce, rewound): (String, u64, u64, String, i64) =
+            self.call(invocation.invoke_async(&mut c)).await?;
+        Ok(Position {
+            epoch,
+            seq,
+            generation,
+            nonce,
+            rewound: rewound == 1,
+        })
     }
 
     /// Log entries after `after`, oldest first, at most `count`.
@@ -370,7 +424,19 @@ impl RedisL2 {
     }
 }
 
-/// An invocation of a publishing script with its four shared keys and six arguments.
+/// Where the backplane stands in Redis.
+#[derive(Debug)]
+pub(crate) struct Position {
+    pub(crate) epoch: String,
+    pub(crate) seq: u64,
+    pub(crate) generation: u64,
+    /// The nonce of the log entry at `seq` (empty when unknown).
+    pub(crate) nonce: String,
+    /// The script found Redis had gone back in time and started a new epoch.
+    pub(crate) rewound: bool,
+}
+
+/// An invocation of a publishing script with its four shared keys and seven arguments.
 fn publishing<'a>(
     script: &'a Script,
     keys: &crate::keys::KeySpace,
@@ -386,7 +452,8 @@ fn publishing<'a>(
         .arg(message.arg)
         .arg(message.log_length)
         .arg(keys.channel())
-        .arg(message.epoch_candidate);
+        .arg(message.epoch_candidate)
+        .arg(message.nonce);
     invocation
 }
 
@@ -397,6 +464,9 @@ pub(crate) struct PublishArgs<'a> {
     pub(crate) arg: &'a str,
     pub(crate) log_length: usize,
     pub(crate) epoch_candidate: &'a str,
+    /// Unique to this message: lets an instance tell its log entry from another one with
+    /// the same sequence number (after Redis went back in time).
+    pub(crate) nonce: &'a str,
 }
 
 fn default_breaker() -> CircuitBreakerConfig {
@@ -437,69 +507,163 @@ impl From<L2Error> for crate::CacheError {
 }
 
 struct Scripts {
-    cas: Script,
+    put: Script,
+    fill: Script,
+    snapshot: Script,
+    join_tag: Script,
+    take_tag: Script,
     unlock: Script,
     publish: Script,
-    cas_and_publish: Script,
+    put_and_publish: Script,
     position: Script,
 }
 
 /// Appends an invalidation to the log (numbered by the sequence counter, creating the
 /// epoch if missing, bumping the generation for a clear) and publishes it.
 const PUBLISH_FN: &str = r"
-local function publish(seqk, logk, genk, epochk, origin, kind, arg, maxlen, channel, epoch)
+local function publish(seqk, logk, genk, epochk, origin, kind, arg, maxlen, channel, epoch, nonce)
   redis.call('SET', epochk, epoch, 'NX')
   local seq = redis.call('INCR', seqk)
   local gen = tonumber(redis.call('GET', genk) or '0')
   if kind == 'c' then gen = redis.call('INCR', genk) end
-  redis.call('XADD', logk, 'MAXLEN', '~', maxlen, seq .. '-0', 'o', origin, 'k', kind, 'g', gen, 'a', arg)
-  redis.call('PUBLISH', channel, origin .. '|' .. kind .. '|' .. seq .. '|' .. gen .. '|' .. arg)
+  redis.call('XADD', logk, 'MAXLEN', '~', maxlen, seq .. '-0', 'o', origin, 'k', kind, 'g', gen, 'n', nonce, 'a', arg)
+  redis.call('PUBLISH', channel, origin .. '|' .. kind .. '|' .. seq .. '|' .. gen .. '|' .. nonce .. '|' .. arg)
   return {seq, gen}
 end
 ";
 
-/// Compare-and-set on the version in the record's first 20 bytes. Versions are
-/// microseconds since the epoch (< 2^53), exact as Lua numbers.
-const CAS_FN: &str = r"
-local function cas(key, record, version, ttl)
+/// Versions, minted where writes meet (the Redis node holding the key), never from an
+/// instance's clock: microseconds of the node's `TIME`, kept above the key's current
+/// version. They stay below 2^53, so exact as Lua numbers. The record's first 20 bytes
+/// hold its version as zero-padded digits.
+const VERSION_FN: &str = r"
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local function version_of(key)
   local current = redis.call('GETRANGE', key, 0, 19)
-  if current ~= '' then
-    local v = tonumber(current)
-    if v ~= nil and v >= tonumber(version) then return 0 end
-  end
+  if current == '' then return nil end
+  return tonumber(current)
+end
+local function store(key, record, version, ttl)
   redis.call('SET', key, record, 'PX', ttl)
-  return 1
+  redis.call('SETRANGE', key, 0, string.format('%020d', version))
+end
+local function put(key, record, ttl)
+  local v = now_us() + 1
+  local c = version_of(key)
+  if c ~= nil and c >= v then v = c + 1 end
+  store(key, record, v, ttl)
+  return v
 end
 ";
 
 fn scripts() -> &'static Scripts {
     static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
     SCRIPTS.get_or_init(|| Scripts {
-        // KEYS: entry. ARGV: record, version, ttl.
-        cas: Script::new(&format!("{CAS_FN}return cas(KEYS[1], ARGV[1], ARGV[2], ARGV[3])")),
+        // KEYS: entry. ARGV: record, ttl. Returns the version written.
+        put: Script::new(&format!("{VERSION_FN}return put(KEYS[1], ARGV[1], ARGV[2])")),
+        // KEYS: entry. ARGV: record, snapshot, ttl. A load's write: only when no change
+        // reached the key after the load's snapshot (ties go to the load: a change gets
+        // a version above every snapshot taken before it).
+        fill: Script::new(&format!(
+            "{VERSION_FN}local c = version_of(KEYS[1])
+local snapshot = tonumber(ARGV[2])
+if c ~= nil and c > snapshot then return 0 end
+store(KEYS[1], ARGV[1], snapshot, ARGV[3])
+return 1"
+        )),
+        // KEYS: entry. Returns the record and the snapshot: the node's time, or the
+        // record's version if higher.
+        snapshot: Script::new(&format!(
+            "{VERSION_FN}local record = redis.call('GET', KEYS[1])
+local v = now_us()
+if record then
+  local c = tonumber(string.sub(record, 1, 20))
+  if c ~= nil and c > v then v = c end
+end
+return {{record, v}}"
+        )),
+        // KEYS: tag set, tag version. ARGV: member, ttl, expected version, check (1 to
+        // compare the tag's version with the expected one first).
+        join_tag: Script::new(
+            r"
+if ARGV[4] == '1' and (redis.call('GET', KEYS[2]) or '') ~= ARGV[3] then return 0 end
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2], 'GT')
+redis.call('PEXPIRE', KEYS[1], ARGV[2], 'NX')
+return 1
+",
+        ),
+        // KEYS: tag set, tag version. ARGV: the version's TTL. Returns the members.
+        take_tag: Script::new(&format!(
+            "{VERSION_FN}local v = now_us()
+local c = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+if c >= v then v = c + 1 end
+redis.call('SET', KEYS[2], string.format('%d', v), 'PX', ARGV[1])
+local members = redis.call('SMEMBERS', KEYS[1])
+redis.call('UNLINK', KEYS[1])
+return members"
+        )),
         unlock: Script::new(
             r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 ",
         ),
-        // KEYS: seq, log, gen, epoch. ARGV: origin, kind, arg, log length, channel, epoch.
+        // KEYS: seq, log, gen, epoch. ARGV: origin, kind, arg, log length, channel, epoch,
+        // nonce.
         publish: Script::new(&format!(
-            "{PUBLISH_FN}return publish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])"
+            "{PUBLISH_FN}return publish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])"
         )),
         // Single node only (the keys are in different cluster slots): one round trip for
         // "write, then tell the others". KEYS: seq, log, gen, epoch, entry. ARGV: the
-        // publish arguments, then record, version, ttl.
-        cas_and_publish: Script::new(&format!(
-            "{CAS_FN}{PUBLISH_FN}local written = cas(KEYS[5], ARGV[7], ARGV[8], ARGV[9])
-local published = publish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
-return {{written, published[1], published[2]}}"
+        // publish arguments, then record, ttl.
+        put_and_publish: Script::new(&format!(
+            "{VERSION_FN}{PUBLISH_FN}local version = put(KEYS[5], ARGV[8], ARGV[9])
+local published = publish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+return {{version, published[1], published[2]}}"
         )),
-        // KEYS: epoch, seq, gen. ARGV: epoch candidate.
+        // KEYS: epoch, seq, gen, log. ARGV: epoch candidate, then the cursor: epoch, seq,
+        // nonce (empty when unknown). Returns epoch, seq, gen, the nonce at seq, and 1
+        // when it found Redis had gone back in time.
         position: Script::new(
             r"
+local function nonce_at(s)
+  if s <= 0 then return '' end
+  local found = redis.call('XRANGE', KEYS[4], s .. '-0', s .. '-0')
+  if #found == 0 then return false end
+  local fields = found[1][2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'n' then return fields[i + 1] end
+  end
+  return ''
+end
 redis.call('SET', KEYS[1], ARGV[1], 'NX')
-return {redis.call('GET', KEYS[1]), tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(redis.call('GET', KEYS[3]) or '0')}
+local epoch = redis.call('GET', KEYS[1])
+local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
+local gen = tonumber(redis.call('GET', KEYS[3]) or '0')
+local rewound = 0
+if epoch == ARGV[2] then
+  local at = tonumber(ARGV[3])
+  if seq < at then
+    rewound = 1
+  elseif ARGV[4] ~= '' then
+    local n = nonce_at(at)
+    if n and n ~= ARGV[4] then rewound = 1 end
+  end
+  if rewound == 1 then
+    epoch = ARGV[1]
+    redis.call('SET', KEYS[1], epoch)
+    local t = redis.call('TIME')
+    local fresh = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    if fresh <= gen then fresh = gen + 1 end
+    redis.call('SET', KEYS[3], string.format('%d', fresh))
+    gen = fresh
+  end
+end
+return {epoch, seq, gen, nonce_at(seq) or '', rewound}
 ",
         ),
     })

@@ -56,8 +56,19 @@ impl<V> fmt::Debug for Remote<V> {
 }
 
 enum Queued<V> {
-    Write(Arc<str>, Entry<V>),
+    /// A key, its entry, and the generation when it was queued.
+    Write(Arc<str>, Entry<V>, Option<u64>),
     Flush(oneshot::Sender<()>),
+}
+
+/// Where a key (and the tags a load will store it with) stood in L2 when a load began.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    generation: u64,
+    /// Every change of the key after this point has a higher version (minted by Redis).
+    pub(crate) version: u64,
+    tag_versions: Vec<String>,
+    taken: Instant,
 }
 
 /// The outcome of asking for the load lock.
@@ -148,7 +159,11 @@ impl<V: Send + Sync + 'static> Remote<V> {
         let bytes = self
             .counted(self.backplane.l2.get(&keys.entry(generation, key)).await)
             .ok()??;
-        match entry::decode(&bytes, &*self.codec, self.max_value_bytes) {
+        self.servable(&bytes)
+    }
+
+    fn servable(&self, bytes: &[u8]) -> Option<Entry<V>> {
+        match entry::decode(bytes, &*self.codec, self.max_value_bytes) {
             Ok(Decoded::Entry(entry)) => {
                 // Keep this instance's versions ahead of any it has seen, whatever its clock.
                 self.versions.observe(entry.version);
@@ -166,81 +181,159 @@ impl<V: Send + Sync + 'static> Remote<V> {
         }
     }
 
-    /// Writes an entry unless L2 holds a newer version of it; with `announce`, then tells
-    /// the other instances to drop their copy.
+    /// A load's first step: the servable entry of `key` in L2 (if any) and a snapshot of
+    /// where the key and `tags` stand, so the load's result is written to L2 only if
+    /// nothing changed them meanwhile. `Err` when L2 cannot be read: the load's result
+    /// then stays out of L2.
+    pub(crate) async fn read_for_load(
+        &self,
+        key: &str,
+        tags: &[Arc<str>],
+    ) -> Result<(Option<Entry<V>>, Snapshot), L2Error> {
+        let generation = self.counted(self.generation())?;
+        let keys = &self.backplane.keys;
+        let l2 = &self.backplane.l2;
+        let mut tag_versions = Vec::with_capacity(tags.len());
+        // Tags before the key: a tag invalidation after this point changes the tag's
+        // version; one before it tombstoned the key first.
+        for tag in tags {
+            let version = self.counted(l2.tag_version(&keys.tag_version(generation, tag)).await)?;
+            tag_versions.push(version);
+        }
+        let (bytes, version) = self.counted(l2.read_snapshot(&keys.entry(generation, key)).await)?;
+        let found = bytes.and_then(|bytes| self.servable(&bytes));
+        Ok((
+            found,
+            Snapshot {
+                generation,
+                version,
+                tag_versions,
+                taken: Instant::now(),
+            },
+        ))
+    }
+
+    /// Writes an insert (it lands whatever L2 holds: the newest write to reach Redis wins);
+    /// with `announce`, tells the other instances to drop their copy. Returns the version
+    /// Redis gave it. `generation` is the namespace's when the write was made (a
+    /// write-behind queued before a `clear` lands in the old generation, where no one
+    /// reads it).
     pub(crate) async fn write(
         &self,
         key: &str,
         entry: &Entry<V>,
-        announce: bool,
-    ) -> Result<(), CacheError> {
-        let generation = self.counted(self.generation())?;
+        generation: Option<u64>,
+    ) -> Result<u64, CacheError> {
+        let generation = match generation {
+            Some(generation) => generation,
+            None => self.counted(self.generation())?,
+        };
         let record = entry::encode(entry, &*self.codec, self.compression)
             .map_err(|e| CacheError::Encode(e.to_string()))?;
-        let ttl_ms = entry
-            .deadlines
-            .stale_until
-            .saturating_sub(self.clock.now_ms())
-            .max(1);
+        let ttl_ms = self.ttl_ms(entry);
         let keys = &self.backplane.keys;
-        let l2 = &self.backplane.l2;
         if !entry.tags.is_empty() {
             // Before the value: a failure in between leaves a harmless extra member.
             let tag_keys: Vec<String> =
                 entry.tags.iter().map(|t| keys.tag(generation, t)).collect();
-            self.counted(l2.add_to_tags(&tag_keys, key, ttl_ms).await)?;
+            self.counted(self.backplane.l2.add_to_tags(&tag_keys, key, ttl_ms).await)?;
         }
         let entry_key = keys.entry(generation, key);
-        let written = if announce {
+        let version = self.counted(
             self.backplane
-                .write_then_publish(key, &entry_key, &record, entry.version, ttl_ms)
-                .await
-        } else {
-            l2.compare_and_set(&entry_key, &record, entry.version, ttl_ms)
-                .await
-        };
-        if !self.counted(written)? {
-            self.stats.bump(&self.stats.local.l2_write_conflicts);
-        }
-        Ok(())
+                .write_then_publish(key, &entry_key, &record, ttl_ms)
+                .await,
+        )?;
+        self.versions.observe(version);
+        Ok(version)
     }
 
-    /// Writes a tombstone (at `version`) over `key`; with `announce`, then tells the other
-    /// instances.
-    pub(crate) async fn tombstone(
+    fn ttl_ms(&self, entry: &Entry<V>) -> u64 {
+        entry
+            .deadlines
+            .stale_until
+            .saturating_sub(self.clock.now_ms())
+            .max(1)
+    }
+
+    /// Writes a load's result, unless the key or one of its tags changed since the load's
+    /// snapshot (or the load took longer than a tombstone lives). True when written.
+    pub(crate) async fn fill(
         &self,
         key: &str,
-        version: u64,
-        announce: bool,
-    ) -> Result<(), CacheError> {
+        entry: &Entry<V>,
+        snapshot: &Snapshot,
+    ) -> Result<bool, CacheError> {
+        if snapshot.taken.elapsed() >= self.tombstone_ttl {
+            // A tombstone written since may have expired: nothing left to compare with.
+            return Ok(false);
+        }
+        let record = entry::encode(entry, &*self.codec, self.compression)
+            .map_err(|e| CacheError::Encode(e.to_string()))?;
+        let ttl_ms = self.ttl_ms(entry);
+        let (keys, l2, generation) = (&self.backplane.keys, &self.backplane.l2, snapshot.generation);
+        for (tag, expected) in entry.tags.iter().zip(&snapshot.tag_versions) {
+            let joined = l2
+                .join_tag(
+                    &keys.tag(generation, tag),
+                    &keys.tag_version(generation, tag),
+                    key,
+                    ttl_ms,
+                    expected,
+                )
+                .await;
+            if !self.counted(joined)? {
+                self.stats.bump(&self.stats.local.l2_write_conflicts);
+                return Ok(false);
+            }
+        }
+        let written = self.counted(
+            l2.fill(&keys.entry(generation, key), &record, snapshot.version, ttl_ms)
+                .await,
+        )?;
+        if !written {
+            self.stats.bump(&self.stats.local.l2_write_conflicts);
+        }
+        Ok(written)
+    }
+
+    /// Writes a tombstone over `key` (it lands whatever L2 holds) and tells the other
+    /// instances, unless `announce` is false.
+    pub(crate) async fn tombstone(&self, key: &str, announce: bool) -> Result<(), CacheError> {
         let generation = self.counted(self.generation())?;
-        let record = entry::encode_tombstone(version);
+        let record = entry::encode_tombstone(0);
         let ttl = crate::options::millis(self.tombstone_ttl);
         let entry_key = self.backplane.keys.entry(generation, key);
         let written = if announce {
             self.backplane
-                .write_then_publish(key, &entry_key, &record, version, ttl)
+                .write_then_publish(key, &entry_key, &record, ttl)
                 .await
         } else {
-            self.backplane
-                .l2
-                .compare_and_set(&entry_key, &record, version, ttl)
-                .await
+            self.backplane.l2.put(&entry_key, &record, ttl).await
         };
-        self.counted(written)?;
+        self.versions.observe(self.counted(written)?);
         Ok(())
     }
 
-    pub(crate) async fn tombstone_tag(&self, tag: &str, version: u64) -> Result<(), CacheError> {
+    /// Tombstones every key of `tag` in L2 and raises the tag's version, so a load that
+    /// started before cannot add its result to the tag afterwards.
+    pub(crate) async fn tombstone_tag(&self, tag: &str) -> Result<(), CacheError> {
         let generation = self.counted(self.generation())?;
+        let keys = &self.backplane.keys;
+        // The version outlives any load that could still compare with it (`fill` refuses
+        // loads older than a tombstone's life).
         let members = self.counted(
             self.backplane
                 .l2
-                .take_tag_members(&self.backplane.keys.tag(generation, tag))
+                .take_tag(
+                    &keys.tag(generation, tag),
+                    &keys.tag_version(generation, tag),
+                    crate::options::millis(self.tombstone_ttl).saturating_mul(2),
+                )
                 .await,
         )?;
         for member in members {
-            self.tombstone(&member, version, false).await?;
+            self.tombstone(&member, false).await?;
         }
         Ok(())
     }
@@ -306,7 +399,12 @@ impl<V: Send + Sync + 'static> Remote<V> {
             .clone()
             .ok_or(CacheError::ShutDown)?;
         self.pending.fetch_add(1, Ordering::AcqRel);
-        if sender.send(Queued::Write(key, entry)).await.is_err() {
+        let generation = self.backplane.generation();
+        if sender
+            .send(Queued::Write(key, entry, generation))
+            .await
+            .is_err()
+        {
             self.pending.fetch_sub(1, Ordering::AcqRel);
             return Err(CacheError::ShutDown);
         }
@@ -369,14 +467,14 @@ impl<V: Send + Sync + 'static> Remote<V> {
                 Queued::Flush(done) => {
                     let _ = done.send(());
                 }
-                Queued::Write(key, entry) => {
+                Queued::Write(key, entry, generation) => {
                     let mut backoff = Duration::from_millis(10);
                     let mut attempts = 0_u32;
                     let mut first_failure = None;
                     let given_up = loop {
                         attempts = attempts.saturating_add(1);
-                        match self.write(&key, &entry, true).await {
-                            Ok(()) => break None,
+                        match self.write(&key, &entry, generation).await {
+                            Ok(_) => break None,
                             Err(CacheError::Encode(e)) => {
                                 break Some((
                                     ErrorClass::Permanent,

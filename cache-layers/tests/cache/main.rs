@@ -6,3 +6,5 @@ mod local;
 mod shared;
 #[cfg(feature = "redis")]
 mod support;
+#[cfg(feature = "redis")]
+mod coherence;
