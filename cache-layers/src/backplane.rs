@@ -37,6 +37,8 @@ pub(crate) trait LocalCache: Send + Sync {
     fn drop_all(&self, resync: bool);
     fn has_entries(&self) -> bool;
     fn received(&self);
+    /// Applies the changes made while Redis was unreachable (see `pending`).
+    fn replay(&self) -> futures_util::future::BoxFuture<'_, ()>;
 }
 
 /// The kinds of invalidation.
@@ -76,6 +78,9 @@ pub struct BackplaneStatus {
     pub reconnects: u64,
     /// The last invalidation sequence number applied.
     pub applied_seq: u64,
+    /// Changes made here while Redis was unreachable, not yet applied to L2 and announced
+    /// (a pending `clear` counts as one). They are applied as soon as Redis answers.
+    pub pending_changes: usize,
 }
 
 #[derive(Debug, Default)]
@@ -144,6 +149,7 @@ impl Backplane {
             connected: self.connected.load(Ordering::Acquire),
             reconnects: self.reconnects.load(Ordering::Relaxed),
             applied_seq,
+            pending_changes: 0,
         }
     }
 
@@ -282,11 +288,11 @@ impl Backplane {
 
     /// Catches up from the log to the current sequence number.
     async fn catch_up(&self, local: &Weak<dyn LocalCache>) -> Result<(), L2Error> {
-        let known = self.cursor.lock().ok().and_then(|c| {
-            c.epoch
-                .clone()
-                .map(|epoch| (epoch, c.seq, c.nonce.clone()))
-        });
+        let known = self
+            .cursor
+            .lock()
+            .ok()
+            .and_then(|c| c.epoch.clone().map(|epoch| (epoch, c.seq, c.nonce.clone())));
         let position = self
             .l2
             .position(
@@ -423,6 +429,9 @@ impl Backplane {
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
+            if let Some(strong) = local.upgrade() {
+                strong.replay().await;
+            }
             if self.ever_connected.swap(true, Ordering::AcqRel) {
                 self.reconnects.fetch_add(1, Ordering::Relaxed);
             }
@@ -451,7 +460,11 @@ impl Backplane {
                     _ = tick.tick() => {
                         // Catches messages lost silently; a failure here (L2 down) is
                         // retried on the next tick while the subscription holds.
-                        let _ = self.catch_up(&local).await;
+                        if self.catch_up(&local).await.is_ok()
+                            && let Some(strong) = local.upgrade()
+                        {
+                            strong.replay().await;
+                        }
                     }
                 }
             }
@@ -535,6 +548,9 @@ mod tests {
             true
         }
         fn received(&self) {}
+        fn replay(&self) -> futures_util::future::BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
     }
 
     fn backplane() -> Backplane {
@@ -575,7 +591,10 @@ mod tests {
         let b = backplane();
         let local = Recorder::default();
         assert!(!b.on_message(&local, b"other|k|1|0|n1|user:1"));
-        assert!(!b.on_message(&local, b"other|k|1|0|n1|user:1"), "a duplicate");
+        assert!(
+            !b.on_message(&local, b"other|k|1|0|n1|user:1"),
+            "a duplicate"
+        );
         assert!(
             b.on_message(&local, b"other|k|1|0|elsewhere|user:2"),
             "the same number with another nonce: Redis went back in time"

@@ -137,7 +137,11 @@ impl<V: Send + Sync + 'static> Cache<V> {
     #[cfg(feature = "redis")]
     #[must_use]
     pub fn backplane_status(&self) -> Option<BackplaneStatus> {
-        self.inner.remote.as_ref().map(|r| r.backplane.status())
+        self.inner.remote.as_ref().map(|r| {
+            let mut status = r.backplane.status();
+            status.pending_changes = r.changes_pending.len();
+            status
+        })
     }
 
     /// The fresh value in L1, without touching L2 or awaiting. The fastest read there is.
@@ -425,6 +429,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
             // A read of L2 that began before the write landed there may have filled L1
             // meanwhile (this instance skips its own announcement): put the write back.
             self.inner.put_back(key, &entry);
+            self.inner.keep_pending(&written, |p| p.key(key));
             written?;
         }
         #[cfg(not(feature = "redis"))]
@@ -505,6 +510,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
             // A read of L2 that began before the tombstone landed may have filled L1
             // meanwhile (this instance skips its own announcement): drop it again.
             self.inner.drop_key_locally(key);
+            self.inner.keep_pending(&dropped, |p| p.key(key));
             dropped?;
         }
         Ok(())
@@ -529,6 +535,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
             };
             // Reads of L2 that began before the tombstones landed: drop again.
             self.inner.drop_tag_locally(tag);
+            self.inner.keep_pending(&dropped, |p| p.tag(tag));
             dropped?;
         }
         Ok(())
@@ -546,6 +553,11 @@ impl<V: Send + Sync + 'static> Cache<V> {
             let cleared = remote.backplane.publish(Kind::Clear, "").await;
             // Reads of the old generation that began before it moved: drop again.
             self.inner.drop_all_locally();
+            let cleared = cleared.map_err(CacheError::from);
+            self.inner.keep_pending(&cleared, |p| {
+                p.clear();
+                crate::pending::Added::Kept
+            });
             cleared?;
         }
         Ok(())
@@ -668,6 +680,21 @@ impl<V: Send + Sync + 'static> Inner<V> {
         self.l1.insert(Arc::from(key), entry);
         if !still_current() {
             self.l1.invalidate(key);
+        }
+    }
+
+    /// Keeps a change whose L2 step failed, to apply when Redis answers (see `pending`).
+    #[cfg(feature = "redis")]
+    fn keep_pending<T>(
+        &self,
+        result: &Result<T, CacheError>,
+        add: impl FnOnce(&crate::pending::Pending) -> crate::pending::Added,
+    ) {
+        if let (Err(CacheError::L2Unavailable { .. }), Some(remote)) = (result, &self.remote)
+            && add(&remote.changes_pending) == crate::pending::Added::Overflowed
+        {
+            tracing::warn!(cache = %self.name, "too many cache changes wait for Redis: they turn into one clear, and L1 is dropped");
+            self.drop_all_locally();
         }
     }
 
@@ -913,5 +940,15 @@ impl<V: Send + Sync + 'static> LocalCache for Inner<V> {
 
     fn received(&self) {
         self.stats.received();
+    }
+
+    fn replay(&self) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(remote) = &self.remote
+                && let Err(e) = remote.replay_pending().await
+            {
+                tracing::debug!(cache = %self.name, error = %e, "pending cache changes not applied yet; retrying on the next catch-up");
+            }
+        })
     }
 }

@@ -78,6 +78,8 @@ mod keys;
 mod l2;
 mod options;
 #[cfg(feature = "redis")]
+mod pending;
+#[cfg(feature = "redis")]
 mod remote;
 pub mod stats;
 

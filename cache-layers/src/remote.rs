@@ -12,11 +12,13 @@ use keel_resilience::timeout::with_timeout;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::backplane::Backplane;
+use crate::backplane::Kind;
 use crate::clock::{Clock, VersionClock};
 use crate::codec::{Codec, Compression};
 use crate::entry::{self, Decoded, Entry};
 use crate::error::CacheError;
 use crate::l2::L2Error;
+use crate::pending::Pending;
 use crate::stats::Stats;
 
 /// The distributed load lock's settings.
@@ -44,6 +46,8 @@ pub(crate) struct Remote<V> {
     abandon: AtomicBool,
     /// Where given-up writes go, and the source they are marked with.
     dead_letters: Option<(DeadLetterQueue, String)>,
+    /// Changes made while L2 was unreachable, applied when it answers again.
+    pub(crate) changes_pending: Pending,
 }
 
 impl<V> fmt::Debug for Remote<V> {
@@ -129,6 +133,7 @@ impl<V: Send + Sync + 'static> Remote<V> {
             pending: AtomicUsize::new(0),
             abandon: AtomicBool::new(false),
             dead_letters,
+            changes_pending: Pending::default(),
         });
         let worker = tokio::spawn(remote.clone().drain(rx));
         *remote
@@ -154,6 +159,9 @@ impl<V: Send + Sync + 'static> Remote<V> {
     /// The servable entry of `key` in L2, if any. Tombstones, other generations and
     /// undecodable records are misses.
     pub(crate) async fn read(&self, key: &str) -> Option<Entry<V>> {
+        if self.changes_pending.blocks(key) {
+            return None;
+        }
         let generation = self.generation().ok()?;
         let keys = &self.backplane.keys;
         let bytes = self
@@ -167,7 +175,9 @@ impl<V: Send + Sync + 'static> Remote<V> {
             Ok(Decoded::Entry(entry)) => {
                 // Keep this instance's versions ahead of any it has seen, whatever its clock.
                 self.versions.observe(entry.version);
-                entry.is_servable(self.clock.now_ms()).then_some(entry)
+                (entry.is_servable(self.clock.now_ms())
+                    && !self.changes_pending.blocks_tags(&entry.tags))
+                .then_some(entry)
             }
             Ok(Decoded::Tombstone { version }) => {
                 self.versions.observe(version);
@@ -200,8 +210,12 @@ impl<V: Send + Sync + 'static> Remote<V> {
             let version = self.counted(l2.tag_version(&keys.tag_version(generation, tag)).await)?;
             tag_versions.push(version);
         }
-        let (bytes, version) = self.counted(l2.read_snapshot(&keys.entry(generation, key)).await)?;
-        let found = bytes.and_then(|bytes| self.servable(&bytes));
+        let (bytes, version) =
+            self.counted(l2.read_snapshot(&keys.entry(generation, key)).await)?;
+        // A key with a change still pending: L2 may hold what the change replaced.
+        let found = bytes
+            .filter(|_| !self.changes_pending.blocks(key))
+            .and_then(|bytes| self.servable(&bytes));
         Ok((
             found,
             Snapshot {
@@ -271,7 +285,11 @@ impl<V: Send + Sync + 'static> Remote<V> {
         let record = entry::encode(entry, &*self.codec, self.compression)
             .map_err(|e| CacheError::Encode(e.to_string()))?;
         let ttl_ms = self.ttl_ms(entry);
-        let (keys, l2, generation) = (&self.backplane.keys, &self.backplane.l2, snapshot.generation);
+        let (keys, l2, generation) = (
+            &self.backplane.keys,
+            &self.backplane.l2,
+            snapshot.generation,
+        );
         for (tag, expected) in entry.tags.iter().zip(&snapshot.tag_versions) {
             let joined = l2
                 .join_tag(
@@ -288,8 +306,13 @@ impl<V: Send + Sync + 'static> Remote<V> {
             }
         }
         let written = self.counted(
-            l2.fill(&keys.entry(generation, key), &record, snapshot.version, ttl_ms)
-                .await,
+            l2.fill(
+                &keys.entry(generation, key),
+                &record,
+                snapshot.version,
+                ttl_ms,
+            )
+            .await,
         )?;
         if !written {
             self.stats.bump(&self.stats.local.l2_write_conflicts);
@@ -335,6 +358,33 @@ impl<V: Send + Sync + 'static> Remote<V> {
         for member in members {
             self.tombstone(&member, false).await?;
         }
+        Ok(())
+    }
+
+    /// Applies the changes made while L2 was unreachable: to L2, then announced to the
+    /// other instances. Stops at the first failure (the rest stay pending).
+    pub(crate) async fn replay_pending(&self) -> Result<(), CacheError> {
+        let Some(batch) = self.changes_pending.batch() else {
+            return Ok(());
+        };
+        let count = batch.keys.len() + batch.tags.len() + usize::from(batch.clear.is_some());
+        if let Some(mark) = batch.clear {
+            self.counted(self.backplane.publish(Kind::Clear, "").await)?;
+            self.changes_pending.cleared(mark);
+        }
+        for (tag, mark) in batch.tags {
+            self.tombstone_tag(&tag).await?;
+            self.counted(self.backplane.publish(Kind::Tag, &tag).await)?;
+            self.changes_pending.tag_done(&tag, mark);
+        }
+        for (key, mark) in batch.keys {
+            self.tombstone(&key, true).await?;
+            self.changes_pending.key_done(&key, mark);
+        }
+        tracing::info!(
+            changes = count,
+            "applied the cache changes made while Redis was unreachable"
+        );
         Ok(())
     }
 

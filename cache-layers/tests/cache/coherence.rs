@@ -3,7 +3,6 @@
 //! Redis going back in time, and invalidations made while Redis was unreachable. Each
 //! test failed on the code before the fix.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use keel_cache_layers::{Cache, Clock, EntryOptions, ManualClock, SystemClock};
@@ -78,7 +77,11 @@ async fn a_fast_clock_does_not_make_its_loads_win_over_later_writes(redis: Topol
     b.invalidate("k").await.unwrap();
     assert_eq!(get(&c, "k").await, None, "the invalidation lost in L2");
     b.insert("k", "b's write".into()).await.unwrap();
-    assert_eq!(get(&c, "k").await.as_deref(), Some("b's write"), "the insert lost in L2");
+    assert_eq!(
+        get(&c, "k").await.as_deref(),
+        Some("b's write"),
+        "the insert lost in L2"
+    );
     assert_eq!(get(&b, "k").await.as_deref(), Some("b's write"));
     eventually(Duration::from_secs(5), || ahead.peek("k").is_none()).await;
     assert_eq!(get(&ahead, "k").await.as_deref(), Some("b's write"));
@@ -108,7 +111,11 @@ async fn equal_clocks_do_not_tie_a_load_with_a_later_invalidation(redis: Topolog
         let key = format!("k{round}");
         a.get_or_load(&key, loaded("loaded")).await.unwrap();
         b.invalidate(&key).await.unwrap();
-        assert_eq!(get(&c, &key).await, None, "round {round}: the invalidation lost");
+        assert_eq!(
+            get(&c, &key).await,
+            None,
+            "round {round}: the invalidation lost"
+        );
     }
 }
 
@@ -163,7 +170,9 @@ async fn a_tag_invalidation_beats_a_load_on_another_instance_that_started_before
     proxy.delay_replies(Duration::ZERO);
     eventually(Duration::from_secs(5), || a.peek("k").is_none()).await;
     // A load that starts after the invalidation is cached as usual.
-    a.get_or_load_with("k", &options, loaded("fresh")).await.unwrap();
+    a.get_or_load_with("k", &options, loaded("fresh"))
+        .await
+        .unwrap();
     assert_eq!(get(&c, "k").await.as_deref(), Some("fresh"));
 }
 
@@ -198,8 +207,10 @@ async fn redis_going_back_in_time_brings_back_no_old_value() {
     redis.restart();
     // Back with v1 in L2 and the sequence 31 behind the instances' cursors.
     eventually(Duration::from_secs(20), || {
-        b.backplane_status().is_some_and(|s| s.connected && s.reconnects > 0)
-            && a.backplane_status().is_some_and(|s| s.connected && s.reconnects > 0)
+        b.backplane_status()
+            .is_some_and(|s| s.connected && s.reconnects > 0)
+            && a.backplane_status()
+                .is_some_and(|s| s.connected && s.reconnects > 0)
     })
     .await;
     a.insert("k", "v3".into()).await.unwrap();
@@ -216,4 +227,55 @@ async fn redis_going_back_in_time_brings_back_no_old_value() {
             "an instance read {seen:?} after Redis went back in time"
         );
     }
+}
+
+/// Issue 11, item 1: an invalidation (or insert) made while Redis was unreachable came
+/// back when Redis returned with its data: the invalidating instance read the old value
+/// from L2 again, a new instance read it, and the other instance kept it until its TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_while_redis_is_down_are_applied_when_it_returns() {
+    let mut redis = Topology::single();
+    let a = builder("users", redis.l2().await).build().unwrap();
+    let b = builder("users", redis.l2().await).build().unwrap();
+    connected(&a).await;
+    connected(&b).await;
+    a.insert("k", "old".into()).await.unwrap();
+    a.insert("j", "old".into()).await.unwrap();
+    a.evict_local("k");
+    assert_eq!(get(&b, "k").await.as_deref(), Some("old"));
+    assert_eq!(get(&b, "j").await.as_deref(), Some("old"));
+    snapshot(&redis);
+
+    let Topology::Single(server) = &mut redis else {
+        unreachable!()
+    };
+    server.stop();
+    assert!(matches!(
+        a.invalidate("k").await,
+        Err(keel_cache_layers::CacheError::L2Unavailable { .. })
+    ));
+    assert!(a.insert("j", "new".into()).await.is_err());
+    assert_eq!(a.backplane_status().unwrap().pending_changes, 2);
+
+    server.restart().unwrap();
+    // From the first read on, A never takes the old value back from L2.
+    while a.backplane_status().unwrap().pending_changes > 0 {
+        assert_eq!(
+            get(&a, "k").await,
+            None,
+            "A read the invalidated value from L2"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(get(&a, "j").await.as_deref(), Some("new"));
+    // B hears of both changes; a new instance finds neither old value.
+    eventually(Duration::from_secs(5), || {
+        b.peek("k").is_none() && b.peek("j").is_none()
+    })
+    .await;
+    let c = builder("users", redis.l2().await).build().unwrap();
+    connected(&c).await;
+    assert_eq!(get(&c, "k").await, None);
+    assert_eq!(get(&c, "j").await, None);
+    assert_eq!(get(&b, "k").await, None);
 }

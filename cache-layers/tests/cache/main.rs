@@ -1,10 +1,10 @@
 //! Integration tests of keel-cache-layers: L1 behaviour on a manual clock, and the
 //! two-level cache against real redis-server processes (single node and cluster).
 
+#[cfg(feature = "redis")]
+mod coherence;
 mod local;
 #[cfg(feature = "redis")]
 mod shared;
 #[cfg(feature = "redis")]
 mod support;
-#[cfg(feature = "redis")]
-mod coherence;
