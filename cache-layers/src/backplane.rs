@@ -159,8 +159,9 @@ impl Backplane {
         self.shutdown.notify_one();
     }
 
-    /// Publishes an invalidation to the other instances.
-    pub(crate) async fn publish(&self, kind: Kind, arg: &str) -> Result<(), L2Error> {
+    /// Publishes an invalidation to the other instances. Returns the namespace's
+    /// generation after it.
+    pub(crate) async fn publish(&self, kind: Kind, arg: &str) -> Result<u64, L2Error> {
         let (candidate, nonce) = (epoch_candidate(), epoch_candidate());
         let (_, generation) = self
             .l2
@@ -169,23 +170,23 @@ impl Backplane {
         if kind == Kind::Clear {
             self.raise_generation(generation);
         }
-        Ok(())
+        Ok(generation)
     }
 
     /// Writes a record (with a version Redis mints), then publishes an invalidation of
     /// its key: in one round trip on a single node, in two (in that order) on a cluster.
-    /// Returns the version written.
+    /// Returns the version written and the namespace's generation after it.
     pub(crate) async fn write_then_publish(
         &self,
         key: &str,
         entry_key: &str,
         record: &[u8],
         ttl_ms: u64,
-    ) -> Result<u64, L2Error> {
+    ) -> Result<(u64, u64), L2Error> {
         if self.l2.cluster {
             let version = self.l2.put(entry_key, record, ttl_ms).await?;
-            self.publish(Kind::Key, key).await?;
-            return Ok(version);
+            let generation = self.publish(Kind::Key, key).await?;
+            return Ok((version, generation));
         }
         let (candidate, nonce) = (epoch_candidate(), epoch_candidate());
         let message = self.message(Kind::Key, key, &candidate, &nonce);

@@ -402,7 +402,9 @@ impl<V: Send + Sync + 'static> Cache<V> {
     ///
     /// # Errors
     /// [`CacheError::L2Unavailable`] when L2 could not be written or the others not told
-    /// (L1 holds the value all the same); [`CacheError::Encode`] when the codec failed.
+    /// (L1 holds the value all the same; the key is kept pending, and when Redis answers
+    /// its L2 copy is dropped and the others are told); [`CacheError::Encode`] when the
+    /// codec failed.
     pub async fn insert(&self, key: &str, value: V) -> Result<(), CacheError> {
         let options = self.inner.options.clone();
         self.insert_with(key, value, &options).await
@@ -501,12 +503,13 @@ impl<V: Send + Sync + 'static> Cache<V> {
     /// before this call cannot write it back), and tells the other instances to drop it.
     ///
     /// # Errors
-    /// [`CacheError::L2Unavailable`]: dropped here only.
+    /// [`CacheError::L2Unavailable`]: dropped here only for now; kept pending and applied
+    /// to L2 and the other instances when Redis answers.
     pub async fn invalidate(&self, key: &str) -> Result<(), CacheError> {
         self.inner.drop_key_locally(key);
         #[cfg(feature = "redis")]
         if let Some(remote) = &self.inner.remote {
-            let dropped = remote.tombstone(key, true).await;
+            let dropped = remote.tombstone(key).await;
             // A read of L2 that began before the tombstone landed may have filled L1
             // meanwhile (this instance skips its own announcement): drop it again.
             self.inner.drop_key_locally(key);
@@ -519,20 +522,13 @@ impl<V: Send + Sync + 'static> Cache<V> {
     /// Drops every entry written with `tag`, here, in L2 and on the other instances.
     ///
     /// # Errors
-    /// [`CacheError::L2Unavailable`]: dropped here only.
+    /// [`CacheError::L2Unavailable`]: dropped here only for now; kept pending and applied
+    /// when Redis answers.
     pub async fn invalidate_tag(&self, tag: &str) -> Result<(), CacheError> {
         self.inner.drop_tag_locally(tag);
         #[cfg(feature = "redis")]
         if let Some(remote) = &self.inner.remote {
-            let dropped = match remote.tombstone_tag(tag).await {
-                Ok(()) => remote
-                    .backplane
-                    .publish(Kind::Tag, tag)
-                    .await
-                    .map(|_| ())
-                    .map_err(CacheError::from),
-                Err(e) => Err(e),
-            };
+            let dropped = remote.tombstone_tag(tag).await;
             // Reads of L2 that began before the tombstones landed: drop again.
             self.inner.drop_tag_locally(tag);
             self.inner.keep_pending(&dropped, |p| p.tag(tag));
@@ -545,7 +541,8 @@ impl<V: Send + Sync + 'static> Cache<V> {
     /// namespace to a new generation: old keys are never scanned, they expire).
     ///
     /// # Errors
-    /// [`CacheError::L2Unavailable`]: cleared here only.
+    /// [`CacheError::L2Unavailable`]: cleared here only for now; kept pending and applied
+    /// (a new generation, announced) when Redis answers.
     pub async fn clear(&self) -> Result<(), CacheError> {
         self.inner.drop_all_locally();
         #[cfg(feature = "redis")]

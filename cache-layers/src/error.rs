@@ -32,8 +32,11 @@ pub enum CacheError {
     /// may not exist.
     #[error("the key is cached as absent; load it with get_or_load_optional")]
     Absent,
-    /// The shared L2 could not be reached, so the change was applied to this instance only;
-    /// other instances learn of it once they expire the entry. Retry when Redis is back.
+    /// The shared L2 could not be reached, so the change was applied to this instance only.
+    /// It is kept pending (see [`BackplaneStatus::pending_changes`](crate::BackplaneStatus))
+    /// and applied to L2 and announced to the other instances as soon as Redis answers;
+    /// until then this instance does not read the key from L2, and the others keep their
+    /// copy (at most until its TTL). No retry is needed.
     #[error("the L2 cache is unavailable ({reason}); the change was applied locally only")]
     L2Unavailable {
         /// Why: the breaker is open, a timeout, or Redis's own error.

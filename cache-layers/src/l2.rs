@@ -353,7 +353,7 @@ impl RedisL2 {
     }
 
     /// [`put`](Self::put) then [`publish`](Self::publish) in one script (single node
-    /// only). Returns the version written.
+    /// only). Returns the version written and the generation.
     pub(crate) async fn put_then_publish(
         &self,
         keys: &crate::keys::KeySpace,
@@ -361,13 +361,13 @@ impl RedisL2 {
         record: &[u8],
         ttl_ms: u64,
         message: &PublishArgs<'_>,
-    ) -> Result<u64, L2Error> {
+    ) -> Result<(u64, u64), L2Error> {
         let mut c = self.connection.clone();
         let mut invocation = publishing(&scripts().put_and_publish, keys, message);
         invocation.key(entry_key).arg(record).arg(ttl_ms.max(1));
-        let (version, _seq, _generation): (u64, u64, u64) =
+        let (version, _seq, generation): (u64, u64, u64) =
             self.call(invocation.invoke_async(&mut c)).await?;
-        Ok(version)
+        Ok((version, generation))
     }
 
     /// Reads (creating if missing) the epoch, and the current sequence and generation,

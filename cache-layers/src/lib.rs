@@ -44,9 +44,14 @@
 //!   here, in L2 and on every other instance.
 //! - **Coherence** (feature `redis`): invalidations go out on Redis pub/sub and into a
 //!   numbered log; an instance that was cut off replays what it missed when it comes back
-//!   (or drops its L1 when it cannot know). L2 writes are compare-and-set on a version, so
-//!   an older value never overwrites a newer one, and an invalidation leaves a tombstone
-//!   that a slower load cannot overwrite.
+//!   (or drops its L1 when it cannot know). Versions are minted inside Redis, so the
+//!   change that reaches Redis last wins whatever the instances' clocks; a load writes
+//!   its result to L2 only if nothing changed its key or tags since it began; a change
+//!   whose L2 step failed is kept and applied when Redis answers. After `insert`,
+//!   `invalidate`, `invalidate_tag` or `clear` returns `Ok`, no instance serves an older
+//!   value once the backplane delivered it (or the instance caught up): the guarantee,
+//!   what happens when Redis is down or goes back in time, and the limits are in the
+//!   README's "The coherence guarantee".
 //! - **Faults**: L2 calls go through a `keel-resilience` circuit breaker and timeouts;
 //!   with Redis down the cache serves from L1 and goes back to L2 by itself.
 //! - **Keys and values**: keys carry the namespace, a schema version and a generation;

@@ -65,6 +65,26 @@ enum Queued<V> {
     Flush(oneshot::Sender<()>),
 }
 
+/// How many times a change follows the namespace to a new generation before giving up.
+const MOVES: usize = 3;
+
+/// The namespace moved to another generation (a `clear`, or Redis went back in time)
+/// while a change was on its way: it landed where no one reads. It is made again there.
+fn moved(from: u64, to: u64) -> u64 {
+    tracing::debug!(
+        from,
+        to,
+        "the cache's generation moved during a change; making it again"
+    );
+    to
+}
+
+fn generation_moving() -> CacheError {
+    CacheError::L2Unavailable {
+        reason: "the namespace's generation kept moving during the change".into(),
+    }
+}
+
 /// Where a key (and the tags a load will store it with) stood in L2 when a load began.
 #[derive(Debug)]
 pub(crate) struct Snapshot {
@@ -227,39 +247,44 @@ impl<V: Send + Sync + 'static> Remote<V> {
         ))
     }
 
-    /// Writes an insert (it lands whatever L2 holds: the newest write to reach Redis wins);
-    /// with `announce`, tells the other instances to drop their copy. Returns the version
-    /// Redis gave it. `generation` is the namespace's when the write was made (a
-    /// write-behind queued before a `clear` lands in the old generation, where no one
-    /// reads it).
+    /// Writes an insert (it lands whatever L2 holds: the newest write to reach Redis wins)
+    /// and tells the other instances to drop their copy. Returns the version Redis gave
+    /// it. `queued_in`: the namespace's generation when a write-behind was queued (one
+    /// queued before a `clear` lands in the old generation, where no one reads it).
     pub(crate) async fn write(
         &self,
         key: &str,
         entry: &Entry<V>,
-        generation: Option<u64>,
+        queued_in: Option<u64>,
     ) -> Result<u64, CacheError> {
-        let generation = match generation {
-            Some(generation) => generation,
-            None => self.counted(self.generation())?,
-        };
         let record = entry::encode(entry, &*self.codec, self.compression)
             .map_err(|e| CacheError::Encode(e.to_string()))?;
         let ttl_ms = self.ttl_ms(entry);
         let keys = &self.backplane.keys;
-        if !entry.tags.is_empty() {
-            // Before the value: a failure in between leaves a harmless extra member.
-            let tag_keys: Vec<String> =
-                entry.tags.iter().map(|t| keys.tag(generation, t)).collect();
-            self.counted(self.backplane.l2.add_to_tags(&tag_keys, key, ttl_ms).await)?;
+        let mut generation = match queued_in {
+            Some(generation) => generation,
+            None => self.counted(self.generation())?,
+        };
+        for _ in 0..MOVES {
+            if !entry.tags.is_empty() {
+                // Before the value: a failure in between leaves a harmless extra member.
+                let tag_keys: Vec<String> =
+                    entry.tags.iter().map(|t| keys.tag(generation, t)).collect();
+                self.counted(self.backplane.l2.add_to_tags(&tag_keys, key, ttl_ms).await)?;
+            }
+            let entry_key = keys.entry(generation, key);
+            let (version, now) = self.counted(
+                self.backplane
+                    .write_then_publish(key, &entry_key, &record, ttl_ms)
+                    .await,
+            )?;
+            self.versions.observe(version);
+            if now == generation || queued_in.is_some() {
+                return Ok(version);
+            }
+            generation = moved(generation, now);
         }
-        let entry_key = keys.entry(generation, key);
-        let version = self.counted(
-            self.backplane
-                .write_then_publish(key, &entry_key, &record, ttl_ms)
-                .await,
-        )?;
-        self.versions.observe(version);
-        Ok(version)
+        Err(generation_moving())
     }
 
     fn ttl_ms(&self, entry: &Entry<V>) -> u64 {
@@ -321,44 +346,58 @@ impl<V: Send + Sync + 'static> Remote<V> {
     }
 
     /// Writes a tombstone over `key` (it lands whatever L2 holds) and tells the other
-    /// instances, unless `announce` is false.
-    pub(crate) async fn tombstone(&self, key: &str, announce: bool) -> Result<(), CacheError> {
-        let generation = self.counted(self.generation())?;
+    /// instances.
+    pub(crate) async fn tombstone(&self, key: &str) -> Result<(), CacheError> {
         let record = entry::encode_tombstone(0);
         let ttl = crate::options::millis(self.tombstone_ttl);
-        let entry_key = self.backplane.keys.entry(generation, key);
-        let written = if announce {
-            self.backplane
-                .write_then_publish(key, &entry_key, &record, ttl)
-                .await
-        } else {
-            self.backplane.l2.put(&entry_key, &record, ttl).await
-        };
-        self.versions.observe(self.counted(written)?);
-        Ok(())
+        let mut generation = self.counted(self.generation())?;
+        for _ in 0..MOVES {
+            let entry_key = self.backplane.keys.entry(generation, key);
+            let (version, now) = self.counted(
+                self.backplane
+                    .write_then_publish(key, &entry_key, &record, ttl)
+                    .await,
+            )?;
+            self.versions.observe(version);
+            if now == generation {
+                return Ok(());
+            }
+            generation = moved(generation, now);
+        }
+        Err(generation_moving())
     }
 
-    /// Tombstones every key of `tag` in L2 and raises the tag's version, so a load that
-    /// started before cannot add its result to the tag afterwards.
+    /// Tombstones every key of `tag` in L2, raises the tag's version (so a load that
+    /// started before cannot add its result to the tag afterwards), and tells the other
+    /// instances.
     pub(crate) async fn tombstone_tag(&self, tag: &str) -> Result<(), CacheError> {
-        let generation = self.counted(self.generation())?;
         let keys = &self.backplane.keys;
-        // The version outlives any load that could still compare with it (`fill` refuses
-        // loads older than a tombstone's life).
-        let members = self.counted(
-            self.backplane
-                .l2
-                .take_tag(
+        let l2 = &self.backplane.l2;
+        let record = entry::encode_tombstone(0);
+        let ttl = crate::options::millis(self.tombstone_ttl);
+        let mut generation = self.counted(self.generation())?;
+        for _ in 0..MOVES {
+            // The version outlives any load that could still compare with it (`fill`
+            // refuses loads older than a tombstone's life).
+            let members = self.counted(
+                l2.take_tag(
                     &keys.tag(generation, tag),
                     &keys.tag_version(generation, tag),
-                    crate::options::millis(self.tombstone_ttl).saturating_mul(2),
+                    ttl.saturating_mul(2),
                 )
                 .await,
-        )?;
-        for member in members {
-            self.tombstone(&member, false).await?;
+            )?;
+            for member in members {
+                let written = l2.put(&keys.entry(generation, &member), &record, ttl).await;
+                self.versions.observe(self.counted(written)?);
+            }
+            let now = self.counted(self.backplane.publish(Kind::Tag, tag).await)?;
+            if now == generation {
+                return Ok(());
+            }
+            generation = moved(generation, now);
         }
-        Ok(())
+        Err(generation_moving())
     }
 
     /// Applies the changes made while L2 was unreachable: to L2, then announced to the
@@ -374,11 +413,10 @@ impl<V: Send + Sync + 'static> Remote<V> {
         }
         for (tag, mark) in batch.tags {
             self.tombstone_tag(&tag).await?;
-            self.counted(self.backplane.publish(Kind::Tag, &tag).await)?;
             self.changes_pending.tag_done(&tag, mark);
         }
         for (key, mark) in batch.keys {
-            self.tombstone(&key, true).await?;
+            self.tombstone(&key).await?;
             self.changes_pending.key_done(&key, mark);
         }
         tracing::info!(

@@ -34,6 +34,7 @@ suite!(
     a_fast_clock_does_not_make_its_loads_win_over_later_writes,
     equal_clocks_do_not_tie_a_load_with_a_later_invalidation,
     a_tag_invalidation_beats_a_load_on_another_instance_that_started_before_it,
+    a_change_made_in_an_old_generation_is_made_again_in_the_new_one,
 );
 
 /// The system clock shifted by a fixed amount.
@@ -278,4 +279,40 @@ async fn changes_made_while_redis_is_down_are_applied_when_it_returns() {
     assert_eq!(get(&c, "k").await, None);
     assert_eq!(get(&c, "j").await, None);
     assert_eq!(get(&b, "k").await, None);
+}
+
+/// Found by the randomized checker: an instance that had not yet heard that the namespace
+/// moved to a new generation (a clear, or Redis going back in time) wrote its invalidation
+/// into the old generation and returned `Ok`, while the others read the key's old value
+/// in the new one.
+async fn a_change_made_in_an_old_generation_is_made_again_in_the_new_one(redis: Topology) {
+    let proxy = redis.proxy();
+    let a = builder(
+        "users",
+        redis
+            .l2_through(&proxy)
+            .await
+            .op_timeout(Duration::from_secs(3)),
+    )
+    .catch_up_interval(Duration::from_secs(30))
+    .build()
+    .unwrap();
+    let b = builder("users", redis.l2().await).build().unwrap();
+    let c = builder("users", redis.l2().await).build().unwrap();
+    for cache in [&a, &b, &c] {
+        connected(cache).await;
+    }
+    // A hears of the clear late.
+    proxy.delay_replies(Duration::from_millis(400));
+    b.clear().await.unwrap();
+    b.get_or_load("k", loaded("old")).await.unwrap();
+    a.invalidate("k").await.unwrap();
+    assert_eq!(
+        get(&c, "k").await,
+        None,
+        "the invalidation went to the old generation"
+    );
+    a.insert("j", "new".into()).await.unwrap();
+    assert_eq!(get(&c, "j").await.as_deref(), Some("new"));
+    proxy.delay_replies(Duration::ZERO);
 }

@@ -2,6 +2,8 @@
 //! two-level cache against real redis-server processes (single node and cluster).
 
 #[cfg(feature = "redis")]
+mod checker;
+#[cfg(feature = "redis")]
 mod coherence;
 mod local;
 #[cfg(feature = "redis")]
