@@ -322,9 +322,11 @@ impl Backplane {
                          instance): starting a new generation and dropping L1"
                     );
                 }
-                if cursor.epoch.is_some() || local.has_entries() || position.rewound {
-                    local.drop_all(true);
-                }
+                // Even at first contact with nothing cached, loads already running
+                // are stopped: they read their source before this instance heard of
+                // the invalidations made since.
+                let resync = cursor.epoch.is_some() || position.rewound || local.has_entries();
+                local.drop_all(resync);
                 *cursor = Cursor {
                     epoch: Some(position.epoch),
                     seq: seq_now,

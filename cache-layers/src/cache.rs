@@ -424,7 +424,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
         let mut entry = self.inner.store_locally(key, value, options);
         #[cfg(feature = "redis")]
         if let Some(remote) = &self.inner.remote {
-            let written = remote.write(key, &entry, None).await;
+            let written = remote.write(key, &entry).await;
             if let Ok(version) = written {
                 entry.version = version;
             }
@@ -544,6 +544,8 @@ impl<V: Send + Sync + 'static> Cache<V> {
     /// [`CacheError::L2Unavailable`]: cleared here only for now; kept pending and applied
     /// (a new generation, announced) when Redis answers.
     pub async fn clear(&self) -> Result<(), CacheError> {
+        #[cfg(feature = "redis")]
+        self.inner.supersede(Remote::supersede_all);
         self.inner.drop_all_locally();
         #[cfg(feature = "redis")]
         if let Some(remote) = &self.inner.remote {
@@ -659,6 +661,8 @@ impl<V: Send + Sync + 'static> Inner<V> {
         };
         // A load or a read from L2 that started before this write must not replace it:
         // two rounds, as in `drop_key_locally`.
+        #[cfg(feature = "redis")]
+        self.supersede(|remote| remote.supersede_key(key));
         self.changes.mark(key);
         self.flights.poison(key);
         self.l1.insert(Arc::from(key), entry.clone());
@@ -677,6 +681,15 @@ impl<V: Send + Sync + 'static> Inner<V> {
         self.l1.insert(Arc::from(key), entry);
         if !still_current() {
             self.l1.invalidate(key);
+        }
+    }
+
+    /// Tells the write-behind queue of a local change (queued writes it replaces must not
+    /// land after it).
+    #[cfg(feature = "redis")]
+    fn supersede(&self, change: impl FnOnce(&Remote<V>)) {
+        if let Some(remote) = &self.remote {
+            change(remote);
         }
     }
 
@@ -701,6 +714,8 @@ impl<V: Send + Sync + 'static> Inner<V> {
     /// lookup that still saw the old entry looks again after noting the changes, and
     /// sees the drop or is told of the change.
     pub(crate) fn drop_key_locally(&self, key: &str) {
+        #[cfg(feature = "redis")]
+        self.supersede(|remote| remote.supersede_key(key));
         for _ in 0..2 {
             self.changes.mark(key);
             self.flights.poison(key);
@@ -726,6 +741,8 @@ impl<V: Send + Sync + 'static> Inner<V> {
     /// Drops every L1 entry stored with `tag`, in two rounds as in `drop_key_locally`
     /// (fills of tagged entries check the tag notes).
     pub(crate) fn drop_tag_locally(&self, tag: &str) {
+        #[cfg(feature = "redis")]
+        self.supersede(|remote| remote.supersede_tag(tag));
         for _ in 0..2 {
             self.changes.mark_tag();
             self.flights.poison_tag(tag);
@@ -927,6 +944,10 @@ impl<V: Send + Sync + 'static> LocalCache for Inner<V> {
     fn drop_all(&self, resync: bool) {
         if resync {
             self.stats.bump(&self.stats.local.full_resyncs);
+        } else {
+            // Another instance's clear (a resync after lost data keeps queued writes).
+            #[cfg(feature = "redis")]
+            self.supersede(Remote::supersede_all);
         }
         self.drop_all_locally();
     }

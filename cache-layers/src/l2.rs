@@ -521,14 +521,34 @@ struct Scripts {
 /// Appends an invalidation to the log (numbered by the sequence counter, creating the
 /// epoch if missing, bumping the generation for a clear) and publishes it.
 const PUBLISH_FN: &str = r"
-local function publish(seqk, logk, genk, epochk, origin, kind, arg, maxlen, channel, epoch, nonce)
-  redis.call('SET', epochk, epoch, 'NX')
+local function publish(seqk, logk, genk, epochk, origin, kind, arg, maxlen, channel, candidate, nonce)
+  local _, gen = control(epochk, genk, candidate)
   local seq = redis.call('INCR', seqk)
-  local gen = tonumber(redis.call('GET', genk) or '0')
   if kind == 'c' then gen = redis.call('INCR', genk) end
-  redis.call('XADD', logk, 'MAXLEN', '~', maxlen, seq .. '-0', 'o', origin, 'k', kind, 'g', gen, 'n', nonce, 'a', arg)
-  redis.call('PUBLISH', channel, origin .. '|' .. kind .. '|' .. seq .. '|' .. gen .. '|' .. nonce .. '|' .. arg)
+  -- Numbers as integers: Lua would write a large one as 1.7e+15.
+  local seqs, gens = string.format('%d', seq), string.format('%d', gen)
+  redis.call('XADD', logk, 'MAXLEN', '~', maxlen, seqs .. '-0', 'o', origin, 'k', kind, 'g', gens, 'n', nonce, 'a', arg)
+  redis.call('PUBLISH', channel, origin .. '|' .. kind .. '|' .. seqs .. '|' .. gens .. '|' .. nonce .. '|' .. arg)
   return {seq, gen}
+end
+";
+
+/// The epoch and the generation live and die together. On first use, or when Redis lost
+/// (or evicted) either key, a new epoch starts with a generation never used before (the
+/// node's time in microseconds, above the old generation), so data of an older
+/// generation cannot come back and every instance drops its L1 when it sees the epoch.
+const CONTROL_FN: &str = r"
+local function control(epochk, genk, candidate)
+  local epoch = redis.call('GET', epochk)
+  local gen = redis.call('GET', genk)
+  if epoch and gen then return epoch, tonumber(gen), 0 end
+  local t = redis.call('TIME')
+  local fresh = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local old = tonumber(gen or '0') or 0
+  if fresh <= old then fresh = old + 1 end
+  redis.call('SET', epochk, candidate)
+  redis.call('SET', genk, string.format('%d', fresh))
+  return candidate, fresh, 1
 end
 ";
 
@@ -615,24 +635,26 @@ return 0
         // KEYS: seq, log, gen, epoch. ARGV: origin, kind, arg, log length, channel, epoch,
         // nonce.
         publish: Script::new(&format!(
-            "{PUBLISH_FN}return publish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])"
+            "{CONTROL_FN}{PUBLISH_FN}return publish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])"
         )),
         // Single node only (the keys are in different cluster slots): one round trip for
         // "write, then tell the others". KEYS: seq, log, gen, epoch, entry. ARGV: the
         // publish arguments, then record, ttl.
         put_and_publish: Script::new(&format!(
-            "{VERSION_FN}{PUBLISH_FN}local version = put(KEYS[5], ARGV[8], ARGV[9])
+            "{VERSION_FN}{CONTROL_FN}{PUBLISH_FN}local version = put(KEYS[5], ARGV[8], ARGV[9])
 local published = publish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 return {{version, published[1], published[2]}}"
         )),
         // KEYS: epoch, seq, gen, log. ARGV: epoch candidate, then the cursor: epoch, seq,
         // nonce (empty when unknown). Returns epoch, seq, gen, the nonce at seq, and 1
         // when it found Redis had gone back in time.
-        position: Script::new(
+        position: Script::new(&format!(
+            "{CONTROL_FN}{}",
             r"
 local function nonce_at(s)
   if s <= 0 then return '' end
-  local found = redis.call('XRANGE', KEYS[4], s .. '-0', s .. '-0')
+  local id = string.format('%d', s) .. '-0'
+  local found = redis.call('XRANGE', KEYS[4], id, id)
   if #found == 0 then return false end
   local fields = found[1][2]
   for i = 1, #fields, 2 do
@@ -640,10 +662,8 @@ local function nonce_at(s)
   end
   return ''
 end
-redis.call('SET', KEYS[1], ARGV[1], 'NX')
-local epoch = redis.call('GET', KEYS[1])
+local epoch, gen = control(KEYS[1], KEYS[3], ARGV[1])
 local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
-local gen = tonumber(redis.call('GET', KEYS[3]) or '0')
 local rewound = 0
 if epoch == ARGV[2] then
   local at = tonumber(ARGV[3])
@@ -654,18 +674,13 @@ if epoch == ARGV[2] then
     if n and n ~= ARGV[4] then rewound = 1 end
   end
   if rewound == 1 then
-    epoch = ARGV[1]
-    redis.call('SET', KEYS[1], epoch)
-    local t = redis.call('TIME')
-    local fresh = tonumber(t[1]) * 1000000 + tonumber(t[2])
-    if fresh <= gen then fresh = gen + 1 end
-    redis.call('SET', KEYS[3], string.format('%d', fresh))
-    gen = fresh
+    redis.call('DEL', KEYS[1])
+    epoch, gen = control(KEYS[1], KEYS[3], ARGV[1])
   end
 end
 return {epoch, seq, gen, nonce_at(seq) or '', rewound}
-",
-        ),
+"
+        )),
     })
 }
 

@@ -2,7 +2,7 @@
 //! sets, the distributed load lock, and the write-behind queue.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,6 +48,22 @@ pub(crate) struct Remote<V> {
     dead_letters: Option<(DeadLetterQueue, String)>,
     /// Changes made while L2 was unreachable, applied when it answers again.
     pub(crate) changes_pending: Pending,
+    /// Keys with a write-behind queued: reads keep off L2 (it holds the older value)
+    /// until it lands, even when L1 evicted the new value meanwhile.
+    queued_keys: Mutex<std::collections::HashMap<Arc<str>, usize>>,
+    /// The last place given in the write-behind queue.
+    serials: AtomicU64,
+    /// Local changes made while writes were queued, by the last queue place they cover.
+    superseded: Mutex<Superseded>,
+}
+
+/// Local changes that replace write-behind writes queued before them: such a write is
+/// dropped instead of landing after the change (program order on one instance).
+#[derive(Debug, Default)]
+struct Superseded {
+    keys: std::collections::HashMap<Arc<str>, u64>,
+    tags: std::collections::HashMap<Arc<str>, u64>,
+    all: u64,
 }
 
 impl<V> fmt::Debug for Remote<V> {
@@ -60,8 +76,8 @@ impl<V> fmt::Debug for Remote<V> {
 }
 
 enum Queued<V> {
-    /// A key, its entry, and the generation when it was queued.
-    Write(Arc<str>, Entry<V>, Option<u64>),
+    /// A key, its entry, and its place in the queue (see `Superseded`).
+    Write(Arc<str>, Entry<V>, u64),
     Flush(oneshot::Sender<()>),
 }
 
@@ -154,6 +170,9 @@ impl<V: Send + Sync + 'static> Remote<V> {
             abandon: AtomicBool::new(false),
             dead_letters,
             changes_pending: Pending::default(),
+            queued_keys: Mutex::default(),
+            serials: AtomicU64::new(0),
+            superseded: Mutex::default(),
         });
         let worker = tokio::spawn(remote.clone().drain(rx));
         *remote
@@ -179,7 +198,7 @@ impl<V: Send + Sync + 'static> Remote<V> {
     /// The servable entry of `key` in L2, if any. Tombstones, other generations and
     /// undecodable records are misses.
     pub(crate) async fn read(&self, key: &str) -> Option<Entry<V>> {
-        if self.changes_pending.blocks(key) {
+        if self.changes_pending.blocks(key) || self.is_queued(key) {
             return None;
         }
         let generation = self.generation().ok()?;
@@ -188,6 +207,90 @@ impl<V: Send + Sync + 'static> Remote<V> {
             .counted(self.backplane.l2.get(&keys.entry(generation, key)).await)
             .ok()??;
         self.servable(&bytes)
+    }
+
+    fn superseding(&self) -> Option<std::sync::MutexGuard<'_, Superseded>> {
+        (self.pending.load(Ordering::Acquire) > 0).then(|| {
+            self.superseded
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        })
+    }
+
+    /// A local change of `key`: write-behind writes of it queued so far must not land.
+    pub(crate) fn supersede_key(&self, key: &str) {
+        if let Some(mut superseded) = self.superseding() {
+            let serial = self.serials.load(Ordering::Acquire);
+            superseded.keys.insert(Arc::from(key), serial);
+        }
+    }
+
+    /// A local invalidation of `tag`.
+    pub(crate) fn supersede_tag(&self, tag: &str) {
+        if let Some(mut superseded) = self.superseding() {
+            let serial = self.serials.load(Ordering::Acquire);
+            superseded.tags.insert(Arc::from(tag), serial);
+        }
+    }
+
+    /// A clear, made here or by another instance.
+    pub(crate) fn supersede_all(&self) {
+        if let Some(mut superseded) = self.superseding() {
+            superseded.all = self.serials.load(Ordering::Acquire);
+        }
+    }
+
+    fn superseded(&self, key: &str, entry: &Entry<V>, serial: u64) -> bool {
+        let superseded = self
+            .superseded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        serial <= superseded.all
+            || superseded.keys.get(key).is_some_and(|s| serial <= *s)
+            || entry
+                .tags
+                .iter()
+                .any(|t| superseded.tags.get(&**t).is_some_and(|s| serial <= *s))
+    }
+
+    /// One queued write is done with; when none is left, the record of superseding
+    /// changes is too.
+    fn landed_or_dropped(&self) {
+        if self.abandon.load(Ordering::Acquire) {
+            return;
+        }
+        let mut superseded = self
+            .superseded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            superseded.keys.clear();
+            superseded.tags.clear();
+        }
+    }
+
+    fn is_queued(&self, key: &str) -> bool {
+        self.pending.load(Ordering::Acquire) > 0
+            && self
+                .queued_keys
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains_key(key)
+    }
+
+    fn mark_queued(&self, key: &Arc<str>, queued: bool) {
+        let mut keys = self
+            .queued_keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if queued {
+            *keys.entry(key.clone()).or_insert(0) += 1;
+        } else if let Some(n) = keys.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                keys.remove(key);
+            }
+        }
     }
 
     fn servable(&self, bytes: &[u8]) -> Option<Entry<V>> {
@@ -234,7 +337,7 @@ impl<V: Send + Sync + 'static> Remote<V> {
             self.counted(l2.read_snapshot(&keys.entry(generation, key)).await)?;
         // A key with a change still pending: L2 may hold what the change replaced.
         let found = bytes
-            .filter(|_| !self.changes_pending.blocks(key))
+            .filter(|_| !self.changes_pending.blocks(key) && !self.is_queued(key))
             .and_then(|bytes| self.servable(&bytes));
         Ok((
             found,
@@ -249,22 +352,13 @@ impl<V: Send + Sync + 'static> Remote<V> {
 
     /// Writes an insert (it lands whatever L2 holds: the newest write to reach Redis wins)
     /// and tells the other instances to drop their copy. Returns the version Redis gave
-    /// it. `queued_in`: the namespace's generation when a write-behind was queued (one
-    /// queued before a `clear` lands in the old generation, where no one reads it).
-    pub(crate) async fn write(
-        &self,
-        key: &str,
-        entry: &Entry<V>,
-        queued_in: Option<u64>,
-    ) -> Result<u64, CacheError> {
+    /// it.
+    pub(crate) async fn write(&self, key: &str, entry: &Entry<V>) -> Result<u64, CacheError> {
         let record = entry::encode(entry, &*self.codec, self.compression)
             .map_err(|e| CacheError::Encode(e.to_string()))?;
         let ttl_ms = self.ttl_ms(entry);
         let keys = &self.backplane.keys;
-        let mut generation = match queued_in {
-            Some(generation) => generation,
-            None => self.counted(self.generation())?,
-        };
+        let mut generation = self.counted(self.generation())?;
         for _ in 0..MOVES {
             if !entry.tags.is_empty() {
                 // Before the value: a failure in between leaves a harmless extra member.
@@ -279,7 +373,7 @@ impl<V: Send + Sync + 'static> Remote<V> {
                     .await,
             )?;
             self.versions.observe(version);
-            if now == generation || queued_in.is_some() {
+            if now == generation {
                 return Ok(version);
             }
             generation = moved(generation, now);
@@ -487,12 +581,14 @@ impl<V: Send + Sync + 'static> Remote<V> {
             .clone()
             .ok_or(CacheError::ShutDown)?;
         self.pending.fetch_add(1, Ordering::AcqRel);
-        let generation = self.backplane.generation();
+        self.mark_queued(&key, true);
+        let serial = self.serials.fetch_add(1, Ordering::AcqRel) + 1;
         if sender
-            .send(Queued::Write(key, entry, generation))
+            .send(Queued::Write(key.clone(), entry, serial))
             .await
             .is_err()
         {
+            self.mark_queued(&key, false);
             self.pending.fetch_sub(1, Ordering::AcqRel);
             return Err(CacheError::ShutDown);
         }
@@ -555,13 +651,22 @@ impl<V: Send + Sync + 'static> Remote<V> {
                 Queued::Flush(done) => {
                     let _ = done.send(());
                 }
-                Queued::Write(key, entry, generation) => {
+                Queued::Write(key, entry, serial) if self.superseded(&key, &entry, serial) => {
+                    // A later change made here (a write, an invalidation, a tag
+                    // invalidation or a clear) replaced it: it must not land after it.
+                    self.mark_queued(&key, false);
+                    self.landed_or_dropped();
+                }
+                Queued::Write(key, entry, serial) => {
                     let mut backoff = Duration::from_millis(10);
                     let mut attempts = 0_u32;
                     let mut first_failure = None;
                     let given_up = loop {
+                        if attempts > 0 && self.superseded(&key, &entry, serial) {
+                            break None; // replaced while it waited for Redis
+                        }
                         attempts = attempts.saturating_add(1);
-                        match self.write(&key, &entry, generation).await {
+                        match self.write(&key, &entry).await {
                             Ok(_) => break None,
                             Err(CacheError::Encode(e)) => {
                                 break Some((
@@ -586,9 +691,8 @@ impl<V: Send + Sync + 'static> Remote<V> {
                         self.give_up(&key, &entry, class, message, attempts, first_failure)
                             .await;
                     }
-                    if !self.abandon.load(Ordering::Acquire) {
-                        self.pending.fetch_sub(1, Ordering::AcqRel);
-                    }
+                    self.mark_queued(&key, false);
+                    self.landed_or_dropped();
                 }
             }
         }

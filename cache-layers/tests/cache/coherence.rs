@@ -35,6 +35,7 @@ suite!(
     equal_clocks_do_not_tie_a_load_with_a_later_invalidation,
     a_tag_invalidation_beats_a_load_on_another_instance_that_started_before_it,
     a_change_made_in_an_old_generation_is_made_again_in_the_new_one,
+    losing_the_backplane_keys_never_brings_back_older_data,
 );
 
 /// The system clock shifted by a fixed amount.
@@ -315,4 +316,69 @@ async fn a_change_made_in_an_old_generation_is_made_again_in_the_new_one(redis: 
     a.insert("j", "new".into()).await.unwrap();
     assert_eq!(get(&c, "j").await.as_deref(), Some("new"));
     proxy.delay_replies(Duration::ZERO);
+}
+
+/// Issue 11, evicted control keys: under an `allkeys-*` eviction policy Redis may drop
+/// the backplane's generation key; new instances then went back to generation 0 and read
+/// the data from before a `clear`.
+async fn losing_the_backplane_keys_never_brings_back_older_data(redis: Topology) {
+    let a = builder("users", redis.l2().await).build().unwrap();
+    connected(&a).await;
+    a.insert("k", "before the clear".into()).await.unwrap();
+    a.clear().await.unwrap();
+    a.insert("j", "after the clear".into()).await.unwrap();
+    let mut raw = redis.raw().await;
+    for lost in ["gen", "epoch"] {
+        let _: i64 = raw
+            .query(redis::cmd("DEL").arg(format!("keel:{{users}}:{lost}")))
+            .await
+            .unwrap();
+        let fresh = builder("users", redis.l2().await).build().unwrap();
+        connected(&fresh).await;
+        assert_eq!(
+            get(&fresh, "k").await,
+            None,
+            "lost {lost}: data from before the clear"
+        );
+        assert_eq!(
+            get(&fresh, "j").await,
+            None,
+            "lost {lost}: the L2 now starts cold"
+        );
+        // A finds out at its next catch-up and drops what it holds.
+        eventually(Duration::from_secs(5), || a.peek("j").is_none()).await;
+        a.insert("j", "after the clear".into()).await.unwrap();
+    }
+}
+
+/// Issue 11, write-behind: an `insert_behind` whose L1 entry was evicted before its
+/// queued write reached L2 was replaced on the same instance by a read of the older L2
+/// value, kept until its TTL (the write's own announcement is skipped here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_never_takes_the_older_value_while_a_write_behind_is_queued() {
+    let redis = Topology::single();
+    let proxy = redis.proxy();
+    let a = builder(
+        "users",
+        redis
+            .l2_through(&proxy)
+            .await
+            .op_timeout(Duration::from_secs(3)),
+    )
+    .build()
+    .unwrap();
+    connected(&a).await;
+    a.insert("k", "old".into()).await.unwrap();
+    proxy.delay_replies(Duration::from_millis(300));
+    a.insert_behind("k", "new".into()).await.unwrap();
+    a.evict_local("k");
+    let read = get(&a, "k").await;
+    assert_ne!(
+        read.as_deref(),
+        Some("old"),
+        "read the value the queued write replaces"
+    );
+    a.flush(Duration::from_secs(5)).await.unwrap();
+    proxy.delay_replies(Duration::ZERO);
+    assert_eq!(get(&a, "k").await.as_deref(), Some("new"));
 }

@@ -250,10 +250,13 @@ async fn reads_survive_redis_being_killed_and_l2_comes_back(mut redis: Topology)
     while back.elapsed() < Duration::from_secs(5) {
         let key = format!("probe{}", back.elapsed().as_micros());
         let _ = cache.insert(&key, "p".into()).await;
-        let found: Option<Vec<u8>> = raw
-            .query(redis::cmd("GET").arg(format!("keel:users:v1:g0:k:{key}")))
-            .await
-            .unwrap_or(None);
+        let found: Option<Vec<u8>> = match raw.entry_key("users", 1, &key).await {
+            Some(entry) => raw
+                .query(redis::cmd("GET").arg(entry))
+                .await
+                .unwrap_or(None),
+            None => None,
+        };
         if found.is_some() {
             reached = Some(back.elapsed());
             break;
@@ -414,10 +417,8 @@ async fn l2_ttls_carry_the_jitter(redis: Topology) {
     let mut ttls = Vec::new();
     for i in 0..40 {
         cache.insert(&format!("k{i}"), "v".into()).await.unwrap();
-        let ttl: i64 = raw
-            .query(redis::cmd("PTTL").arg(format!("keel:users:v1:g0:k:k{i}")))
-            .await
-            .unwrap();
+        let entry = raw.entry_key("users", 1, &format!("k{i}")).await.unwrap();
+        let ttl: i64 = raw.query(redis::cmd("PTTL").arg(entry)).await.unwrap();
         ttls.push(ttl);
     }
     assert!(
@@ -449,10 +450,11 @@ async fn a_schema_bump_or_an_undecodable_record_is_a_miss(redis: Topology) {
 
     // A record that does not decode (another writer, a corrupted value) is a miss.
     let mut raw = redis.raw().await;
+    let junk = raw.entry_key("users", 2, "junk").await.unwrap();
     let _: () = raw
         .query(
             redis::cmd("SET")
-                .arg("keel:users:v2:g0:k:junk")
+                .arg(junk)
                 .arg(b"\x00\xffnot an envelope".as_slice()),
         )
         .await
@@ -514,10 +516,11 @@ async fn write_behind_keeps_order_and_loses_nothing_on_shutdown(mut redis: Topol
     ));
     let mut raw = redis.raw().await;
     for key in 0..20 {
-        let found: Option<Vec<u8>> = raw
-            .query(redis::cmd("GET").arg(format!("keel:users:v1:g0:k:late{key}")))
+        let entry = raw
+            .entry_key("users", 1, &format!("late{key}"))
             .await
             .unwrap();
+        let found: Option<Vec<u8>> = raw.query(redis::cmd("GET").arg(entry)).await.unwrap();
         assert!(found.is_some(), "late{key} was lost");
     }
 }

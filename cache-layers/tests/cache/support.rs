@@ -106,6 +106,22 @@ pub(crate) enum Raw {
 }
 
 impl Raw {
+    /// The L2 key of `key` in the namespace's current generation (none before the
+    /// backplane first touched Redis).
+    pub(crate) async fn entry_key(
+        &mut self,
+        namespace: &str,
+        schema: u32,
+        key: &str,
+    ) -> Option<String> {
+        let generation: Option<u64> = self
+            .query(redis::cmd("GET").arg(format!("keel:{{{namespace}}}:gen")))
+            .await
+            .ok()
+            .flatten();
+        generation.map(|g| format!("keel:{namespace}:v{schema}:g{g}:k:{key}"))
+    }
+
     pub(crate) async fn query<T: redis::FromRedisValue>(
         &mut self,
         cmd: &redis::Cmd,
