@@ -17,7 +17,7 @@
 //! data Redis went back to may hold values invalidated since), and every instance drops
 //! its L1 when it sees the new epoch.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -91,7 +91,48 @@ struct Cursor {
     nonce: String,
     /// Sequence numbers applied live, ahead of `seq` (after a gap), with their nonces.
     ahead: BTreeMap<u64, String>,
+    /// The last sequence numbers applied, with their nonces: a message with one of them
+    /// and the same nonce is a duplicate; with another nonce, or older than these, it
+    /// may mean Redis went back in time, and a catch-up checks.
+    recent: VecDeque<(u64, String)>,
+    /// When a message last made the backplane check (at most every `SUSPECT_EVERY`).
+    last_suspect: Option<std::time::Instant>,
 }
+
+impl Cursor {
+    fn remember(&mut self, seq: u64, nonce: &str) {
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((seq, nonce.to_owned()));
+    }
+
+    /// Whether a message numbered at or below the cursor calls for a check.
+    fn suspicious(&mut self, seq: u64, nonce: &str) -> bool {
+        let known = self.ahead.get(&seq).map(String::as_str).or_else(|| {
+            self.recent
+                .iter()
+                .rev()
+                .find(|(s, _)| *s == seq)
+                .map(|(_, n)| n.as_str())
+        });
+        let suspicious = match known {
+            Some(known) => known != nonce,
+            None => true,
+        };
+        let now = std::time::Instant::now();
+        if suspicious && self.last_suspect.is_none_or(|t| now - t >= SUSPECT_EVERY) {
+            self.last_suspect = Some(now);
+            return true;
+        }
+        false
+    }
+}
+
+/// How many applied sequence numbers a cursor remembers.
+const RECENT: usize = 512;
+/// The least time between two checks caused by suspicious messages.
+const SUSPECT_EVERY: Duration = Duration::from_millis(50);
 
 const UNKNOWN: u64 = u64::MAX;
 const LOG_PAGE: usize = 512;
@@ -262,13 +303,17 @@ impl Backplane {
         let Ok(mut cursor) = self.cursor.lock() else {
             return false;
         };
-        if cursor.epoch.is_none() || seq <= cursor.seq || cursor.ahead.contains_key(&seq) {
-            // Not caught up yet (the catch-up covers it), or already applied. One with
-            // the cursor's number but another nonce means Redis went back in time: the
+        if cursor.epoch.is_none() {
+            return false; // not caught up yet: the catch-up covers it
+        }
+        if seq <= cursor.seq || cursor.ahead.contains_key(&seq) {
+            // Already applied, or Redis went back in time (the number is reused with
+            // another nonce, or is older than what this instance remembers): the
             // catch-up finds out and starts over.
-            return seq == cursor.seq && !cursor.nonce.is_empty() && cursor.nonce != nonce;
+            return cursor.suspicious(seq, nonce);
         }
         self.apply(local, origin, kind, generation, arg);
+        cursor.remember(seq, nonce);
         if seq == cursor.seq + 1 {
             cursor.seq = seq;
             nonce.clone_into(&mut cursor.nonce);
@@ -330,9 +375,12 @@ impl Backplane {
                 *cursor = Cursor {
                     epoch: Some(position.epoch),
                     seq: seq_now,
-                    nonce: position.nonce,
+                    nonce: position.nonce.clone(),
                     ahead: BTreeMap::new(),
+                    recent: VecDeque::new(),
+                    last_suspect: None,
                 };
+                cursor.remember(seq_now, &position.nonce);
                 self.generation
                     .store(position.generation, Ordering::Release);
                 return Ok(());
@@ -369,6 +417,9 @@ impl Backplane {
                     }
                 }
                 cursor.ahead.clear();
+                cursor.recent.clear();
+                let (seq, nonce) = (cursor.seq, cursor.nonce.clone());
+                cursor.remember(seq, &nonce);
                 return Ok(());
             }
             for (id, fields) in &page {
@@ -389,10 +440,9 @@ impl Backplane {
                     );
                 }
                 cursor.seq = seq;
-                parsed
-                    .map(|m| m.nonce)
-                    .unwrap_or_default()
-                    .clone_into(&mut cursor.nonce);
+                let nonce = parsed.map(|m| m.nonce).unwrap_or_default();
+                nonce.clone_into(&mut cursor.nonce);
+                cursor.remember(seq, nonce);
             }
         }
     }

@@ -172,7 +172,9 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
     }
 
     /// How long an invalidation's tombstone keeps slower loads from writing back the old
-    /// value (default 60 s; make it longer than your slowest loader).
+    /// value (default 60 s; make it at least twice your slowest loader). Records written
+    /// by `insert` also stay in Redis at least this long (never served past their own
+    /// deadlines), and a load that took more than half of it does not write to L2.
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn tombstone_ttl(mut self, ttl: Duration) -> Self {

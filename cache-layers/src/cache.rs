@@ -424,14 +424,16 @@ impl<V: Send + Sync + 'static> Cache<V> {
         let mut entry = self.inner.store_locally(key, value, options);
         #[cfg(feature = "redis")]
         if let Some(remote) = &self.inner.remote {
+            remote.after_write_behind(Some(key), None).await;
             let written = remote.write(key, &entry).await;
             if let Ok(version) = written {
                 entry.version = version;
             }
             // A read of L2 that began before the write landed there may have filled L1
             // meanwhile (this instance skips its own announcement): put the write back.
-            self.inner.put_back(key, &entry);
+            // Pending first, so a read that missed this second round is kept off L2.
             self.inner.keep_pending(&written, |p| p.key(key));
+            self.inner.put_back(key, &entry);
             written?;
         }
         #[cfg(not(feature = "redis"))]
@@ -509,11 +511,13 @@ impl<V: Send + Sync + 'static> Cache<V> {
         self.inner.drop_key_locally(key);
         #[cfg(feature = "redis")]
         if let Some(remote) = &self.inner.remote {
+            remote.after_write_behind(Some(key), None).await;
             let dropped = remote.tombstone(key).await;
             // A read of L2 that began before the tombstone landed may have filled L1
             // meanwhile (this instance skips its own announcement): drop it again.
-            self.inner.drop_key_locally(key);
+            // Pending first, so a read that missed this second round is kept off L2.
             self.inner.keep_pending(&dropped, |p| p.key(key));
+            self.inner.drop_key_locally(key);
             dropped?;
         }
         Ok(())
@@ -528,10 +532,11 @@ impl<V: Send + Sync + 'static> Cache<V> {
         self.inner.drop_tag_locally(tag);
         #[cfg(feature = "redis")]
         if let Some(remote) = &self.inner.remote {
+            remote.after_write_behind(None, Some(tag)).await;
             let dropped = remote.tombstone_tag(tag).await;
             // Reads of L2 that began before the tombstones landed: drop again.
-            self.inner.drop_tag_locally(tag);
             self.inner.keep_pending(&dropped, |p| p.tag(tag));
+            self.inner.drop_tag_locally(tag);
             dropped?;
         }
         Ok(())
@@ -549,14 +554,15 @@ impl<V: Send + Sync + 'static> Cache<V> {
         self.inner.drop_all_locally();
         #[cfg(feature = "redis")]
         if let Some(remote) = &self.inner.remote {
+            remote.after_write_behind(None, None).await;
             let cleared = remote.backplane.publish(Kind::Clear, "").await;
-            // Reads of the old generation that began before it moved: drop again.
-            self.inner.drop_all_locally();
             let cleared = cleared.map_err(CacheError::from);
             self.inner.keep_pending(&cleared, |p| {
                 p.clear();
                 crate::pending::Added::Kept
             });
+            // Reads of the old generation that began before it moved: drop again.
+            self.inner.drop_all_locally();
             cleared?;
         }
         Ok(())
@@ -812,6 +818,10 @@ impl<V: Send + Sync + 'static> Inner<V> {
             let now = self.clock.now_ms();
             let found = match remote.read_for_load(&key, &options.tags).await {
                 Ok((found, taken)) => {
+                    if taken.tombstoned {
+                        // Invalidated since the caller's entry was read: no fail-safe.
+                        stale = None;
+                    }
                     snapshot = Some(taken);
                     found
                 }

@@ -126,7 +126,7 @@ impl VersionClock {
         let wall = clock.now_ms().saturating_mul(1_000);
         let mut last = self.last.load(Ordering::Relaxed);
         loop {
-            let next = wall.max(last + 1);
+            let next = wall.max(last.saturating_add(1));
             match self
                 .last
                 .compare_exchange_weak(last, next, Ordering::AcqRel, Ordering::Relaxed)
@@ -140,7 +140,11 @@ impl VersionClock {
     /// Keeps versions ahead of one seen from another instance.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn observe(&self, version: u64) {
-        self.last.fetch_max(version, Ordering::AcqRel);
+        // Versions are below 2^53 (Redis mints them as Lua numbers); a larger one was not
+        // written by this crate and must not push the clock to its end.
+        if version < 1 << 53 {
+            self.last.fetch_max(version, Ordering::AcqRel);
+        }
     }
 }
 
@@ -158,5 +162,8 @@ mod tests {
         assert_eq!(b, 5_001);
         versions.observe(9_000);
         assert_eq!(versions.next(&clock), 9_001);
+        // A hostile version read from L2 is ignored.
+        versions.observe(u64::MAX);
+        assert_eq!(versions.next(&clock), 9_002);
     }
 }

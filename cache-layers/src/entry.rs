@@ -86,7 +86,7 @@ pub(crate) const VERSION_DIGITS: usize = 20;
 const HEADER: usize = VERSION_DIGITS + 1 + 24 + 2;
 const VALUE: u8 = 1;
 const COMPRESSED: u8 = 2;
-const TOMBSTONE: u8 = 4;
+pub(crate) const TOMBSTONE: u8 = 4;
 
 /// What an L2 record turned out to be.
 #[derive(Debug)]

@@ -545,10 +545,12 @@ local function control(epochk, genk, candidate)
   local t = redis.call('TIME')
   local fresh = tonumber(t[1]) * 1000000 + tonumber(t[2])
   local old = tonumber(gen or '0') or 0
-  if fresh <= old then fresh = old + 1 end
-  redis.call('SET', epochk, candidate)
+  if fresh <= old and old < 9007199254740992 then fresh = old + 1 end
+  -- Epochs start with the time they were made, so a newer one sorts after an older one.
+  epoch = string.format('%020d', fresh) .. '-' .. candidate
+  redis.call('SET', epochk, epoch)
   redis.call('SET', genk, string.format('%d', fresh))
-  return candidate, fresh, 1
+  return epoch, fresh, 1
 end
 ";
 
@@ -564,7 +566,11 @@ end
 local function version_of(key)
   local current = redis.call('GETRANGE', key, 0, 19)
   if current == '' then return nil end
-  return tonumber(current)
+  local v = tonumber(current)
+  -- A version no script wrote (negative, not a number, or past 2^53 where Lua numbers
+  -- stop counting by one) is ignored, so a hostile record cannot stop the versions.
+  if v == nil or v < 0 or v >= 9007199254740992 then return nil end
+  return v
 end
 local function store(key, record, version, ttl)
   redis.call('SET', key, record, 'PX', ttl)
@@ -599,10 +605,8 @@ return 1"
         snapshot: Script::new(&format!(
             "{VERSION_FN}local record = redis.call('GET', KEYS[1])
 local v = now_us()
-if record then
-  local c = tonumber(string.sub(record, 1, 20))
-  if c ~= nil and c > v then v = c end
-end
+local c = version_of(KEYS[1])
+if c ~= nil and c > v then v = c end
 return {{record, v}}"
         )),
         // KEYS: tag set, tag version. ARGV: member, ttl, expected version, check (1 to
@@ -620,7 +624,7 @@ return 1
         take_tag: Script::new(&format!(
             "{VERSION_FN}local v = now_us()
 local c = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
-if c >= v then v = c + 1 end
+if c >= v and c < 9007199254740992 then v = c + 1 end
 redis.call('SET', KEYS[2], string.format('%d', v), 'PX', ARGV[1])
 local members = redis.call('SMEMBERS', KEYS[1])
 redis.call('UNLINK', KEYS[1])
@@ -665,7 +669,13 @@ end
 local epoch, gen = control(KEYS[1], KEYS[3], ARGV[1])
 local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
 local rewound = 0
-if epoch == ARGV[2] then
+if ARGV[2] ~= '' and epoch ~= ARGV[2] and epoch < ARGV[2] then
+  -- An epoch older than the one the instance counted in: Redis went back to a snapshot
+  -- taken before the last new epoch (its data is older still).
+  rewound = 1
+  redis.call('DEL', KEYS[1])
+  epoch, gen = control(KEYS[1], KEYS[3], ARGV[1])
+elseif epoch == ARGV[2] then
   local at = tonumber(ARGV[3])
   if seq < at then
     rewound = 1

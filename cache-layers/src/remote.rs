@@ -55,6 +55,16 @@ pub(crate) struct Remote<V> {
     serials: AtomicU64,
     /// Local changes made while writes were queued, by the last queue place they cover.
     superseded: Mutex<Superseded>,
+    /// The write-behind write on its way to L2, if any: a local change it covers waits
+    /// for it, so the change lands after it.
+    in_flight: Mutex<Option<InFlight>>,
+}
+
+struct InFlight {
+    key: Arc<str>,
+    tags: crate::entry::Tags,
+    /// Closed when the write is done.
+    done: Arc<tokio::sync::Semaphore>,
 }
 
 /// Local changes that replace write-behind writes queued before them: such a write is
@@ -109,6 +119,9 @@ pub(crate) struct Snapshot {
     pub(crate) version: u64,
     tag_versions: Vec<String>,
     taken: Instant,
+    /// L2 held a tombstone: the key was invalidated, so no older value may be served as
+    /// fail-safe.
+    pub(crate) tombstoned: bool,
 }
 
 /// The outcome of asking for the load lock.
@@ -173,6 +186,7 @@ impl<V: Send + Sync + 'static> Remote<V> {
             queued_keys: Mutex::default(),
             serials: AtomicU64::new(0),
             superseded: Mutex::default(),
+            in_flight: Mutex::new(None),
         });
         let worker = tokio::spawn(remote.clone().drain(rx));
         *remote
@@ -269,6 +283,34 @@ impl<V: Send + Sync + 'static> Remote<V> {
         }
     }
 
+    fn flight_slot(&self) -> std::sync::MutexGuard<'_, Option<InFlight>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits (up to a few L2 call limits) for the write-behind write on its way to L2 when
+    /// it is of `key`, has `tag`, or, with neither, is any write: a local change made
+    /// after it was queued must land after it (queued writes not yet started are dropped
+    /// instead, see `Superseded`).
+    pub(crate) async fn after_write_behind(&self, key: Option<&str>, tag: Option<&str>) {
+        if self.pending.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let done = self.flight_slot().as_ref().and_then(|f| {
+            let covered = match (key, tag) {
+                (Some(key), _) => *f.key == *key,
+                (None, Some(tag)) => f.tags.iter().any(|t| &**t == tag),
+                (None, None) => true,
+            };
+            covered.then(|| f.done.clone())
+        });
+        if let Some(done) = done {
+            let limit = self.backplane.l2.op_timeout * 4;
+            let _ = with_timeout(limit, done.acquire()).await;
+        }
+    }
+
     fn is_queued(&self, key: &str) -> bool {
         self.pending.load(Ordering::Acquire) > 0
             && self
@@ -323,6 +365,8 @@ impl<V: Send + Sync + 'static> Remote<V> {
         key: &str,
         tags: &[Arc<str>],
     ) -> Result<(Option<Entry<V>>, Snapshot), L2Error> {
+        // Before the calls: the snapshot may be older than this, never younger.
+        let taken = Instant::now();
         let generation = self.counted(self.generation())?;
         let keys = &self.backplane.keys;
         let l2 = &self.backplane.l2;
@@ -335,6 +379,10 @@ impl<V: Send + Sync + 'static> Remote<V> {
         }
         let (bytes, version) =
             self.counted(l2.read_snapshot(&keys.entry(generation, key)).await)?;
+        let tombstoned = bytes.as_deref().is_some_and(|b| {
+            b.get(entry::VERSION_DIGITS)
+                .is_some_and(|f| f & entry::TOMBSTONE != 0)
+        });
         // A key with a change still pending: L2 may hold what the change replaced.
         let found = bytes
             .filter(|_| !self.changes_pending.blocks(key) && !self.is_queued(key))
@@ -345,7 +393,8 @@ impl<V: Send + Sync + 'static> Remote<V> {
                 generation,
                 version,
                 tag_versions,
-                taken: Instant::now(),
+                taken,
+                tombstoned,
             },
         ))
     }
@@ -356,7 +405,13 @@ impl<V: Send + Sync + 'static> Remote<V> {
     pub(crate) async fn write(&self, key: &str, entry: &Entry<V>) -> Result<u64, CacheError> {
         let record = entry::encode(entry, &*self.codec, self.compression)
             .map_err(|e| CacheError::Encode(e.to_string()))?;
-        let ttl_ms = self.ttl_ms(entry);
+        // The record (its version) lives at least as long as a tombstone, so a load that
+        // read its source before this write cannot find the key empty and fill it: the
+        // load compares with this version, and gives up past a tombstone's life. Its own
+        // deadlines still decide when it is served.
+        let ttl_ms = self
+            .ttl_ms(entry)
+            .max(crate::options::millis(self.tombstone_ttl));
         let keys = &self.backplane.keys;
         let mut generation = self.counted(self.generation())?;
         for _ in 0..MOVES {
@@ -397,8 +452,10 @@ impl<V: Send + Sync + 'static> Remote<V> {
         entry: &Entry<V>,
         snapshot: &Snapshot,
     ) -> Result<bool, CacheError> {
-        if snapshot.taken.elapsed() >= self.tombstone_ttl {
-            // A tombstone written since may have expired: nothing left to compare with.
+        if snapshot.taken.elapsed() >= self.tombstone_ttl / 2 {
+            // A change since may have expired from L2 (tombstones and written records live
+            // a tombstone's life at least): nothing left to compare with. Half of it, for
+            // the calls this fill still makes.
             return Ok(false);
         }
         let record = entry::encode(entry, &*self.codec, self.compression)
@@ -651,13 +708,24 @@ impl<V: Send + Sync + 'static> Remote<V> {
                 Queued::Flush(done) => {
                     let _ = done.send(());
                 }
-                Queued::Write(key, entry, serial) if self.superseded(&key, &entry, serial) => {
-                    // A later change made here (a write, an invalidation, a tag
-                    // invalidation or a clear) replaced it: it must not land after it.
-                    self.mark_queued(&key, false);
-                    self.landed_or_dropped();
-                }
                 Queued::Write(key, entry, serial) => {
+                    // In flight before the check: a local change either is seen by the
+                    // check, or sees this write in flight and waits for it.
+                    let done = Arc::new(tokio::sync::Semaphore::new(0));
+                    *self.flight_slot() = Some(InFlight {
+                        key: key.clone(),
+                        tags: entry.tags.clone(),
+                        done: done.clone(),
+                    });
+                    if self.superseded(&key, &entry, serial) {
+                        // A later change made here (a write, an invalidation, a tag
+                        // invalidation or a clear) replaced it: it must not land after it.
+                        self.flight_slot().take();
+                        done.close();
+                        self.mark_queued(&key, false);
+                        self.landed_or_dropped();
+                        continue;
+                    }
                     let mut backoff = Duration::from_millis(10);
                     let mut attempts = 0_u32;
                     let mut first_failure = None;
@@ -691,6 +759,8 @@ impl<V: Send + Sync + 'static> Remote<V> {
                         self.give_up(&key, &entry, class, message, attempts, first_failure)
                             .await;
                     }
+                    self.flight_slot().take();
+                    done.close();
                     self.mark_queued(&key, false);
                     self.landed_or_dropped();
                 }

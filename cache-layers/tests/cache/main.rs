@@ -7,6 +7,8 @@ mod checker;
 mod coherence;
 mod local;
 #[cfg(feature = "redis")]
+mod review;
+#[cfg(feature = "redis")]
 mod shared;
 #[cfg(feature = "redis")]
 mod support;
