@@ -31,6 +31,10 @@ impl Clock for SystemClock {
 /// thread (started on first use, one per process), so reading it is one atomic load
 /// instead of a system call. Deadlines are honoured to within a few milliseconds.
 ///
+/// It follows the wall clock forward (NTP slewing, a step forward) but never back: after
+/// a backward step it goes on at the monotonic clock's pace from where it was, so no
+/// deadline is stretched by the size of the step (and time never stands still).
+///
 /// ```
 /// use keel_cache_layers::{Clock, CoarseClock, SystemClock};
 ///
@@ -60,9 +64,13 @@ fn start_ticker() -> u64 {
         let spawned = std::thread::Builder::new()
             .name("keel-cache-clock".into())
             .spawn(|| {
+                let started = std::time::Instant::now();
+                let mut anchored = Anchored::new(SystemClock.now_ms(), 0);
                 loop {
                     std::thread::sleep(Duration::from_millis(1));
-                    COARSE_NOW.fetch_max(SystemClock.now_ms(), Ordering::Relaxed);
+                    let mono = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    let now = anchored.now(SystemClock.now_ms(), mono);
+                    COARSE_NOW.fetch_max(now, Ordering::Relaxed);
                 }
             });
         if spawned.is_err() {
@@ -71,6 +79,32 @@ fn start_ticker() -> u64 {
         }
     });
     SystemClock.now_ms()
+}
+
+/// Wall-clock time carried forward by the monotonic clock: the wall clock at the last
+/// anchor plus the monotonic time since. A wall clock ahead of it moves the anchor
+/// forward; one behind it (a backward step) is ignored.
+#[derive(Debug)]
+struct Anchored {
+    wall_ms: u64,
+    mono_ms: u64,
+}
+
+impl Anchored {
+    fn new(wall_ms: u64, mono_ms: u64) -> Self {
+        Self { wall_ms, mono_ms }
+    }
+
+    fn now(&mut self, wall_ms: u64, mono_ms: u64) -> u64 {
+        let carried = self
+            .wall_ms
+            .saturating_add(mono_ms.saturating_sub(self.mono_ms));
+        if wall_ms > carried {
+            *self = Self::new(wall_ms, mono_ms);
+            return wall_ms;
+        }
+        carried
+    }
 }
 
 /// A clock that moves only when told to, for tests of expiry, eager refresh and fail-safe.
@@ -151,6 +185,20 @@ impl VersionClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_coarse_clock_follows_the_wall_clock_forward_but_not_back() {
+        let mut clock = Anchored::new(1_000_000, 0);
+        assert_eq!(clock.now(1_000_010, 10), 1_000_010);
+        // A step forward is followed at once.
+        assert_eq!(clock.now(1_005_020, 20), 1_005_020);
+        // A step back of 15 minutes: time goes on at the monotonic pace, not frozen for
+        // 15 minutes (which would stretch every deadline by that much).
+        assert_eq!(clock.now(1_005_030 - 900_000, 30), 1_005_030);
+        assert_eq!(clock.now(1_005_040 - 900_000, 40), 1_005_040);
+        // Once the wall clock is ahead again it is followed.
+        assert_eq!(clock.now(1_009_000, 50), 1_009_000);
+    }
 
     #[test]
     fn versions_increase_even_when_the_clock_stands_still() {
