@@ -50,6 +50,7 @@
 
 mod access;
 mod audit;
+pub mod client;
 mod keys;
 #[cfg(feature = "postgres")]
 mod postgres_store;

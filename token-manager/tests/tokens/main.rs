@@ -1,6 +1,7 @@
 //! Access tokens end to end: every algorithm, key rotation, JWKS, the rejection matrix,
 //! arbitrary input, step-up, and interoperability with PyJWT.
 
+mod client;
 mod interop;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -1,0 +1,319 @@
+//! MSAL's cache behaviour in front of any provider.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::Instrument as _;
+
+use super::{AccessToken, TokenError, TokenFuture, TokenProvider, TokenRequest};
+
+/// When cached tokens are refreshed, and how failed refreshes are retried.
+///
+/// ```
+/// use keel_token_manager::client::RefreshPolicy;
+/// use std::time::Duration;
+///
+/// let policy = RefreshPolicy::default(); // 5 minutes before expiry, as MSAL
+/// assert_eq!(policy.buffer(), Duration::from_secs(300));
+/// let policy = RefreshPolicy::default().with_buffer(Duration::from_secs(120));
+/// assert_eq!(policy.buffer(), Duration::from_secs(120));
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct RefreshPolicy {
+    buffer: Duration,
+    retry_every: Duration,
+}
+
+impl Default for RefreshPolicy {
+    fn default() -> Self {
+        Self {
+            buffer: Duration::from_secs(300),
+            retry_every: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RefreshPolicy {
+    /// Refresh this long before expiry (default 5 minutes), unless the provider said
+    /// when (`refresh_in`). Tokens living less than twice this are refreshed at half
+    /// their lifetime instead.
+    #[must_use]
+    pub fn with_buffer(mut self, buffer: Duration) -> Self {
+        self.buffer = buffer;
+        self
+    }
+
+    /// After a failed background refresh, wait this long before the next (default 10 s);
+    /// the old token is served meanwhile, until it expires.
+    #[must_use]
+    pub fn with_retry_every(mut self, every: Duration) -> Self {
+        self.retry_every = every;
+        self
+    }
+
+    /// The refresh buffer.
+    #[must_use]
+    pub fn buffer(&self) -> Duration {
+        self.buffer
+    }
+
+    fn refresh_at(&self, token: &AccessToken, issued: Instant) -> Instant {
+        if let Some(at) = token.refresh_at() {
+            return at;
+        }
+        let lifetime = token.expires_at().saturating_duration_since(issued);
+        if lifetime >= self.buffer * 2 {
+            token.expires_at() - self.buffer
+        } else {
+            issued + lifetime / 2
+        }
+    }
+}
+
+/// What a [`CachingProvider`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Calls that the cache answered.
+    pub hits: u64,
+    /// Requests made to the provider (first fetches, refreshes, claims challenges).
+    pub requests: u64,
+    /// Background refreshes that failed (the old token was kept).
+    pub failed_refreshes: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    hits: AtomicU64,
+    requests: AtomicU64,
+    failed_refreshes: AtomicU64,
+}
+
+struct Cached {
+    token: AccessToken,
+    refresh_at: Instant,
+}
+
+#[derive(Default)]
+struct Slot {
+    cached: Option<Cached>,
+    refreshing: bool,
+    retry_at: Option<Instant>,
+    /// Held by the caller fetching a token nobody has yet (others wait on it).
+    fetching: Arc<tokio::sync::Mutex<()>>,
+}
+
+struct Shared<P> {
+    provider: P,
+    slots: Mutex<HashMap<TokenRequest, Slot>>,
+    policy: RefreshPolicy,
+    max_entries: AtomicUsize,
+    counters: Counters,
+}
+
+/// A token cache in front of a provider, as MSAL keeps one: a token per tenant, scope
+/// set (in any order) and provider; refreshed in the background ahead of expiry (at
+/// `refresh_in` when the provider gave it, else [`RefreshPolicy`]'s buffer) by exactly
+/// one request at a time per key while every caller keeps getting the still-valid
+/// token without waiting; a failed refresh keeps serving the old token until it
+/// expires, retried every few seconds; a request with claims (a challenge) goes to the
+/// provider and its token replaces the cached one. Bounded (10,000 keys by default):
+/// past that, expired tokens go first, then the one expiring soonest.
+///
+/// Background refreshes run in their own task, in the caller's tracing span.
+#[derive(Clone)]
+pub struct CachingProvider<P> {
+    shared: Arc<Shared<P>>,
+}
+
+impl<P> fmt::Debug for CachingProvider<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachingProvider")
+            .field("policy", &self.shared.policy)
+            .field("entries", &self.shared.slots().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P> Shared<P> {
+    fn slots(&self) -> MutexGuard<'_, HashMap<TokenRequest, Slot>> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn store(&self, key: &TokenRequest, token: &AccessToken, issued: Instant) {
+        let refresh_at = self.policy.refresh_at(token, issued);
+        let mut slots = self.slots();
+        if !slots.contains_key(key) && slots.len() >= self.max_entries.load(Ordering::Relaxed) {
+            evict(&mut slots);
+        }
+        let slot = slots.entry(key.clone()).or_default();
+        // A token that expires sooner than the cached one (a slower, older request) does
+        // not replace it.
+        if slot
+            .cached
+            .as_ref()
+            .is_none_or(|c| c.token.expires_at() <= token.expires_at())
+        {
+            slot.cached = Some(Cached {
+                token: token.clone(),
+                refresh_at,
+            });
+        }
+        slot.retry_at = None;
+    }
+}
+
+/// Makes room for one more key: expired tokens first, else the one expiring soonest.
+fn evict(slots: &mut HashMap<TokenRequest, Slot>) {
+    let now = Instant::now();
+    let before = slots.len();
+    slots.retain(|_, slot| {
+        slot.refreshing
+            || slot
+                .cached
+                .as_ref()
+                .is_some_and(|c| c.token.is_valid_at(now))
+    });
+    if slots.len() < before {
+        return;
+    }
+    let soonest = slots
+        .iter()
+        .filter(|(_, slot)| !slot.refreshing)
+        .min_by_key(|(_, slot)| slot.cached.as_ref().map(|c| c.token.expires_at()))
+        .map(|(key, _)| key.clone());
+    if let Some(key) = soonest {
+        slots.remove(&key);
+    }
+}
+
+impl<P: TokenProvider + 'static> CachingProvider<P> {
+    /// A cache in front of `provider` with the default [`RefreshPolicy`].
+    pub fn new(provider: P) -> Self {
+        Self::with_policy(provider, RefreshPolicy::default())
+    }
+
+    /// A cache with its own refresh policy.
+    pub fn with_policy(provider: P, policy: RefreshPolicy) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                provider,
+                slots: Mutex::new(HashMap::new()),
+                policy,
+                max_entries: AtomicUsize::new(10_000),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// The most keys kept (default 10,000; at least 1).
+    #[must_use]
+    pub fn max_entries(self, entries: usize) -> Self {
+        self.shared
+            .max_entries
+            .store(entries.max(1), Ordering::Relaxed);
+        self
+    }
+
+    /// What the cache did so far.
+    #[must_use]
+    pub fn stats(&self) -> CacheStats {
+        let c = &self.shared.counters;
+        CacheStats {
+            hits: c.hits.load(Ordering::Relaxed),
+            requests: c.requests.load(Ordering::Relaxed),
+            failed_refreshes: c.failed_refreshes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Forgets every cached token (a sign-out, a credential change).
+    pub fn clear(&self) {
+        self.shared.slots().clear();
+    }
+
+    async fn fetch(shared: &Shared<P>, request: &TokenRequest) -> Result<AccessToken, TokenError> {
+        shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let issued = Instant::now();
+        let token = shared.provider.token(request).await?;
+        shared.store(&request.without_claims(), &token, issued);
+        Ok(token)
+    }
+
+    /// Starts the background refresh of `key` unless one runs or a failed one is
+    /// waiting to be retried. Called with the slots locked.
+    fn refresh_in_background(&self, key: &TokenRequest, slot: &mut Slot, now: Instant) {
+        if slot.refreshing || slot.retry_at.is_some_and(|at| now < at) {
+            return;
+        }
+        slot.refreshing = true;
+        let (shared, key) = (self.shared.clone(), key.clone());
+        let refresh = async move {
+            let fetched = Self::fetch(&shared, &key).await;
+            let mut slots = shared.slots();
+            if let Some(slot) = slots.get_mut(&key) {
+                slot.refreshing = false;
+                if let Err(e) = &fetched {
+                    slot.retry_at = Some(Instant::now() + shared.policy.retry_every);
+                    shared
+                        .counters
+                        .failed_refreshes
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "token refresh failed; serving the current token until it expires");
+                }
+            }
+        };
+        tokio::spawn(refresh.in_current_span());
+    }
+
+    async fn cached_or_fetch(&self, request: &TokenRequest) -> Result<AccessToken, TokenError> {
+        let shared = &*self.shared;
+        if request.claims_json().is_some() {
+            // A challenge: the cached token is what was refused.
+            return Self::fetch(shared, request).await;
+        }
+        let fetching = {
+            let now = Instant::now();
+            let mut slots = shared.slots();
+            if let Some(slot) = slots.get_mut(request)
+                && let Some(cached) = &slot.cached
+                && cached.token.is_valid_at(now)
+            {
+                let token = cached.token.clone();
+                if now >= cached.refresh_at {
+                    self.refresh_in_background(request, slot, now);
+                }
+                shared.counters.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(token);
+            }
+            if !slots.contains_key(request)
+                && slots.len() >= shared.max_entries.load(Ordering::Relaxed)
+            {
+                evict(&mut slots);
+            }
+            slots.entry(request.clone()).or_default().fetching.clone()
+        };
+        // No valid token: one caller fetches, the others wait for it and take its token.
+        let _turn = fetching.lock().await;
+        let now = Instant::now();
+        if let Some(cached) = shared
+            .slots()
+            .get(request)
+            .and_then(|slot| slot.cached.as_ref())
+            .filter(|c| c.token.is_valid_at(now))
+        {
+            shared.counters.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(cached.token.clone());
+        }
+        Self::fetch(shared, request).await
+    }
+}
+
+impl<P: TokenProvider + 'static> TokenProvider for CachingProvider<P> {
+    fn token<'a>(&'a self, request: &'a TokenRequest) -> TokenFuture<'a> {
+        Box::pin(self.cached_or_fetch(request))
+    }
+}

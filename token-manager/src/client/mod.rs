@@ -1,0 +1,44 @@
+//! The client side: obtaining access tokens from Microsoft Entra ID (or any OAuth 2.0
+//! provider) and keeping them fresh.
+//!
+//! [`TokenProvider`] is what a caller of a protected API (keel-graph-client) depends on:
+//! an object-safe async trait from a [`TokenRequest`] (scopes, tenant, claims) to an
+//! [`AccessToken`]. [`CachingProvider`] puts MSAL's cache behaviour in front of any
+//! provider: one token per tenant and scope set, refreshed ahead of expiry by one
+//! background request while every caller keeps getting the still-valid token without
+//! waiting, the old token served while refreshes fail until it really expires, and
+//! claims challenges answered past the cache. [`ProviderChain`] tries providers in order,
+//! as Azure.Identity's credential chains do.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), keel_token_manager::client::TokenError> {
+//! use keel_token_manager::client::{AccessToken, CachingProvider, TokenProvider, TokenRequest};
+//! use std::time::Duration;
+//!
+//! // Any provider: here a closure standing in for a token endpoint.
+//! let endpoint = keel_token_manager::client::from_fn(|request: &TokenRequest| {
+//!     let token = format!("token-for-{}", request.scopes().join(" "));
+//!     async move { Ok(AccessToken::new(token, Duration::from_secs(3600))) }
+//! });
+//! let tokens = CachingProvider::new(endpoint);
+//! let request = TokenRequest::new(["https://graph.microsoft.com/.default"]).tenant("contoso.onmicrosoft.com");
+//! let token = tokens.token(&request).await?;
+//! assert_eq!(token.secret(), "token-for-https://graph.microsoft.com/.default");
+//! // The second call is a cache hit.
+//! assert_eq!(tokens.stats().requests, 1);
+//! tokens.token(&request).await?;
+//! assert_eq!(tokens.stats().requests, 1);
+//! # Ok(()) }
+//! ```
+
+mod cache;
+mod error;
+mod provider;
+mod request;
+mod token;
+
+pub use cache::{CacheStats, CachingProvider, RefreshPolicy};
+pub use error::{BoxError, TokenError};
+pub use provider::{FnProvider, ProviderChain, TokenFuture, TokenProvider, from_fn};
+pub use request::TokenRequest;
+pub use token::AccessToken;
