@@ -76,6 +76,17 @@ impl TokenError {
     }
 }
 
+impl TokenError {
+    /// The OAuth error response behind this error, when the token endpoint sent one.
+    #[must_use]
+    pub fn oauth(&self) -> Option<&super::OAuthError> {
+        match self {
+            TokenError::Failed { source, .. } => source.downcast_ref(),
+            _ => None,
+        }
+    }
+}
+
 impl Classify for TokenError {
     fn class(&self) -> ErrorClass {
         match self {

@@ -35,10 +35,14 @@ mod cache;
 mod error;
 mod provider;
 mod request;
+mod response;
 mod token;
 
 pub use cache::{CacheStats, CachingProvider, RefreshPolicy};
 pub use error::{BoxError, TokenError};
 pub use provider::{FnProvider, ProviderChain, TokenFuture, TokenProvider, from_fn};
 pub use request::TokenRequest;
+pub use response::{
+    MAX_RESPONSE_BYTES, OAuthError, ResponseError, claims_challenge, read_token_response,
+};
 pub use token::AccessToken;

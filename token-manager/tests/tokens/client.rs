@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use keel_resilience::{Classify, ErrorClass};
 use keel_token_manager::client::{
-    AccessToken, CachingProvider, ProviderChain, RefreshPolicy, TokenError, TokenFuture,
-    TokenProvider, TokenRequest, from_fn,
+    AccessToken, CachingProvider, MAX_RESPONSE_BYTES, ProviderChain, RefreshPolicy, ResponseError,
+    TokenError, TokenFuture, TokenProvider, TokenRequest, claims_challenge, from_fn,
+    read_token_response,
 };
+use proptest::prelude::*;
 use tokio::sync::Semaphore;
 
 /// A fake token endpoint: counts requests, names each token after the tenant, the
@@ -316,4 +318,192 @@ fn secrets_stay_out_of_debug_and_reasons_are_bounded() {
     assert!(!format!("{request:?}").contains("sensitive"));
     let long = TokenError::unavailable("x", "é".repeat(2_000));
     assert!(long.to_string().len() < 700);
+}
+
+fn json(status: u16, body: &str) -> Result<AccessToken, TokenError> {
+    read_token_response(
+        status,
+        Some("application/json; charset=utf-8"),
+        None,
+        body.as_bytes(),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn token_responses_are_read_as_the_endpoints_send_them() {
+    let v2 = json(
+        200,
+        r#"{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"refresh_in":1799,"access_token":"eyJ0eXAi.v2"}"#,
+    )
+    .unwrap();
+    assert_eq!(v2.secret(), "eyJ0eXAi.v2");
+    assert_eq!(v2.expires_in(), Duration::from_secs(3599));
+    assert_eq!(
+        v2.refresh_at().unwrap() - tokio::time::Instant::now(),
+        Duration::from_secs(1799)
+    );
+    // Entra's v1 endpoint sends the numbers as strings.
+    let v1 = json(
+        200,
+        r#"{"token_type":"bearer","expires_in":"3599","ext_expires_in":"3599","expires_on":"1700000000","resource":"https://graph.microsoft.com","access_token":"eyJ0eXAi.v1"}"#,
+    )
+    .unwrap();
+    assert_eq!(v1.expires_in(), Duration::from_secs(3599));
+    for (body, complaint) in [
+        (
+            r#"{"token_type":"Bearer","expires_in":3599}"#,
+            "no access_token",
+        ),
+        (
+            r#"{"token_type":"pop","expires_in":3599,"access_token":"x"}"#,
+            "not Bearer",
+        ),
+        (
+            r#"{"token_type":"Bearer","access_token":"x"}"#,
+            "expires_in",
+        ),
+        (
+            r#"{"token_type":"Bearer","expires_in":"soon","access_token":"x"}"#,
+            "expires_in",
+        ),
+        (
+            r#"{"token_type":"Bearer","expires_in":-5,"access_token":"x"}"#,
+            "expires_in",
+        ),
+        (
+            r#"{"token_type":"Bearer","expires_in":3599,"access_token":42}"#,
+            "not a usable",
+        ),
+    ] {
+        let error = json(200, body).unwrap_err();
+        assert_eq!(error.class(), ErrorClass::Permanent, "{body}");
+        let shown = format!(
+            "{error} / {:?}",
+            std::error::Error::source(&error).map(ToString::to_string)
+        );
+        assert!(shown.contains(complaint), "{body}: {shown}");
+        assert!(!shown.contains("\"x\""), "the token is not echoed: {shown}");
+    }
+}
+
+#[test]
+fn oauth_errors_are_typed_and_classified() {
+    let invalid_client = json(
+        401,
+        r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided.","error_codes":[7000215],"timestamp":"2026-11-28 10:00:00Z","trace_id":"0b3c","correlation_id":"9f1e"}"#,
+    )
+    .unwrap_err();
+    assert_eq!(invalid_client.class(), ErrorClass::Permanent);
+    let oauth = invalid_client.oauth().unwrap();
+    assert_eq!(oauth.error, "invalid_client");
+    assert_eq!(oauth.error_codes, [7_000_215]);
+    assert_eq!(oauth.trace_id.as_deref(), Some("0b3c"));
+    assert_eq!(oauth.correlation_id.as_deref(), Some("9f1e"));
+    assert!(
+        std::error::Error::source(&invalid_client)
+            .unwrap()
+            .to_string()
+            .contains("AADSTS7000215")
+    );
+
+    let busy = json(400, r#"{"error":"temporarily_unavailable"}"#).unwrap_err();
+    assert_eq!(busy.class(), ErrorClass::Transient);
+    let server = json(500, r#"{"error":"server_error"}"#).unwrap_err();
+    assert_eq!(server.class(), ErrorClass::Transient);
+    let throttled = read_token_response(
+        429,
+        Some("application/json"),
+        Some(Duration::from_secs(7)),
+        br#"{"error":"too_many_requests"}"#,
+    )
+    .unwrap_err();
+    assert_eq!(
+        throttled.class(),
+        ErrorClass::Throttled {
+            retry_after: Some(Duration::from_secs(7))
+        }
+    );
+    // An HTML page from a proxy, a truncated success, a huge body.
+    let html = read_token_response(
+        502,
+        Some("text/html"),
+        None,
+        b"<html><body>Bad Gateway</body></html>",
+    )
+    .unwrap_err();
+    assert_eq!(html.class(), ErrorClass::Transient);
+    assert!(html.to_string().contains("token endpoint"));
+    let source = std::error::Error::source(&html).unwrap().to_string();
+    assert!(
+        source.contains("not JSON") && source.contains("text/html"),
+        "{source}"
+    );
+    let truncated = json(
+        200,
+        r#"{"token_type":"Bearer","expires_in":3599,"access_tok"#,
+    )
+    .unwrap_err();
+    assert_eq!(truncated.class(), ErrorClass::Transient);
+    let huge = vec![b' '; MAX_RESPONSE_BYTES + 1];
+    let error = read_token_response(200, None, None, &huge).unwrap_err();
+    assert!(matches!(
+        std::error::Error::source(&error).and_then(|s| s.downcast_ref::<ResponseError>()),
+        Some(ResponseError::TooLarge)
+    ));
+    // A provider's long or control-laden text is bounded and flattened.
+    let long = format!(
+        r#"{{"error":"invalid_grant","error_description":"{}\n\u0007"}}"#,
+        "x".repeat(5_000)
+    );
+    let error = json(400, &long).unwrap_err();
+    let description = error.oauth().unwrap().description.clone().unwrap();
+    assert!(
+        description.len() < 600 && !description.contains('\n') && !description.contains('\u{7}')
+    );
+}
+
+#[test]
+fn claims_challenges_are_read_from_www_authenticate() {
+    // Microsoft's documented CAE challenge.
+    let header = r#"Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/authorize", client_id="00000003-0000-0000-c000-000000000000", error="insufficient_claims", claims="eyJhY2Nlc3NfdG9rZW4iOnsibmJmIjp7ImVzc2VudGlhbCI6dHJ1ZSwgInZhbHVlIjoiMTYwNDEwNjY1MSJ9fX0=""#;
+    assert_eq!(
+        claims_challenge(header).as_deref(),
+        Some(r#"{"access_token":{"nbf":{"essential":true, "value":"1604106651"}}}"#)
+    );
+    // Unpadded, and other parameter orders.
+    let unpadded = r#"Bearer claims="eyJhY2Nlc3NfdG9rZW4iOnt9fQ", error="insufficient_claims""#;
+    assert_eq!(
+        claims_challenge(unpadded).as_deref(),
+        Some(r#"{"access_token":{}}"#)
+    );
+    for not_one in [
+        r#"Bearer error="invalid_token", claims="eyJhIjoxfQ==""#,
+        r#"Bearer error="insufficient_claims""#,
+        r#"Bearer error="insufficient_claims", claims="not base64!""#,
+        r#"Bearer error="insufficient_claims", claims="WzEsMl0=""#, // [1,2]: not an object
+        "",
+        "Bearer",
+        "Bearer ,,,===\"",
+    ] {
+        assert_eq!(claims_challenge(not_one), None, "{not_one}");
+    }
+}
+
+proptest! {
+    #[test]
+    fn no_token_endpoint_body_makes_the_reader_panic(
+        status in 100u16..600,
+        body in proptest::collection::vec(any::<u8>(), 0..512),
+        structured in "\\{(\"[a-z_]{1,14}\":(\"[^\"]{0,12}\"|-?[0-9]{1,22}|\\[[0-9,]{0,8}\\]|null|true|\\{\\}),?){0,6}\\}",
+    ) {
+        let _ = read_token_response(status, Some("application/json"), None, &body);
+        let _ = read_token_response(status, None, Some(Duration::from_secs(1)), structured.as_bytes());
+        let _ = read_token_response(200, None, None, structured.as_bytes());
+    }
+
+    #[test]
+    fn no_www_authenticate_header_makes_the_parser_panic(header in "\\PC{0,300}", tail in "[a-z=\",\\\\ ]{0,80}") {
+        let _ = claims_challenge(&header);
+        let _ = claims_challenge(&format!("Bearer error=\"insufficient_claims\", claims=\"{tail}"));
+    }
 }
