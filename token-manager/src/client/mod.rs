@@ -32,6 +32,8 @@
 //! ```
 
 mod cache;
+#[cfg(feature = "http")]
+mod credential;
 mod error;
 mod provider;
 mod request;
@@ -39,6 +41,9 @@ mod response;
 mod token;
 
 pub use cache::{CacheStats, CachingProvider, RefreshPolicy};
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub use credential::{Authority, ClientSecretCredential};
 pub use error::{BoxError, TokenError};
 pub use provider::{FnProvider, ProviderChain, TokenFuture, TokenProvider, from_fn};
 pub use request::TokenRequest;

@@ -2,6 +2,7 @@
 //! arbitrary input, step-up, and interoperability with PyJWT.
 
 mod client;
+mod credential;
 mod interop;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

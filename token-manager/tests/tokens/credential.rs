@@ -1,0 +1,181 @@
+//! The client-secret credential against a local fake of Entra ID's token endpoint
+//! (`/{tenant}/oauth2/v2.0/token`, form-encoded, as Microsoft documents it).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::{Form, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use keel_resilience::{Classify, ErrorClass};
+use keel_token_manager::client::{
+    Authority, CachingProvider, ClientSecretCredential, TokenError, TokenProvider, TokenRequest,
+};
+
+#[derive(Default)]
+struct Fake {
+    requests: AtomicU64,
+    last_form: std::sync::Mutex<HashMap<String, String>>,
+}
+
+async fn token(
+    State(fake): State<Arc<Fake>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> impl IntoResponse {
+    fake.requests.fetch_add(1, Ordering::SeqCst);
+    *fake.last_form.lock().unwrap() = form.clone();
+    let json = [(header::CONTENT_TYPE, "application/json; charset=utf-8")];
+    assert_eq!(
+        headers.get(header::CONTENT_TYPE).unwrap(),
+        "application/x-www-form-urlencoded"
+    );
+    match tenant.as_str() {
+        "busy" => {
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, "7")],
+                r#"{"error":"temporarily_unavailable","error_description":"AADSTS50196: slow down"}"#,
+            )
+                .into_response();
+        }
+        "proxy" => return (StatusCode::BAD_GATEWAY, "<html>Bad Gateway</html>").into_response(),
+        "huge" => return (StatusCode::OK, json, " ".repeat(200_000)).into_response(),
+        _ => {}
+    }
+    if form.get("grant_type").map(String::as_str) != Some("client_credentials")
+        || form.get("client_id").map(String::as_str) != Some("app-1")
+        || form.get("client_secret").map(String::as_str) != Some("s3cret")
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            json,
+            r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided.","error_codes":[7000215],"trace_id":"tr","correlation_id":"co"}"#,
+        )
+            .into_response();
+    }
+    let scope = form.get("scope").cloned().unwrap_or_default();
+    let claims = form.contains_key("claims");
+    let body = serde_json::json!({
+        "token_type": "Bearer",
+        "expires_in": 3599,
+        "ext_expires_in": 3599,
+        "access_token": format!("{tenant}|{scope}|{claims}"),
+    });
+    (StatusCode::OK, json, body.to_string()).into_response()
+}
+
+async fn fake() -> (String, Arc<Fake>) {
+    let state = Arc::new(Fake::default());
+    let app = axum::Router::new()
+        .route("/{tenant}/oauth2/v2.0/token", axum::routing::post(token))
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, state)
+}
+
+fn credential(base: &str, secret: &str) -> ClientSecretCredential {
+    ClientSecretCredential::new(
+        Authority::Custom(base.into()),
+        "contoso.onmicrosoft.com",
+        "app-1",
+        secret,
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn client_credentials_with_a_secret_get_app_only_tokens_per_tenant() {
+    let (base, fake) = fake().await;
+    let tokens = CachingProvider::new(credential(&base, "s3cret"));
+    let graph = TokenRequest::new(["https://graph.microsoft.com/.default"]);
+    let token = tokens.token(&graph).await.unwrap();
+    assert_eq!(
+        token.secret(),
+        "contoso.onmicrosoft.com|https://graph.microsoft.com/.default|false"
+    );
+    assert!(token.expires_in() > Duration::from_secs(3500));
+    let form = fake.last_form.lock().unwrap().clone();
+    assert_eq!(form["grant_type"], "client_credentials");
+    assert_eq!(form["scope"], "https://graph.microsoft.com/.default");
+    // Cached; another tenant (a multi-tenant app) is its own token.
+    tokens.token(&graph).await.unwrap();
+    assert_eq!(fake.requests.load(Ordering::SeqCst), 1);
+    let other = tokens
+        .token(&graph.clone().tenant("fabrikam.com"))
+        .await
+        .unwrap();
+    assert!(other.secret().starts_with("fabrikam.com|"));
+    // A claims challenge goes to the endpoint with its claims.
+    let challenged = tokens
+        .token(
+            &graph
+                .clone()
+                .claims(r#"{"access_token":{"xms_cc":{"values":["cp1"]}}}"#),
+        )
+        .await
+        .unwrap();
+    assert!(challenged.secret().ends_with("|true"));
+    assert_eq!(fake.requests.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn endpoint_errors_are_typed_and_the_secret_never_shows() {
+    let (base, _fake) = fake().await;
+    let graph = TokenRequest::new(["https://graph.microsoft.com/.default"]);
+    let wrong = credential(&base, "wrong-secret-value");
+    let error = wrong.token(&graph).await.unwrap_err();
+    assert_eq!(error.class(), ErrorClass::Permanent);
+    assert_eq!(error.oauth().unwrap().error, "invalid_client");
+    assert_eq!(error.oauth().unwrap().trace_id.as_deref(), Some("tr"));
+    let shown = format!("{error} {error:?} {wrong:?}");
+    assert!(!shown.contains("wrong-secret-value"), "{shown}");
+
+    let right = credential(&base, "s3cret");
+    let busy = right
+        .token(&graph.clone().tenant("busy"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        busy.class(),
+        ErrorClass::Throttled {
+            retry_after: Some(Duration::from_secs(7))
+        }
+    );
+    let proxy = right
+        .token(&graph.clone().tenant("proxy"))
+        .await
+        .unwrap_err();
+    assert_eq!(proxy.class(), ErrorClass::Transient);
+    let huge = right
+        .token(&graph.clone().tenant("huge"))
+        .await
+        .unwrap_err();
+    assert!(
+        std::error::Error::source(&huge)
+            .unwrap()
+            .to_string()
+            .contains("larger than")
+    );
+    // A tenant that would change the URL's path is refused before any request.
+    let hostile = right
+        .token(&graph.clone().tenant("../../evil"))
+        .await
+        .unwrap_err();
+    assert_eq!(hostile.class(), ErrorClass::Permanent);
+    assert!(matches!(
+        ClientSecretCredential::new(Authority::AzurePublic, "a/b", "app", "s"),
+        Err(TokenError::Unavailable { .. })
+    ));
+    // Nobody listening: transient.
+    let nowhere = credential("http://127.0.0.1:9", "s3cret");
+    assert_eq!(
+        nowhere.token(&graph).await.unwrap_err().class(),
+        ErrorClass::Transient
+    );
+}
