@@ -124,11 +124,7 @@ impl ClientSecretCredential {
                 "the client id or the secret is empty",
             ));
         }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| TokenError::unavailable(PROVIDER, format!("no HTTP client: {e}")))?;
+        let http = http_client(PROVIDER)?;
         Ok(Self {
             authority,
             tenant,
@@ -139,14 +135,7 @@ impl ClientSecretCredential {
     }
 
     async fn request(&self, request: &TokenRequest) -> Result<AccessToken, TokenError> {
-        let tenant = request.tenant_id().unwrap_or(&self.tenant);
-        if !valid_tenant(tenant) {
-            return Err(TokenError::failed(
-                PROVIDER,
-                ErrorClass::Permanent,
-                ResponseError::Invalid("the requested tenant is not a tenant id or domain".into()),
-            ));
-        }
+        let tenant = requested_tenant(request, &self.tenant, PROVIDER)?;
         let scope = request.scopes().join(" ");
         let mut form = vec![
             ("grant_type", "client_credentials"),
@@ -157,42 +146,89 @@ impl ClientSecretCredential {
         if let Some(claims) = request.claims_json() {
             form.push(("claims", claims));
         }
-        let sent = self
-            .http
-            .post(self.authority.token_endpoint(tenant))
-            .form(&form)
-            .send()
-            .await
-            // reqwest's errors carry the URL, never the form.
-            .map_err(|e| TokenError::failed(PROVIDER, ErrorClass::Transient, e.without_url()))?;
-        let status = sent.status().as_u16();
-        let content_type = sent
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let retry_after = sent
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|s| Duration::from_secs(s.min(3600)));
-        let body = read_bounded(sent).await?;
-        read_token_response(status, content_type.as_deref(), retry_after, &body)
+        post_form(
+            &self.http,
+            &self.authority.token_endpoint(tenant),
+            &form,
+            PROVIDER,
+        )
+        .await
     }
 }
 
+/// The tenant a request names (a multi-tenant app), else the credential's own; refused
+/// unless it is a tenant id or domain, so a request cannot change the URL's path.
+fn requested_tenant<'a>(
+    request: &'a TokenRequest,
+    own: &'a str,
+    provider: &'static str,
+) -> Result<&'a str, TokenError> {
+    let tenant = request.tenant_id().unwrap_or(own);
+    if valid_tenant(tenant) {
+        Ok(tenant)
+    } else {
+        Err(TokenError::failed(
+            provider,
+            ErrorClass::Permanent,
+            ResponseError::Invalid("the requested tenant is not a tenant id or domain".into()),
+        ))
+    }
+}
+
+/// The HTTP client every credential uses: 30 s limit, no redirects (a token request
+/// is never re-sent elsewhere with its secret).
+fn http_client(provider: &'static str) -> Result<reqwest::Client, TokenError> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| TokenError::unavailable(provider, format!("no HTTP client: {e}")))
+}
+
+/// Posts a token request and reads the answer.
+async fn post_form(
+    http: &reqwest::Client,
+    endpoint: &str,
+    form: &[(&str, &str)],
+    provider: &'static str,
+) -> Result<AccessToken, TokenError> {
+    let sent = http
+        .post(endpoint)
+        .form(form)
+        .send()
+        .await
+        // reqwest's errors carry the URL, never the form; drop the URL too.
+        .map_err(|e| TokenError::failed(provider, ErrorClass::Transient, e.without_url()))?;
+    let status = sent.status().as_u16();
+    let content_type = sent
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let retry_after = sent
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|s| Duration::from_secs(s.min(3600)));
+    let body = read_bounded(sent, provider).await?;
+    read_token_response(status, content_type.as_deref(), retry_after, &body)
+}
+
 /// The body, refused past [`MAX_RESPONSE_BYTES`] without reading further.
-async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, TokenError> {
+async fn read_bounded(
+    mut response: reqwest::Response,
+    provider: &'static str,
+) -> Result<Vec<u8>, TokenError> {
     let mut body = Vec::new();
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| TokenError::failed(PROVIDER, ErrorClass::Transient, e.without_url()))?
+        .map_err(|e| TokenError::failed(provider, ErrorClass::Transient, e.without_url()))?
     {
         if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
             return Err(TokenError::failed(
-                PROVIDER,
+                provider,
                 ErrorClass::Transient,
                 ResponseError::TooLarge,
             ));
@@ -206,4 +242,169 @@ impl TokenProvider for ClientSecretCredential {
     fn token<'a>(&'a self, request: &'a TokenRequest) -> TokenFuture<'a> {
         Box::pin(self.request(request))
     }
+}
+
+const WORKLOAD: &str = "workload identity credential";
+
+/// Workload identity federation (Kubernetes, GitHub Actions...): the client credentials
+/// grant with a federated token as the client assertion
+/// (`urn:ietf:params:oauth:client-assertion-type:jwt-bearer`), read from a file that
+/// the platform rotates (`AZURE_FEDERATED_TOKEN_FILE`). The file is read again for
+/// every token request, so a rotated token is used as soon as it is written.
+///
+/// ```no_run
+/// # fn demo() -> Result<(), keel_token_manager::client::TokenError> {
+/// use keel_token_manager::client::{Authority, WorkloadIdentityCredential};
+///
+/// let credential = WorkloadIdentityCredential::new(
+///     Authority::AzurePublic, "contoso.onmicrosoft.com", "app-id", "/var/run/secrets/azure/tokens/azure-identity-token",
+/// )?;
+/// # drop(credential); Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct WorkloadIdentityCredential {
+    authority: Authority,
+    tenant: String,
+    client_id: String,
+    token_file: std::path::PathBuf,
+    http: reqwest::Client,
+}
+
+impl fmt::Debug for WorkloadIdentityCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkloadIdentityCredential")
+            .field("authority", &self.authority)
+            .field("tenant", &self.tenant)
+            .field("client_id", &self.client_id)
+            .field("token_file", &self.token_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkloadIdentityCredential {
+    /// For `client_id` in `tenant`, with the federated token in `token_file`.
+    ///
+    /// # Errors
+    /// [`TokenError::Unavailable`] for an invalid tenant or an empty client id.
+    pub fn new(
+        authority: Authority,
+        tenant: impl Into<String>,
+        client_id: impl Into<String>,
+        token_file: impl Into<std::path::PathBuf>,
+    ) -> Result<Self, TokenError> {
+        let (tenant, client_id) = (tenant.into(), client_id.into());
+        if !valid_tenant(&tenant) {
+            return Err(TokenError::unavailable(
+                WORKLOAD,
+                "the tenant is not a tenant id or domain",
+            ));
+        }
+        if client_id.is_empty() {
+            return Err(TokenError::unavailable(WORKLOAD, "the client id is empty"));
+        }
+        Ok(Self {
+            authority,
+            tenant,
+            client_id,
+            token_file: token_file.into(),
+            http: http_client(WORKLOAD)?,
+        })
+    }
+
+    async fn request(&self, request: &TokenRequest) -> Result<AccessToken, TokenError> {
+        let tenant = requested_tenant(request, &self.tenant, WORKLOAD)?;
+        let assertion = tokio::fs::read_to_string(&self.token_file)
+            .await
+            .map_err(|e| TokenError::failed(WORKLOAD, ErrorClass::Transient, e))?;
+        let assertion = assertion.trim();
+        if assertion.is_empty() || assertion.len() > 16 * 1024 {
+            return Err(TokenError::failed(
+                WORKLOAD,
+                ErrorClass::Transient,
+                ResponseError::Invalid("the federated token file is empty or too large".into()),
+            ));
+        }
+        let scope = request.scopes().join(" ");
+        let mut form = vec![
+            ("grant_type", "client_credentials"),
+            ("client_id", self.client_id.as_str()),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", assertion),
+            ("scope", scope.as_str()),
+        ];
+        if let Some(claims) = request.claims_json() {
+            form.push(("claims", claims));
+        }
+        post_form(
+            &self.http,
+            &self.authority.token_endpoint(tenant),
+            &form,
+            WORKLOAD,
+        )
+        .await
+    }
+}
+
+impl TokenProvider for WorkloadIdentityCredential {
+    fn token<'a>(&'a self, request: &'a TokenRequest) -> TokenFuture<'a> {
+        Box::pin(self.request(request))
+    }
+}
+
+/// The credential Azure.Identity's `EnvironmentCredential` builds from
+/// `AZURE_TENANT_ID`, `AZURE_CLIENT_ID` and either `AZURE_CLIENT_SECRET` or
+/// `AZURE_FEDERATED_TOKEN_FILE` (`AZURE_AUTHORITY_HOST` picks the cloud), or
+/// [`TokenError::Unavailable`] naming what is missing (a [`ProviderChain`](super::ProviderChain)
+/// then goes on).
+///
+/// ```
+/// use keel_token_manager::client::environment_credential;
+///
+/// let vars = |name: &str| match name {
+///     "AZURE_TENANT_ID" => Some("contoso.onmicrosoft.com".to_owned()),
+///     "AZURE_CLIENT_ID" => Some("app-id".to_owned()),
+///     "AZURE_CLIENT_SECRET" => Some("secret".to_owned()),
+///     _ => None,
+/// };
+/// assert!(environment_credential(vars).is_ok());
+/// assert!(environment_credential(|_: &str| None).is_err());
+/// ```
+///
+/// # Errors
+/// [`TokenError::Unavailable`] when a variable is missing.
+pub fn environment_credential(
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<Box<dyn TokenProvider>, TokenError> {
+    const ENVIRONMENT: &str = "environment credential";
+    let get = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+    let tenant = get("AZURE_TENANT_ID")
+        .ok_or_else(|| TokenError::unavailable(ENVIRONMENT, "AZURE_TENANT_ID is not set"))?;
+    let client_id = get("AZURE_CLIENT_ID")
+        .ok_or_else(|| TokenError::unavailable(ENVIRONMENT, "AZURE_CLIENT_ID is not set"))?;
+    let authority = match get("AZURE_AUTHORITY_HOST")
+        .as_deref()
+        .map(|h| h.trim_end_matches('/'))
+    {
+        None | Some("https://login.microsoftonline.com") => Authority::AzurePublic,
+        Some("https://login.microsoftonline.us") => Authority::AzureGovernment,
+        Some("https://login.chinacloudapi.cn") => Authority::AzureChina,
+        Some(other) => Authority::Custom(other.to_owned()),
+    };
+    if let Some(secret) = get("AZURE_CLIENT_SECRET") {
+        return Ok(Box::new(ClientSecretCredential::new(
+            authority, tenant, client_id, secret,
+        )?));
+    }
+    if let Some(file) = get("AZURE_FEDERATED_TOKEN_FILE") {
+        return Ok(Box::new(WorkloadIdentityCredential::new(
+            authority, tenant, client_id, file,
+        )?));
+    }
+    Err(TokenError::unavailable(
+        ENVIRONMENT,
+        "neither AZURE_CLIENT_SECRET nor AZURE_FEDERATED_TOKEN_FILE is set",
+    ))
 }

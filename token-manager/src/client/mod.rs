@@ -43,7 +43,9 @@ mod token;
 pub use cache::{CacheStats, CachingProvider, RefreshPolicy};
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
-pub use credential::{Authority, ClientSecretCredential};
+pub use credential::{
+    Authority, ClientSecretCredential, WorkloadIdentityCredential, environment_credential,
+};
 pub use error::{BoxError, TokenError};
 pub use provider::{FnProvider, ProviderChain, TokenFuture, TokenProvider, from_fn};
 pub use request::TokenRequest;

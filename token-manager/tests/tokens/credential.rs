@@ -11,12 +11,14 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use keel_resilience::{Classify, ErrorClass};
 use keel_token_manager::client::{
-    Authority, CachingProvider, ClientSecretCredential, TokenError, TokenProvider, TokenRequest,
+    Authority, CachingProvider, ClientSecretCredential, ProviderChain, TokenError, TokenProvider,
+    TokenRequest, WorkloadIdentityCredential, environment_credential,
 };
 
 #[derive(Default)]
 struct Fake {
     requests: AtomicU64,
+    assertion: std::sync::Mutex<Option<String>>,
     last_form: std::sync::Mutex<HashMap<String, String>>,
 }
 
@@ -46,9 +48,18 @@ async fn token(
         "huge" => return (StatusCode::OK, json, " ".repeat(200_000)).into_response(),
         _ => {}
     }
+    let authenticated = match form.get("client_assertion") {
+        // Workload identity: the federated token the test wrote last.
+        Some(assertion) => {
+            form.get("client_assertion_type").map(String::as_str)
+                == Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+                && fake.assertion.lock().unwrap().as_deref() == Some(assertion.as_str())
+        }
+        None => form.get("client_secret").map(String::as_str) == Some("s3cret"),
+    };
     if form.get("grant_type").map(String::as_str) != Some("client_credentials")
         || form.get("client_id").map(String::as_str) != Some("app-1")
-        || form.get("client_secret").map(String::as_str) != Some("s3cret")
+        || !authenticated
     {
         return (
             StatusCode::UNAUTHORIZED,
@@ -178,4 +189,90 @@ async fn endpoint_errors_are_typed_and_the_secret_never_shows() {
         nowhere.token(&graph).await.unwrap_err().class(),
         ErrorClass::Transient
     );
+}
+
+#[tokio::test]
+async fn workload_identity_reads_the_rotated_federated_token_file() {
+    let (base, fake) = fake().await;
+    let dir = std::env::temp_dir().join(format!("keel-wi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("azure-identity-token");
+    std::fs::write(&file, "federated-1\n").unwrap();
+    *fake.assertion.lock().unwrap() = Some("federated-1".into());
+    let credential = WorkloadIdentityCredential::new(
+        Authority::Custom(base.clone()),
+        "contoso.onmicrosoft.com",
+        "app-1",
+        &file,
+    )
+    .unwrap();
+    let graph = TokenRequest::new(["https://graph.microsoft.com/.default"]);
+    assert!(credential.token(&graph).await.is_ok());
+    // The platform rotates the file: the next request sends the new token.
+    std::fs::write(&file, "federated-2").unwrap();
+    *fake.assertion.lock().unwrap() = Some("federated-2".into());
+    assert!(credential.token(&graph).await.is_ok());
+    // A missing file is a transient failure (the platform may be writing it).
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(
+        credential.token(&graph).await.unwrap_err().class(),
+        ErrorClass::Transient
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn the_environment_chain_picks_the_configured_credential() {
+    let (base, _fake) = fake().await;
+    let env = |vars: &'static [(&'static str, &'static str)], base: String| {
+        move |name: &str| {
+            if name == "AZURE_AUTHORITY_HOST" {
+                return Some(base.clone());
+            }
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    };
+    let graph = TokenRequest::new(["https://graph.microsoft.com/.default"]);
+    let with_secret = environment_credential(env(
+        &[
+            ("AZURE_TENANT_ID", "contoso.onmicrosoft.com"),
+            ("AZURE_CLIENT_ID", "app-1"),
+            ("AZURE_CLIENT_SECRET", "s3cret"),
+        ],
+        base.clone(),
+    ))
+    .unwrap();
+    assert!(
+        with_secret
+            .token(&graph)
+            .await
+            .unwrap()
+            .secret()
+            .starts_with("contoso.onmicrosoft.com|")
+    );
+    let Err(missing) = environment_credential(env(&[("AZURE_TENANT_ID", "t")], base.clone()))
+    else {
+        panic!("a credential without AZURE_CLIENT_ID")
+    };
+    assert!(missing.to_string().contains("AZURE_CLIENT_ID"), "{missing}");
+    // In a chain, a missing environment passes to the next provider.
+    let fallback = keel_token_manager::client::from_fn(|_: &TokenRequest| async {
+        Ok(keel_token_manager::client::AccessToken::new(
+            "next",
+            Duration::from_secs(60),
+        ))
+    });
+    let chain = match environment_credential(env(&[], base)) {
+        Ok(credential) => ProviderChain::new().then(credential),
+        Err(unavailable) => ProviderChain::new().then(keel_token_manager::client::from_fn(
+            move |_: &TokenRequest| {
+                let reason = unavailable.to_string();
+                async move { Err(TokenError::unavailable("environment", reason)) }
+            },
+        )),
+    }
+    .then(fallback);
+    assert_eq!(chain.token(&graph).await.unwrap().secret(), "next");
 }
