@@ -408,3 +408,141 @@ pub fn environment_credential(
         "neither AZURE_CLIENT_SECRET nor AZURE_FEDERATED_TOKEN_FILE is set",
     ))
 }
+
+const MANAGED: &str = "managed identity credential";
+
+/// Where a managed identity's tokens come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ManagedIdentitySource {
+    /// Azure VMs and scale sets: the Instance Metadata Service, by default
+    /// `http://169.254.169.254/metadata/identity/oauth2/token` (`Metadata: true`,
+    /// API version 2018-02-01).
+    Imds {
+        /// The endpoint (tests point it at loopback).
+        endpoint: String,
+    },
+    /// App Service, Functions, Container Apps: `IDENTITY_ENDPOINT` with the
+    /// `X-IDENTITY-HEADER` secret from `IDENTITY_HEADER` (API version 2019-08-01).
+    AppService {
+        /// `IDENTITY_ENDPOINT`.
+        endpoint: String,
+        /// `IDENTITY_HEADER` (a secret: never shown).
+        header: String,
+    },
+}
+
+/// A managed identity (system-assigned, or user-assigned by client id): tokens from
+/// the platform's local endpoint, for one resource at a time (a request's single scope
+/// without its `/.default`).
+///
+/// ```
+/// use keel_token_manager::client::{ManagedIdentityCredential, ManagedIdentitySource};
+///
+/// // On App Service the platform sets these two variables.
+/// let source = ManagedIdentitySource::AppService {
+///     endpoint: "http://127.0.0.1:41741/msi/token".into(),
+///     header: "secret-header".into(),
+/// };
+/// let credential = ManagedIdentityCredential::new(source, None).unwrap();
+/// assert!(!format!("{credential:?}").contains("secret-header"));
+/// ```
+#[derive(Clone)]
+pub struct ManagedIdentityCredential {
+    source: ManagedIdentitySource,
+    client_id: Option<String>,
+    http: reqwest::Client,
+}
+
+impl fmt::Debug for ManagedIdentityCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let source = match &self.source {
+            ManagedIdentitySource::Imds { endpoint } => format!("IMDS at {endpoint}"),
+            ManagedIdentitySource::AppService { endpoint, .. } => {
+                format!("App Service at {endpoint}")
+            }
+        };
+        f.debug_struct("ManagedIdentityCredential")
+            .field("source", &source)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ManagedIdentityCredential {
+    /// The IMDS endpoint of Azure VMs.
+    pub const IMDS_ENDPOINT: &'static str = "http://169.254.169.254/metadata/identity/oauth2/token";
+
+    /// A managed identity from `source`; `client_id` picks a user-assigned identity.
+    ///
+    /// # Errors
+    /// [`TokenError::Unavailable`] when no HTTP client can be built.
+    pub fn new(
+        source: ManagedIdentitySource,
+        client_id: Option<String>,
+    ) -> Result<Self, TokenError> {
+        Ok(Self {
+            source,
+            client_id,
+            http: http_client(MANAGED)?,
+        })
+    }
+
+    /// The source the platform's variables point at (`IDENTITY_ENDPOINT` and
+    /// `IDENTITY_HEADER`: App Service), else IMDS.
+    #[must_use]
+    pub fn source_from(var: impl Fn(&str) -> Option<String>) -> ManagedIdentitySource {
+        match (var("IDENTITY_ENDPOINT"), var("IDENTITY_HEADER")) {
+            (Some(endpoint), Some(header)) => {
+                ManagedIdentitySource::AppService { endpoint, header }
+            }
+            _ => ManagedIdentitySource::Imds {
+                endpoint: Self::IMDS_ENDPOINT.into(),
+            },
+        }
+    }
+
+    async fn request(&self, request: &TokenRequest) -> Result<AccessToken, TokenError> {
+        let [scope] = request.scopes() else {
+            return Err(TokenError::failed(
+                MANAGED,
+                ErrorClass::Permanent,
+                ResponseError::Invalid("a managed identity takes exactly one scope".into()),
+            ));
+        };
+        let resource = scope.strip_suffix("/.default").unwrap_or(scope);
+        let mut query = vec![("resource", resource)];
+        if let Some(client_id) = &self.client_id {
+            query.push(("client_id", client_id.as_str()));
+        }
+        let call = match &self.source {
+            ManagedIdentitySource::Imds { endpoint } => {
+                query.push(("api-version", "2018-02-01"));
+                self.http.get(endpoint).header("Metadata", "true")
+            }
+            ManagedIdentitySource::AppService { endpoint, header } => {
+                query.push(("api-version", "2019-08-01"));
+                self.http.get(endpoint).header("X-IDENTITY-HEADER", header)
+            }
+        };
+        let sent = call
+            .query(&query)
+            .send()
+            .await
+            .map_err(|e| TokenError::failed(MANAGED, ErrorClass::Transient, e.without_url()))?;
+        let status = sent.status().as_u16();
+        let content_type = sent
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = read_bounded(sent, MANAGED).await?;
+        read_token_response(status, content_type.as_deref(), None, &body)
+    }
+}
+
+impl TokenProvider for ManagedIdentityCredential {
+    fn token<'a>(&'a self, request: &'a TokenRequest) -> TokenFuture<'a> {
+        Box::pin(self.request(request))
+    }
+}

@@ -44,7 +44,8 @@ pub use cache::{CacheStats, CachingProvider, RefreshPolicy};
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use credential::{
-    Authority, ClientSecretCredential, WorkloadIdentityCredential, environment_credential,
+    Authority, ClientSecretCredential, ManagedIdentityCredential, ManagedIdentitySource,
+    WorkloadIdentityCredential, environment_credential,
 };
 pub use error::{BoxError, TokenError};
 pub use provider::{FnProvider, ProviderChain, TokenFuture, TokenProvider, from_fn};

@@ -117,6 +117,7 @@ struct RawToken {
     access_token: Option<String>,
     token_type: Option<String>,
     expires_in: Option<serde_json::Value>,
+    expires_on: Option<serde_json::Value>,
     refresh_in: Option<serde_json::Value>,
 }
 
@@ -226,7 +227,15 @@ fn token(json: serde_json::Value) -> Result<AccessToken, ResponseError> {
         }
         None => return Err(ResponseError::Invalid("no token_type".into())),
     }
+    // Managed identity on App Service sends only `expires_on` (Unix seconds).
     let expires_in = seconds(raw.expires_in.as_ref())
+        .or_else(|| {
+            let on = seconds(raw.expires_on.as_ref())?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?;
+            on.checked_sub(now)
+        })
         .ok_or_else(|| ResponseError::Invalid("no usable expires_in".into()))?;
     let token = AccessToken::new(access_token, expires_in);
     Ok(match seconds(raw.refresh_in.as_ref()) {
@@ -235,14 +244,15 @@ fn token(json: serde_json::Value) -> Result<AccessToken, ResponseError> {
     })
 }
 
-/// A number of seconds given as a JSON number or a string of digits, at most ten years.
+/// A number of seconds given as a JSON number or a string of digits (a lifetime, or a
+/// Unix time before the year 2200).
 fn seconds(value: Option<&serde_json::Value>) -> Option<Duration> {
     let n = match value? {
         serde_json::Value::Number(n) => n.as_u64()?,
         serde_json::Value::String(s) => s.trim().parse().ok()?,
         _ => return None,
     };
-    (n <= 10 * 365 * 24 * 3600).then(|| Duration::from_secs(n))
+    (n <= 7_258_118_400).then(|| Duration::from_secs(n))
 }
 
 fn text(value: Option<&serde_json::Value>) -> Option<String> {

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::extract::{Form, Path, State};
+use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use keel_resilience::{Classify, ErrorClass};
 use keel_token_manager::client::{
-    Authority, CachingProvider, ClientSecretCredential, ProviderChain, TokenError, TokenProvider,
-    TokenRequest, WorkloadIdentityCredential, environment_credential,
+    Authority, CachingProvider, ClientSecretCredential, ManagedIdentityCredential,
+    ManagedIdentitySource, ProviderChain, TokenError, TokenProvider, TokenRequest,
+    WorkloadIdentityCredential, environment_credential,
 };
 
 #[derive(Default)]
@@ -79,10 +80,74 @@ async fn token(
     (StatusCode::OK, json, body.to_string()).into_response()
 }
 
+/// IMDS as Microsoft documents it: `Metadata: true`, API version 2018-02-01, the
+/// numbers as strings.
+async fn imds(
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> impl IntoResponse {
+    if headers.get("Metadata").and_then(|v| v.to_str().ok()) != Some("true") {
+        return (StatusCode::BAD_REQUEST, r#"{"error":"invalid_request","error_description":"Required metadata header not specified"}"#).into_response();
+    }
+    assert_eq!(query["api-version"], "2018-02-01");
+    let body = serde_json::json!({
+        "access_token": format!("imds|{}|{}", query["resource"], query.get("client_id").map_or("system", String::as_str)),
+        "expires_in": "3599",
+        "expires_on": "1764345600",
+        "not_before": "1764341700",
+        "resource": query["resource"],
+        "token_type": "Bearer",
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// App Service's endpoint (API version 2019-08-01): the identity header, and only
+/// `expires_on`.
+async fn app_service(
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> impl IntoResponse {
+    if headers
+        .get("X-IDENTITY-HEADER")
+        .and_then(|v| v.to_str().ok())
+        != Some("identity-secret")
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            r#"{"statusCode":401,"message":"Unauthorized"}"#,
+        )
+            .into_response();
+    }
+    assert_eq!(query["api-version"], "2019-08-01");
+    let expires_on = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let body = serde_json::json!({
+        "access_token": format!("appservice|{}", query["resource"]),
+        "expires_on": expires_on.to_string(),
+        "resource": query["resource"],
+        "token_type": "Bearer",
+        "client_id": "mi-client",
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
 async fn fake() -> (String, Arc<Fake>) {
     let state = Arc::new(Fake::default());
     let app = axum::Router::new()
         .route("/{tenant}/oauth2/v2.0/token", axum::routing::post(token))
+        .route("/metadata/identity/oauth2/token", axum::routing::get(imds))
+        .route("/msi/token", axum::routing::get(app_service))
         .with_state(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -275,4 +340,79 @@ async fn the_environment_chain_picks_the_configured_credential() {
     }
     .then(fallback);
     assert_eq!(chain.token(&graph).await.unwrap().secret(), "next");
+}
+
+#[tokio::test]
+async fn managed_identity_on_imds_and_app_service_endpoints() {
+    let (base, _fake) = fake().await;
+    let graph = TokenRequest::new(["https://graph.microsoft.com/.default"]);
+    let imds = ManagedIdentityCredential::new(
+        ManagedIdentitySource::Imds {
+            endpoint: format!("{base}/metadata/identity/oauth2/token"),
+        },
+        None,
+    )
+    .unwrap();
+    let token = imds.token(&graph).await.unwrap();
+    assert_eq!(token.secret(), "imds|https://graph.microsoft.com|system");
+    assert!(token.expires_in() > Duration::from_secs(3500));
+    let user_assigned = ManagedIdentityCredential::new(
+        ManagedIdentitySource::Imds {
+            endpoint: format!("{base}/metadata/identity/oauth2/token"),
+        },
+        Some("mi-client-id".into()),
+    )
+    .unwrap();
+    assert!(
+        user_assigned
+            .token(&graph)
+            .await
+            .unwrap()
+            .secret()
+            .ends_with("|mi-client-id")
+    );
+
+    let vars = |name: &str| match name {
+        "IDENTITY_ENDPOINT" => Some(format!("{base}/msi/token")),
+        "IDENTITY_HEADER" => Some("identity-secret".to_owned()),
+        _ => None,
+    };
+    let source = ManagedIdentityCredential::source_from(vars);
+    assert!(matches!(source, ManagedIdentitySource::AppService { .. }));
+    let app_service = ManagedIdentityCredential::new(source, None).unwrap();
+    let token = app_service.token(&graph).await.unwrap();
+    assert_eq!(token.secret(), "appservice|https://graph.microsoft.com");
+    let left = token.expires_in();
+    assert!(
+        left > Duration::from_secs(3500) && left <= Duration::from_secs(3600),
+        "{left:?}"
+    );
+    // Without the platform's variables: IMDS.
+    assert_eq!(
+        ManagedIdentityCredential::source_from(|_: &str| None),
+        ManagedIdentitySource::Imds {
+            endpoint: ManagedIdentityCredential::IMDS_ENDPOINT.into()
+        }
+    );
+    // One resource at a time.
+    let two = TokenRequest::new([
+        "https://graph.microsoft.com/.default",
+        "https://vault.azure.net/.default",
+    ]);
+    assert_eq!(
+        imds.token(&two).await.unwrap_err().class(),
+        ErrorClass::Permanent
+    );
+    // A wrong identity header is refused, and the header never shows.
+    let wrong = ManagedIdentityCredential::new(
+        ManagedIdentitySource::AppService {
+            endpoint: format!("{base}/msi/token"),
+            header: "guess".into(),
+        },
+        None,
+    )
+    .unwrap();
+    let error = wrong.token(&graph).await.unwrap_err();
+    assert_eq!(error.class(), ErrorClass::Permanent);
+    assert!(!format!("{error} {error:?} {wrong:?}").contains("guess"));
 }
