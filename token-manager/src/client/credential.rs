@@ -54,7 +54,7 @@ impl Authority {
 }
 
 /// A tenant name that is safe in a URL path (an id, a domain, `organizations`, `common`).
-fn valid_tenant(tenant: &str) -> bool {
+pub(super) fn valid_tenant(tenant: &str) -> bool {
     !tenant.is_empty()
         && tenant.len() <= 256
         && tenant
@@ -158,7 +158,7 @@ impl ClientSecretCredential {
 
 /// The tenant a request names (a multi-tenant app), else the credential's own; refused
 /// unless it is a tenant id or domain, so a request cannot change the URL's path.
-fn requested_tenant<'a>(
+pub(super) fn requested_tenant<'a>(
     request: &'a TokenRequest,
     own: &'a str,
     provider: &'static str,
@@ -177,7 +177,7 @@ fn requested_tenant<'a>(
 
 /// The HTTP client every credential uses: 30 s limit, no redirects (a token request
 /// is never re-sent elsewhere with its secret).
-fn http_client(provider: &'static str) -> Result<reqwest::Client, TokenError> {
+pub(super) fn http_client(provider: &'static str) -> Result<reqwest::Client, TokenError> {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .redirect(reqwest::redirect::Policy::none())
@@ -324,28 +324,44 @@ impl WorkloadIdentityCredential {
                 ResponseError::Invalid("the federated token file is empty or too large".into()),
             ));
         }
-        let scope = request.scopes().join(" ");
-        let mut form = vec![
-            ("grant_type", "client_credentials"),
-            ("client_id", self.client_id.as_str()),
-            (
-                "client_assertion_type",
-                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            ),
-            ("client_assertion", assertion),
-            ("scope", scope.as_str()),
-        ];
-        if let Some(claims) = request.claims_json() {
-            form.push(("claims", claims));
-        }
-        post_form(
+        let endpoint = self.authority.token_endpoint(tenant);
+        client_assertion_request(
             &self.http,
-            &self.authority.token_endpoint(tenant),
-            &form,
+            &endpoint,
+            &self.client_id,
+            assertion,
+            request,
             WORKLOAD,
         )
         .await
     }
+}
+
+/// The client credentials grant authenticated by a client assertion (RFC 7523: a
+/// certificate's signed JWT, or a federated token).
+pub(super) async fn client_assertion_request(
+    http: &reqwest::Client,
+    endpoint: &str,
+    client_id: &str,
+    assertion: &str,
+    request: &TokenRequest,
+    provider: &'static str,
+) -> Result<AccessToken, TokenError> {
+    let scope = request.scopes().join(" ");
+    let mut form = vec![
+        ("grant_type", "client_credentials"),
+        ("client_id", client_id),
+        (
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        ),
+        ("client_assertion", assertion),
+        ("scope", scope.as_str()),
+    ];
+    if let Some(claims) = request.claims_json() {
+        form.push(("claims", claims));
+    }
+    post_form(http, endpoint, &form, provider).await
 }
 
 impl TokenProvider for WorkloadIdentityCredential {

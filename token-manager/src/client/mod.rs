@@ -33,6 +33,8 @@
 
 mod cache;
 #[cfg(feature = "http")]
+mod certificate;
+#[cfg(feature = "http")]
 mod credential;
 mod error;
 mod provider;
@@ -41,6 +43,9 @@ mod response;
 mod token;
 
 pub use cache::{CacheStats, CachingProvider, RefreshPolicy};
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub use certificate::{ClientCertificate, ClientCertificateCredential};
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use credential::{

@@ -11,15 +11,16 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use keel_resilience::{Classify, ErrorClass};
 use keel_token_manager::client::{
-    Authority, CachingProvider, ClientSecretCredential, ManagedIdentityCredential,
-    ManagedIdentitySource, ProviderChain, TokenError, TokenProvider, TokenRequest,
-    WorkloadIdentityCredential, environment_credential,
+    Authority, CachingProvider, ClientCertificate, ClientCertificateCredential,
+    ClientSecretCredential, ManagedIdentityCredential, ManagedIdentitySource, ProviderChain,
+    TokenError, TokenProvider, TokenRequest, WorkloadIdentityCredential, environment_credential,
 };
 
 #[derive(Default)]
 struct Fake {
     requests: AtomicU64,
     assertion: std::sync::Mutex<Option<String>>,
+    assertions: std::sync::Mutex<Vec<(jsonwebtoken::Header, serde_json::Value)>>,
     last_form: std::sync::Mutex<HashMap<String, String>>,
 }
 
@@ -50,6 +51,26 @@ async fn token(
         _ => {}
     }
     let authenticated = match form.get("client_assertion") {
+        // A certificate's signed assertion: checked as Entra ID checks it.
+        Some(assertion) if assertion.starts_with("eyJ") => {
+            let key = jsonwebtoken::DecodingKey::from_rsa_pem(
+                crate::fixture("rsa-2048.pub.pem").as_bytes(),
+            )
+            .unwrap();
+            let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::PS256);
+            validation.validate_aud = false;
+            match jsonwebtoken::decode::<serde_json::Value>(assertion, &key, &validation) {
+                Ok(data) => {
+                    let ok = data.claims["iss"] == "app-1" && data.claims["sub"] == "app-1";
+                    fake.assertions
+                        .lock()
+                        .unwrap()
+                        .push((data.header, data.claims));
+                    ok
+                }
+                Err(_) => false,
+            }
+        }
         // Workload identity: the federated token the test wrote last.
         Some(assertion) => {
             form.get("client_assertion_type").map(String::as_str)
@@ -415,4 +436,92 @@ async fn managed_identity_on_imds_and_app_service_endpoints() {
     let error = wrong.token(&graph).await.unwrap_err();
     assert_eq!(error.class(), ErrorClass::Permanent);
     assert!(!format!("{error} {error:?} {wrong:?}").contains("guess"));
+}
+
+#[tokio::test]
+async fn client_credentials_with_a_certificate_send_a_fresh_signed_assertion() {
+    let (base, fake) = fake().await;
+    let pem = crate::fixture("rsa-2048.crt.pem") + &crate::fixture("rsa-2048.pem");
+    let certificate = ClientCertificate::from_pem(&pem).unwrap();
+    let credential = ClientCertificateCredential::new(
+        Authority::Custom(base.clone()),
+        "contoso.onmicrosoft.com",
+        "app-1",
+        certificate.clone(),
+    )
+    .unwrap();
+    let graph = TokenRequest::new(["https://graph.microsoft.com/.default"]);
+    credential.token(&graph).await.unwrap();
+    credential.token(&graph).await.unwrap();
+    let assertions = fake.assertions.lock().unwrap().clone();
+    assert_eq!(assertions.len(), 2);
+    let (header, claims) = &assertions[0];
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::PS256);
+    assert_eq!(
+        header.x5t_s256.as_deref(),
+        Some(certificate.thumbprint_sha256())
+    );
+    assert_eq!(
+        claims["aud"],
+        format!("{base}/contoso.onmicrosoft.com/oauth2/v2.0/token")
+    );
+    let lifetime = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+    assert!(lifetime <= 600, "short-lived: {lifetime} s");
+    assert_ne!(
+        claims["jti"], assertions[1].1["jti"],
+        "a fresh jti each time"
+    );
+    // The thumbprint is the certificate's: SHA-256 of its DER, as openssl computes it.
+    let der = std::process::Command::new("openssl")
+        .args([
+            "x509",
+            "-in",
+            &format!("{}/rsa-2048.crt.pem", crate::fixture_dir()),
+            "-outform",
+            "DER",
+        ])
+        .output()
+        .unwrap()
+        .stdout;
+    use base64::Engine as _;
+    let expected = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(ring::digest::digest(&ring::digest::SHA256, &der));
+    assert_eq!(certificate.thumbprint_sha256(), expected);
+    // Another key with this certificate's thumbprint is refused by the endpoint.
+    let wrong = crate::fixture("rsa-2048.crt.pem") + &wrong_rsa_key();
+    let impostor = ClientCertificateCredential::new(
+        Authority::Custom(base),
+        "contoso.onmicrosoft.com",
+        "app-1",
+        ClientCertificate::from_pem(&wrong).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        impostor
+            .token(&graph)
+            .await
+            .unwrap_err()
+            .oauth()
+            .unwrap()
+            .error,
+        "invalid_client"
+    );
+    // Not a bundle: refused up front.
+    assert!(ClientCertificate::from_pem(&crate::fixture("rsa-2048.pem")).is_err());
+    assert!(ClientCertificate::from_pem(&crate::fixture("rsa-2048.crt.pem")).is_err());
+}
+
+/// A second RSA key, made for this test.
+fn wrong_rsa_key() -> String {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
 }
