@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use keel_resilience::ErrorClass;
 
-use super::response::{MAX_RESPONSE_BYTES, ResponseError, read_token_response};
+use super::response::{
+    MAX_RESPONSE_BYTES, ResponseError, TokenGrant, read_token_grant, read_token_response,
+};
 use super::{AccessToken, TokenError, TokenFuture, TokenProvider, TokenRequest};
 
 /// Where tokens come from: Entra ID in one of Microsoft's clouds, or any base URL (a
@@ -185,13 +187,25 @@ pub(super) fn http_client(provider: &'static str) -> Result<reqwest::Client, Tok
         .map_err(|e| TokenError::unavailable(provider, format!("no HTTP client: {e}")))
 }
 
-/// Posts a token request and reads the answer.
+/// Posts a token request and reads the access token.
 async fn post_form(
     http: &reqwest::Client,
     endpoint: &str,
     form: &[(&str, &str)],
     provider: &'static str,
 ) -> Result<AccessToken, TokenError> {
+    post_form_grant(http, endpoint, form, provider)
+        .await
+        .map(|grant| grant.access)
+}
+
+/// Posts a token request and reads everything granted.
+pub(super) async fn post_form_grant(
+    http: &reqwest::Client,
+    endpoint: &str,
+    form: &[(&str, &str)],
+    provider: &'static str,
+) -> Result<TokenGrant, TokenError> {
     let sent = http
         .post(endpoint)
         .form(form)
@@ -212,7 +226,7 @@ async fn post_form(
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(|s| Duration::from_secs(s.min(3600)));
     let body = read_bounded(sent, provider).await?;
-    read_token_response(status, content_type.as_deref(), retry_after, &body)
+    read_token_grant(status, content_type.as_deref(), retry_after, &body)
 }
 
 /// The body, refused past [`MAX_RESPONSE_BYTES`] without reading further.

@@ -41,6 +41,8 @@ mod provider;
 mod request;
 mod response;
 mod token;
+#[cfg(feature = "http")]
+mod user;
 
 pub use cache::{CacheStats, CachingProvider, RefreshPolicy};
 #[cfg(feature = "http")]
@@ -56,6 +58,10 @@ pub use error::{BoxError, TokenError};
 pub use provider::{FnProvider, ProviderChain, TokenFuture, TokenProvider, from_fn};
 pub use request::TokenRequest;
 pub use response::{
-    MAX_RESPONSE_BYTES, OAuthError, ResponseError, claims_challenge, read_token_response,
+    MAX_RESPONSE_BYTES, OAuthError, ResponseError, TokenGrant, claims_challenge, read_token_grant,
+    read_token_response,
 };
 pub use token::AccessToken;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub use user::{AuthorizationCodeClient, PendingAuthorization};

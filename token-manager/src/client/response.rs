@@ -119,6 +119,9 @@ struct RawToken {
     expires_in: Option<serde_json::Value>,
     expires_on: Option<serde_json::Value>,
     refresh_in: Option<serde_json::Value>,
+    refresh_token: Option<String>,
+    id_token: Option<String>,
+    scope: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -149,6 +152,62 @@ pub fn read_token_response(
     retry_after: Option<Duration>,
     body: &[u8],
 ) -> Result<AccessToken, TokenError> {
+    read_token_grant(status, content_type, retry_after, body).map(|grant| grant.access)
+}
+
+/// Everything a token endpoint granted: the access token and, for user flows, the
+/// refresh token, the ID token and the scopes granted. `Debug` shows none of the
+/// secrets.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct TokenGrant {
+    /// The access token.
+    pub access: AccessToken,
+    refresh_token: Option<String>,
+    id_token: Option<String>,
+    /// The scopes granted, as the provider wrote them.
+    pub scope: Option<String>,
+}
+
+impl TokenGrant {
+    /// The refresh token, if one was granted. Keep it sealed at rest
+    /// ([`SealingKeys`](crate::SealingKeys)) and out of logs.
+    #[must_use]
+    pub fn refresh_token(&self) -> Option<&str> {
+        self.refresh_token.as_deref()
+    }
+
+    /// The OpenID Connect ID token, if one was granted (validate it before trusting it).
+    #[must_use]
+    pub fn id_token(&self) -> Option<&str> {
+        self.id_token.as_deref()
+    }
+}
+
+impl fmt::Debug for TokenGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenGrant")
+            .field("access", &self.access)
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("id_token", &self.id_token.as_ref().map(|_| "<redacted>"))
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+/// [`read_token_response`], keeping the refresh token, ID token and scopes.
+///
+/// # Errors
+/// As [`read_token_response`].
+pub fn read_token_grant(
+    status: u16,
+    content_type: Option<&str>,
+    retry_after: Option<Duration>,
+    body: &[u8],
+) -> Result<TokenGrant, TokenError> {
     let class_of_status = ErrorClass::from_http_status(status, retry_after);
     if body.len() > MAX_RESPONSE_BYTES {
         return Err(TokenError::failed(
@@ -211,7 +270,7 @@ pub fn read_token_response(
     Err(TokenError::failed(PROVIDER, oauth.class(), oauth))
 }
 
-fn token(json: serde_json::Value) -> Result<AccessToken, ResponseError> {
+fn token(json: serde_json::Value) -> Result<TokenGrant, ResponseError> {
     let raw: RawToken = serde_json::from_value(json)
         .map_err(|e| ResponseError::Invalid(bounded(&e.to_string())))?;
     let access_token = raw
@@ -238,9 +297,19 @@ fn token(json: serde_json::Value) -> Result<AccessToken, ResponseError> {
         })
         .ok_or_else(|| ResponseError::Invalid("no usable expires_in".into()))?;
     let token = AccessToken::new(access_token, expires_in);
-    Ok(match seconds(raw.refresh_in.as_ref()) {
+    let access = match seconds(raw.refresh_in.as_ref()) {
         Some(after) => token.refresh_in(after),
         None => token,
+    };
+    Ok(TokenGrant {
+        access,
+        refresh_token: raw
+            .refresh_token
+            .filter(|t| !t.is_empty() && t.len() <= 16 * 1024),
+        id_token: raw
+            .id_token
+            .filter(|t| !t.is_empty() && t.len() <= 16 * 1024),
+        scope: raw.scope.map(|s| bounded(&s)),
     })
 }
 

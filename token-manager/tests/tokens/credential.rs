@@ -11,9 +11,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use keel_resilience::{Classify, ErrorClass};
 use keel_token_manager::client::{
-    Authority, CachingProvider, ClientCertificate, ClientCertificateCredential,
-    ClientSecretCredential, ManagedIdentityCredential, ManagedIdentitySource, ProviderChain,
-    TokenError, TokenProvider, TokenRequest, WorkloadIdentityCredential, environment_credential,
+    Authority, AuthorizationCodeClient, CachingProvider, ClientCertificate,
+    ClientCertificateCredential, ClientSecretCredential, ManagedIdentityCredential,
+    ManagedIdentitySource, ProviderChain, TokenError, TokenProvider, TokenRequest,
+    WorkloadIdentityCredential, environment_credential,
 };
 
 #[derive(Default)]
@@ -21,6 +22,10 @@ struct Fake {
     requests: AtomicU64,
     assertion: std::sync::Mutex<Option<String>>,
     assertions: std::sync::Mutex<Vec<(jsonwebtoken::Header, serde_json::Value)>>,
+    /// Codes issued by the (simulated) authorize step: code -> (challenge, redirect).
+    codes: std::sync::Mutex<HashMap<String, (String, String)>>,
+    /// Refresh tokens still valid (each is rotated on use).
+    refresh_tokens: std::sync::Mutex<Vec<String>>,
     last_form: std::sync::Mutex<HashMap<String, String>>,
 }
 
@@ -48,6 +53,11 @@ async fn token(
         }
         "proxy" => return (StatusCode::BAD_GATEWAY, "<html>Bad Gateway</html>").into_response(),
         "huge" => return (StatusCode::OK, json, " ".repeat(200_000)).into_response(),
+        _ => {}
+    }
+    match form.get("grant_type").map(String::as_str) {
+        Some("authorization_code") => return redeem(&fake, &form),
+        Some("refresh_token") => return refresh(&fake, &form),
         _ => {}
     }
     let authenticated = match form.get("client_assertion") {
@@ -99,6 +109,66 @@ async fn token(
         "access_token": format!("{tenant}|{scope}|{claims}"),
     });
     (StatusCode::OK, json, body.to_string()).into_response()
+}
+
+fn invalid_grant() -> axum::response::Response {
+    (
+        StatusCode::BAD_REQUEST,
+        [(header::CONTENT_TYPE, "application/json")],
+        r#"{"error":"invalid_grant","error_description":"AADSTS70008: The provided authorization code or refresh token has expired or was used."}"#,
+    )
+        .into_response()
+}
+
+fn user_tokens(fake: &Fake) -> axum::response::Response {
+    let n = fake.requests.load(Ordering::SeqCst);
+    let refresh = format!("rt-{n}");
+    fake.refresh_tokens.lock().unwrap().push(refresh.clone());
+    let body = serde_json::json!({
+        "token_type": "Bearer",
+        "scope": "User.Read profile openid email",
+        "expires_in": 4557,
+        "access_token": format!("user-access-{n}"),
+        "refresh_token": refresh,
+        "id_token": "eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.eyJzdWIiOiJ1In0.",
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// The code grant: the code is single-use, and the verifier must hash to the challenge
+/// the authorize step saw (RFC 7636 §4.6).
+fn redeem(fake: &Fake, form: &HashMap<String, String>) -> axum::response::Response {
+    use base64::Engine as _;
+    let Some((challenge, redirect)) = fake.codes.lock().unwrap().remove(&form["code"]) else {
+        return invalid_grant();
+    };
+    let verifier = form.get("code_verifier").cloned().unwrap_or_default();
+    let computed = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        verifier.as_bytes(),
+    ));
+    if computed != challenge || form.get("redirect_uri") != Some(&redirect) {
+        return invalid_grant();
+    }
+    user_tokens(fake)
+}
+
+/// The refresh grant: each refresh token is rotated on use.
+fn refresh(fake: &Fake, form: &HashMap<String, String>) -> axum::response::Response {
+    let mut valid = fake.refresh_tokens.lock().unwrap();
+    let Some(i) = valid
+        .iter()
+        .position(|t| Some(t) == form.get("refresh_token"))
+    else {
+        return invalid_grant();
+    };
+    valid.remove(i);
+    drop(valid);
+    user_tokens(fake)
 }
 
 /// IMDS as Microsoft documents it: `Metadata: true`, API version 2018-02-01, the
@@ -524,4 +594,104 @@ fn wrong_rsa_key() -> String {
         .output()
         .unwrap();
     String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn authorization_code_with_pkce_then_rotating_refresh_tokens() {
+    let (base, fake) = fake().await;
+    let redirect = "http://localhost:8400/callback";
+    let client = AuthorizationCodeClient::new(
+        Authority::Custom(base.clone()),
+        "organizations",
+        "app-1",
+        redirect,
+        None,
+    )
+    .unwrap();
+    let pending = client.start(["openid", "offline_access", "User.Read"]);
+    assert!(
+        pending
+            .url
+            .starts_with(&format!("{base}/organizations/oauth2/v2.0/authorize?"))
+    );
+    // The authorize step, as the provider sees the URL.
+    let query: HashMap<String, String> = pending
+        .url
+        .split_once('?')
+        .unwrap()
+        .1
+        .split('&')
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap();
+            let v = v.replace('+', " ");
+            let v = percent_decode(&v);
+            (k.to_owned(), v)
+        })
+        .collect();
+    assert_eq!(query["response_type"], "code");
+    assert_eq!(query["code_challenge_method"], "S256");
+    assert_eq!(query["redirect_uri"], redirect);
+    assert_eq!(query["scope"], "openid offline_access User.Read");
+    assert_eq!(query["state"].len(), 43, "256 bits of state");
+    fake.codes.lock().unwrap().insert(
+        "code-1".into(),
+        (query["code_challenge"].clone(), redirect.into()),
+    );
+    let state = query["state"].clone();
+
+    // A redirect with another state is refused without a request.
+    let second = client.start(["User.Read"]);
+    let before = fake.requests.load(Ordering::SeqCst);
+    let forged = client.redeem(second, "code-1", &state).await.unwrap_err();
+    assert_eq!(forged.class(), ErrorClass::Permanent);
+    assert_eq!(fake.requests.load(Ordering::SeqCst), before);
+
+    let grant = client.redeem(pending, "code-1", &state).await.unwrap();
+    assert!(grant.access.secret().starts_with("user-access-"));
+    assert!(grant.id_token().is_some());
+    let first_refresh = grant.refresh_token().unwrap().to_owned();
+    assert!(
+        !format!("{grant:?}").contains(&first_refresh),
+        "refresh token redacted"
+    );
+
+    // Refresh: a new access token and a rotated refresh token; the old one is spent.
+    let refreshed = client.refresh(&first_refresh, ["User.Read"]).await.unwrap();
+    assert_ne!(refreshed.refresh_token().unwrap(), first_refresh);
+    let spent = client
+        .refresh(&first_refresh, ["User.Read"])
+        .await
+        .unwrap_err();
+    assert_eq!(spent.oauth().unwrap().error, "invalid_grant");
+    assert_eq!(spent.class(), ErrorClass::Permanent);
+    // A code is good once.
+    let pending = client.start(["User.Read"]);
+    assert!(client.redeem(pending, "code-1", "x").await.is_err());
+    // Redirect URIs must be https or loopback.
+    assert!(
+        AuthorizationCodeClient::new(
+            Authority::AzurePublic,
+            "common",
+            "app",
+            "http://evil.example/cb",
+            None
+        )
+        .is_err()
+    );
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() + 1 {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
 }

@@ -1,0 +1,265 @@
+//! User sign-in: the authorization code flow with PKCE, and the refresh token grant.
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use keel_resilience::ErrorClass;
+use ring::rand::SecureRandom as _;
+
+use super::TokenError;
+use super::credential::{Authority, http_client, post_form_grant, valid_tenant};
+use super::response::{ResponseError, TokenGrant};
+
+const PROVIDER: &str = "authorization code client";
+
+/// A sign-in under way: the URL to send the user to, and what the redirect must bring
+/// back. Keep it (server side, e.g. in the session) until the redirect arrives; it is
+/// good for one redemption.
+pub struct PendingAuthorization {
+    /// Where to send the user's browser.
+    pub url: String,
+    state: String,
+    verifier: String,
+    scope: String,
+}
+
+impl fmt::Debug for PendingAuthorization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingAuthorization")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The authorization code flow with PKCE (RFC 7636, S256) and `state` for a web app or
+/// a native app (without a secret), against Entra ID's v2.0 endpoints; and the refresh
+/// token grant that keeps the user's session going.
+///
+/// ```
+/// use keel_token_manager::client::{Authority, AuthorizationCodeClient};
+///
+/// let client = AuthorizationCodeClient::new(Authority::AzurePublic, "organizations", "app-id", "https://app.example/callback", None).unwrap();
+/// let pending = client.start(["openid", "offline_access", "User.Read"]);
+/// assert!(pending.url.starts_with("https://login.microsoftonline.com/organizations/oauth2/v2.0/authorize?"));
+/// assert!(pending.url.contains("code_challenge_method=S256"));
+/// ```
+#[derive(Clone)]
+pub struct AuthorizationCodeClient {
+    authority: Authority,
+    tenant: String,
+    client_id: String,
+    redirect_uri: String,
+    secret: Option<String>,
+    http: reqwest::Client,
+}
+
+impl fmt::Debug for AuthorizationCodeClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthorizationCodeClient")
+            .field("authority", &self.authority)
+            .field("tenant", &self.tenant)
+            .field("client_id", &self.client_id)
+            .field("redirect_uri", &self.redirect_uri)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+fn random_urlsafe(bytes: usize) -> Result<String, TokenError> {
+    let mut buf = vec![0_u8; bytes];
+    ring::rand::SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| {
+            TokenError::failed(
+                PROVIDER,
+                ErrorClass::Transient,
+                std::io::Error::other("no randomness"),
+            )
+        })?;
+    Ok(URL_SAFE_NO_PAD.encode(buf))
+}
+
+/// Equal in time independent of where they differ.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0_u8, |diff, (x, y)| diff | (x ^ y))
+            == 0
+}
+
+impl AuthorizationCodeClient {
+    /// A client registered with `redirect_uri`; `secret` for a confidential (web) app,
+    /// none for a public (native, SPA) one.
+    ///
+    /// # Errors
+    /// [`TokenError::Unavailable`] for an invalid tenant, an empty client id, or a
+    /// redirect URI that is not `https` (or `http` on loopback).
+    pub fn new(
+        authority: Authority,
+        tenant: impl Into<String>,
+        client_id: impl Into<String>,
+        redirect_uri: impl Into<String>,
+        secret: Option<String>,
+    ) -> Result<Self, TokenError> {
+        let (tenant, client_id, redirect_uri) =
+            (tenant.into(), client_id.into(), redirect_uri.into());
+        if !valid_tenant(&tenant) || client_id.is_empty() {
+            return Err(TokenError::unavailable(
+                PROVIDER,
+                "the tenant or the client id is not valid",
+            ));
+        }
+        let loopback = ["http://localhost", "http://127.0.0.1", "http://[::1]"]
+            .iter()
+            .any(|p| redirect_uri.starts_with(p));
+        if !(redirect_uri.starts_with("https://") || loopback) {
+            return Err(TokenError::unavailable(
+                PROVIDER,
+                "the redirect URI must be https (or http on loopback)",
+            ));
+        }
+        Ok(Self {
+            authority,
+            tenant,
+            client_id,
+            redirect_uri,
+            secret,
+            http: http_client(PROVIDER)?,
+        })
+    }
+
+    /// Starts a sign-in for `scopes` (add `offline_access` for a refresh token, `openid`
+    /// for an ID token): a fresh `state` and PKCE verifier (256 bits each), and the
+    /// authorize URL carrying the S256 challenge.
+    ///
+    /// # Panics
+    /// Never in practice: only if the system has no randomness.
+    pub fn start<I, S>(&self, scopes: I) -> PendingAuthorization
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let scope = scopes
+            .into_iter()
+            .map(Into::into)
+            .collect::<Vec<String>>()
+            .join(" ");
+        #[allow(clippy::expect_used)]
+        let (state, verifier) = (
+            random_urlsafe(32).expect("system randomness"),
+            random_urlsafe(32).expect("system randomness"),
+        );
+        let challenge = URL_SAFE_NO_PAD.encode(ring::digest::digest(
+            &ring::digest::SHA256,
+            verifier.as_bytes(),
+        ));
+        let endpoint = self
+            .authority
+            .token_endpoint(&self.tenant)
+            .replace("/oauth2/v2.0/token", "/oauth2/v2.0/authorize");
+        let query = [
+            ("client_id", self.client_id.as_str()),
+            ("response_type", "code"),
+            ("redirect_uri", self.redirect_uri.as_str()),
+            ("response_mode", "query"),
+            ("scope", scope.as_str()),
+            ("state", state.as_str()),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+        ];
+        let encoded: Vec<String> = query
+            .iter()
+            .map(|(k, v)| format!("{k}={}", form_encode(v)))
+            .collect();
+        PendingAuthorization {
+            url: format!("{endpoint}?{}", encoded.join("&")),
+            state,
+            verifier,
+            scope,
+        }
+    }
+
+    /// Redeems the `code` the redirect brought, after checking its `state` against the
+    /// pending sign-in's (in constant time): a mismatch is refused before any request.
+    ///
+    /// # Errors
+    /// [`TokenError::Failed`] (permanent) on a state mismatch; the token endpoint's
+    /// errors otherwise.
+    pub async fn redeem(
+        &self,
+        pending: PendingAuthorization,
+        code: &str,
+        state: &str,
+    ) -> Result<TokenGrant, TokenError> {
+        if !same(&pending.state, state) {
+            return Err(TokenError::failed(
+                PROVIDER,
+                ErrorClass::Permanent,
+                ResponseError::Invalid("the redirect's state is not this sign-in's".into()),
+            ));
+        }
+        let mut form = vec![
+            ("grant_type", "authorization_code"),
+            ("client_id", self.client_id.as_str()),
+            ("code", code),
+            ("redirect_uri", self.redirect_uri.as_str()),
+            ("code_verifier", pending.verifier.as_str()),
+            ("scope", pending.scope.as_str()),
+        ];
+        if let Some(secret) = &self.secret {
+            form.push(("client_secret", secret));
+        }
+        let endpoint = self.authority.token_endpoint(&self.tenant);
+        post_form_grant(&self.http, &endpoint, &form, PROVIDER).await
+    }
+
+    /// A new access token (and, as Entra ID rotates them, a new refresh token) from a
+    /// refresh token.
+    ///
+    /// # Errors
+    /// The token endpoint's: `invalid_grant` (permanent) when the refresh token expired
+    /// or was revoked, and the user must sign in again.
+    pub async fn refresh<I, S>(
+        &self,
+        refresh_token: &str,
+        scopes: I,
+    ) -> Result<TokenGrant, TokenError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let scope = scopes
+            .into_iter()
+            .map(Into::into)
+            .collect::<Vec<String>>()
+            .join(" ");
+        let mut form = vec![
+            ("grant_type", "refresh_token"),
+            ("client_id", self.client_id.as_str()),
+            ("refresh_token", refresh_token),
+            ("scope", scope.as_str()),
+        ];
+        if let Some(secret) = &self.secret {
+            form.push(("client_secret", secret));
+        }
+        let endpoint = self.authority.token_endpoint(&self.tenant);
+        post_form_grant(&self.http, &endpoint, &form, PROVIDER).await
+    }
+}
+
+/// `application/x-www-form-urlencoded` encoding of one value.
+fn form_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(char::from(b));
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
