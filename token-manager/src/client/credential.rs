@@ -199,6 +199,49 @@ async fn post_form(
         .map(|grant| grant.access)
 }
 
+/// Posts a form to an OAuth endpoint that answers JSON other than a token (the device
+/// code endpoint): the JSON object on success, the typed OAuth error otherwise.
+pub(super) async fn post_form_json(
+    http: &reqwest::Client,
+    endpoint: &str,
+    form: &[(&str, &str)],
+    provider: &'static str,
+) -> Result<serde_json::Value, TokenError> {
+    let sent = http
+        .post(endpoint)
+        .form(form)
+        .send()
+        .await
+        .map_err(|e| TokenError::failed(provider, ErrorClass::Transient, e.without_url()))?;
+    let status = sent.status().as_u16();
+    let content_type = sent
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = read_bounded(sent, provider).await?;
+    if status == 200 {
+        if let Ok(json @ serde_json::Value::Object(_)) = serde_json::from_slice(&body) {
+            return Ok(json);
+        }
+    }
+    // Not a usable answer: read it as a token response for the typed error.
+    Err(read_token_grant(
+        if status == 200 { 502 } else { status },
+        content_type.as_deref(),
+        None,
+        &body,
+    )
+    .err()
+    .unwrap_or_else(|| {
+        TokenError::failed(
+            provider,
+            ErrorClass::Permanent,
+            ResponseError::Invalid("an unexpected answer".into()),
+        )
+    }))
+}
+
 /// Posts a token request and reads everything granted.
 pub(super) async fn post_form_grant(
     http: &reqwest::Client,

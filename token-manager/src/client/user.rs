@@ -263,3 +263,188 @@ fn form_encode(value: &str) -> String {
     }
     out
 }
+
+/// What the device code endpoint answered: show `message` (or `user_code` and
+/// `verification_uri`) to the user, then [`DeviceCodeClient::wait`].
+#[derive(Clone)]
+pub struct DeviceCode {
+    /// The code the user types.
+    pub user_code: String,
+    /// Where the user types it.
+    pub verification_uri: String,
+    /// Entra ID's ready-made instruction for the user.
+    pub message: Option<String>,
+    device_code: String,
+    interval: std::time::Duration,
+    expires_in: std::time::Duration,
+    scope: String,
+}
+
+impl fmt::Debug for DeviceCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceCode")
+            .field("user_code", &self.user_code)
+            .field("verification_uri", &self.verification_uri)
+            .field("interval", &self.interval)
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The device code flow (RFC 8628) for devices without a browser: get a code for the
+/// user to enter elsewhere, then poll the token endpoint at the interval the provider
+/// gives, slowing down by 5 s on `slow_down`, until the user finishes, declines, or the
+/// code expires.
+#[derive(Clone, Debug)]
+pub struct DeviceCodeClient {
+    authority: Authority,
+    tenant: String,
+    client_id: String,
+    http: reqwest::Client,
+}
+
+impl DeviceCodeClient {
+    /// A public client `client_id` in `tenant`.
+    ///
+    /// # Errors
+    /// [`TokenError::Unavailable`] for an invalid tenant or an empty client id.
+    pub fn new(
+        authority: Authority,
+        tenant: impl Into<String>,
+        client_id: impl Into<String>,
+    ) -> Result<Self, TokenError> {
+        let (tenant, client_id) = (tenant.into(), client_id.into());
+        if !valid_tenant(&tenant) || client_id.is_empty() {
+            return Err(TokenError::unavailable(
+                DEVICE,
+                "the tenant or the client id is not valid",
+            ));
+        }
+        Ok(Self {
+            authority,
+            tenant,
+            client_id,
+            http: http_client(DEVICE)?,
+        })
+    }
+
+    /// Asks for a device code for `scopes`.
+    ///
+    /// # Errors
+    /// The endpoint's errors, or [`TokenError::Failed`] for an answer that is not a
+    /// device code.
+    pub async fn start<I, S>(&self, scopes: I) -> Result<DeviceCode, TokenError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let scope = scopes
+            .into_iter()
+            .map(Into::into)
+            .collect::<Vec<String>>()
+            .join(" ");
+        let endpoint = self
+            .authority
+            .token_endpoint(&self.tenant)
+            .replace("/oauth2/v2.0/token", "/oauth2/v2.0/devicecode");
+        let form = [
+            ("client_id", self.client_id.as_str()),
+            ("scope", scope.as_str()),
+        ];
+        let json = super::credential::post_form_json(&self.http, &endpoint, &form, DEVICE).await?;
+        let text = |k: &str| {
+            json.get(k)
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        };
+        let secs = |k: &str| {
+            json.get(k).and_then(|v| match v {
+                serde_json::Value::Number(n) => n.as_u64(),
+                serde_json::Value::String(s) => s.parse().ok(),
+                _ => None,
+            })
+        };
+        let invalid = |what: &str| {
+            TokenError::failed(
+                DEVICE,
+                ErrorClass::Permanent,
+                ResponseError::Invalid(format!("the device code answer has no {what}")),
+            )
+        };
+        Ok(DeviceCode {
+            user_code: text("user_code").ok_or_else(|| invalid("user_code"))?,
+            verification_uri: text("verification_uri")
+                .or_else(|| text("verification_url"))
+                .ok_or_else(|| invalid("verification_uri"))?,
+            message: text("message"),
+            device_code: text("device_code").ok_or_else(|| invalid("device_code"))?,
+            interval: std::time::Duration::from_secs(secs("interval").unwrap_or(5).clamp(1, 60)),
+            expires_in: std::time::Duration::from_secs(secs("expires_in").unwrap_or(900).min(3600)),
+            scope,
+        })
+    }
+
+    /// Polls until the user finished signing in (a token), declined, or the code
+    /// expired (an error).
+    ///
+    /// # Errors
+    /// `authorization_declined`, `expired_token` or `bad_verification_code` from the
+    /// provider (permanent), or any other token endpoint error.
+    pub async fn wait(&self, code: &DeviceCode) -> Result<TokenGrant, TokenError> {
+        let deadline = tokio::time::Instant::now() + code.expires_in;
+        let mut interval = code.interval;
+        let endpoint = self.authority.token_endpoint(&self.tenant);
+        loop {
+            tokio::time::sleep(interval).await;
+            let form = [
+                ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                ("client_id", self.client_id.as_str()),
+                ("device_code", code.device_code.as_str()),
+                ("scope", code.scope.as_str()),
+            ];
+            match post_form_grant(&self.http, &endpoint, &form, DEVICE).await {
+                Ok(grant) => return Ok(grant),
+                Err(e) => match e.oauth().map(|o| o.error.as_str()) {
+                    Some("authorization_pending") => {}
+                    Some("slow_down") => interval = next_interval(interval),
+                    _ => return Err(e),
+                },
+            }
+            if tokio::time::Instant::now() + interval >= deadline {
+                return Err(TokenError::failed(
+                    DEVICE,
+                    ErrorClass::Permanent,
+                    ResponseError::Invalid(
+                        "the device code expired before the user signed in".into(),
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+const DEVICE: &str = "device code client";
+
+/// The polling interval after `slow_down` (RFC 8628 §3.5: 5 seconds more).
+fn next_interval(interval: std::time::Duration) -> std::time::Duration {
+    (interval + std::time::Duration::from_secs(5)).min(std::time::Duration::from_secs(60))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_down_adds_five_seconds_up_to_a_minute() {
+        let s = std::time::Duration::from_secs;
+        assert_eq!(next_interval(s(5)), s(10));
+        assert_eq!(next_interval(s(58)), s(60));
+    }
+
+    #[test]
+    fn states_compare_in_full() {
+        assert!(same("abc", "abc"));
+        assert!(!same("abc", "abd"));
+        assert!(!same("abc", "ab"));
+    }
+}

@@ -12,9 +12,9 @@ use axum::response::IntoResponse;
 use keel_resilience::{Classify, ErrorClass};
 use keel_token_manager::client::{
     Authority, AuthorizationCodeClient, CachingProvider, ClientCertificate,
-    ClientCertificateCredential, ClientSecretCredential, ManagedIdentityCredential,
-    ManagedIdentitySource, ProviderChain, TokenError, TokenProvider, TokenRequest,
-    WorkloadIdentityCredential, environment_credential,
+    ClientCertificateCredential, ClientSecretCredential, DeviceCodeClient,
+    ManagedIdentityCredential, ManagedIdentitySource, ProviderChain, TokenError, TokenProvider,
+    TokenRequest, WorkloadIdentityCredential, environment_credential,
 };
 
 #[derive(Default)]
@@ -24,6 +24,8 @@ struct Fake {
     assertions: std::sync::Mutex<Vec<(jsonwebtoken::Header, serde_json::Value)>>,
     /// Codes issued by the (simulated) authorize step: code -> (challenge, redirect).
     codes: std::sync::Mutex<HashMap<String, (String, String)>>,
+    /// Polls seen per device code.
+    polls: std::sync::Mutex<HashMap<String, u32>>,
     /// Refresh tokens still valid (each is rotated on use).
     refresh_tokens: std::sync::Mutex<Vec<String>>,
     last_form: std::sync::Mutex<HashMap<String, String>>,
@@ -58,6 +60,7 @@ async fn token(
     match form.get("grant_type").map(String::as_str) {
         Some("authorization_code") => return redeem(&fake, &form),
         Some("refresh_token") => return refresh(&fake, &form),
+        Some("urn:ietf:params:oauth:grant-type:device_code") => return device_poll(&fake, &form),
         _ => {}
     }
     let authenticated = match form.get("client_assertion") {
@@ -171,6 +174,49 @@ fn refresh(fake: &Fake, form: &HashMap<String, String>) -> axum::response::Respo
     user_tokens(fake)
 }
 
+async fn device_code(Form(form): Form<HashMap<String, String>>) -> impl IntoResponse {
+    let device_code = if form["scope"].contains("decline") {
+        "dc-declined"
+    } else {
+        "dc-ok"
+    };
+    let body = serde_json::json!({
+        "user_code": "ABCD-EFGH",
+        "device_code": device_code,
+        "verification_uri": "https://microsoft.com/devicelogin",
+        "expires_in": 900,
+        "interval": 1,
+        "message": "To sign in, use a web browser to open the page https://microsoft.com/devicelogin and enter the code ABCD-EFGH to authenticate.",
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+}
+
+/// Two polls pending, then signed in; or declined.
+fn device_poll(fake: &Fake, form: &HashMap<String, String>) -> axum::response::Response {
+    let code = form["device_code"].clone();
+    let n = {
+        let mut polls = fake.polls.lock().unwrap();
+        let n = polls.entry(code.clone()).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let error = match (code.as_str(), n) {
+        ("dc-declined", _) => "authorization_declined",
+        ("dc-ok", 1 | 2) => "authorization_pending",
+        ("dc-ok", _) => return user_tokens(fake),
+        _ => "bad_verification_code",
+    };
+    (
+        StatusCode::BAD_REQUEST,
+        [(header::CONTENT_TYPE, "application/json")],
+        format!(r#"{{"error":"{error}","error_description":"AADSTS70016: pending"}}"#),
+    )
+        .into_response()
+}
+
 /// IMDS as Microsoft documents it: `Metadata: true`, API version 2018-02-01, the
 /// numbers as strings.
 async fn imds(
@@ -238,6 +284,10 @@ async fn fake() -> (String, Arc<Fake>) {
     let app = axum::Router::new()
         .route("/{tenant}/oauth2/v2.0/token", axum::routing::post(token))
         .route("/metadata/identity/oauth2/token", axum::routing::get(imds))
+        .route(
+            "/{tenant}/oauth2/v2.0/devicecode",
+            axum::routing::post(device_code),
+        )
         .route("/msi/token", axum::routing::get(app_service))
         .with_state(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -694,4 +744,29 @@ fn percent_decode(s: &str) -> String {
         }
     }
     String::from_utf8(out).unwrap()
+}
+
+#[tokio::test]
+async fn the_device_code_flow_polls_until_the_user_signs_in_or_declines() {
+    let (base, fake) = fake().await;
+    let client = DeviceCodeClient::new(Authority::Custom(base), "organizations", "app-1").unwrap();
+    let code = client.start(["User.Read", "offline_access"]).await.unwrap();
+    assert_eq!(code.user_code, "ABCD-EFGH");
+    assert!(code.message.as_deref().unwrap().contains("ABCD-EFGH"));
+    let started = std::time::Instant::now();
+    let grant = client.wait(&code).await.unwrap();
+    assert!(grant.access.secret().starts_with("user-access-"));
+    assert_eq!(
+        fake.polls.lock().unwrap()["dc-ok"],
+        3,
+        "polled until signed in"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "at the provider's interval"
+    );
+    let declined = client.start(["decline"]).await.unwrap();
+    let error = client.wait(&declined).await.unwrap_err();
+    assert_eq!(error.oauth().unwrap().error, "authorization_declined");
+    assert_eq!(error.class(), ErrorClass::Permanent);
 }
