@@ -220,10 +220,10 @@ pub(super) async fn post_form_json(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let body = read_bounded(sent, provider).await?;
-    if status == 200 {
-        if let Ok(json @ serde_json::Value::Object(_)) = serde_json::from_slice(&body) {
-            return Ok(json);
-        }
+    if status == 200
+        && let Ok(json @ serde_json::Value::Object(_)) = serde_json::from_slice(&body)
+    {
+        return Ok(json);
     }
     // Not a usable answer: read it as a token response for the typed error.
     Err(read_token_grant(
