@@ -76,6 +76,37 @@ impl ClientCertificate {
         Ok(Self { key, thumbprint })
     }
 
+    /// A client assertion for `client_id` at `audience` (the token endpoint): PS256,
+    /// `x5t#S256`, 5 minutes, a fresh `jti`.
+    pub(super) fn assertion(&self, client_id: &str, audience: &str) -> Result<String, TokenError> {
+        let mut jti = [0_u8; 16];
+        ring::rand::SystemRandom::new()
+            .fill(&mut jti)
+            .map_err(|_| {
+                TokenError::failed(
+                    PROVIDER,
+                    ErrorClass::Transient,
+                    std::io::Error::other("no randomness"),
+                )
+            })?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let claims = AssertionClaims {
+            aud: audience,
+            iss: client_id,
+            sub: client_id,
+            jti: jti.iter().map(|b| format!("{b:02x}")).collect(),
+            nbf: now,
+            iat: now,
+            exp: now + ASSERTION_LIFETIME.as_secs(),
+        };
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::PS256);
+        header.x5t_s256 = Some(self.thumbprint.clone());
+        jsonwebtoken::encode(&header, &claims, &self.key)
+            .map_err(|e| TokenError::failed(PROVIDER, ErrorClass::Permanent, e))
+    }
+
     /// The certificate's SHA-256 thumbprint, base64url (the assertion's `x5t#S256`).
     #[must_use]
     pub fn thumbprint_sha256(&self) -> &str {
@@ -158,40 +189,10 @@ impl ClientCertificateCredential {
         })
     }
 
-    /// A signed client assertion for `audience` (the token endpoint).
-    fn assertion(&self, audience: &str) -> Result<String, TokenError> {
-        let mut jti = [0_u8; 16];
-        ring::rand::SystemRandom::new()
-            .fill(&mut jti)
-            .map_err(|_| {
-                TokenError::failed(
-                    PROVIDER,
-                    ErrorClass::Transient,
-                    std::io::Error::other("no randomness"),
-                )
-            })?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let claims = AssertionClaims {
-            aud: audience,
-            iss: &self.client_id,
-            sub: &self.client_id,
-            jti: jti.iter().map(|b| format!("{b:02x}")).collect(),
-            nbf: now,
-            iat: now,
-            exp: now + ASSERTION_LIFETIME.as_secs(),
-        };
-        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::PS256);
-        header.x5t_s256 = Some(self.certificate.thumbprint.clone());
-        jsonwebtoken::encode(&header, &claims, &self.certificate.key)
-            .map_err(|e| TokenError::failed(PROVIDER, ErrorClass::Permanent, e))
-    }
-
     async fn request(&self, request: &TokenRequest) -> Result<AccessToken, TokenError> {
         let tenant = super::credential::requested_tenant(request, &self.tenant, PROVIDER)?;
         let endpoint = self.authority.token_endpoint(tenant);
-        let assertion = self.assertion(&endpoint)?;
+        let assertion = self.certificate.assertion(&self.client_id, &endpoint)?;
         client_assertion_request(
             &self.http,
             &endpoint,

@@ -64,4 +64,7 @@ pub use response::{
 pub use token::AccessToken;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
-pub use user::{AuthorizationCodeClient, DeviceCode, DeviceCodeClient, PendingAuthorization};
+pub use user::{
+    AuthorizationCodeClient, ClientAuth, DeviceCode, DeviceCodeClient, OnBehalfOf,
+    OnBehalfOfClient, PendingAuthorization,
+};

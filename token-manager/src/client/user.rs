@@ -7,9 +7,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use keel_resilience::ErrorClass;
 use ring::rand::SecureRandom as _;
 
-use super::TokenError;
 use super::credential::{Authority, http_client, post_form_grant, valid_tenant};
 use super::response::{ResponseError, TokenGrant};
+use super::{TokenError, TokenRequest};
 
 const PROVIDER: &str = "authorization code client";
 
@@ -446,5 +446,137 @@ mod tests {
         assert!(same("abc", "abc"));
         assert!(!same("abc", "abd"));
         assert!(!same("abc", "ab"));
+    }
+}
+
+const OBO: &str = "on-behalf-of client";
+
+/// How a confidential client proves itself.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum ClientAuth {
+    /// A client secret.
+    Secret(String),
+    /// A certificate (a signed client assertion per request).
+    Certificate(super::ClientCertificate),
+}
+
+impl fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientAuth::Secret(_) => f.write_str("Secret(<redacted>)"),
+            ClientAuth::Certificate(c) => f.debug_tuple("Certificate").field(c).finish(),
+        }
+    }
+}
+
+/// The on-behalf-of flow (the jwt-bearer grant): a middle-tier API exchanges the token
+/// a user called it with for a token to a downstream API (Graph) as that user.
+/// [`for_user`](Self::for_user) gives a [`TokenProvider`](super::TokenProvider) for one
+/// incoming token; put a [`CachingProvider`](super::CachingProvider) in front of it for
+/// as long as that token lives.
+#[derive(Clone, Debug)]
+pub struct OnBehalfOfClient {
+    authority: Authority,
+    tenant: String,
+    client_id: String,
+    auth: ClientAuth,
+    http: reqwest::Client,
+}
+
+impl OnBehalfOfClient {
+    /// The middle tier's own registration.
+    ///
+    /// # Errors
+    /// [`TokenError::Unavailable`] for an invalid tenant or an empty client id.
+    pub fn new(
+        authority: Authority,
+        tenant: impl Into<String>,
+        client_id: impl Into<String>,
+        auth: ClientAuth,
+    ) -> Result<Self, TokenError> {
+        let (tenant, client_id) = (tenant.into(), client_id.into());
+        if !valid_tenant(&tenant) || client_id.is_empty() {
+            return Err(TokenError::unavailable(
+                OBO,
+                "the tenant or the client id is not valid",
+            ));
+        }
+        Ok(Self {
+            authority,
+            tenant,
+            client_id,
+            auth,
+            http: http_client(OBO)?,
+        })
+    }
+
+    /// A provider of tokens on behalf of the user whose token is `user_assertion`.
+    #[must_use]
+    pub fn for_user(&self, user_assertion: impl Into<String>) -> OnBehalfOf {
+        OnBehalfOf {
+            client: self.clone(),
+            assertion: user_assertion.into(),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        user_assertion: &str,
+        request: &TokenRequest,
+    ) -> Result<TokenGrant, TokenError> {
+        let tenant = super::credential::requested_tenant(request, &self.tenant, OBO)?;
+        let endpoint = self.authority.token_endpoint(tenant);
+        let scope = request.scopes().join(" ");
+        let signed;
+        let mut form = vec![
+            ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+            ("client_id", self.client_id.as_str()),
+            ("assertion", user_assertion),
+            ("requested_token_use", "on_behalf_of"),
+            ("scope", scope.as_str()),
+        ];
+        match &self.auth {
+            ClientAuth::Secret(secret) => form.push(("client_secret", secret)),
+            ClientAuth::Certificate(certificate) => {
+                signed = certificate.assertion(&self.client_id, &endpoint)?;
+                form.push((
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ));
+                form.push(("client_assertion", &signed));
+            }
+        }
+        if let Some(claims) = request.claims_json() {
+            form.push(("claims", claims));
+        }
+        post_form_grant(&self.http, &endpoint, &form, OBO).await
+    }
+}
+
+/// Tokens on behalf of one user (see [`OnBehalfOfClient::for_user`]). `Debug` never
+/// shows the user's token.
+#[derive(Clone)]
+pub struct OnBehalfOf {
+    client: OnBehalfOfClient,
+    assertion: String,
+}
+
+impl fmt::Debug for OnBehalfOf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OnBehalfOf")
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}
+
+impl super::TokenProvider for OnBehalfOf {
+    fn token<'a>(&'a self, request: &'a TokenRequest) -> super::TokenFuture<'a> {
+        Box::pin(async move {
+            self.client
+                .exchange(&self.assertion, request)
+                .await
+                .map(|grant| grant.access)
+        })
     }
 }

@@ -11,10 +11,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use keel_resilience::{Classify, ErrorClass};
 use keel_token_manager::client::{
-    Authority, AuthorizationCodeClient, CachingProvider, ClientCertificate,
+    Authority, AuthorizationCodeClient, CachingProvider, ClientAuth, ClientCertificate,
     ClientCertificateCredential, ClientSecretCredential, DeviceCodeClient,
-    ManagedIdentityCredential, ManagedIdentitySource, ProviderChain, TokenError, TokenProvider,
-    TokenRequest, WorkloadIdentityCredential, environment_credential,
+    ManagedIdentityCredential, ManagedIdentitySource, OnBehalfOfClient, ProviderChain, TokenError,
+    TokenProvider, TokenRequest, WorkloadIdentityCredential, environment_credential,
 };
 
 #[derive(Default)]
@@ -61,29 +61,33 @@ async fn token(
         Some("authorization_code") => return redeem(&fake, &form),
         Some("refresh_token") => return refresh(&fake, &form),
         Some("urn:ietf:params:oauth:grant-type:device_code") => return device_poll(&fake, &form),
+        Some("urn:ietf:params:oauth:grant-type:jwt-bearer") => {
+            // On-behalf-of: the middle tier authenticates, and exchanges the user's token.
+            let client_ok = form.get("client_secret").map(String::as_str) == Some("s3cret")
+                || form
+                    .get("client_assertion")
+                    .is_some_and(|a| verify_assertion(&fake, a));
+            if !client_ok
+                || form.get("requested_token_use").map(String::as_str) != Some("on_behalf_of")
+            {
+                return invalid_grant();
+            }
+            let body = serde_json::json!({
+                "token_type": "Bearer",
+                "expires_in": 3599,
+                "access_token": format!("obo|{}|{}", form["assertion"], form["scope"]),
+            });
+            return (
+                [(header::CONTENT_TYPE, "application/json")],
+                body.to_string(),
+            )
+                .into_response();
+        }
         _ => {}
     }
     let authenticated = match form.get("client_assertion") {
         // A certificate's signed assertion: checked as Entra ID checks it.
-        Some(assertion) if assertion.starts_with("eyJ") => {
-            let key = jsonwebtoken::DecodingKey::from_rsa_pem(
-                crate::fixture("rsa-2048.pub.pem").as_bytes(),
-            )
-            .unwrap();
-            let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::PS256);
-            validation.validate_aud = false;
-            match jsonwebtoken::decode::<serde_json::Value>(assertion, &key, &validation) {
-                Ok(data) => {
-                    let ok = data.claims["iss"] == "app-1" && data.claims["sub"] == "app-1";
-                    fake.assertions
-                        .lock()
-                        .unwrap()
-                        .push((data.header, data.claims));
-                    ok
-                }
-                Err(_) => false,
-            }
-        }
+        Some(assertion) if assertion.starts_with("eyJ") => verify_assertion(&fake, assertion),
         // Workload identity: the federated token the test wrote last.
         Some(assertion) => {
             form.get("client_assertion_type").map(String::as_str)
@@ -112,6 +116,26 @@ async fn token(
         "access_token": format!("{tenant}|{scope}|{claims}"),
     });
     (StatusCode::OK, json, body.to_string()).into_response()
+}
+
+/// A certificate's signed assertion, checked as Entra ID checks it (and recorded).
+fn verify_assertion(fake: &Fake, assertion: &str) -> bool {
+    let key =
+        jsonwebtoken::DecodingKey::from_rsa_pem(crate::fixture("rsa-2048.pub.pem").as_bytes())
+            .unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::PS256);
+    validation.validate_aud = false;
+    match jsonwebtoken::decode::<serde_json::Value>(assertion, &key, &validation) {
+        Ok(data) => {
+            let ok = data.claims["iss"] == "app-1" && data.claims["sub"] == "app-1";
+            fake.assertions
+                .lock()
+                .unwrap()
+                .push((data.header, data.claims));
+            ok
+        }
+        Err(_) => false,
+    }
 }
 
 fn invalid_grant() -> axum::response::Response {
@@ -769,4 +793,49 @@ async fn the_device_code_flow_polls_until_the_user_signs_in_or_declines() {
     let error = client.wait(&declined).await.unwrap_err();
     assert_eq!(error.oauth().unwrap().error, "authorization_declined");
     assert_eq!(error.class(), ErrorClass::Permanent);
+}
+
+#[tokio::test]
+async fn on_behalf_of_exchanges_the_users_token_with_a_secret_or_a_certificate() {
+    let (base, fake) = fake().await;
+    let graph = TokenRequest::new(["https://graph.microsoft.com/.default"]);
+    let with_secret = OnBehalfOfClient::new(
+        Authority::Custom(base.clone()),
+        "contoso.onmicrosoft.com",
+        "app-1",
+        ClientAuth::Secret("s3cret".into()),
+    )
+    .unwrap();
+    let user = with_secret.for_user("incoming-user-token");
+    let tokens = CachingProvider::new(user.clone());
+    assert_eq!(
+        tokens.token(&graph).await.unwrap().secret(),
+        "obo|incoming-user-token|https://graph.microsoft.com/.default"
+    );
+    tokens.token(&graph).await.unwrap();
+    assert_eq!(
+        fake.requests.load(Ordering::SeqCst),
+        1,
+        "cached for this user"
+    );
+    assert!(!format!("{user:?}").contains("incoming-user-token"));
+    let pem = crate::fixture("rsa-2048.crt.pem") + &crate::fixture("rsa-2048.pem");
+    let with_certificate = OnBehalfOfClient::new(
+        Authority::Custom(base),
+        "contoso.onmicrosoft.com",
+        "app-1",
+        ClientAuth::Certificate(ClientCertificate::from_pem(&pem).unwrap()),
+    )
+    .unwrap();
+    let token = with_certificate
+        .for_user("other-user")
+        .token(&graph)
+        .await
+        .unwrap();
+    assert!(token.secret().starts_with("obo|other-user|"));
+    assert_eq!(
+        fake.assertions.lock().unwrap().len(),
+        1,
+        "a signed assertion was sent"
+    );
 }
