@@ -181,9 +181,61 @@ fn rotate(c: &mut Criterion) {
     group.finish();
 }
 
+/// A cached token (issue 14: at most 2x a plain `RwLock<HashMap>` read of the same
+/// key and token).
+fn client_cache_hit(c: &mut Criterion) {
+    use futures_util::FutureExt as _;
+    use keel_token_manager::client::{
+        AccessToken, CachingProvider, TokenProvider, TokenRequest, from_fn,
+    };
+    use std::collections::HashMap;
+    use std::sync::RwLock;
+    use std::time::Duration;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let requests: Vec<TokenRequest> = (0..100)
+        .map(|i| {
+            TokenRequest::new(["https://graph.microsoft.com/.default"])
+                .tenant(format!("tenant-{i}"))
+        })
+        .collect();
+    let endpoint = from_fn(|r: &TokenRequest| {
+        let token = format!("token-{}", r.tenant_id().unwrap_or(""));
+        async move { Ok(AccessToken::new(token, Duration::from_secs(3600))) }
+    });
+    let keel = CachingProvider::new(endpoint);
+    let mut plain = HashMap::new();
+    for request in &requests {
+        let token = rt.block_on(keel.token(request)).unwrap();
+        plain.insert(request.clone(), token);
+    }
+    let plain = RwLock::new(plain);
+    let mut group = c.benchmark_group("tokens/client_cache_hit");
+    let mut i = 0_usize;
+    group.bench_function("rwlock_hashmap_read", |b| {
+        b.iter(|| {
+            i = (i + 1) % requests.len();
+            let token = plain.read().unwrap().get(&requests[i]).cloned().unwrap();
+            black_box(token)
+        });
+    });
+    group.bench_function("keel_caching_provider", |b| {
+        b.iter(|| {
+            i = (i + 1) % requests.len();
+            let token = keel.token(&requests[i]).now_or_never().unwrap().unwrap();
+            black_box(token)
+        });
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = support::criterion();
-    targets = validate, issue, rotate
+    targets = validate, issue, rotate, client_cache_hit
 }
 criterion_main!(benches);
