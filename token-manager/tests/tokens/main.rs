@@ -4,6 +4,7 @@
 mod client;
 mod credential;
 mod interop;
+mod oidc;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -1,0 +1,46 @@
+// A real OpenID provider for keel-token-manager's client tests: oidc-provider from npm,
+// on loopback, with its token endpoint laid out as Entra ID's
+// (`/{tenant}/oauth2/v2.0/token`, tenant "contoso").
+// Usage: node provider.mjs <port> <public JWK of the certificate client, JSON>
+import Provider from 'oidc-provider';
+
+const port = Number(process.argv[2]);
+const certificateJwk = JSON.parse(process.argv[3]);
+const issuer = `http://127.0.0.1:${port}/contoso/v2.0`;
+const provider = new Provider(issuer, {
+  clients: [
+    {
+      client_id: 'app-secret',
+      client_secret: 's3cret-for-the-provider',
+      grant_types: ['client_credentials'],
+      redirect_uris: [],
+      response_types: [],
+      token_endpoint_auth_method: 'client_secret_post',
+    },
+    {
+      client_id: 'app-certificate',
+      grant_types: ['client_credentials'],
+      redirect_uris: [],
+      response_types: [],
+      token_endpoint_auth_method: 'private_key_jwt',
+      token_endpoint_auth_signing_alg: 'PS256',
+      jwks: { keys: [certificateJwk] },
+    },
+  ],
+  features: {
+    clientCredentials: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: () => 'https://graph.example',
+      getResourceServerInfo: () => ({
+        scope: 'read write',
+        accessTokenFormat: 'jwt',
+        audience: 'https://graph.example',
+        accessTokenTTL: 600,
+      }),
+      useGrantedResource: () => true,
+    },
+  },
+  routes: { token: '/contoso/oauth2/v2.0/token' },
+});
+provider.listen(port, '127.0.0.1', () => console.log('ready'));
