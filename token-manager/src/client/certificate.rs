@@ -9,7 +9,7 @@ use keel_resilience::ErrorClass;
 use ring::rand::SecureRandom as _;
 use serde::Serialize;
 
-use super::credential::{Authority, client_assertion_request, http_client, valid_tenant};
+use super::credential::{Authority, client_assertion_request, http_client};
 use super::{AccessToken, TokenError, TokenFuture, TokenProvider, TokenRequest};
 
 const PROVIDER: &str = "client certificate credential";
@@ -170,16 +170,7 @@ impl ClientCertificateCredential {
         client_id: impl Into<String>,
         certificate: ClientCertificate,
     ) -> Result<Self, TokenError> {
-        let (tenant, client_id) = (tenant.into(), client_id.into());
-        if !valid_tenant(&tenant) {
-            return Err(TokenError::unavailable(
-                PROVIDER,
-                "the tenant is not a tenant id or domain",
-            ));
-        }
-        if client_id.is_empty() {
-            return Err(TokenError::unavailable(PROVIDER, "the client id is empty"));
-        }
+        let (tenant, client_id) = super::credential::registration(tenant, client_id, PROVIDER)?;
         Ok(Self {
             authority,
             tenant,

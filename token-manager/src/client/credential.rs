@@ -56,7 +56,7 @@ impl Authority {
 }
 
 /// A tenant name that is safe in a URL path (an id, a domain, `organizations`, `common`).
-pub(super) fn valid_tenant(tenant: &str) -> bool {
+fn valid_tenant(tenant: &str) -> bool {
     !tenant.is_empty()
         && tenant.len() <= 256
         && tenant
@@ -113,14 +113,9 @@ impl ClientSecretCredential {
         client_id: impl Into<String>,
         secret: impl Into<String>,
     ) -> Result<Self, TokenError> {
-        let (tenant, client_id, secret) = (tenant.into(), client_id.into(), secret.into());
-        if !valid_tenant(&tenant) {
-            return Err(TokenError::unavailable(
-                PROVIDER,
-                "the tenant is not a tenant id or domain",
-            ));
-        }
-        if client_id.is_empty() || secret.is_empty() {
+        let (tenant, client_id) = registration(tenant, client_id, PROVIDER)?;
+        let secret = secret.into();
+        if secret.is_empty() {
             return Err(TokenError::unavailable(
                 PROVIDER,
                 "the client id or the secret is empty",
@@ -156,6 +151,26 @@ impl ClientSecretCredential {
         )
         .await
     }
+}
+
+/// A registration's tenant and client id, checked: a tenant id or domain (safe in a URL
+/// path) and a client id that is not empty.
+pub(super) fn registration(
+    tenant: impl Into<String>,
+    client_id: impl Into<String>,
+    provider: &'static str,
+) -> Result<(String, String), TokenError> {
+    let (tenant, client_id) = (tenant.into(), client_id.into());
+    if !valid_tenant(&tenant) {
+        return Err(TokenError::unavailable(
+            provider,
+            "the tenant is not a tenant id or domain",
+        ));
+    }
+    if client_id.is_empty() {
+        return Err(TokenError::unavailable(provider, "the client id is empty"));
+    }
+    Ok((tenant, client_id))
 }
 
 /// The tenant a request names (a multi-tenant app), else the credential's own; refused
@@ -349,16 +364,7 @@ impl WorkloadIdentityCredential {
         client_id: impl Into<String>,
         token_file: impl Into<std::path::PathBuf>,
     ) -> Result<Self, TokenError> {
-        let (tenant, client_id) = (tenant.into(), client_id.into());
-        if !valid_tenant(&tenant) {
-            return Err(TokenError::unavailable(
-                WORKLOAD,
-                "the tenant is not a tenant id or domain",
-            ));
-        }
-        if client_id.is_empty() {
-            return Err(TokenError::unavailable(WORKLOAD, "the client id is empty"));
-        }
+        let (tenant, client_id) = registration(tenant, client_id, WORKLOAD)?;
         Ok(Self {
             authority,
             tenant,

@@ -7,7 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use keel_resilience::ErrorClass;
 use ring::rand::SecureRandom as _;
 
-use super::credential::{Authority, http_client, post_form_grant, valid_tenant};
+use super::credential::{Authority, http_client, post_form_grant, registration};
 use super::response::{ResponseError, TokenGrant};
 use super::{TokenError, TokenRequest};
 
@@ -103,14 +103,8 @@ impl AuthorizationCodeClient {
         redirect_uri: impl Into<String>,
         secret: Option<String>,
     ) -> Result<Self, TokenError> {
-        let (tenant, client_id, redirect_uri) =
-            (tenant.into(), client_id.into(), redirect_uri.into());
-        if !valid_tenant(&tenant) || client_id.is_empty() {
-            return Err(TokenError::unavailable(
-                PROVIDER,
-                "the tenant or the client id is not valid",
-            ));
-        }
+        let (tenant, client_id) = registration(tenant, client_id, PROVIDER)?;
+        let redirect_uri = redirect_uri.into();
         let loopback = ["http://localhost", "http://127.0.0.1", "http://[::1]"]
             .iter()
             .any(|p| redirect_uri.starts_with(p));
@@ -313,13 +307,7 @@ impl DeviceCodeClient {
         tenant: impl Into<String>,
         client_id: impl Into<String>,
     ) -> Result<Self, TokenError> {
-        let (tenant, client_id) = (tenant.into(), client_id.into());
-        if !valid_tenant(&tenant) || client_id.is_empty() {
-            return Err(TokenError::unavailable(
-                DEVICE,
-                "the tenant or the client id is not valid",
-            ));
-        }
+        let (tenant, client_id) = registration(tenant, client_id, DEVICE)?;
         Ok(Self {
             authority,
             tenant,
@@ -495,13 +483,7 @@ impl OnBehalfOfClient {
         client_id: impl Into<String>,
         auth: ClientAuth,
     ) -> Result<Self, TokenError> {
-        let (tenant, client_id) = (tenant.into(), client_id.into());
-        if !valid_tenant(&tenant) || client_id.is_empty() {
-            return Err(TokenError::unavailable(
-                OBO,
-                "the tenant or the client id is not valid",
-            ));
-        }
+        let (tenant, client_id) = registration(tenant, client_id, OBO)?;
         Ok(Self {
             authority,
             tenant,

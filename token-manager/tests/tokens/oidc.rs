@@ -77,32 +77,17 @@ fn start() -> OpenIdProvider {
     }
 }
 
+async fn get_json<T: serde::de::DeserializeOwned>(url: &str) -> T {
+    let body = reqwest::get(url).await.unwrap().bytes().await.unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
 /// A validator for the provider's access tokens, from its discovery document and JWKS.
 async fn validator(base: &str) -> Validator {
-    let http = reqwest::Client::new();
-    let discovery: serde_json::Value = serde_json::from_slice(
-        &http
-            .get(format!("{base}/.well-known/openid-configuration"))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let discovery: serde_json::Value =
+        get_json(&format!("{base}/.well-known/openid-configuration")).await;
     let issuer = discovery["issuer"].as_str().unwrap().to_owned();
-    let jwks: Jwks = serde_json::from_slice(
-        &http
-            .get(discovery["jwks_uri"].as_str().unwrap())
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let jwks: Jwks = get_json(discovery["jwks_uri"].as_str().unwrap()).await;
     Validator::from_jwks(&jwks, issuer, "https://graph.example").unwrap()
 }
 
