@@ -126,6 +126,8 @@ impl ValidationError {
 enum Keys {
     Ring(KeyRing),
     Fixed(HashMap<String, Arc<VerifyingKey>>),
+    #[cfg(feature = "http")]
+    Remote(crate::client::RemoteJwks),
 }
 
 impl Keys {
@@ -133,8 +135,28 @@ impl Keys {
         match self {
             Keys::Ring(ring) => ring.verifying(kid),
             Keys::Fixed(map) => map.get(kid).cloned(),
+            #[cfg(feature = "http")]
+            Keys::Remote(remote) => remote.find(kid),
         }
     }
+}
+
+/// The verification keys of a JWKS by `kid`: duplicate `kid`s refused, keys that may not
+/// verify (`use`, `key_ops`) or of unknown algorithms left out.
+pub(crate) fn verifying_keys(jwks: &Jwks) -> Result<HashMap<String, Arc<VerifyingKey>>, KeyError> {
+    let mut map = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for jwk in &jwks.keys {
+        if !seen.insert(jwk.kid.as_str()) {
+            return Err(KeyError::DuplicateKid(shown(&jwk.kid)));
+        }
+        if !jwk.verifies_signatures() || jwk.algorithm().is_none() {
+            continue;
+        }
+        let (algorithm, key) = jwk.decoding_key()?;
+        map.insert(jwk.kid.clone(), Arc::new(VerifyingKey { algorithm, key }));
+    }
+    Ok(map)
 }
 
 /// Validates access tokens for one resource server.
@@ -160,6 +182,7 @@ pub struct Validator {
     allowed: Vec<Algorithm>,
     max_lifetime: Option<Duration>,
     max_token_len: usize,
+    extra_types: Vec<String>,
 }
 
 /// The longest token accepted by default: 16 KiB, room for Entra ID tokens with many
@@ -223,23 +246,54 @@ impl Validator {
         issuer: impl Into<String>,
         audience: impl Into<String>,
     ) -> Result<Self, KeyError> {
-        let mut map = HashMap::new();
-        let mut seen = std::collections::HashSet::new();
-        for jwk in &jwks.keys {
-            if !seen.insert(jwk.kid.as_str()) {
-                return Err(KeyError::DuplicateKid(shown(&jwk.kid)));
-            }
-            if !jwk.verifies_signatures() || jwk.algorithm().is_none() {
-                continue;
-            }
-            let (algorithm, key) = jwk.decoding_key()?;
-            map.insert(jwk.kid.clone(), Arc::new(VerifyingKey { algorithm, key }));
-        }
+        let map = verifying_keys(jwks)?;
         Ok(Self::with_keys(
             Keys::Fixed(map),
             issuer.into(),
             audience.into(),
         ))
+    }
+
+    /// Validates tokens from an external issuer (Entra ID, any OpenID provider) whose
+    /// keys come from its JWKS endpoint (see [`RemoteJwks`](crate::client::RemoteJwks)):
+    /// validate with [`validate_fresh`](Self::validate_fresh) so an unknown `kid` (the
+    /// issuer rotated its keys) fetches the JWKS again, at a bounded rate.
+    #[cfg(feature = "http")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+    #[must_use]
+    pub fn from_remote(
+        jwks: crate::client::RemoteJwks,
+        issuer: impl Into<String>,
+        audience: impl Into<String>,
+    ) -> Self {
+        Self::with_keys(Keys::Remote(jwks), issuer.into(), audience.into())
+    }
+
+    /// [`validate`](Self::validate), and for a validator [`from_remote`](Self::from_remote)
+    /// whose keys do not know the token's `kid`: fetches the issuer's JWKS again (at most
+    /// once per the remote's refresh interval, whatever the tokens say, so random `kid`s
+    /// cannot make us hammer the issuer) and validates once more.
+    ///
+    /// # Errors
+    /// As [`validate`](Self::validate).
+    #[cfg(feature = "http")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+    pub async fn validate_fresh(&self, token: &str) -> Result<AccessTokenClaims, ValidationError> {
+        let first = self.validate(token);
+        if let (Err(ValidationError::UnknownKey(_)), Keys::Remote(remote)) = (&first, &self.keys)
+            && remote.refresh().await
+        {
+            return self.validate(token);
+        }
+        first
+    }
+
+    /// Also accepts these `typ` values besides `at+jwt` (Entra ID's access tokens say
+    /// `JWT`). For tokens from an external issuer only: our own are always `at+jwt`.
+    #[must_use]
+    pub fn accept_types(mut self, types: &[&str]) -> Self {
+        self.extra_types = types.iter().map(|t| (*t).to_owned()).collect();
+        self
     }
 
     fn with_keys(keys: Keys, issuer: String, audience: String) -> Self {
@@ -251,6 +305,7 @@ impl Validator {
             allowed: vec![Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA],
             max_lifetime: None,
             max_token_len: DEFAULT_MAX_TOKEN_LEN,
+            extra_types: Vec::new(),
         }
     }
 
@@ -338,7 +393,9 @@ impl Validator {
             .filter(|a| self.allowed.contains(a))
             .ok_or_else(|| ValidationError::AlgorithmNotAllowed(shown(&header.alg)))?;
         let typ_ok = header.typ.as_deref().is_some_and(|t| {
-            t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt")
+            t.eq_ignore_ascii_case("at+jwt")
+                || t.eq_ignore_ascii_case("application/at+jwt")
+                || self.extra_types.iter().any(|x| t.eq_ignore_ascii_case(x))
         });
         if !typ_ok {
             return Err(ValidationError::WrongType(header.typ.as_deref().map(shown)));

@@ -37,6 +37,8 @@ mod certificate;
 #[cfg(feature = "http")]
 mod credential;
 mod error;
+#[cfg(feature = "http")]
+mod jwks;
 mod provider;
 mod request;
 mod response;
@@ -55,6 +57,9 @@ pub use credential::{
     WorkloadIdentityCredential, environment_credential,
 };
 pub use error::{BoxError, TokenError};
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub use jwks::RemoteJwks;
 pub use provider::{FnProvider, ProviderChain, TokenFuture, TokenProvider, from_fn};
 pub use request::TokenRequest;
 pub use response::{

@@ -2,6 +2,7 @@
 // on loopback, with its token endpoint laid out as Entra ID's
 // (`/{tenant}/oauth2/v2.0/token`, tenant "contoso").
 // Usage: node provider.mjs <port> <public JWK of the certificate client, JSON>
+import http from 'node:http';
 import Provider from 'oidc-provider';
 
 const port = Number(process.argv[2]);
@@ -43,4 +44,14 @@ const provider = new Provider(issuer, {
   },
   routes: { token: '/contoso/oauth2/v2.0/token' },
 });
-provider.listen(port, '127.0.0.1', () => console.log('ready'));
+// Discovery under the issuer's path, as Entra ID serves it
+// ({issuer}/.well-known/openid-configuration); everything else as oidc-provider routes it.
+const handle = provider.callback();
+http
+  .createServer((req, res) => {
+    if (req.url === '/contoso/v2.0/.well-known/openid-configuration') {
+      req.url = '/.well-known/openid-configuration';
+    }
+    handle(req, res);
+  })
+  .listen(port, '127.0.0.1', () => console.log('ready'));

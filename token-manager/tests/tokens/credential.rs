@@ -839,3 +839,56 @@ async fn on_behalf_of_exchanges_the_users_token_with_a_secret_or_a_certificate()
         "a signed assertion was sent"
     );
 }
+
+#[tokio::test]
+async fn an_issuer_key_rotation_is_picked_up_on_the_first_unknown_kid() {
+    use keel_token_manager::client::RemoteJwks;
+    use keel_token_manager::{AccessTokenIssuer, Algorithm, Grant, KeyRing, SigningKey, Validator};
+    let ring = KeyRing::new(SigningKey::generate("2026-10", Algorithm::ES256).unwrap());
+    let published = Arc::new(std::sync::Mutex::new(
+        serde_json::to_string(&ring.jwks()).unwrap(),
+    ));
+    let app = axum::Router::new()
+        .route(
+            "/keys",
+            axum::routing::get(
+                |State(jwks): State<Arc<std::sync::Mutex<String>>>| async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        jwks.lock().unwrap().clone(),
+                    )
+                },
+            ),
+        )
+        .with_state(published.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/keys", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let jwks = RemoteJwks::from_uri(&url)
+        .await
+        .unwrap()
+        .min_refresh_interval(Duration::ZERO);
+    let validator = Validator::from_remote(jwks.clone(), "https://issuer.example", "api");
+    let issue = |ring: &KeyRing| {
+        AccessTokenIssuer::new(ring.clone(), "https://issuer.example", "api")
+            .issue(&Grant::new("user", "client"))
+            .unwrap()
+            .token
+    };
+    assert!(validator.validate_fresh(&issue(&ring)).await.is_ok());
+    // The issuer rotates: its new tokens name a kid we have not seen.
+    ring.rotate(
+        SigningKey::generate("2026-11", Algorithm::ES256).unwrap(),
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    *published.lock().unwrap() = serde_json::to_string(&ring.jwks()).unwrap();
+    let rotated = issue(&ring);
+    assert!(
+        validator.validate(&rotated).is_err(),
+        "not known before a refresh"
+    );
+    assert!(validator.validate_fresh(&rotated).await.is_ok());
+    assert_eq!(jwks.fetches(), 2);
+}

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use keel_token_manager::client::{
-    Authority, ClientCertificate, ClientCertificateCredential, ClientSecretCredential,
+    Authority, ClientCertificate, ClientCertificateCredential, ClientSecretCredential, RemoteJwks,
     TokenProvider, TokenRequest,
 };
 use keel_token_manager::{Algorithm, Jwks, SigningKey, Validator};
@@ -161,4 +161,42 @@ async fn client_credentials_with_a_private_key_jwt_against_oidc_provider() {
             .unwrap();
         assert_eq!(claims.client_id, "app-certificate");
     }
+}
+
+#[tokio::test]
+async fn its_tokens_validate_through_discovery_and_random_kids_do_not_hammer_it() {
+    let provider = start();
+    let credential = ClientSecretCredential::new(
+        Authority::Custom(provider.base.clone()),
+        "contoso",
+        "app-secret",
+        "s3cret-for-the-provider",
+    )
+    .unwrap();
+    let token = credential
+        .token(&TokenRequest::new(["read"]))
+        .await
+        .unwrap();
+    let (jwks, issuer) = RemoteJwks::discover(&format!("{}/contoso/v2.0", provider.base))
+        .await
+        .unwrap();
+    assert_eq!(issuer, format!("{}/contoso/v2.0", provider.base));
+    let jwks = jwks.min_refresh_interval(Duration::from_millis(300));
+    let validator = Validator::from_remote(jwks.clone(), issuer, "https://graph.example");
+    let claims = validator.validate_fresh(token.secret()).await.unwrap();
+    assert_eq!(claims.client_id, "app-secret");
+    assert_eq!(jwks.fetches(), 1);
+    // Tokens naming random kids: refused, and the JWKS is fetched again at most once
+    // per interval however many arrive.
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    for i in 0..100 {
+        let header = b64(&format!(
+            r#"{{"alg":"RS256","typ":"at+jwt","kid":"random-{i}"}}"#
+        ));
+        let forged = format!("{header}.{}.{}", b64("{}"), b64("sig"));
+        assert!(validator.validate_fresh(&forged).await.is_err());
+    }
+    assert_eq!(jwks.fetches(), 2, "one refetch for 100 unknown kids");
 }
