@@ -33,12 +33,24 @@ use crate::l2::{L2Error, PublishArgs, RedisL2};
 pub(crate) trait LocalCache: Send + Sync {
     fn drop_key(&self, key: &str);
     fn drop_tag(&self, tag: &str);
-    /// Drops every L1 entry; `resync` when it is because missed messages cannot be known.
-    fn drop_all(&self, resync: bool);
+    /// Drops every L1 entry, for `why`.
+    fn drop_all(&self, why: Dropped);
     fn has_entries(&self) -> bool;
     fn received(&self);
     /// Applies the changes made while Redis was unreachable (see `pending`).
     fn replay(&self) -> futures_util::future::BoxFuture<'_, ()>;
+}
+
+/// Why the whole L1 is dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dropped {
+    /// A `clear` from another instance (write-behind writes queued before it go too).
+    Clear,
+    /// Missed messages cannot be known (the log was trimmed, Redis lost its data or went
+    /// back in time): counted as a resync; queued writes stay.
+    Resync,
+    /// First contact: loads already running are stopped; queued writes stay.
+    FirstContact,
 }
 
 /// The kinds of invalidation.
@@ -271,7 +283,7 @@ impl Backplane {
         match kind {
             Kind::Key => local.drop_key(arg),
             Kind::Tag => local.drop_tag(arg),
-            Kind::Clear => local.drop_all(false),
+            Kind::Clear => local.drop_all(Dropped::Clear),
         }
         local.received();
     }
@@ -370,8 +382,12 @@ impl Backplane {
                 // Even at first contact with nothing cached, loads already running
                 // are stopped: they read their source before this instance heard of
                 // the invalidations made since.
-                let resync = cursor.epoch.is_some() || position.rewound || local.has_entries();
-                local.drop_all(resync);
+                let why = if cursor.epoch.is_some() || position.rewound || local.has_entries() {
+                    Dropped::Resync
+                } else {
+                    Dropped::FirstContact
+                };
+                local.drop_all(why);
                 *cursor = Cursor {
                     epoch: Some(position.epoch),
                     seq: seq_now,
@@ -402,7 +418,7 @@ impl Backplane {
             let first = page.first().and_then(|(id, _)| stream_seq(id));
             if first.is_none_or(|first| first > after + 1) {
                 // The log was trimmed past our cursor.
-                local.drop_all(true);
+                local.drop_all(Dropped::Resync);
                 let last = page.last().and_then(|(id, fields)| {
                     stream_seq(id).map(|seq| (seq, parse_fields(fields).map(|f| f.nonce)))
                 });
@@ -594,8 +610,11 @@ mod tests {
         fn drop_tag(&self, tag: &str) {
             self.0.lock().unwrap().push(format!("tag {tag}"));
         }
-        fn drop_all(&self, resync: bool) {
-            self.0.lock().unwrap().push(format!("all {resync}"));
+        fn drop_all(&self, why: Dropped) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("all {}", why == Dropped::Resync));
         }
         fn has_entries(&self) -> bool {
             true

@@ -20,7 +20,7 @@ use crate::options::{Deadlines, EntryOptions};
 use crate::stats::{CacheStats, Stats};
 #[cfg(feature = "redis")]
 use crate::{
-    backplane::{BackplaneStatus, Kind, LocalCache},
+    backplane::{BackplaneStatus, Dropped, Kind, LocalCache},
     remote::Remote,
 };
 
@@ -881,7 +881,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                         // snapshot, so it cannot land over a change made during the load.
                         #[cfg(feature = "redis")]
                         if let (Some(remote), Some(snapshot)) = (&self.remote, &snapshot) {
-                            let _ = remote.fill(&key, &entry, snapshot).await;
+                            let _ = remote.fill(&key, &entry, snapshot, &cacheable).await;
                         }
                     }
                     Ok(entry.value.clone())
@@ -951,13 +951,12 @@ impl<V: Send + Sync + 'static> LocalCache for Inner<V> {
         self.drop_tag_locally(tag);
     }
 
-    fn drop_all(&self, resync: bool) {
-        if resync {
-            self.stats.bump(&self.stats.local.full_resyncs);
-        } else {
-            // Another instance's clear (a resync after lost data keeps queued writes).
-            #[cfg(feature = "redis")]
-            self.supersede(Remote::supersede_all);
+    fn drop_all(&self, why: Dropped) {
+        match why {
+            Dropped::Resync => self.stats.bump(&self.stats.local.full_resyncs),
+            // Another instance's clear (a resync or a first contact keeps queued writes).
+            Dropped::Clear => self.supersede(Remote::supersede_all),
+            Dropped::FirstContact => {}
         }
         self.drop_all_locally();
     }

@@ -301,6 +301,26 @@ impl RedisL2 {
         self.call(invocation.invoke_async(&mut c)).await
     }
 
+    /// Removes `members` from a tag set once they are tombstoned (members added since
+    /// stay).
+    pub(crate) async fn forget_members(
+        &self,
+        tag_key: &str,
+        members: &[String],
+    ) -> Result<(), L2Error> {
+        for chunk in members.chunks(512) {
+            let mut c = self.connection.clone();
+            self.call(
+                redis::cmd("SREM")
+                    .arg(tag_key)
+                    .arg(chunk)
+                    .query_async::<i64>(&mut c),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Tries to take the load lock of a key.
     pub(crate) async fn try_lock(
         &self,
@@ -524,6 +544,16 @@ const PUBLISH_FN: &str = r"
 local function publish(seqk, logk, genk, epochk, origin, kind, arg, maxlen, channel, candidate, nonce)
   local _, gen = control(epochk, genk, candidate)
   local seq = redis.call('INCR', seqk)
+  -- A lost counter must not fall behind the log it numbers (the log would refuse the
+  -- entry): go on after the log's last entry.
+  local top = redis.call('XREVRANGE', logk, '+', '-', 'COUNT', 1)
+  if #top > 0 then
+    local last = tonumber(string.match(top[1][1], '^(%d+)')) or 0
+    if seq <= last then
+      seq = last + 1
+      redis.call('SET', seqk, string.format('%d', seq))
+    end
+  end
   if kind == 'c' then gen = redis.call('INCR', genk) end
   -- Numbers as integers: Lua would write a large one as 1.7e+15.
   local seqs, gens = string.format('%d', seq), string.format('%d', gen)
@@ -626,9 +656,9 @@ return 1
 local c = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
 if c >= v and c < 9007199254740992 then v = c + 1 end
 redis.call('SET', KEYS[2], string.format('%d', v), 'PX', ARGV[1])
-local members = redis.call('SMEMBERS', KEYS[1])
-redis.call('UNLINK', KEYS[1])
-return members"
+-- The members stay until they are tombstoned (`forget_members`), so a replay after a
+-- failure part-way finds them again.
+return redis.call('SMEMBERS', KEYS[1])"
         )),
         unlock: Script::new(
             r"

@@ -303,10 +303,14 @@ impl<V: Send + Sync + 'static> Remote<V> {
                 (None, Some(tag)) => f.tags.iter().any(|t| &**t == tag),
                 (None, None) => true,
             };
-            covered.then(|| f.done.clone())
+            covered.then(|| (f.done.clone(), 2 * f.tags.len() + 2))
         });
-        if let Some(done) = done {
-            let limit = self.backplane.l2.op_timeout * 4;
+        if let Some((done, calls)) = done {
+            // As long as the write can take: its calls (tags before and after the value,
+            // the value), each up to the L2 call limit, in every generation it follows.
+            let calls = u32::try_from(calls).unwrap_or(u32::MAX);
+            let limit = self.backplane.l2.op_timeout * calls.saturating_mul(MOVES as u32)
+                + Duration::from_secs(1);
             let _ = with_timeout(limit, done.acquire()).await;
         }
     }
@@ -403,6 +407,20 @@ impl<V: Send + Sync + 'static> Remote<V> {
     /// and tells the other instances to drop their copy. Returns the version Redis gave
     /// it.
     pub(crate) async fn write(&self, key: &str, entry: &Entry<V>) -> Result<u64, CacheError> {
+        self.write_if(key, entry, &|| true)
+            .await
+            .map(|written| written.unwrap_or(0))
+    }
+
+    /// [`write`](Self::write), unless `wanted()` turns false before the value is sent
+    /// (`None` then): a write-behind that a later local change replaced while its tags
+    /// were being written.
+    async fn write_if(
+        &self,
+        key: &str,
+        entry: &Entry<V>,
+        wanted: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Option<u64>, CacheError> {
         let record = entry::encode(entry, &*self.codec, self.compression)
             .map_err(|e| CacheError::Encode(e.to_string()))?;
         // The record (its version) lives at least as long as a tombstone, so a load that
@@ -421,6 +439,9 @@ impl<V: Send + Sync + 'static> Remote<V> {
                     entry.tags.iter().map(|t| keys.tag(generation, t)).collect();
                 self.counted(self.backplane.l2.add_to_tags(&tag_keys, key, ttl_ms).await)?;
             }
+            if !wanted() {
+                return Ok(None);
+            }
             let entry_key = keys.entry(generation, key);
             let (version, now) = self.counted(
                 self.backplane
@@ -428,8 +449,16 @@ impl<V: Send + Sync + 'static> Remote<V> {
                     .await,
             )?;
             self.versions.observe(version);
+            if !entry.tags.is_empty() {
+                // Again after the value: a tag invalidation that took the set in between
+                // (this write then landed after it) must not leave the key out of the
+                // set for the next one.
+                let tag_keys: Vec<String> =
+                    entry.tags.iter().map(|t| keys.tag(generation, t)).collect();
+                self.counted(self.backplane.l2.add_to_tags(&tag_keys, key, ttl_ms).await)?;
+            }
             if now == generation {
-                return Ok(version);
+                return Ok(Some(version));
             }
             generation = moved(generation, now);
         }
@@ -451,11 +480,14 @@ impl<V: Send + Sync + 'static> Remote<V> {
         key: &str,
         entry: &Entry<V>,
         snapshot: &Snapshot,
+        still_wanted: &(dyn Fn() -> bool + Sync),
     ) -> Result<bool, CacheError> {
-        if snapshot.taken.elapsed() >= self.tombstone_ttl / 2 {
-            // A change since may have expired from L2 (tombstones and written records live
-            // a tombstone's life at least): nothing left to compare with. Half of it, for
-            // the calls this fill still makes.
+        // A change since may have expired from L2 (tombstones and written records live a
+        // tombstone's life at least): past half of it there may be nothing left to
+        // compare with. Checked again before the value is sent (the tag calls take
+        // time), with the load's own poisoning.
+        let in_time = || snapshot.taken.elapsed() < self.tombstone_ttl / 2 && still_wanted();
+        if !in_time() {
             return Ok(false);
         }
         let record = entry::encode(entry, &*self.codec, self.compression)
@@ -480,6 +512,9 @@ impl<V: Send + Sync + 'static> Remote<V> {
                 self.stats.bump(&self.stats.local.l2_write_conflicts);
                 return Ok(false);
             }
+        }
+        if !in_time() {
+            return Ok(false);
         }
         let written = self.counted(
             l2.fill(
@@ -538,10 +573,15 @@ impl<V: Send + Sync + 'static> Remote<V> {
                 )
                 .await,
             )?;
-            for member in members {
-                let written = l2.put(&keys.entry(generation, &member), &record, ttl).await;
+            for member in &members {
+                let written = l2.put(&keys.entry(generation, member), &record, ttl).await;
                 self.versions.observe(self.counted(written)?);
             }
+            // Only now out of the set: a failure before this leaves them for the replay.
+            self.counted(
+                l2.forget_members(&keys.tag(generation, tag), &members)
+                    .await,
+            )?;
             let now = self.counted(self.backplane.publish(Kind::Tag, tag).await)?;
             if now == generation {
                 return Ok(());
@@ -734,7 +774,8 @@ impl<V: Send + Sync + 'static> Remote<V> {
                             break None; // replaced while it waited for Redis
                         }
                         attempts = attempts.saturating_add(1);
-                        match self.write(&key, &entry).await {
+                        let wanted = || !self.superseded(&key, &entry, serial);
+                        match self.write_if(&key, &entry, &wanted).await {
                             Ok(_) => break None,
                             Err(CacheError::Encode(e)) => {
                                 break Some((

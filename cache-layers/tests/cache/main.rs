@@ -9,6 +9,8 @@ mod local;
 #[cfg(feature = "redis")]
 mod review;
 #[cfg(feature = "redis")]
+mod review2;
+#[cfg(feature = "redis")]
 mod shared;
 #[cfg(feature = "redis")]
 mod support;
