@@ -269,8 +269,9 @@ impl<V: Send + Sync + 'static> Remote<V> {
 
     /// One queued write is done with; when none is left, the record of superseding
     /// changes is too.
-    fn landed_or_dropped(&self) {
-        if self.abandon.load(Ordering::Acquire) {
+    fn landed_or_dropped(&self, given_up: bool) {
+        // A write given up at shutdown stays counted: `close` reports it as unflushed.
+        if given_up && self.abandon.load(Ordering::Acquire) {
             return;
         }
         let mut superseded = self
@@ -763,7 +764,7 @@ impl<V: Send + Sync + 'static> Remote<V> {
                         self.flight_slot().take();
                         done.close();
                         self.mark_queued(&key, false);
-                        self.landed_or_dropped();
+                        self.landed_or_dropped(false);
                         continue;
                     }
                     let mut backoff = Duration::from_millis(10);
@@ -796,6 +797,7 @@ impl<V: Send + Sync + 'static> Remote<V> {
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(1));
                     };
+                    let lost = given_up.is_some();
                     if let Some((class, message)) = given_up {
                         self.give_up(&key, &entry, class, message, attempts, first_failure)
                             .await;
@@ -803,7 +805,7 @@ impl<V: Send + Sync + 'static> Remote<V> {
                     self.flight_slot().take();
                     done.close();
                     self.mark_queued(&key, false);
-                    self.landed_or_dropped();
+                    self.landed_or_dropped(lost);
                 }
             }
         }

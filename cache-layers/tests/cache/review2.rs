@@ -342,3 +342,33 @@ async fn first_contact_keeps_a_queued_write_behind() {
     }
     report(&violations);
 }
+
+/// Review 3, side note: after `shutdown` gave up waiting, a write that still landed was
+/// reported as unflushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_lands_after_shutdown_gave_up_waiting_is_not_reported_lost() {
+    let redis = Topology::single();
+    let proxy = redis.proxy();
+    let a = builder(
+        "users",
+        redis
+            .l2_through(&proxy)
+            .await
+            .op_timeout(Duration::from_secs(3)),
+    )
+    .build()
+    .unwrap();
+    connected(&a).await;
+    warm_scripts(&a).await;
+    proxy.delay_replies(Duration::from_millis(600));
+    a.insert_behind("k", "late but landed".into())
+        .await
+        .unwrap();
+    // The first wait (400 ms) passes; the write lands during the second.
+    let shut = a.shutdown(Duration::from_millis(400)).await;
+    proxy.delay_replies(Duration::ZERO);
+    assert!(shut.is_ok(), "{shut:?}");
+    let b = builder("users", redis.l2().await).build().unwrap();
+    connected(&b).await;
+    assert_eq!(get(&b, "k").await.as_deref(), Some("late but landed"));
+}
