@@ -7,28 +7,7 @@ use std::time::Duration;
 
 use keel_cache_layers::{Cache, Clock, EntryOptions, ManualClock, SystemClock};
 
-use crate::support::{Topology, builder, connected, eventually};
-
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod single {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Topology::single()).await;
-                }
-            )*
-        }
-        mod cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Topology::cluster()).await;
-                }
-            )*
-        }
-    };
-}
+use crate::support::{Topology, builder, connected, eventually, suite};
 
 suite!(
     a_fast_clock_does_not_make_its_loads_win_over_later_writes,

@@ -6,28 +6,7 @@ use std::time::Duration;
 use keel_cache_layers::{Cache, EntryOptions, RedisL2};
 use keel_testkit::{Reply, TcpProxy};
 
-use crate::support::{Raw, Topology, builder, connected, eventually};
-
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod single {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Topology::single()).await;
-                }
-            )*
-        }
-        mod cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Topology::cluster()).await;
-                }
-            )*
-        }
-    };
-}
+use crate::support::{Raw, Topology, builder, connected, eventually, suite};
 
 suite!(
     an_invalidation_racing_a_clear_is_not_lost_in_the_old_generation,

@@ -7,28 +7,7 @@ use std::time::{Duration, Instant};
 
 use keel_cache_layers::{Cache, EntryOptions};
 
-use crate::support::{Topology, builder, connected, eventually, percentile};
-
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod single {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Topology::single()).await;
-                }
-            )*
-        }
-        mod cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Topology::cluster()).await;
-                }
-            )*
-        }
-    };
-}
+use crate::support::{Topology, builder, connected, eventually, percentile, suite};
 
 suite!(
     an_invalidation_reaches_the_other_instance,

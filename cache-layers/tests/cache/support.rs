@@ -5,6 +5,29 @@ use std::time::{Duration, Instant};
 use keel_cache_layers::{Cache, CacheBuilder, RedisL2};
 use keel_testkit::{RedisCluster, RedisServer, TcpProxy};
 
+/// Runs each named `async fn(Topology)` twice: on a single node and on a 3-node cluster.
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod single {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Topology::single()).await;
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Topology::cluster()).await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use suite;
+
 /// A single node or a cluster, started for one test.
 pub(crate) enum Topology {
     Single(RedisServer),
