@@ -52,9 +52,12 @@ pub struct AccessTokenClaims {
     /// Not before, seconds since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
-    /// The token's unique id.
+    /// The token's unique id (Entra ID calls it `uti`).
+    #[serde(alias = "uti")]
     pub jti: String,
-    /// The OAuth client the token was issued to.
+    /// The OAuth client the token was issued to (Entra ID: `azp` in v2.0 tokens, `appid`
+    /// in v1.0).
+    #[serde(alias = "azp", alias = "appid")]
     pub client_id: String,
     /// Space-separated scopes.
     #[serde(default, skip_serializing_if = "Option::is_none")]

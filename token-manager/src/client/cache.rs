@@ -62,10 +62,13 @@ impl RefreshPolicy {
     }
 
     fn refresh_at(&self, token: &AccessToken, issued: Instant) -> Instant {
-        if let Some(at) = token.refresh_at() {
-            return at;
-        }
         let lifetime = token.expires_at().saturating_duration_since(issued);
+        // Never sooner than 30 s (or half the life of a shorter token) after it came: a
+        // provider's `refresh_in: 0` must not turn every call into a request.
+        let earliest = issued + (lifetime / 2).min(Duration::from_secs(30));
+        if let Some(at) = token.refresh_at() {
+            return at.max(earliest);
+        }
         if lifetime >= self.buffer * 2 {
             token.expires_at() - self.buffer
         } else {
@@ -113,6 +116,8 @@ struct Shared<P> {
     policy: RefreshPolicy,
     max_entries: AtomicUsize,
     counters: Counters,
+    /// Bumped by `clear`: a fetch that began before it does not store its token.
+    cleared: AtomicU64,
 }
 
 /// A token cache in front of a provider, as MSAL keeps one: a token per tenant, scope
@@ -144,19 +149,33 @@ impl<P> Shared<P> {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn store(&self, key: &TokenRequest, token: &AccessToken, issued: Instant) {
+    /// Keeps `token` for `key`, unless the cache was cleared since the fetch began
+    /// (`cleared` as it was then). A token answering a claims challenge (`challenged`)
+    /// replaces the cached one whatever its expiry: the cached one was refused.
+    fn store(
+        &self,
+        key: &TokenRequest,
+        token: &AccessToken,
+        issued: Instant,
+        cleared: u64,
+        challenged: bool,
+    ) {
         let refresh_at = self.policy.refresh_at(token, issued);
         let mut slots = self.slots();
+        if self.cleared.load(Ordering::Acquire) != cleared {
+            return;
+        }
         if !slots.contains_key(key) && slots.len() >= self.max_entries.load(Ordering::Relaxed) {
             evict(&mut slots);
         }
         let slot = slots.entry(key.clone()).or_default();
         // A token that expires sooner than the cached one (a slower, older request) does
         // not replace it.
-        if slot
-            .cached
-            .as_ref()
-            .is_none_or(|c| c.token.expires_at() <= token.expires_at())
+        if challenged
+            || slot
+                .cached
+                .as_ref()
+                .is_none_or(|c| c.token.expires_at() <= token.expires_at())
         {
             slot.cached = Some(Cached {
                 token: token.clone(),
@@ -206,6 +225,7 @@ impl<P: TokenProvider + 'static> CachingProvider<P> {
                 policy,
                 max_entries: AtomicUsize::new(10_000),
                 counters: Counters::default(),
+                cleared: AtomicU64::new(0),
             }),
         }
     }
@@ -232,14 +252,24 @@ impl<P: TokenProvider + 'static> CachingProvider<P> {
 
     /// Forgets every cached token (a sign-out, a credential change).
     pub fn clear(&self) {
-        self.shared.slots().clear();
+        let mut slots = self.shared.slots();
+        self.shared.cleared.fetch_add(1, Ordering::AcqRel);
+        slots.clear();
     }
 
     async fn fetch(shared: &Shared<P>, request: &TokenRequest) -> Result<AccessToken, TokenError> {
         shared.counters.requests.fetch_add(1, Ordering::Relaxed);
         let issued = Instant::now();
+        let cleared = shared.cleared.load(Ordering::Acquire);
         let token = shared.provider.token(request).await?;
-        shared.store(&request.without_claims(), &token, issued);
+        let challenged = request.claims_json().is_some();
+        shared.store(
+            &request.without_claims(),
+            &token,
+            issued,
+            cleared,
+            challenged,
+        );
         Ok(token)
     }
 
@@ -251,7 +281,11 @@ impl<P: TokenProvider + 'static> CachingProvider<P> {
         }
         slot.refreshing = true;
         let (shared, key) = (self.shared.clone(), key.clone());
+        // Holds the key's fetch lock: a caller whose token expires meanwhile waits for
+        // this refresh instead of sending a second request.
+        let fetching = slot.fetching.clone();
         let refresh = async move {
+            let _turn = fetching.lock().await;
             let fetched = Self::fetch(&shared, &key).await;
             let mut slots = shared.slots();
             if let Some(slot) = slots.get_mut(&key) {

@@ -59,6 +59,9 @@ impl Authority {
 fn valid_tenant(tenant: &str) -> bool {
     !tenant.is_empty()
         && tenant.len() <= 256
+        && !tenant.starts_with('.')
+        && !tenant.ends_with('.')
+        && !tenant.contains("..")
         && tenant
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
@@ -151,6 +154,21 @@ impl ClientSecretCredential {
         )
         .await
     }
+}
+
+/// Whether `url` is plain http to this machine (tests, local emulators): the host, not
+/// a prefix of it, is `localhost`, `127.0.0.1` or `[::1]`.
+pub(super) fn is_loopback_http(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = if authority.starts_with('[') {
+        authority.split_inclusive(']').next().unwrap_or("")
+    } else {
+        authority.split(':').next().unwrap_or("")
+    };
+    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
 }
 
 /// A registration's tenant and client id, checked: a tenant id or domain (safe in a URL
@@ -376,9 +394,19 @@ impl WorkloadIdentityCredential {
 
     async fn request(&self, request: &TokenRequest) -> Result<AccessToken, TokenError> {
         let tenant = requested_tenant(request, &self.tenant, WORKLOAD)?;
-        let assertion = tokio::fs::read_to_string(&self.token_file)
-            .await
-            .map_err(|e| TokenError::failed(WORKLOAD, ErrorClass::Transient, e))?;
+        // At most 16 KiB and one byte are read, whatever the file holds.
+        let assertion = {
+            use tokio::io::AsyncReadExt as _;
+            let file = tokio::fs::File::open(&self.token_file)
+                .await
+                .map_err(|e| TokenError::failed(WORKLOAD, ErrorClass::Transient, e))?;
+            let mut text = String::new();
+            file.take(16 * 1024 + 1)
+                .read_to_string(&mut text)
+                .await
+                .map_err(|e| TokenError::failed(WORKLOAD, ErrorClass::Transient, e))?;
+            text
+        };
         let assertion = assertion.trim();
         if assertion.is_empty() || assertion.len() > 16 * 1024 {
             return Err(TokenError::failed(
@@ -463,10 +491,17 @@ pub fn environment_credential(
         .ok_or_else(|| TokenError::unavailable(ENVIRONMENT, "AZURE_TENANT_ID is not set"))?;
     let client_id = get("AZURE_CLIENT_ID")
         .ok_or_else(|| TokenError::unavailable(ENVIRONMENT, "AZURE_CLIENT_ID is not set"))?;
-    let authority = match get("AZURE_AUTHORITY_HOST")
-        .as_deref()
-        .map(|h| h.trim_end_matches('/'))
+    let host = get("AZURE_AUTHORITY_HOST");
+    if let Some(host) = &host
+        && !host.starts_with("https://")
+        && !is_loopback_http(host)
     {
+        return Err(TokenError::unavailable(
+            ENVIRONMENT,
+            "AZURE_AUTHORITY_HOST must be https (secrets are sent to it)",
+        ));
+    }
+    let authority = match host.as_deref().map(|h| h.trim_end_matches('/')) {
         None | Some("https://login.microsoftonline.com") => Authority::AzurePublic,
         Some("https://login.microsoftonline.us") => Authority::AzureGovernment,
         Some("https://login.chinacloudapi.cn") => Authority::AzureChina,
@@ -490,8 +525,9 @@ pub fn environment_credential(
 
 const MANAGED: &str = "managed identity credential";
 
-/// Where a managed identity's tokens come from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where a managed identity's tokens come from. `Debug` never shows the App Service
+/// identity header.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ManagedIdentitySource {
     /// Azure VMs and scale sets: the Instance Metadata Service, by default
@@ -509,6 +545,21 @@ pub enum ManagedIdentitySource {
         /// `IDENTITY_HEADER` (a secret: never shown).
         header: String,
     },
+}
+
+impl fmt::Debug for ManagedIdentitySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ManagedIdentitySource::Imds { endpoint } => {
+                f.debug_struct("Imds").field("endpoint", endpoint).finish()
+            }
+            ManagedIdentitySource::AppService { endpoint, .. } => f
+                .debug_struct("AppService")
+                .field("endpoint", endpoint)
+                .field("header", &"<redacted>")
+                .finish(),
+        }
+    }
 }
 
 /// A managed identity (system-assigned, or user-assigned by client id): tokens from

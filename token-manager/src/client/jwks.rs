@@ -28,7 +28,8 @@ struct Inner {
     state: RwLock<State>,
     /// One fetch at a time; callers that find one running wait for it.
     fetching: tokio::sync::Mutex<()>,
-    min_refresh: Duration,
+    /// The least time between two fetches, in milliseconds.
+    min_refresh_ms: AtomicU64,
     fetches: AtomicU64,
 }
 
@@ -90,7 +91,7 @@ async fn get_json(http: &reqwest::Client, url: &str) -> Result<serde_json::Value
         TokenError::failed(
             PROVIDER,
             ErrorClass::Transient,
-            ResponseError::Invalid(format!("not JSON: {e}")),
+            ResponseError::Invalid(super::response::bounded(&format!("not JSON: {e}"))),
         )
     })
 }
@@ -118,8 +119,14 @@ impl RemoteJwks {
         let named = discovery["issuer"]
             .as_str()
             .ok_or_else(|| invalid("the discovery document has no issuer"))?;
-        // Entra's multi-tenant documents name `{tenantid}`; a tenant's own names itself.
-        if named.trim_end_matches('/') != issuer && !named.contains("{tenantid}") {
+        if named.contains("{tenantid}") {
+            // Entra's `common` / `organizations` documents: every tenant's tokens carry
+            // their own issuer. Not supported yet: discover the tenant's own issuer.
+            return Err(invalid(
+                "a multi-tenant issuer template ({tenantid}) is not supported yet: discover each tenant's own issuer",
+            ));
+        }
+        if named.trim_end_matches('/') != issuer {
             return Err(invalid("the discovery document names another issuer"));
         }
         let jwks_uri = discovery["jwks_uri"]
@@ -143,7 +150,7 @@ impl RemoteJwks {
                     fetched: None,
                 }),
                 fetching: tokio::sync::Mutex::new(()),
-                min_refresh: Duration::from_secs(300),
+                min_refresh_ms: AtomicU64::new(300_000),
                 fetches: AtomicU64::new(0),
             }),
         };
@@ -154,15 +161,9 @@ impl RemoteJwks {
     /// At most one refresh per `interval` (default 5 minutes).
     #[must_use]
     pub fn min_refresh_interval(self, interval: Duration) -> Self {
-        match Arc::try_unwrap(self.inner) {
-            Ok(mut inner) => {
-                inner.min_refresh = interval;
-                Self {
-                    inner: Arc::new(inner),
-                }
-            }
-            Err(inner) => Self { inner },
-        }
+        let ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        self.inner.min_refresh_ms.store(ms, Ordering::Relaxed);
+        self
     }
 
     /// How many times the JWKS was fetched.
@@ -188,7 +189,7 @@ impl RemoteJwks {
             TokenError::failed(
                 PROVIDER,
                 ErrorClass::Permanent,
-                ResponseError::Invalid(format!("not a JWKS: {e}")),
+                ResponseError::Invalid(super::response::bounded(&format!("not a JWKS: {e}"))),
             )
         })?;
         let keys = crate::validate::verifying_keys(&jwks)
@@ -213,7 +214,10 @@ impl RemoteJwks {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .fetched
-            .is_some_and(|at| at.elapsed() < self.inner.min_refresh);
+            .is_some_and(|at| {
+                at.elapsed()
+                    < Duration::from_millis(self.inner.min_refresh_ms.load(Ordering::Relaxed))
+            });
         if recent {
             return false;
         }

@@ -332,7 +332,7 @@ fn text(value: Option<&serde_json::Value>) -> Option<String> {
     }
 }
 
-fn bounded(s: &str) -> String {
+pub(super) fn bounded(s: &str) -> String {
     let mut end = s.len().min(FIELD_MAX);
     while !s.is_char_boundary(end) {
         end -= 1;

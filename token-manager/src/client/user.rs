@@ -105,9 +105,7 @@ impl AuthorizationCodeClient {
     ) -> Result<Self, TokenError> {
         let (tenant, client_id) = registration(tenant, client_id, PROVIDER)?;
         let redirect_uri = redirect_uri.into();
-        let loopback = ["http://localhost", "http://127.0.0.1", "http://[::1]"]
-            .iter()
-            .any(|p| redirect_uri.starts_with(p));
+        let loopback = super::credential::is_loopback_http(&redirect_uri);
         if !(redirect_uri.starts_with("https://") || loopback) {
             return Err(TokenError::unavailable(
                 PROVIDER,

@@ -2,6 +2,7 @@
 //! arbitrary input, step-up, and interoperability with PyJWT.
 
 mod client;
+mod client_review;
 mod credential;
 mod interop;
 mod oidc;
