@@ -26,8 +26,8 @@ use crate::support::{Topology, builder, connected};
 const KEYS: [&str; 12] = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l"];
 const TAG: &str = "all";
 /// The longest a live announcement may take (replies to one instance are held back up
-/// to 150 ms), with a margin for a loaded machine.
-const DELIVERY: Duration = Duration::from_millis(200);
+/// to 150 ms), with a wide margin for a machine loaded by the rest of the test suite.
+const DELIVERY: Duration = Duration::from_millis(500);
 /// How long after a fault reads are not judged (reconnect backoff and catch-up).
 const RECOVERY: Duration = Duration::from_millis(1_500);
 /// How long each round runs: faults in its first half, judged reads after them.

@@ -360,12 +360,12 @@ async fn a_write_that_lands_after_shutdown_gave_up_waiting_is_not_reported_lost(
     .unwrap();
     connected(&a).await;
     warm_scripts(&a).await;
-    proxy.delay_replies(Duration::from_millis(600));
+    proxy.delay_replies(Duration::from_millis(1_500));
     a.insert_behind("k", "late but landed".into())
         .await
         .unwrap();
-    // The first wait (400 ms) passes; the write lands during the second.
-    let shut = a.shutdown(Duration::from_millis(400)).await;
+    // The first wait (1 s) passes; the write lands during the second (1 to 2 s).
+    let shut = a.shutdown(Duration::from_secs(1)).await;
     proxy.delay_replies(Duration::ZERO);
     assert!(shut.is_ok(), "{shut:?}");
     let b = builder("users", redis.l2().await).build().unwrap();
