@@ -434,12 +434,10 @@ impl<V: Send + Sync + 'static> Remote<V> {
         let keys = &self.backplane.keys;
         let mut generation = self.counted(self.generation())?;
         for _ in 0..MOVES {
-            if !entry.tags.is_empty() {
-                // Before the value: a failure in between leaves a harmless extra member.
-                let tag_keys: Vec<String> =
-                    entry.tags.iter().map(|t| keys.tag(generation, t)).collect();
-                self.counted(self.backplane.l2.add_to_tags(&tag_keys, key, ttl_ms).await)?;
-            }
+            let tag_keys: Vec<String> =
+                entry.tags.iter().map(|t| keys.tag(generation, t)).collect();
+            // Before the value: a failure in between leaves a harmless extra member.
+            self.counted(self.backplane.l2.add_to_tags(&tag_keys, key, ttl_ms).await)?;
             if !wanted() {
                 return Ok(None);
             }
@@ -450,14 +448,10 @@ impl<V: Send + Sync + 'static> Remote<V> {
                     .await,
             )?;
             self.versions.observe(version);
-            if !entry.tags.is_empty() {
-                // Again after the value: a tag invalidation that took the set in between
-                // (this write then landed after it) must not leave the key out of the
-                // set for the next one.
-                let tag_keys: Vec<String> =
-                    entry.tags.iter().map(|t| keys.tag(generation, t)).collect();
-                self.counted(self.backplane.l2.add_to_tags(&tag_keys, key, ttl_ms).await)?;
-            }
+            // Again after the value: a tag invalidation that took the set in between (this
+            // write then landed after it) must not leave the key out of the set for the
+            // next one.
+            self.counted(self.backplane.l2.add_to_tags(&tag_keys, key, ttl_ms).await)?;
             if now == generation {
                 return Ok(Some(version));
             }

@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use keel_resilience::ErrorClass;
 
-use super::response::{
-    MAX_RESPONSE_BYTES, ResponseError, TokenGrant, read_token_grant, read_token_response,
-};
+use super::response::{MAX_RESPONSE_BYTES, ResponseError, TokenGrant, read_token_grant};
 use super::{AccessToken, TokenError, TokenFuture, TokenProvider, TokenRequest};
 
 /// Where tokens come from: Entra ID in one of Microsoft's clouds, or any base URL (a
@@ -51,7 +49,12 @@ impl Authority {
     /// The v2.0 token endpoint of `tenant`.
     #[must_use]
     pub fn token_endpoint(&self, tenant: &str) -> String {
-        format!("{}/{tenant}/oauth2/v2.0/token", self.base())
+        self.endpoint(tenant, "token")
+    }
+
+    /// Another v2.0 endpoint of `tenant` (`authorize`, `devicecode`).
+    pub(super) fn endpoint(&self, tenant: &str, name: &str) -> String {
+        format!("{}/{tenant}/oauth2/v2.0/{name}", self.base())
     }
 }
 
@@ -232,6 +235,60 @@ async fn post_form(
         .map(|grant| grant.access)
 }
 
+/// What an endpoint answered: status, content type, `Retry-After` (in seconds, at most
+/// an hour) and the body (bounded).
+struct Answer {
+    status: u16,
+    content_type: Option<String>,
+    retry_after: Option<Duration>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    async fn read(sent: reqwest::Response, provider: &'static str) -> Result<Self, TokenError> {
+        let header = |name| {
+            sent.headers()
+                .get(name)
+                .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let content_type = header(reqwest::header::CONTENT_TYPE);
+        let retry_after = header(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|s| Duration::from_secs(s.min(3600)));
+        let status = sent.status().as_u16();
+        Ok(Self {
+            status,
+            content_type,
+            retry_after,
+            body: read_bounded(sent, provider).await?,
+        })
+    }
+
+    /// Read as a token response: the grant, or the typed error.
+    fn grant(&self) -> Result<TokenGrant, TokenError> {
+        read_token_grant(
+            self.status,
+            self.content_type.as_deref(),
+            self.retry_after,
+            &self.body,
+        )
+    }
+}
+
+/// Sends a request; a transport failure is transient (and its error keeps no URL).
+async fn send(
+    request: reqwest::RequestBuilder,
+    provider: &'static str,
+) -> Result<Answer, TokenError> {
+    let sent = request
+        .send()
+        .await
+        // reqwest's errors carry the URL, never the form; drop the URL too.
+        .map_err(|e| TokenError::failed(provider, ErrorClass::Transient, e.without_url()))?;
+    Answer::read(sent, provider).await
+}
+
 /// Posts a form to an OAuth endpoint that answers JSON other than a token (the device
 /// code endpoint): the JSON object on success, the typed OAuth error otherwise.
 pub(super) async fn post_form_json(
@@ -240,39 +297,29 @@ pub(super) async fn post_form_json(
     form: &[(&str, &str)],
     provider: &'static str,
 ) -> Result<serde_json::Value, TokenError> {
-    let sent = http
-        .post(endpoint)
-        .form(form)
-        .send()
-        .await
-        .map_err(|e| TokenError::failed(provider, ErrorClass::Transient, e.without_url()))?;
-    let status = sent.status().as_u16();
-    let content_type = sent
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let body = read_bounded(sent, provider).await?;
-    if status == 200
-        && let Ok(json @ serde_json::Value::Object(_)) = serde_json::from_slice(&body)
-    {
-        return Ok(json);
+    let answer = send(http.post(endpoint).form(form), provider).await?;
+    if answer.status != 200 {
+        return Err(answer
+            .grant()
+            .err()
+            .unwrap_or_else(|| unexpected(provider, answer.status)));
     }
-    // Not a usable answer: read it as a token response for the typed error.
-    Err(read_token_grant(
-        if status == 200 { 502 } else { status },
-        content_type.as_deref(),
-        None,
-        &body,
-    )
-    .err()
-    .unwrap_or_else(|| {
-        TokenError::failed(
+    match serde_json::from_slice(&answer.body) {
+        Ok(json @ serde_json::Value::Object(_)) => Ok(json),
+        _ => Err(TokenError::failed(
             provider,
-            ErrorClass::Permanent,
-            ResponseError::Invalid("an unexpected answer".into()),
-        )
-    }))
+            ErrorClass::Transient,
+            ResponseError::Invalid("the answer is not a JSON object".into()),
+        )),
+    }
+}
+
+fn unexpected(provider: &'static str, status: u16) -> TokenError {
+    TokenError::failed(
+        provider,
+        ErrorClass::from_http_status(status, None),
+        ResponseError::Invalid(format!("an unexpected answer (HTTP {status})")),
+    )
 }
 
 /// Posts a token request and reads everything granted.
@@ -282,27 +329,9 @@ pub(super) async fn post_form_grant(
     form: &[(&str, &str)],
     provider: &'static str,
 ) -> Result<TokenGrant, TokenError> {
-    let sent = http
-        .post(endpoint)
-        .form(form)
-        .send()
-        .await
-        // reqwest's errors carry the URL, never the form; drop the URL too.
-        .map_err(|e| TokenError::failed(provider, ErrorClass::Transient, e.without_url()))?;
-    let status = sent.status().as_u16();
-    let content_type = sent
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let retry_after = sent
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|s| Duration::from_secs(s.min(3600)));
-    let body = read_bounded(sent, provider).await?;
-    read_token_grant(status, content_type.as_deref(), retry_after, &body)
+    send(http.post(endpoint).form(form), provider)
+        .await?
+        .grant()
 }
 
 /// The body, refused past [`MAX_RESPONSE_BYTES`] without reading further.
@@ -655,19 +684,10 @@ impl ManagedIdentityCredential {
                 self.http.get(endpoint).header("X-IDENTITY-HEADER", header)
             }
         };
-        let sent = call
-            .query(&query)
-            .send()
-            .await
-            .map_err(|e| TokenError::failed(MANAGED, ErrorClass::Transient, e.without_url()))?;
-        let status = sent.status().as_u16();
-        let content_type = sent
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = read_bounded(sent, MANAGED).await?;
-        read_token_response(status, content_type.as_deref(), None, &body)
+        send(call.query(&query), MANAGED)
+            .await?
+            .grant()
+            .map(|grant| grant.access)
     }
 }
 

@@ -40,7 +40,7 @@ impl fmt::Debug for PendingAuthorization {
 /// use keel_token_manager::client::{Authority, AuthorizationCodeClient};
 ///
 /// let client = AuthorizationCodeClient::new(Authority::AzurePublic, "organizations", "app-id", "https://app.example/callback", None).unwrap();
-/// let pending = client.start(["openid", "offline_access", "User.Read"]);
+/// let pending = client.start(["openid", "offline_access", "User.Read"]).unwrap();
 /// assert!(pending.url.starts_with("https://login.microsoftonline.com/organizations/oauth2/v2.0/authorize?"));
 /// assert!(pending.url.contains("code_challenge_method=S256"));
 /// ```
@@ -126,9 +126,9 @@ impl AuthorizationCodeClient {
     /// for an ID token): a fresh `state` and PKCE verifier (256 bits each), and the
     /// authorize URL carrying the S256 challenge.
     ///
-    /// # Panics
-    /// Never in practice: only if the system has no randomness.
-    pub fn start<I, S>(&self, scopes: I) -> PendingAuthorization
+    /// # Errors
+    /// [`TokenError::Failed`] only if the system has no randomness.
+    pub fn start<I, S>(&self, scopes: I) -> Result<PendingAuthorization, TokenError>
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
@@ -138,19 +138,12 @@ impl AuthorizationCodeClient {
             .map(Into::into)
             .collect::<Vec<String>>()
             .join(" ");
-        #[allow(clippy::expect_used)]
-        let (state, verifier) = (
-            random_urlsafe(32).expect("system randomness"),
-            random_urlsafe(32).expect("system randomness"),
-        );
+        let (state, verifier) = (random_urlsafe(32)?, random_urlsafe(32)?);
         let challenge = URL_SAFE_NO_PAD.encode(ring::digest::digest(
             &ring::digest::SHA256,
             verifier.as_bytes(),
         ));
-        let endpoint = self
-            .authority
-            .token_endpoint(&self.tenant)
-            .replace("/oauth2/v2.0/token", "/oauth2/v2.0/authorize");
+        let endpoint = self.authority.endpoint(&self.tenant, "authorize");
         let query = [
             ("client_id", self.client_id.as_str()),
             ("response_type", "code"),
@@ -165,12 +158,12 @@ impl AuthorizationCodeClient {
             .iter()
             .map(|(k, v)| format!("{k}={}", form_encode(v)))
             .collect();
-        PendingAuthorization {
+        Ok(PendingAuthorization {
             url: format!("{endpoint}?{}", encoded.join("&")),
             state,
             verifier,
             scope,
-        }
+        })
     }
 
     /// Redeems the `code` the redirect brought, after checking its `state` against the
@@ -329,10 +322,7 @@ impl DeviceCodeClient {
             .map(Into::into)
             .collect::<Vec<String>>()
             .join(" ");
-        let endpoint = self
-            .authority
-            .token_endpoint(&self.tenant)
-            .replace("/oauth2/v2.0/token", "/oauth2/v2.0/devicecode");
+        let endpoint = self.authority.endpoint(&self.tenant, "devicecode");
         let form = [
             ("client_id", self.client_id.as_str()),
             ("scope", scope.as_str()),

@@ -682,7 +682,9 @@ async fn authorization_code_with_pkce_then_rotating_refresh_tokens() {
         None,
     )
     .unwrap();
-    let pending = client.start(["openid", "offline_access", "User.Read"]);
+    let pending = client
+        .start(["openid", "offline_access", "User.Read"])
+        .unwrap();
     assert!(
         pending
             .url
@@ -714,7 +716,7 @@ async fn authorization_code_with_pkce_then_rotating_refresh_tokens() {
     let state = query["state"].clone();
 
     // A redirect with another state is refused without a request.
-    let second = client.start(["User.Read"]);
+    let second = client.start(["User.Read"]).unwrap();
     let before = fake.requests.load(Ordering::SeqCst);
     let forged = client.redeem(second, "code-1", &state).await.unwrap_err();
     assert_eq!(forged.class(), ErrorClass::Permanent);
@@ -739,7 +741,7 @@ async fn authorization_code_with_pkce_then_rotating_refresh_tokens() {
     assert_eq!(spent.oauth().unwrap().error, "invalid_grant");
     assert_eq!(spent.class(), ErrorClass::Permanent);
     // A code is good once.
-    let pending = client.start(["User.Read"]);
+    let pending = client.start(["User.Read"]).unwrap();
     assert!(client.redeem(pending, "code-1", "x").await.is_err());
     // Redirect URIs must be https or loopback.
     assert!(
