@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use keel_resilience::retry::Backoff;
+use keel_resilience::{Classify as _, ErrorClass};
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
@@ -13,26 +15,40 @@ use super::{AccessToken, TokenError, TokenFuture, TokenProvider, TokenRequest};
 
 /// When cached tokens are refreshed, and how failed refreshes are retried.
 ///
+/// A failed background refresh is retried after keel-resilience's [`Backoff`] (by
+/// default exponential from 2 s to 60 s with full jitter, so that many instances whose
+/// refresh failed together do not retry together), or after the provider's
+/// `Retry-After` when it throttled us, whichever is longer. The old token is served
+/// meanwhile, until it expires.
+///
 /// ```
+/// use keel_resilience::retry::Backoff;
 /// use keel_token_manager::client::RefreshPolicy;
 /// use std::time::Duration;
 ///
 /// let policy = RefreshPolicy::default(); // 5 minutes before expiry, as MSAL
 /// assert_eq!(policy.buffer(), Duration::from_secs(300));
-/// let policy = RefreshPolicy::default().with_buffer(Duration::from_secs(120));
+/// let policy = RefreshPolicy::default()
+///     .with_buffer(Duration::from_secs(120))
+///     .with_retry_backoff(Backoff::Constant(Duration::from_secs(5)));
 /// assert_eq!(policy.buffer(), Duration::from_secs(120));
+/// assert_eq!(policy.retry_backoff(), Backoff::Constant(Duration::from_secs(5)));
 /// ```
 #[derive(Clone, Copy, Debug)]
 pub struct RefreshPolicy {
     buffer: Duration,
-    retry_every: Duration,
+    retry: Backoff,
 }
 
 impl Default for RefreshPolicy {
     fn default() -> Self {
         Self {
             buffer: Duration::from_secs(300),
-            retry_every: Duration::from_secs(10),
+            retry: Backoff::Exponential {
+                base: Duration::from_secs(2),
+                max: Duration::from_secs(60),
+                jitter: true,
+            },
         }
     }
 }
@@ -47,12 +63,37 @@ impl RefreshPolicy {
         self
     }
 
-    /// After a failed background refresh, wait this long before the next (default 10 s);
-    /// the old token is served meanwhile, until it expires.
+    /// After a failed background refresh, wait this long before the next: the same as
+    /// `with_retry_backoff(Backoff::Constant(every))`.
     #[must_use]
-    pub fn with_retry_every(mut self, every: Duration) -> Self {
-        self.retry_every = every;
+    pub fn with_retry_every(self, every: Duration) -> Self {
+        self.with_retry_backoff(Backoff::Constant(every))
+    }
+
+    /// The delays between failed background refreshes (keel-resilience's [`Backoff`];
+    /// retry number 1 follows the first failure). A throttled refresh waits at least the
+    /// provider's `Retry-After`.
+    #[must_use]
+    pub fn with_retry_backoff(mut self, backoff: Backoff) -> Self {
+        self.retry = backoff;
         self
+    }
+
+    /// The delays between failed background refreshes.
+    #[must_use]
+    pub fn retry_backoff(&self) -> Backoff {
+        self.retry
+    }
+
+    /// How long to wait after failure number `failures` (1 for the first) with `error`.
+    fn retry_delay(&self, failures: u32, previous: Duration, error: &TokenError) -> Duration {
+        let backoff = self.retry.delay(failures, previous);
+        match error.class() {
+            ErrorClass::Throttled {
+                retry_after: Some(asked),
+            } => backoff.max(asked),
+            _ => backoff,
+        }
     }
 
     /// The refresh buffer.
@@ -106,6 +147,9 @@ struct Slot {
     cached: Option<Cached>,
     refreshing: bool,
     retry_at: Option<Instant>,
+    /// Background refreshes failed in a row, and the last delay (for the backoff).
+    failures: u32,
+    last_delay: Duration,
     /// Held by the caller fetching a token nobody has yet (others wait on it).
     fetching: Arc<tokio::sync::Mutex<()>>,
 }
@@ -125,7 +169,7 @@ struct Shared<P> {
 /// `refresh_in` when the provider gave it, else [`RefreshPolicy`]'s buffer) by exactly
 /// one request at a time per key while every caller keeps getting the still-valid
 /// token without waiting; a failed refresh keeps serving the old token until it
-/// expires, retried every few seconds; a request with claims (a challenge) goes to the
+/// expires, retried after a backoff ([`RefreshPolicy`]); a request with claims (a challenge) goes to the
 /// provider and its token replaces the cached one. Bounded (10,000 keys by default):
 /// past that, expired tokens go first, then the one expiring soonest.
 ///
@@ -183,6 +227,8 @@ impl<P> Shared<P> {
             });
         }
         slot.retry_at = None;
+        slot.failures = 0;
+        slot.last_delay = Duration::ZERO;
     }
 }
 
@@ -291,12 +337,15 @@ impl<P: TokenProvider + 'static> CachingProvider<P> {
             if let Some(slot) = slots.get_mut(&key) {
                 slot.refreshing = false;
                 if let Err(e) = &fetched {
-                    slot.retry_at = Some(Instant::now() + shared.policy.retry_every);
+                    slot.failures = slot.failures.saturating_add(1);
+                    let delay = shared.policy.retry_delay(slot.failures, slot.last_delay, e);
+                    slot.last_delay = delay;
+                    slot.retry_at = Some(Instant::now() + delay);
                     shared
                         .counters
                         .failed_refreshes
                         .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "token refresh failed; serving the current token until it expires");
+                    tracing::warn!(error = %e, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "token refresh failed; serving the current token until it expires");
                 }
             }
         };

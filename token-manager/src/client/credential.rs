@@ -146,7 +146,8 @@ impl ClientSecretCredential {
             ("client_secret", self.secret.as_str()),
             ("scope", scope.as_str()),
         ];
-        if let Some(claims) = request.claims_json() {
+        let claims = request.claims_parameter()?;
+        if let Some(claims) = &claims {
             form.push(("claims", claims));
         }
         post_form(
@@ -235,8 +236,8 @@ async fn post_form(
         .map(|grant| grant.access)
 }
 
-/// What an endpoint answered: status, content type, `Retry-After` (in seconds, at most
-/// an hour) and the body (bounded).
+/// What an endpoint answered: status, content type, `Retry-After` (seconds or an HTTP
+/// date, at most an hour) and the body (bounded).
 struct Answer {
     status: u16,
     content_type: Option<String>,
@@ -254,8 +255,7 @@ impl Answer {
         };
         let content_type = header(reqwest::header::CONTENT_TYPE);
         let retry_after = header(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|s| Duration::from_secs(s.min(3600)));
+            .and_then(|v| keel_resilience::parse_retry_after(&v, std::time::SystemTime::now()));
         let status = sent.status().as_u16();
         Ok(Self {
             status,
@@ -478,7 +478,8 @@ pub(super) async fn client_assertion_request(
         ("client_assertion", assertion),
         ("scope", scope.as_str()),
     ];
-    if let Some(claims) = request.claims_json() {
+    let claims = request.claims_parameter()?;
+    if let Some(claims) = &claims {
         form.push(("claims", claims));
     }
     post_form(http, endpoint, &form, provider).await

@@ -517,7 +517,8 @@ impl OnBehalfOfClient {
                 form.push(("client_assertion", &signed));
             }
         }
-        if let Some(claims) = request.claims_json() {
+        let claims = request.claims_parameter()?;
+        if let Some(claims) = &claims {
             form.push(("claims", claims));
         }
         post_form_grant(&self.http, &endpoint, &form, OBO).await

@@ -507,3 +507,71 @@ proptest! {
         let _ = claims_challenge(&format!("Bearer error=\"insufficient_claims\", claims=\"{tail}"));
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn failed_refreshes_back_off_and_a_throttled_one_waits_for_retry_after() {
+    use keel_resilience::retry::Backoff;
+    let requests = Arc::new(AtomicU64::new(0));
+    let throttled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (r, t) = (requests.clone(), throttled.clone());
+    let endpoint = from_fn(move |_: &TokenRequest| {
+        let n = r.fetch_add(1, Ordering::SeqCst) + 1;
+        let throttled = t.load(Ordering::SeqCst);
+        async move {
+            if n == 1 {
+                return Ok(AccessToken::new("first", Duration::from_secs(3600)));
+            }
+            let class = if throttled {
+                ErrorClass::Throttled {
+                    retry_after: Some(Duration::from_secs(120)),
+                }
+            } else {
+                ErrorClass::Transient
+            };
+            Err(TokenError::failed(
+                "test endpoint",
+                class,
+                std::io::Error::other("busy"),
+            ))
+        }
+    });
+    // Exponential without jitter: 10 s, 20 s, 40 s between failed refreshes.
+    let policy = RefreshPolicy::default().with_retry_backoff(Backoff::Exponential {
+        base: Duration::from_secs(10),
+        max: Duration::from_secs(40),
+        jitter: false,
+    });
+    let cache = CachingProvider::with_policy(endpoint, policy);
+    let count = || requests.load(Ordering::SeqCst);
+    let poke = |cache: &CachingProvider<_>| {
+        let cache = cache.clone();
+        async move {
+            assert_eq!(secret(&cache, &graph()).await, "first");
+            settle().await;
+        }
+    };
+    poke(&cache).await;
+    tokio::time::advance(Duration::from_secs(3300)).await;
+    poke(&cache).await;
+    assert_eq!(count(), 2, "the first refresh failed");
+    for (wait, expected) in [(10, 3), (20, 4), (40, 5), (40, 6)] {
+        tokio::time::advance(Duration::from_secs(wait - 1)).await;
+        poke(&cache).await;
+        assert_eq!(count(), expected - 1, "not before {wait} s");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        poke(&cache).await;
+        assert_eq!(count(), expected, "after {wait} s");
+    }
+    // Throttled: the provider's 120 s win over the 40 s backoff.
+    throttled.store(true, Ordering::SeqCst);
+    tokio::time::advance(Duration::from_secs(40)).await;
+    poke(&cache).await;
+    assert_eq!(count(), 7);
+    tokio::time::advance(Duration::from_secs(119)).await;
+    poke(&cache).await;
+    assert_eq!(count(), 7, "Retry-After is honoured");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    poke(&cache).await;
+    assert_eq!(count(), 8);
+    assert_eq!(cache.stats().failed_refreshes, 7);
+}

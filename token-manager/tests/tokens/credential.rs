@@ -53,6 +53,15 @@ async fn token(
             )
                 .into_response();
         }
+        "busy-until" => {
+            let until = std::time::SystemTime::now() + Duration::from_secs(90);
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, httpdate::fmt_http_date(until))],
+                r#"{"error":"temporarily_unavailable"}"#,
+            )
+                .into_response();
+        }
         "proxy" => return (StatusCode::BAD_GATEWAY, "<html>Bad Gateway</html>").into_response(),
         "huge" => return (StatusCode::OK, json, " ".repeat(200_000)).into_response(),
         _ => {}
@@ -366,6 +375,40 @@ async fn client_credentials_with_a_secret_get_app_only_tokens_per_tenant() {
 }
 
 #[tokio::test]
+async fn the_cp1_capability_is_sent_as_claims_merged_with_a_challenge() {
+    let (base, fake) = fake().await;
+    let tokens = CachingProvider::new(credential(&base, "s3cret"));
+    let cae =
+        TokenRequest::new(["https://graph.microsoft.com/.default"]).client_capabilities(["cp1"]);
+    tokens.token(&cae).await.unwrap();
+    let form = fake.last_form.lock().unwrap().clone();
+    let claims: serde_json::Value = serde_json::from_str(&form["claims"]).unwrap();
+    assert_eq!(
+        claims,
+        serde_json::json!({"access_token": {"xms_cc": {"values": ["cp1"]}}})
+    );
+    // Cached like any request (the capability alone is no challenge).
+    tokens.token(&cae).await.unwrap();
+    assert_eq!(fake.requests.load(Ordering::SeqCst), 1);
+    // A challenge: its claims and the capability, in one object.
+    let challenge = r#"{"access_token":{"nbf":{"essential":true,"value":"1700000000"}}}"#;
+    tokens.token(&cae.clone().claims(challenge)).await.unwrap();
+    let form = fake.last_form.lock().unwrap().clone();
+    let claims: serde_json::Value = serde_json::from_str(&form["claims"]).unwrap();
+    assert_eq!(
+        claims,
+        serde_json::json!({"access_token": {
+            "nbf": {"essential": true, "value": "1700000000"},
+            "xms_cc": {"values": ["cp1"]},
+        }})
+    );
+    // A challenge that is not JSON cannot be merged: refused before any request.
+    let error = tokens.token(&cae.claims("not json")).await.unwrap_err();
+    assert_eq!(error.class(), ErrorClass::Permanent);
+    assert_eq!(fake.requests.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
 async fn endpoint_errors_are_typed_and_the_secret_never_shows() {
     let (base, _fake) = fake().await;
     let graph = TokenRequest::new(["https://graph.microsoft.com/.default"]);
@@ -388,6 +431,20 @@ async fn endpoint_errors_are_typed_and_the_secret_never_shows() {
             retry_after: Some(Duration::from_secs(7))
         }
     );
+    // Retry-After as an HTTP date (RFC 9110 allows both forms).
+    let until = right
+        .token(&graph.clone().tenant("busy-until"))
+        .await
+        .unwrap_err();
+    match until.class() {
+        ErrorClass::Throttled {
+            retry_after: Some(delay),
+        } => assert!(
+            delay > Duration::from_secs(80) && delay <= Duration::from_secs(90),
+            "{delay:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
     let proxy = right
         .token(&graph.clone().tenant("proxy"))
         .await
