@@ -73,7 +73,7 @@ impl fmt::Debug for RedisStore {
 
 /// A single-node or cluster connection; both reconnect by themselves.
 #[derive(Clone)]
-enum Connection {
+pub(crate) enum Connection {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }

@@ -102,7 +102,7 @@ impl RefreshPolicy {
         self.buffer
     }
 
-    fn refresh_at(&self, token: &AccessToken, issued: Instant) -> Instant {
+    pub(super) fn refresh_at(&self, token: &AccessToken, issued: Instant) -> Instant {
         let lifetime = token.expires_at().saturating_duration_since(issued);
         // Never sooner than 30 s (or half the life of a shorter token) after it came: a
         // provider's `refresh_in: 0` must not turn every call into a request.

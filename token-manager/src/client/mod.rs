@@ -42,6 +42,8 @@ mod jwks;
 mod provider;
 mod request;
 mod response;
+#[cfg(feature = "redis")]
+mod shared;
 mod token;
 #[cfg(feature = "http")]
 mod user;
@@ -66,6 +68,9 @@ pub use response::{
     MAX_RESPONSE_BYTES, OAuthError, ResponseError, TokenGrant, claims_challenge, read_token_grant,
     read_token_response,
 };
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use shared::{SharedStats, SharedTokenCache};
 pub use token::AccessToken;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]

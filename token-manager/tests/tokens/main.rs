@@ -6,6 +6,8 @@ mod client_review;
 mod credential;
 mod interop;
 mod oidc;
+#[cfg(feature = "redis")]
+mod shared;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

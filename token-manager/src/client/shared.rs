@@ -1,0 +1,592 @@
+//! One token per key for every instance of a service, through Redis.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use keel_resilience::ErrorClass;
+use keel_resilience::timeout::with_timeout;
+use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
+use redis::{Script, Value};
+use ring::rand::SecureRandom as _;
+use tokio::time::Instant;
+
+use super::cache::RefreshPolicy;
+use super::{AccessToken, TokenError, TokenFuture, TokenProvider, TokenRequest};
+use crate::SealingKeys;
+use crate::redis_store::Connection;
+
+const PROVIDER: &str = "shared token cache";
+/// The largest sealed record read back (a token is a few KiB).
+const MAX_RECORD: usize = 64 * 1024;
+
+/// Reads the key's record against the Redis clock of its node and, when it is not
+/// fresh, takes the refresh lock if asked. KEYS: record, lock. ARGV: owner, lock ms,
+/// whether to lock. Returns `{state, now}` or `{state, now, exp, ref, sealed}` where
+/// state is `fresh`, `locked` (this caller refreshes) or `wait`.
+const READ_OR_LOCK: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local r = redis.call('HMGET', KEYS[1], 'exp', 'ref', 'sealed')
+local exp, ref = tonumber(r[1]), tonumber(r[2])
+local nows = string.format('%d', now)
+if exp and ref and r[3] and exp > now and ref > now then
+  return {'fresh', nows, r[1], r[2], r[3]}
+end
+local state = 'wait'
+if ARGV[3] == '1' and redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  state = 'locked'
+end
+if exp and ref and r[3] and exp > now then
+  return {state, nows, r[1], r[2], r[3]}
+end
+return {state, nows}
+";
+
+/// Stores a sealed token unless the record holds one expiring later (`replace` = 1
+/// overrides: a challenge's answer, or a record that could not be opened), then frees
+/// the lock if this caller holds it. KEYS: record, lock. ARGV: owner, exp, ref, sealed,
+/// replace.
+const WRITE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local exp = tonumber(ARGV[2])
+local stored = tonumber(redis.call('HGET', KEYS[1], 'exp'))
+local written = 0
+if exp > now and (ARGV[5] == '1' or not stored or stored <= exp) then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'exp', ARGV[2], 'ref', ARGV[3], 'sealed', ARGV[4])
+  redis.call('PEXPIREAT', KEYS[1], exp)
+  written = 1
+end
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+return written
+";
+
+/// Frees the lock if this caller holds it. KEYS: lock. ARGV: owner.
+const UNLOCK: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+struct Scripts {
+    read_or_lock: Script,
+    write: Script,
+    unlock: Script,
+}
+
+fn scripts() -> &'static Scripts {
+    static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
+    SCRIPTS.get_or_init(|| Scripts {
+        read_or_lock: Script::new(READ_OR_LOCK),
+        write: Script::new(WRITE),
+        unlock: Script::new(UNLOCK),
+    })
+}
+
+/// What a [`SharedTokenCache`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SharedStats {
+    /// Tokens another instance (or an earlier call) had stored in Redis.
+    pub shared_hits: u64,
+    /// Requests this instance made to the provider.
+    pub requests: u64,
+    /// Calls that waited for another instance's refresh.
+    pub waits: u64,
+    /// Calls that went to the provider without Redis (Redis failed or timed out, or a
+    /// record could not be opened).
+    pub fallbacks: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    shared_hits: AtomicU64,
+    requests: AtomicU64,
+    waits: AtomicU64,
+    fallbacks: AtomicU64,
+}
+
+/// A token cache shared by every instance of a service through Redis (single node or
+/// Cluster): one token per key for all of them, refreshed by one instance at a time
+/// while the others read its result, sealed at rest.
+///
+/// Put a [`CachingProvider`](super::CachingProvider) in front (each instance's own
+/// memory cache) and the provider behind:
+/// `CachingProvider::new(SharedTokenCache::new(credential, redis, keys, "app-id"))`.
+/// When the memory cache wants a token (none yet, or one due for refresh), this cache:
+///
+/// - returns the token in Redis if it is not due for refresh yet (another instance
+///   fetched it);
+/// - else takes the key's refresh lock (`SET NX PX`, 15 s by default) and asks the
+///   provider; its token is sealed (AES-256-GCM, [`SealingKeys`], bound to the key and
+///   to its expiry) and stored until it expires, unless Redis already holds one
+///   expiring later;
+/// - else (another instance is refreshing) returns the still-valid token in Redis at
+///   once, or, when there is none, waits for the other instance's token (polling, at
+///   most the lock time) and then asks the provider itself.
+///
+/// Times are read from Redis (`TIME` of the key's node), so instances with skewed
+/// clocks agree on when a token expires. Redis is a cache here, never a dependency:
+/// when it fails or is slower than the call limit (1 s), the provider is asked
+/// directly ([`SharedStats::fallbacks`]). A record that does not open (another key
+/// ring, altered bytes, a changed expiry) is ignored and replaced. A claims challenge
+/// goes to the provider, and its token replaces the stored one.
+///
+/// Keys (`<p>` is the prefix, `keel:tok:` by default; `<h>` is a SHA-256 of the
+/// namespace, tenant, scopes and client capabilities, so scopes and tenants never show):
+/// `<p>{<h>}` (the record: `exp`, `ref`, `sealed`) and `<p>{<h>}:lock`.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use keel_token_manager::SealingKeys;
+/// use keel_token_manager::client::{Authority, CachingProvider, ClientSecretCredential, SharedTokenCache};
+///
+/// let credential = ClientSecretCredential::new(Authority::AzurePublic, "contoso.onmicrosoft.com", "app-id", "secret")?;
+/// let redis = redis::aio::ConnectionManager::new(redis::Client::open("redis://127.0.0.1:6379")?).await?;
+/// // The same 32-byte key on every instance (from your secret store).
+/// let keys = SealingKeys::new(&[(1, &[7u8; 32])])?;
+/// let tokens = CachingProvider::new(SharedTokenCache::new(credential, redis, keys, "app-id"));
+/// # Ok(()) }
+/// ```
+pub struct SharedTokenCache<P> {
+    provider: Arc<P>,
+    connection: Connection,
+    keys: SealingKeys,
+    namespace: String,
+    prefix: String,
+    policy: RefreshPolicy,
+    lock_for: Duration,
+    timeout: Duration,
+    counters: Arc<Counters>,
+}
+
+impl<P> Clone for SharedTokenCache<P> {
+    fn clone(&self) -> Self {
+        Self {
+            provider: self.provider.clone(),
+            connection: self.connection.clone(),
+            keys: self.keys.clone(),
+            namespace: self.namespace.clone(),
+            prefix: self.prefix.clone(),
+            policy: self.policy,
+            lock_for: self.lock_for,
+            timeout: self.timeout,
+            counters: self.counters.clone(),
+        }
+    }
+}
+
+impl<P> fmt::Debug for SharedTokenCache<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedTokenCache")
+            .field("namespace", &self.namespace)
+            .field("prefix", &self.prefix)
+            .field("lock_for", &self.lock_for)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A record read from Redis.
+struct Record {
+    exp: String,
+    refresh: String,
+    sealed: Vec<u8>,
+}
+
+enum Read {
+    Fresh(Record),
+    Locked(Option<Record>),
+    Wait(Option<Record>),
+}
+
+impl<P: TokenProvider> SharedTokenCache<P> {
+    /// `provider`'s tokens shared through a single Redis node. `namespace` tells apart
+    /// the services or clients sharing one Redis (use the client id), and `keys` must be
+    /// the same on every instance.
+    pub fn new(
+        provider: P,
+        connection: ConnectionManager,
+        keys: SealingKeys,
+        namespace: impl Into<String>,
+    ) -> Self {
+        Self::with(provider, Connection::Single(connection), keys, namespace)
+    }
+
+    /// The same on a Redis Cluster (a key's record and lock share a slot).
+    pub fn cluster(
+        provider: P,
+        connection: ClusterConnection,
+        keys: SealingKeys,
+        namespace: impl Into<String>,
+    ) -> Self {
+        Self::with(provider, Connection::Cluster(connection), keys, namespace)
+    }
+
+    fn with(
+        provider: P,
+        connection: Connection,
+        keys: SealingKeys,
+        namespace: impl Into<String>,
+    ) -> Self {
+        Self {
+            provider: Arc::new(provider),
+            connection,
+            keys,
+            namespace: namespace.into(),
+            prefix: "keel:tok:".into(),
+            policy: RefreshPolicy::default(),
+            lock_for: Duration::from_secs(15),
+            timeout: Duration::from_secs(1),
+            counters: Arc::default(),
+        }
+    }
+
+    /// Another key prefix (default `keel:tok:`).
+    #[must_use]
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// When stored tokens are due for refresh (default: the memory cache's default, 5
+    /// minutes before expiry or the provider's `refresh_in`). Use the same policy as the
+    /// [`CachingProvider`](super::CachingProvider) in front.
+    #[must_use]
+    pub fn policy(mut self, policy: RefreshPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// How long one instance may refresh a key before another may (default 15 s; longer
+    /// than a token request takes).
+    #[must_use]
+    pub fn lock_for(mut self, lock_for: Duration) -> Self {
+        self.lock_for = lock_for.max(Duration::from_millis(100));
+        self
+    }
+
+    /// The limit per Redis call (default 1 s); past it the provider is asked directly.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// What this instance's cache did so far.
+    #[must_use]
+    pub fn stats(&self) -> SharedStats {
+        let c = &self.counters;
+        SharedStats {
+            shared_hits: c.shared_hits.load(Ordering::Relaxed),
+            requests: c.requests.load(Ordering::Relaxed),
+            waits: c.waits.load(Ordering::Relaxed),
+            fallbacks: c.fallbacks.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl<P: TokenProvider> SharedTokenCache<P> {
+    /// `<p>{<sha-256 of the key's parts, hex>}`.
+    fn record_key(&self, request: &TokenRequest) -> String {
+        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut part = |bytes: &[u8]| {
+            digest.update(&(bytes.len() as u64).to_be_bytes());
+            digest.update(bytes);
+        };
+        part(self.namespace.as_bytes());
+        part(request.tenant_id().unwrap_or("").as_bytes());
+        part(&[u8::from(request.tenant_id().is_some())]);
+        for scope in request.scopes() {
+            part(scope.as_bytes());
+        }
+        part(b"capabilities");
+        for capability in request.capabilities() {
+            part(capability.as_bytes());
+        }
+        let hash = digest.finish();
+        let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}{{{hex}}}", self.prefix)
+    }
+
+    fn context(key: &str, exp: &str, refresh: &str) -> Vec<u8> {
+        format!("{key}|{exp}|{refresh}").into_bytes()
+    }
+
+    /// The token in a record, with its times from Redis's `now` (ms); `None` when it
+    /// does not open.
+    fn open(&self, key: &str, record: &Record, now: u64) -> Option<AccessToken> {
+        let exp: u64 = record.exp.parse().ok()?;
+        let refresh: u64 = record.refresh.parse().ok()?;
+        let plain = self
+            .keys
+            .open(
+                &record.sealed,
+                &Self::context(key, &record.exp, &record.refresh),
+            )
+            .ok()?;
+        let secret = String::from_utf8(plain).ok()?;
+        let token = AccessToken::new(secret, Duration::from_millis(exp.checked_sub(now)?));
+        Some(token.refresh_in(Duration::from_millis(refresh.saturating_sub(now))))
+    }
+
+    async fn read_or_lock(
+        &self,
+        key: &str,
+        lock: &str,
+        owner: &str,
+        try_lock: bool,
+    ) -> Result<(u64, Read), TokenError> {
+        let lock_ms = self.lock_for.as_millis().to_string();
+        let mut invocation = scripts().read_or_lock.prepare_invoke();
+        invocation
+            .key(key)
+            .key(lock)
+            .arg(owner)
+            .arg(lock_ms)
+            .arg(if try_lock { "1" } else { "0" });
+        let mut connection = self.connection.clone();
+        let reply: Value = with_timeout(self.timeout, invocation.invoke_async(&mut connection))
+            .await
+            .map_err(|e| redis_error(e.into()))?
+            .map_err(|e| redis_error(e.into()))?;
+        parse_read(reply).ok_or_else(|| {
+            redis_error(std::io::Error::other("unexpected reply from the read script").into())
+        })
+    }
+
+    async fn write(
+        &self,
+        key: &str,
+        lock: &str,
+        owner: &str,
+        token: &AccessToken,
+        base: (u64, Instant),
+        replace: bool,
+    ) -> Result<(), TokenError> {
+        // Redis time now = its time at `base` plus what passed here since.
+        let (redis_then, local_then) = base;
+        let now = redis_then + millis(local_then.elapsed());
+        let exp = now + millis(token.expires_in());
+        let due = self.policy.refresh_at(token, Instant::now());
+        let refresh = now + millis(due.saturating_duration_since(Instant::now()));
+        let (exp, refresh) = (exp.to_string(), refresh.to_string());
+        let sealed = self
+            .keys
+            .seal(
+                token.secret().as_bytes(),
+                &Self::context(key, &exp, &refresh),
+            )
+            .map_err(|e| TokenError::failed(PROVIDER, ErrorClass::Transient, e))?;
+        let mut invocation = scripts().write.prepare_invoke();
+        invocation
+            .key(key)
+            .key(lock)
+            .arg(owner)
+            .arg(exp)
+            .arg(refresh)
+            .arg(sealed)
+            .arg(if replace { "1" } else { "0" });
+        let mut connection = self.connection.clone();
+        let _: i64 = with_timeout(self.timeout, invocation.invoke_async(&mut connection))
+            .await
+            .map_err(|e| redis_error(e.into()))?
+            .map_err(|e| redis_error(e.into()))?;
+        Ok(())
+    }
+
+    async fn unlock(&self, lock: &str, owner: &str) {
+        let mut invocation = scripts().unlock.prepare_invoke();
+        invocation.key(lock).arg(owner);
+        let mut connection = self.connection.clone();
+        let done = with_timeout(
+            self.timeout,
+            invocation.invoke_async::<i64>(&mut connection),
+        )
+        .await;
+        if !matches!(done, Ok(Ok(_))) {
+            tracing::debug!("could not free the shared token lock; it expires by itself");
+        }
+    }
+
+    async fn fetch(&self, request: &TokenRequest) -> Result<AccessToken, TokenError> {
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        self.provider.token(request).await
+    }
+
+    /// The provider's token, Redis left aside.
+    async fn fallback(
+        &self,
+        request: &TokenRequest,
+        error: &TokenError,
+    ) -> Result<AccessToken, TokenError> {
+        self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %error, "shared token cache unavailable; asking the provider directly");
+        self.fetch(request).await
+    }
+
+    async fn get(&self, request: &TokenRequest) -> Result<AccessToken, TokenError> {
+        let key = self.record_key(&request.without_claims());
+        let lock = format!("{key}:lock");
+        let owner = random_owner()?;
+        if request.claims_json().is_some() {
+            // A challenge: the stored token is what was refused.
+            let base = match self.read_or_lock(&key, &lock, &owner, false).await {
+                Ok((now, _)) => (now, Instant::now()),
+                Err(e) => return self.fallback(request, &e).await,
+            };
+            let token = self.fetch(request).await?;
+            if let Err(e) = self.write(&key, &lock, &owner, &token, base, true).await {
+                tracing::warn!(error = %e, "could not share the challenged token");
+            }
+            return Ok(token);
+        }
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(20);
+        let mut waited = false;
+        loop {
+            let (now, read) = match self.read_or_lock(&key, &lock, &owner, true).await {
+                Ok(read) => read,
+                Err(e) => return self.fallback(request, &e).await,
+            };
+            let base = (now, Instant::now());
+            match read {
+                Read::Fresh(record) => {
+                    if let Some(token) = self.open(&key, &record, now) {
+                        self.counters.shared_hits.fetch_add(1, Ordering::Relaxed);
+                        return Ok(token);
+                    }
+                    // Unreadable: refresh it (under the lock when we can take it).
+                    return self
+                        .refresh(request, &key, &lock, &owner, base, true, false)
+                        .await;
+                }
+                Read::Locked(record) => {
+                    let unreadable = record
+                        .as_ref()
+                        .is_some_and(|r| self.open(&key, r, now).is_none());
+                    return self
+                        .refresh(request, &key, &lock, &owner, base, unreadable, true)
+                        .await;
+                }
+                Read::Wait(record) => {
+                    if let Some(token) = record.and_then(|r| self.open(&key, &r, now)) {
+                        // Still valid: the other instance's refresh will replace it.
+                        self.counters.shared_hits.fetch_add(1, Ordering::Relaxed);
+                        return Ok(token);
+                    }
+                    if !waited {
+                        waited = true;
+                        self.counters.waits.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if started.elapsed() >= self.lock_for {
+                        // The other instance is taking too long: do not wait forever.
+                        let token = self.fetch(request).await?;
+                        let base = (now, base.1);
+                        if let Err(e) = self.write(&key, &lock, &owner, &token, base, false).await {
+                            tracing::warn!(error = %e, "could not share the token");
+                        }
+                        return Ok(token);
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(250));
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn refresh(
+        &self,
+        request: &TokenRequest,
+        key: &str,
+        lock: &str,
+        owner: &str,
+        base: (u64, Instant),
+        replace: bool,
+        locked: bool,
+    ) -> Result<AccessToken, TokenError> {
+        match self.fetch(request).await {
+            Ok(token) => {
+                if let Err(e) = self.write(key, lock, owner, &token, base, replace).await {
+                    tracing::warn!(error = %e, "could not share the token");
+                }
+                Ok(token)
+            }
+            Err(e) => {
+                if locked {
+                    // Let another instance try (its own memory cache keeps its token).
+                    self.unlock(lock, owner).await;
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn random_owner() -> Result<String, TokenError> {
+    let mut bytes = [0_u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| {
+            TokenError::failed(
+                PROVIDER,
+                ErrorClass::Transient,
+                std::io::Error::other("no randomness"),
+            )
+        })?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn redis_error(source: super::BoxError) -> TokenError {
+    TokenError::failed(PROVIDER, ErrorClass::Transient, source)
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) if bytes.len() <= MAX_RECORD => {
+            String::from_utf8(bytes.clone()).ok()
+        }
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn parse_read(reply: Value) -> Option<(u64, Read)> {
+    let Value::Array(items) = reply else {
+        return None;
+    };
+    let state = text(items.first()?)?;
+    let now: u64 = text(items.get(1)?)?.parse().ok()?;
+    let record = match items.get(2..5) {
+        Some([exp, refresh, Value::BulkString(sealed)]) if sealed.len() <= MAX_RECORD => {
+            Some(Record {
+                exp: text(exp)?,
+                refresh: text(refresh)?,
+                sealed: sealed.clone(),
+            })
+        }
+        Some(_) => return None,
+        None => None,
+    };
+    let read = match state.as_str() {
+        "fresh" => Read::Fresh(record?),
+        "locked" => Read::Locked(record),
+        "wait" => Read::Wait(record),
+        _ => return None,
+    };
+    Some((now, read))
+}
+
+impl<P: TokenProvider> TokenProvider for SharedTokenCache<P> {
+    fn token<'a>(&'a self, request: &'a TokenRequest) -> TokenFuture<'a> {
+        Box::pin(self.get(request))
+    }
+}
