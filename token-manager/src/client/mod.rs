@@ -42,6 +42,8 @@ mod jwks;
 mod provider;
 mod request;
 mod response;
+#[cfg(feature = "http")]
+mod session;
 #[cfg(feature = "redis")]
 mod shared;
 mod token;
@@ -68,6 +70,9 @@ pub use response::{
     MAX_RESPONSE_BYTES, OAuthError, ResponseError, TokenGrant, claims_challenge, read_token_grant,
     read_token_response,
 };
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub use session::{GrantFuture, RefreshGrant, SignedInUser, SignedInUsers};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use shared::{SharedStats, SharedTokenCache};

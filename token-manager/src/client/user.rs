@@ -215,22 +215,91 @@ impl AuthorizationCodeClient {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let scope = scopes
-            .into_iter()
-            .map(Into::into)
-            .collect::<Vec<String>>()
-            .join(" ");
-        let mut form = vec![
-            ("grant_type", "refresh_token"),
-            ("client_id", self.client_id.as_str()),
-            ("refresh_token", refresh_token),
-            ("scope", scope.as_str()),
-        ];
-        if let Some(secret) = &self.secret {
-            form.push(("client_secret", secret));
-        }
-        let endpoint = self.authority.token_endpoint(&self.tenant);
-        post_form_grant(&self.http, &endpoint, &form, PROVIDER).await
+        self.refresh_for(refresh_token, &TokenRequest::new(scopes))
+            .await
+    }
+
+    /// [`refresh`](Self::refresh) for a [`TokenRequest`]: its scopes, its tenant (when it
+    /// names one) and its claims (a challenge, client capabilities).
+    ///
+    /// # Errors
+    /// As [`refresh`](Self::refresh).
+    pub async fn refresh_for(
+        &self,
+        refresh_token: &str,
+        request: &TokenRequest,
+    ) -> Result<TokenGrant, TokenError> {
+        refresh_grant(
+            &self.http,
+            &self.authority,
+            &self.tenant,
+            &self.client_id,
+            self.secret.as_deref(),
+            refresh_token,
+            request,
+            PROVIDER,
+        )
+        .await
+    }
+}
+
+/// The refresh token grant (RFC 6749 §6), for a public or a confidential client.
+#[allow(clippy::too_many_arguments)]
+async fn refresh_grant(
+    http: &reqwest::Client,
+    authority: &Authority,
+    own_tenant: &str,
+    client_id: &str,
+    secret: Option<&str>,
+    refresh_token: &str,
+    request: &TokenRequest,
+    provider: &'static str,
+) -> Result<TokenGrant, TokenError> {
+    let tenant = super::credential::requested_tenant(request, own_tenant, provider)?;
+    let scope = request.scopes().join(" ");
+    let mut form = vec![
+        ("grant_type", "refresh_token"),
+        ("client_id", client_id),
+        ("refresh_token", refresh_token),
+        ("scope", scope.as_str()),
+    ];
+    if let Some(secret) = secret {
+        form.push(("client_secret", secret));
+    }
+    let claims = request.claims_parameter()?;
+    if let Some(claims) = &claims {
+        form.push(("claims", claims));
+    }
+    let endpoint = authority.token_endpoint(tenant);
+    post_form_grant(http, &endpoint, &form, provider).await
+}
+
+impl super::RefreshGrant for AuthorizationCodeClient {
+    fn refresh<'a>(
+        &'a self,
+        refresh_token: &'a str,
+        request: &'a TokenRequest,
+    ) -> super::GrantFuture<'a> {
+        Box::pin(self.refresh_for(refresh_token, request))
+    }
+}
+
+impl super::RefreshGrant for DeviceCodeClient {
+    fn refresh<'a>(
+        &'a self,
+        refresh_token: &'a str,
+        request: &'a TokenRequest,
+    ) -> super::GrantFuture<'a> {
+        Box::pin(refresh_grant(
+            &self.http,
+            &self.authority,
+            &self.tenant,
+            &self.client_id,
+            None,
+            refresh_token,
+            request,
+            DEVICE,
+        ))
     }
 }
 

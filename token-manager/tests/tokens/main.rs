@@ -6,6 +6,7 @@ mod client_review;
 mod credential;
 mod interop;
 mod oidc;
+mod session;
 #[cfg(feature = "redis")]
 mod shared;
 

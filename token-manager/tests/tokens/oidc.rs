@@ -71,6 +71,8 @@ fn start() -> OpenIdProvider {
         Some("ready"),
         "oidc-provider did not start"
     );
+    // Keep draining its output (its notices): a closed pipe would kill it.
+    std::thread::spawn(move || lines.for_each(drop));
     OpenIdProvider {
         child,
         base: format!("http://127.0.0.1:{port}"),
@@ -199,4 +201,277 @@ async fn its_tokens_validate_through_discovery_and_random_kids_do_not_hammer_it(
         assert!(validator.validate_fresh(&forged).await.is_err());
     }
     assert_eq!(jwks.fetches(), 2, "one refetch for 100 unknown kids");
+}
+
+/// A browser for oidc-provider's development sign-in pages: keeps cookies, follows
+/// redirects, signs in as `login` and consents, until a redirect to `stop_at` (returned)
+/// or a page that asks for nothing more (its body returned).
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    cookies: std::collections::BTreeMap<String, String>,
+    login: &'static str,
+}
+
+enum Step {
+    Get(String),
+    Post(String, Vec<(String, String)>),
+}
+
+impl Browser {
+    fn new(base: &str, login: &'static str) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            base: base.to_owned(),
+            cookies: std::collections::BTreeMap::new(),
+            login,
+        }
+    }
+
+    fn absolute(&self, url: &str) -> String {
+        if url.starts_with("http") {
+            url.to_owned()
+        } else {
+            format!("{}{url}", self.base)
+        }
+    }
+
+    async fn send(&mut self, step: Step) -> reqwest::Response {
+        let request = match step {
+            Step::Get(url) => self.http.get(self.absolute(&url)),
+            Step::Post(url, form) => self.http.post(self.absolute(&url)).form(&form),
+        };
+        let cookie: Vec<String> = self
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let response = request
+            .header("cookie", cookie.join("; "))
+            .send()
+            .await
+            .unwrap();
+        for set in response.headers().get_all("set-cookie") {
+            let pair = set.to_str().unwrap().split(';').next().unwrap();
+            let (name, value) = pair.split_once('=').unwrap();
+            if value.is_empty() {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.to_owned(), value.to_owned());
+            }
+        }
+        response
+    }
+
+    /// Goes through redirects and the login and consent pages.
+    async fn browse(&mut self, mut step: Step, stop_at: &str) -> String {
+        for _ in 0..20 {
+            let response = self.send(step).await;
+            if response.status().is_redirection() {
+                let location = response.headers()["location"].to_str().unwrap().to_owned();
+                if location.starts_with(stop_at) {
+                    return location;
+                }
+                step = Step::Get(location);
+                continue;
+            }
+            let body = response.text().await.unwrap();
+            let form = |prompt: &str| -> Option<String> {
+                let at = body.find(&format!(r#"name="prompt" value="{prompt}""#))?;
+                let start = body[..at].rfind(r#"action=""#)? + r#"action=""#.len();
+                let end = body[start..].find('"')? + start;
+                Some(body[start..end].to_owned())
+            };
+            if let Some(action) = form("login") {
+                let fields = [
+                    ("prompt", "login"),
+                    ("login", self.login),
+                    ("password", "any"),
+                ];
+                step = Step::Post(action, owned(&fields));
+            } else if let Some(action) = form("consent") {
+                step = Step::Post(action, owned(&[("prompt", "consent")]));
+            } else {
+                return body;
+            }
+        }
+        panic!("the sign-in did not end");
+    }
+}
+
+fn owned(fields: &[(&str, &str)]) -> Vec<(String, String)> {
+    fields
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// The `value` of the hidden input `name` in a page.
+fn hidden(body: &str, name: &str) -> String {
+    let at = body
+        .find(&format!(r#"name="{name}" value=""#))
+        .unwrap_or_else(|| panic!("no {name} in {body}"));
+    let start = at + format!(r#"name="{name}" value=""#).len();
+    let end = body[start..].find('"').unwrap() + start;
+    body[start..end].to_owned()
+}
+
+fn query_param(url: &str, name: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then(|| {
+            // The values here (codes, states) are URL-safe; decode the few escapes.
+            v.replace("%2D", "-")
+                .replace("%5F", "_")
+                .replace("%7E", "~")
+        })
+    })
+}
+
+const USER_SCOPES: [&str; 3] = ["openid", "offline_access", "read"];
+
+#[tokio::test]
+async fn authorization_code_with_pkce_and_rotating_refresh_tokens_against_oidc_provider() {
+    use keel_token_manager::client::{AuthorizationCodeClient, SignedInUsers};
+    let provider = start();
+    let client = AuthorizationCodeClient::new(
+        Authority::Custom(provider.base.clone()),
+        "contoso",
+        "app-native",
+        "http://127.0.0.1/callback",
+        None,
+    )
+    .unwrap();
+    let pending = client.start(USER_SCOPES).unwrap();
+    let mut browser = Browser::new(&provider.base, "alice");
+    let redirect = browser
+        .browse(Step::Get(pending.url.clone()), "http://127.0.0.1/callback")
+        .await;
+    let code = query_param(&redirect, "code").expect("a code");
+    let state = query_param(&redirect, "state").expect("the state");
+
+    // A forged state is refused before any request; the real one redeems the code.
+    let grant = client.redeem(pending, &code, &state).await.unwrap();
+    let validator = validator(&provider.base).await;
+    let claims = validator.validate(grant.access.secret()).unwrap();
+    assert_eq!(claims.sub, "alice");
+    assert_eq!(claims.client_id, "app-native");
+    assert!(grant.id_token().is_some());
+    let first_refresh = grant
+        .refresh_token()
+        .expect("offline_access gives a refresh token")
+        .to_owned();
+
+    // The refresh token kept sealed; the user's provider redeems it and keeps the
+    // rotated one.
+    let users = SignedInUsers::new(
+        client.clone(),
+        keel_token_manager::SealingKeys::generate(1).unwrap(),
+    );
+    assert!(users.keep("alice", &grant).unwrap());
+    let sealed = users.sealed("alice").unwrap();
+    assert!(
+        !String::from_utf8_lossy(&sealed).contains(&first_refresh),
+        "sealed at rest"
+    );
+    let alice = users.user("alice");
+    // offline_access was not part of the grant here (see provider.mjs): ask without it.
+    let request = TokenRequest::new(["openid", "read"]);
+    let token = alice.token(&request).await.unwrap();
+    assert_eq!(validator.validate(token.secret()).unwrap().sub, "alice");
+    assert_ne!(
+        users.sealed("alice").unwrap(),
+        sealed,
+        "the rotated token is kept"
+    );
+    let token = alice.token(&request).await.unwrap();
+    assert_eq!(validator.validate(token.secret()).unwrap().sub, "alice");
+
+    // The first refresh token was spent: presenting it again is reuse. The provider
+    // refuses it (invalid_grant, permanent) and revokes the grant, so the user's next
+    // refresh fails too and the user is signed out rather than retried.
+    let reuse = client
+        .refresh(&first_refresh, ["openid", "read"])
+        .await
+        .unwrap_err();
+    assert_eq!(reuse.oauth().unwrap().error, "invalid_grant");
+    assert_eq!(
+        keel_resilience::Classify::class(&reuse),
+        keel_resilience::ErrorClass::Permanent
+    );
+    let revoked = alice.token(&request).await.unwrap_err();
+    assert_eq!(revoked.oauth().unwrap().error, "invalid_grant");
+    assert!(!users.is_signed_in("alice"));
+    assert!(alice.token(&request).await.is_err());
+}
+
+#[tokio::test]
+async fn the_device_code_flow_against_oidc_provider() {
+    use keel_token_manager::client::{DeviceCodeClient, SignedInUsers};
+    let provider = start();
+    let device = DeviceCodeClient::new(
+        Authority::Custom(provider.base.clone()),
+        "contoso",
+        "app-device",
+    )
+    .unwrap();
+    let code = device.start(USER_SCOPES).await.unwrap();
+    assert!(code.verification_uri.starts_with(&provider.base));
+    // The device polls while the user signs in on another device.
+    let polling = {
+        let (device, code) = (device.clone(), code.clone());
+        tokio::spawn(async move { device.wait(&code).await })
+    };
+    let mut browser = Browser::new(&provider.base, "bob");
+    let page = browser
+        .send(Step::Get(code.verification_uri.clone()))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let form = owned(&[
+        ("xsrf", &hidden(&page, "xsrf")),
+        ("user_code", &code.user_code),
+    ]);
+    let confirm = browser
+        .send(Step::Post(code.verification_uri.clone(), form))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let form = owned(&[
+        ("xsrf", &hidden(&confirm, "xsrf")),
+        ("user_code", &hidden(&confirm, "user_code")),
+        ("confirm", "yes"),
+    ]);
+    let done = browser
+        .browse(Step::Post(code.verification_uri.clone(), form), "never")
+        .await;
+    assert!(done.contains("Sign-in Success"), "{done}");
+
+    let grant = tokio::time::timeout(Duration::from_secs(30), polling)
+        .await
+        .expect("the device got its token")
+        .unwrap()
+        .unwrap();
+    let validator = validator(&provider.base).await;
+    let claims = validator.validate(grant.access.secret()).unwrap();
+    assert_eq!(claims.sub, "bob");
+    assert_eq!(claims.client_id, "app-device");
+    // Its refresh token, through the same sealed store.
+    let users = SignedInUsers::new(
+        device,
+        keel_token_manager::SealingKeys::generate(1).unwrap(),
+    );
+    assert!(users.keep("bob", &grant).unwrap());
+    let token = users
+        .user("bob")
+        .token(&TokenRequest::new(USER_SCOPES))
+        .await
+        .unwrap();
+    assert_eq!(validator.validate(token.secret()).unwrap().sub, "bob");
 }
