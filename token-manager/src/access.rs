@@ -71,6 +71,10 @@ pub struct AccessTokenClaims {
     /// When the user authenticated, seconds since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_time: Option<u64>,
+    /// The Entra ID tenant the token was issued in (Entra ID's `tid`); checked against
+    /// a multi-tenant issuer template and [`Validator::tenants`](crate::Validator::tenants).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tid: Option<String>,
 }
 
 impl AccessTokenClaims {
@@ -247,6 +251,7 @@ impl AccessTokenIssuer {
             acr: grant.acr.clone(),
             amr: grant.amr.clone(),
             auth_time: grant.auth_time,
+            tid: None,
         };
         let mut header = Header::new(key.algorithm().jwt());
         header.typ = Some(ACCESS_TOKEN_TYP.to_owned());

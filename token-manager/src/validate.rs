@@ -183,6 +183,31 @@ pub struct Validator {
     max_lifetime: Option<Duration>,
     max_token_len: usize,
     extra_types: Vec<String>,
+    tenants: Tenants,
+}
+
+/// Which tenants' tokens a validator takes.
+#[derive(Clone, Debug)]
+enum Tenants {
+    /// Not said: a fixed issuer takes its own; an issuer template takes none.
+    Unset,
+    /// Any tenant (a multi-tenant app that checks tenants itself).
+    Any,
+    /// These tenant ids only.
+    Only(Vec<String>),
+}
+
+/// Entra ID's multi-tenant issuer placeholder (`https://login.microsoftonline.com/{tenantid}/v2.0`).
+const TENANT_PLACEHOLDER: &str = "{tenantid}";
+
+/// Whether `tid` has a tenant id's shape (a GUID): anything else could bend the issuer
+/// built from the template.
+fn is_tenant_id(tid: &str) -> bool {
+    tid.len() == 36
+        && tid.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
 }
 
 /// The longest token accepted by default: 16 KiB, room for Entra ID tokens with many
@@ -198,6 +223,7 @@ impl fmt::Debug for Validator {
             .field("allowed", &self.allowed)
             .field("max_lifetime", &self.max_lifetime)
             .field("max_token_len", &self.max_token_len)
+            .field("tenants", &self.tenants)
             .finish_non_exhaustive()
     }
 }
@@ -306,7 +332,71 @@ impl Validator {
             max_lifetime: None,
             max_token_len: DEFAULT_MAX_TOKEN_LEN,
             extra_types: Vec::new(),
+            tenants: Tenants::Unset,
         }
+    }
+
+    /// Takes tokens of these Entra ID tenants only (their `tid`). Needed with a
+    /// multi-tenant issuer template (`https://login.microsoftonline.com/{tenantid}/v2.0`,
+    /// what the `common` and `organizations` discovery documents name), whose tokens are
+    /// otherwise all refused: every Entra ID tenant's tokens are signed by the same keys,
+    /// so without a tenant check a token from any tenant in the world would pass. With a
+    /// template, a token's `iss` must also be the template with its own `tid` in place.
+    ///
+    /// ```
+    /// # use keel_token_manager::{Jwks, Validator};
+    /// let validator = Validator::from_jwks(&Jwks { keys: vec![] }, "https://login.microsoftonline.com/{tenantid}/v2.0", "api://orders")
+    ///     .unwrap()
+    ///     .tenants(["72f988bf-86f1-41af-91ab-2d7cd011db47"]);
+    /// # drop(validator);
+    /// ```
+    #[must_use]
+    pub fn tenants<I, S>(mut self, tenants: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.tenants = Tenants::Only(
+            tenants
+                .into_iter()
+                .map(|t| t.into().to_ascii_lowercase())
+                .collect(),
+        );
+        self
+    }
+
+    /// Takes tokens of any Entra ID tenant under a multi-tenant issuer template (each
+    /// token's `iss` still must be the template with its own `tid`): for an app that
+    /// checks the tenant itself, per request.
+    #[must_use]
+    pub fn any_tenant(mut self) -> Self {
+        self.tenants = Tenants::Any;
+        self
+    }
+
+    /// The issuer and tenant checks beyond jsonwebtoken's.
+    fn check_tenant(&self, claims: &AccessTokenClaims) -> Result<(), ValidationError> {
+        let tid = claims.tid.as_deref().map(str::to_ascii_lowercase);
+        if let Some((before, after)) = self.issuer.split_once(TENANT_PLACEHOLDER) {
+            let tid = tid
+                .as_deref()
+                .filter(|tid| is_tenant_id(tid))
+                .ok_or(ValidationError::WrongIssuer)?;
+            let iss = claims.iss.as_str();
+            let matches = iss.len() == before.len() + tid.len() + after.len()
+                && iss.starts_with(before)
+                && iss.ends_with(after)
+                && iss[before.len()..before.len() + tid.len()].eq_ignore_ascii_case(tid);
+            if !matches || matches!(self.tenants, Tenants::Unset) {
+                return Err(ValidationError::WrongIssuer);
+            }
+        }
+        if let Tenants::Only(allowed) = &self.tenants
+            && !tid.as_ref().is_some_and(|tid| allowed.contains(tid))
+        {
+            return Err(ValidationError::WrongIssuer);
+        }
+        Ok(())
     }
 
     /// Refuses tokens whose `exp - iat` is longer than `max` ([`ValidationError::LifetimeTooLong`]):
@@ -412,7 +502,12 @@ impl Validator {
         let mut validation = jsonwebtoken::Validation::new(algorithm.jwt());
         validation.leeway = self.leeway.as_secs();
         validation.validate_nbf = true;
-        validation.set_issuer(&[&self.issuer]);
+        if self.issuer.contains(TENANT_PLACEHOLDER) {
+            // Checked against the token's own tenant below.
+            validation.iss = None;
+        } else {
+            validation.set_issuer(&[&self.issuer]);
+        }
         validation.set_audience(&[&self.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         let claims = jsonwebtoken::decode::<AccessTokenClaims>(token, &key.key, &validation)
@@ -440,6 +535,7 @@ impl Validator {
         {
             return Err(ValidationError::LifetimeTooLong);
         }
+        self.check_tenant(&claims)?;
         Ok(claims)
     }
 }

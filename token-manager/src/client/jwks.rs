@@ -100,7 +100,10 @@ impl RemoteJwks {
     /// Reads `issuer`'s OpenID discovery document
     /// (`{issuer}/.well-known/openid-configuration`), checks that it names the same
     /// issuer, and fetches the keys at its `jwks_uri`. Returns them and the issuer to
-    /// validate against.
+    /// validate against: for Entra ID's `common` and `organizations` documents, the
+    /// multi-tenant template `https://login.microsoftonline.com/{tenantid}/v2.0`, which
+    /// the [`Validator`](crate::Validator) checks against each token's `tid` (name the
+    /// tenants you take with [`Validator::tenants`](crate::Validator::tenants)).
     ///
     /// # Errors
     /// When the document or the keys cannot be fetched or read, or name another issuer.
@@ -119,14 +122,17 @@ impl RemoteJwks {
         let named = discovery["issuer"]
             .as_str()
             .ok_or_else(|| invalid("the discovery document has no issuer"))?;
-        if named.contains("{tenantid}") {
+        if let Some((before, after)) = named.trim_end_matches('/').split_once("{tenantid}") {
             // Entra's `common` / `organizations` documents: every tenant's tokens carry
-            // their own issuer. Not supported yet: discover the tenant's own issuer.
-            return Err(invalid(
-                "a multi-tenant issuer template ({tenantid}) is not supported yet: discover each tenant's own issuer",
-            ));
-        }
-        if named.trim_end_matches('/') != issuer {
+            // their own issuer, the template with their `tid` (the Validator checks it).
+            // The template must be this issuer's, with the tenant segment in its place.
+            let segment = issuer
+                .strip_prefix(before)
+                .and_then(|rest| rest.strip_suffix(after));
+            if !segment.is_some_and(|s| !s.is_empty() && !s.contains('/')) {
+                return Err(invalid("the discovery document names another issuer"));
+            }
+        } else if named.trim_end_matches('/') != issuer {
             return Err(invalid("the discovery document names another issuer"));
         }
         let jwks_uri = discovery["jwks_uri"]

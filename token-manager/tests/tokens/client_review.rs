@@ -12,7 +12,7 @@ use keel_token_manager::client::{
     ManagedIdentitySource, RemoteJwks, TokenProvider, TokenRequest, environment_credential,
     from_fn,
 };
-use keel_token_manager::{Algorithm, KeyRing, Validator};
+use keel_token_manager::{Algorithm, KeyRing, ValidationError, Validator};
 
 #[test]
 fn the_app_service_identity_header_stays_out_of_debug() {
@@ -263,7 +263,94 @@ async fn jwks_errors_are_bounded_and_multi_tenant_templates_refused() {
         tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
         base
     };
-    // A multi-tenant template cannot be checked yet: refused, not returned as is.
+    // A template naming another host than the one asked: refused, not returned as is.
     let refused = RemoteJwks::discover(&format!("{base2}/common/v2.0")).await;
     assert!(refused.is_err());
+}
+
+/// Entra ID's `common` discovery names the template
+/// `https://login.microsoftonline.com/{tenantid}/v2.0`; every tenant's tokens are signed
+/// by the same keys, so the tenant is what keeps another tenant's tokens out.
+#[tokio::test]
+async fn a_multi_tenant_issuer_template_is_checked_against_each_tokens_tenant() {
+    const T1: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+    const T2: &str = "9188040d-6c67-4c5b-b112-36a304b66dad";
+    let ring = KeyRing::new(crate::pem_key("rsa", Algorithm::RS256));
+    let jwks = ring.jwks().to_json();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let doc = serde_json::json!({
+        "issuer": format!("{base}/{{tenantid}}/v2.0"),
+        "jwks_uri": format!("{base}/keys"),
+    })
+    .to_string();
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/common/v2.0/.well-known/openid-configuration",
+            get(move || async move { doc }),
+        )
+        .route("/keys", get(move || async move { jwks }));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let (remote, issuer) = RemoteJwks::discover(&format!("{base}/common/v2.0"))
+        .await
+        .unwrap();
+    assert_eq!(issuer, format!("{base}/{{tenantid}}/v2.0"));
+    let token = |iss_tenant: &str, tid: Option<&str>| {
+        let mut claims = crate::claims(crate::now() + 600);
+        claims["iss"] = serde_json::json!(format!("{base}/{iss_tenant}/v2.0"));
+        claims["aud"] = serde_json::json!("api://orders");
+        if let Some(tid) = tid {
+            claims["tid"] = serde_json::json!(tid);
+        }
+        crate::forge(
+            jsonwebtoken::Algorithm::RS256,
+            Some("JWT"),
+            Some("rsa"),
+            &claims,
+        )
+    };
+    let validator = |v: Validator| v.accept_types(&["JWT"]);
+    let from_template = Validator::from_remote(remote, issuer, "api://orders");
+    let only_t1 = validator(from_template.clone().tenants([T1]));
+    let claims = only_t1.validate_fresh(&token(T1, Some(T1))).await.unwrap();
+    assert_eq!(claims.tid.as_deref(), Some(T1));
+    // Upper-case GUIDs are the same tenant.
+    assert!(
+        only_t1
+            .validate(&token(&T1.to_uppercase(), Some(&T1.to_uppercase())))
+            .is_ok()
+    );
+    // Another tenant, a token whose iss and tid disagree, a tid that is no tenant id,
+    // no tid: refused.
+    for (iss, tid) in [
+        (T2, Some(T2)),
+        (T2, Some(T1)),
+        (T1, Some(T2)),
+        ("x", Some("x")),
+        (T1, None),
+        ("common", Some(T1)),
+    ] {
+        assert_eq!(
+            only_t1.validate(&token(iss, tid)),
+            Err(ValidationError::WrongIssuer),
+            "{iss} {tid:?}"
+        );
+    }
+    // Without a tenant policy a template takes nobody; any_tenant takes any tenant's
+    // well-formed token, still refusing a mismatched one.
+    let unset = validator(from_template.clone());
+    assert_eq!(
+        unset.validate(&token(T1, Some(T1))),
+        Err(ValidationError::WrongIssuer)
+    );
+    let any = validator(from_template.any_tenant());
+    assert!(any.validate(&token(T2, Some(T2))).is_ok());
+    assert_eq!(
+        any.validate(&token(T2, Some(T1))),
+        Err(ValidationError::WrongIssuer)
+    );
+    // A template on another host than the one asked is refused at discovery (above:
+    // jwks_errors_are_bounded_and_multi_tenant_templates_refused).
 }

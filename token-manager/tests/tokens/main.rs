@@ -44,7 +44,7 @@ pub(crate) fn pem_key(kid: &str, algorithm: Algorithm) -> SigningKey {
     SigningKey::from_pem(kid, algorithm, &fixture(file)).unwrap()
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -53,7 +53,7 @@ fn now() -> u64 {
 
 /// Signs arbitrary claims with the RSA fixture and an arbitrary header, as an attacker or
 /// a misconfigured issuer would.
-fn forge(
+pub(crate) fn forge(
     alg: jsonwebtoken::Algorithm,
     typ: Option<&str>,
     kid: Option<&str>,
@@ -66,7 +66,7 @@ fn forge(
     jsonwebtoken::encode(&header, claims, &key).unwrap()
 }
 
-fn claims(exp: u64) -> serde_json::Value {
+pub(crate) fn claims(exp: u64) -> serde_json::Value {
     serde_json::json!({
         "iss": ISSUER, "sub": "user-1", "aud": AUDIENCE, "exp": exp, "iat": now(),
         "jti": "j-1", "client_id": "web"
