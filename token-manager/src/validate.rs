@@ -305,6 +305,9 @@ impl Validator {
     #[cfg(feature = "http")]
     #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
     pub async fn validate_fresh(&self, token: &str) -> Result<AccessTokenClaims, ValidationError> {
+        if let Keys::Remote(remote) = &self.keys {
+            remote.refresh_if_stale();
+        }
         let first = self.validate(token);
         if let (Err(ValidationError::UnknownKey(_)), Keys::Remote(remote)) = (&first, &self.keys)
             && remote.refresh().await

@@ -20,6 +20,8 @@ const MAX_DOCUMENT_BYTES: usize = 4 * MAX_RESPONSE_BYTES;
 struct State {
     keys: Arc<HashMap<String, Arc<VerifyingKey>>>,
     fetched: Option<Instant>,
+    /// How long the issuer said the keys may be kept (`Cache-Control`), if it did.
+    max_age: Option<Duration>,
 }
 
 struct Inner {
@@ -34,10 +36,12 @@ struct Inner {
 }
 
 /// An issuer's JWKS (Entra ID's, or any OpenID provider's) for
-/// [`Validator::from_remote`](crate::Validator::from_remote): fetched at start, then
-/// again when a token names a `kid` it does not know (the issuer rotated its keys), but
-/// at most once per refresh interval (5 minutes by default) whatever the tokens say, so
-/// an attacker sending random `kid`s cannot make us hammer the issuer.
+/// [`Validator::from_remote`](crate::Validator::from_remote): fetched at start; again in
+/// the background when the issuer's `Cache-Control: max-age` has passed (12 hours when
+/// it does not say, at most 24), the current keys serving meanwhile; and again when a
+/// token names a `kid` it does not know (the issuer rotated its keys), but at most once
+/// per refresh interval (5 minutes by default) whatever the tokens say, so an attacker
+/// sending random `kid`s cannot make us hammer the issuer.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), keel_token_manager::client::TokenError> {
@@ -64,10 +68,44 @@ impl fmt::Debug for RemoteJwks {
     }
 }
 
+/// How long a document may be kept, from its `Cache-Control` (`max-age`; `no-store`
+/// and `no-cache` mean none): `None` when it does not say.
+fn max_age(response: &reqwest::Response) -> Option<Duration> {
+    let value = response
+        .headers()
+        .get(reqwest::header::CACHE_CONTROL)?
+        .to_str()
+        .ok()?;
+    let mut age = None;
+    for directive in value.split(',').map(str::trim) {
+        let lower = directive.to_ascii_lowercase();
+        if lower == "no-store" || lower == "no-cache" {
+            return Some(Duration::ZERO);
+        }
+        if let Some(seconds) = lower.strip_prefix("max-age=") {
+            age = seconds
+                .trim_matches('"')
+                .parse::<u64>()
+                .ok()
+                .map(Duration::from_secs);
+        }
+    }
+    age
+}
+
 async fn get_json(http: &reqwest::Client, url: &str) -> Result<serde_json::Value, TokenError> {
+    get_json_cached(http, url).await.map(|(json, _)| json)
+}
+
+/// The document at `url` and its `Cache-Control` max age.
+async fn get_json_cached(
+    http: &reqwest::Client,
+    url: &str,
+) -> Result<(serde_json::Value, Option<Duration>), TokenError> {
     let transient =
         |e: reqwest::Error| TokenError::failed(PROVIDER, ErrorClass::Transient, e.without_url());
     let mut response = http.get(url).send().await.map_err(transient)?;
+    let max_age = max_age(&response);
     let status = response.status().as_u16();
     if status != 200 {
         return Err(TokenError::failed(
@@ -87,14 +125,21 @@ async fn get_json(http: &reqwest::Client, url: &str) -> Result<serde_json::Value
         }
         body.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&body).map_err(|e| {
+    let json = serde_json::from_slice(&body).map_err(|e| {
         TokenError::failed(
             PROVIDER,
             ErrorClass::Transient,
             ResponseError::Invalid(super::response::bounded(&format!("not JSON: {e}"))),
         )
-    })
+    })?;
+    Ok((json, max_age))
 }
+
+/// How long keys are kept when the issuer's `Cache-Control` does not say (as
+/// Microsoft.IdentityModel's automatic refresh interval), and the longest they are kept
+/// whatever it says.
+const DEFAULT_KEEP: Duration = Duration::from_secs(12 * 3600);
+const MAX_KEEP: Duration = Duration::from_secs(24 * 3600);
 
 impl RemoteJwks {
     /// Reads `issuer`'s OpenID discovery document
@@ -154,6 +199,7 @@ impl RemoteJwks {
                 state: RwLock::new(State {
                     keys: Arc::default(),
                     fetched: None,
+                    max_age: None,
                 }),
                 fetching: tokio::sync::Mutex::new(()),
                 min_refresh_ms: AtomicU64::new(300_000),
@@ -190,7 +236,7 @@ impl RemoteJwks {
 
     async fn fetch(&self) -> Result<(), TokenError> {
         self.inner.fetches.fetch_add(1, Ordering::Relaxed);
-        let json = get_json(&self.inner.http, &self.inner.jwks_uri).await?;
+        let (json, max_age) = get_json_cached(&self.inner.http, &self.inner.jwks_uri).await?;
         let jwks: Jwks = serde_json::from_value(json).map_err(|e| {
             TokenError::failed(
                 PROVIDER,
@@ -207,7 +253,35 @@ impl RemoteJwks {
             .unwrap_or_else(PoisonError::into_inner);
         state.keys = Arc::new(keys);
         state.fetched = Some(Instant::now());
+        state.max_age = max_age;
         Ok(())
+    }
+
+    /// Whether the issuer's `Cache-Control` time for the keys has passed (never sooner
+    /// than the refresh interval after the last fetch).
+    pub(crate) fn is_stale(&self) -> bool {
+        let min = Duration::from_millis(self.inner.min_refresh_ms.load(Ordering::Relaxed));
+        let state = self
+            .inner
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let keep = state
+            .max_age
+            .unwrap_or(DEFAULT_KEEP)
+            .clamp(min.min(MAX_KEEP), MAX_KEEP);
+        state.fetched.is_some_and(|at| at.elapsed() >= keep)
+    }
+
+    /// Fetches the keys again in the background if they are stale (one fetch at a
+    /// time; the current keys serve meanwhile).
+    pub(crate) fn refresh_if_stale(&self) {
+        if self.is_stale() && self.inner.fetching.try_lock().is_ok() {
+            let this = self.clone();
+            tokio::spawn(async move {
+                this.refresh().await;
+            });
+        }
     }
 
     /// Fetches the keys again unless that was done within the refresh interval. True

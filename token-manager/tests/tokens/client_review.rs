@@ -354,3 +354,43 @@ async fn a_multi_tenant_issuer_template_is_checked_against_each_tokens_tenant() 
     // A template on another host than the one asked is refused at discovery (above:
     // jwks_errors_are_bounded_and_multi_tenant_templates_refused).
 }
+
+/// The issuer's `Cache-Control: max-age` decides when its keys are fetched again (in the
+/// background, the current keys serving meanwhile); without it they are kept for hours.
+#[tokio::test]
+async fn jwks_are_fetched_again_when_their_cache_control_max_age_passes() {
+    use axum::http::header;
+    use axum::routing::get;
+    let ring = KeyRing::new(crate::pem_key("rsa", Algorithm::RS256));
+    let jwks = ring.jwks().to_json();
+    let (short, none) = (jwks.clone(), jwks);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new()
+        .route(
+            "/short",
+            get(move || async move { ([(header::CACHE_CONTROL, "public, max-age=1")], short) }),
+        )
+        .route("/none", get(move || async move { none }));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let token = crate::forge(
+        jsonwebtoken::Algorithm::RS256,
+        Some("at+jwt"),
+        Some("rsa"),
+        &crate::claims(crate::now() + 600),
+    );
+    for (path, refetched) in [("short", true), ("none", false)] {
+        let remote = RemoteJwks::from_uri(&format!("{base}/{path}"))
+            .await
+            .unwrap()
+            .min_refresh_interval(Duration::from_millis(100));
+        let validator = Validator::from_remote(remote.clone(), crate::ISSUER, crate::AUDIENCE);
+        validator.validate_fresh(&token).await.unwrap();
+        assert_eq!(remote.fetches(), 1);
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        // Served at once with the keys at hand; the fetch runs behind.
+        validator.validate_fresh(&token).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(remote.fetches(), if refetched { 2 } else { 1 }, "{path}");
+    }
+}
