@@ -575,3 +575,47 @@ async fn failed_refreshes_back_off_and_a_throttled_one_waits_for_retry_after() {
     assert_eq!(count(), 8);
     assert_eq!(cache.stats().failed_refreshes, 7);
 }
+
+/// A writer for a test's own tracing subscriber.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_background_refresh_logs_in_the_callers_span_without_the_token() {
+    use tracing::Instrument as _;
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let endpoint = Endpoint::default();
+    let cache = CachingProvider::new(endpoint.clone());
+    let first = secret(&cache, &graph()).await;
+    endpoint.fail(true);
+    tokio::time::advance(Duration::from_secs(3400)).await;
+    async {
+        assert_eq!(secret(&cache, &graph()).await, first);
+    }
+    .instrument(tracing::info_span!("orders_sync", job = 42))
+    .await;
+    settle().await;
+    let logged = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let line = logged
+        .lines()
+        .find(|l| l.contains("token refresh failed"))
+        .unwrap_or_else(|| panic!("no refresh failure logged: {logged}"));
+    assert!(line.contains("orders_sync{job=42}"), "{line}");
+    assert!(!logged.contains(&first), "the token never shows: {logged}");
+}
