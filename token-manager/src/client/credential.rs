@@ -492,8 +492,9 @@ impl TokenProvider for WorkloadIdentityCredential {
 }
 
 /// The credential Azure.Identity's `EnvironmentCredential` builds from
-/// `AZURE_TENANT_ID`, `AZURE_CLIENT_ID` and either `AZURE_CLIENT_SECRET` or
-/// `AZURE_FEDERATED_TOKEN_FILE` (`AZURE_AUTHORITY_HOST` picks the cloud), or
+/// `AZURE_TENANT_ID`, `AZURE_CLIENT_ID` and one of `AZURE_CLIENT_SECRET`,
+/// `AZURE_CLIENT_CERTIFICATE_PATH` (a PEM file: certificate and private key) or
+/// `AZURE_FEDERATED_TOKEN_FILE`, in that order (`AZURE_AUTHORITY_HOST` picks the cloud), or
 /// [`TokenError::Unavailable`] naming what is missing (a [`ProviderChain`](super::ProviderChain)
 /// then goes on).
 ///
@@ -542,6 +543,32 @@ pub fn environment_credential(
             authority, tenant, client_id, secret,
         )?));
     }
+    if let Some(path) = get("AZURE_CLIENT_CERTIFICATE_PATH") {
+        // A PEM file with the certificate and its private key (Azure.Identity also takes
+        // PFX; convert one with `openssl pkcs12 -in cert.pfx -nodes`).
+        let bytes = std::fs::read(&path).map_err(|_| {
+            TokenError::unavailable(
+                ENVIRONMENT,
+                "the file AZURE_CLIENT_CERTIFICATE_PATH names cannot be read",
+            )
+        })?;
+        let pem = String::from_utf8(bytes)
+            .ok()
+            .filter(|text| text.contains("-----BEGIN"))
+            .ok_or_else(|| {
+                TokenError::unavailable(
+                    ENVIRONMENT,
+                    "AZURE_CLIENT_CERTIFICATE_PATH must name a PEM file (certificate and private key); convert a PFX with `openssl pkcs12 -nodes`",
+                )
+            })?;
+        let certificate = super::ClientCertificate::from_pem(&pem)?;
+        return Ok(Box::new(super::ClientCertificateCredential::new(
+            authority,
+            tenant,
+            client_id,
+            certificate,
+        )?));
+    }
     if let Some(file) = get("AZURE_FEDERATED_TOKEN_FILE") {
         return Ok(Box::new(WorkloadIdentityCredential::new(
             authority, tenant, client_id, file,
@@ -549,8 +576,47 @@ pub fn environment_credential(
     }
     Err(TokenError::unavailable(
         ENVIRONMENT,
-        "neither AZURE_CLIENT_SECRET nor AZURE_FEDERATED_TOKEN_FILE is set",
+        "none of AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH and AZURE_FEDERATED_TOKEN_FILE is set",
     ))
+}
+
+/// The credential chain a service running anywhere wants, as Azure.Identity's
+/// `DefaultAzureCredential` without the developer tools: [`environment_credential`]
+/// (a secret, a certificate or a federated token file from the `AZURE_*` variables),
+/// then [`ManagedIdentityCredential`] (App Service's `IDENTITY_ENDPOINT`, else IMDS;
+/// `AZURE_CLIENT_ID` picks a user-assigned identity). Put a
+/// [`CachingProvider`](super::CachingProvider) in front.
+///
+/// ```
+/// use keel_token_manager::client::default_credential;
+///
+/// // No variables: the environment is unavailable and the chain goes on to managed
+/// // identity (on a machine that is not in Azure, its request fails).
+/// let chain = default_credential(|_: &str| None).unwrap();
+/// assert!(format!("{chain:?}").contains("ProviderChain"));
+/// ```
+///
+/// # Errors
+/// [`TokenError::Unavailable`] when no HTTP client can be built.
+pub fn default_credential(
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<super::ProviderChain, TokenError> {
+    let chain = super::ProviderChain::new();
+    let chain = match environment_credential(&var) {
+        Ok(credential) => chain.then(credential),
+        Err(unavailable) => {
+            // Keep the reason: a chain where nothing works names it.
+            let reason = unavailable.to_string();
+            chain.then(super::from_fn(move |_: &TokenRequest| {
+                let reason = reason.clone();
+                async move { Err(TokenError::unavailable("environment credential", reason)) }
+            }))
+        }
+    };
+    let client_id = var("AZURE_CLIENT_ID").filter(|v| !v.trim().is_empty());
+    let managed =
+        ManagedIdentityCredential::new(ManagedIdentityCredential::source_from(&var), client_id)?;
+    Ok(chain.then(managed))
 }
 
 const MANAGED: &str = "managed identity credential";

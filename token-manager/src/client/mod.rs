@@ -58,7 +58,7 @@ pub use certificate::{ClientCertificate, ClientCertificateCredential};
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use credential::{
     Authority, ClientSecretCredential, ManagedIdentityCredential, ManagedIdentitySource,
-    WorkloadIdentityCredential, environment_credential,
+    WorkloadIdentityCredential, default_credential, environment_credential,
 };
 pub use error::{BoxError, TokenError};
 #[cfg(feature = "http")]

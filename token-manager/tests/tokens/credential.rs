@@ -951,3 +951,58 @@ async fn an_issuer_key_rotation_is_picked_up_on_the_first_unknown_kid() {
     assert!(validator.validate_fresh(&rotated).await.is_ok());
     assert_eq!(jwks.fetches(), 2);
 }
+
+#[tokio::test]
+async fn the_environment_takes_a_certificate_and_the_default_chain_ends_with_managed_identity() {
+    use keel_token_manager::client::default_credential;
+    let (base, fake) = fake().await;
+    let graph = TokenRequest::new(["https://graph.microsoft.com/.default"]);
+    let dir = std::env::temp_dir().join(format!("keel-env-cert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pem = dir.join("app.pem");
+    std::fs::write(
+        &pem,
+        crate::fixture("rsa-2048.crt.pem") + &crate::fixture("rsa-2048.pem"),
+    )
+    .unwrap();
+    let pfx = dir.join("app.pfx");
+    std::fs::write(&pfx, [0x30_u8, 0x82, 0x0a, 0x00]).unwrap();
+    let vars = |certificate: std::path::PathBuf, base: String| {
+        move |name: &str| match name {
+            "AZURE_TENANT_ID" => Some("contoso.onmicrosoft.com".to_owned()),
+            "AZURE_CLIENT_ID" => Some("app-1".to_owned()),
+            "AZURE_CLIENT_CERTIFICATE_PATH" => Some(certificate.display().to_string()),
+            "AZURE_AUTHORITY_HOST" => Some(base.clone()),
+            _ => None,
+        }
+    };
+    // A PEM file: a signed assertion, checked by the fake as Entra ID checks it.
+    let chain = default_credential(vars(pem.clone(), base.clone())).unwrap();
+    let token = chain.token(&graph).await.unwrap();
+    assert!(
+        token.secret().starts_with("contoso.onmicrosoft.com|"),
+        "{}",
+        token.secret()
+    );
+    assert_eq!(fake.assertions.lock().unwrap().len(), 1);
+    // A PFX is named as such, not misread.
+    let Err(pfx_error) =
+        keel_token_manager::client::environment_credential(vars(pfx, base.clone()))
+    else {
+        panic!("a PFX file was taken as PEM")
+    };
+    assert!(pfx_error.to_string().contains("PEM"), "{pfx_error}");
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // No AZURE_* variables: the chain goes on to managed identity (App Service here).
+    let app_service = |name: &str| match name {
+        "IDENTITY_ENDPOINT" => Some(format!("{base}/msi/token")),
+        "IDENTITY_HEADER" => Some("identity-secret".to_owned()),
+        _ => None,
+    };
+    let chain = default_credential(app_service).unwrap();
+    assert_eq!(
+        chain.token(&graph).await.unwrap().secret(),
+        "appservice|https://graph.microsoft.com"
+    );
+}
