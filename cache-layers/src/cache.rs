@@ -135,6 +135,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
 
     /// The backplane's state, when an L2 is configured.
     #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     #[must_use]
     pub fn backplane_status(&self) -> Option<BackplaneStatus> {
         self.inner.remote.as_ref().map(|r| {

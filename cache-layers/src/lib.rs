@@ -89,6 +89,7 @@ mod remote;
 pub mod stats;
 
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use backplane::BackplaneStatus;
 pub use builder::CacheBuilder;
 pub use cache::{Cache, Warmed};
@@ -96,6 +97,7 @@ pub use clock::{Clock, CoarseClock, ManualClock, SystemClock};
 pub use codec::{Codec, Compression, Postcard};
 pub use error::{BoxError, BuildError, CacheError, CodecError};
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use l2::{L2SetupError, RedisL2};
 pub use options::EntryOptions;
 pub use stats::CacheStats;

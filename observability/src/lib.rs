@@ -78,6 +78,7 @@ pub mod slo;
 
 pub use buckets::LATENCY_BUCKETS;
 #[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub use correlation::CorrelationMiddleware;
 pub use correlation::{
     CorrelationId, CorrelationLayer, RequestContext, TraceContext, in_current_context, spawn,
@@ -88,4 +89,5 @@ pub use problem::{ApiError, ErrorCode, ErrorFamily, IntoProblem, Problem};
 #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
 pub use prometheus::{MetricsError, PrometheusMetrics};
 #[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use red::RedLayer;

@@ -41,12 +41,15 @@
 //!
 //! | feature | what |
 //! |---|---|
-//! | `redis` | [`RedisStore`]: refresh-token families in Redis, rotation in one Lua script |
+//! | `http` (default) | the credentials and flows that call a token endpoint (reqwest with rustls), [`client::RemoteJwks`] |
+//! | `redis` | [`RedisStore`]: refresh-token families in Redis, rotation in one Lua script; [`client::SharedTokenCache`] |
 //! | `postgres` | [`PostgresStore`]: families in PostgreSQL, rotation in one transaction, migrations shipped |
 //!
 //! Crypto: signatures through `jsonwebtoken` on its `aws_lc_rs` backend (RS256
 //! verification is several times faster there than on `rust_crypto`); randomness,
 //! hashing and key parsing through `ring`.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod access;
 mod audit;
@@ -68,8 +71,10 @@ pub use access::{
 };
 pub use keys::{Algorithm, Jwk, Jwks, KeyError, KeyRing, SigningKey};
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres_store::PostgresStore;
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis_store::RedisStore;
 pub use refresh::{
     IssuedRefreshToken, RefreshConfig, RefreshError, RefreshTokens, Session, hash_token,
