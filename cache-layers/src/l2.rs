@@ -53,18 +53,38 @@ impl fmt::Debug for RedisL2 {
     }
 }
 
-/// The L2 could not be set up.
+/// The L2 could not be set up: a URL that is not a Redis URL, no node given, or (for a
+/// cluster) no node answering. Redis's own error, when there is one, is the source.
 #[derive(Debug, thiserror::Error)]
-#[error("could not set up the Redis L2: {reason}")]
-pub struct L2SetupError {
-    reason: String,
+#[error(transparent)]
+pub struct L2SetupError(SetupFailure);
+
+#[derive(Debug, thiserror::Error)]
+enum SetupFailure {
+    #[error("could not set up the Redis L2")]
+    Redis(#[source] redis::RedisError),
+    #[error("the Redis L2 needs at least one node")]
+    NoNodes,
 }
 
 impl L2SetupError {
-    fn from_redis(e: &redis::RedisError) -> Self {
+    fn from_redis(e: redis::RedisError) -> Self {
         // RedisError's Display has no credentials; the URL is never included.
-        Self {
-            reason: e.to_string(),
+        Self(SetupFailure::Redis(e))
+    }
+}
+
+impl keel_resilience::Classify for L2SetupError {
+    /// Transient when no node answered (the cluster may come up), else permanent (a
+    /// URL that is not a Redis URL).
+    fn class(&self) -> keel_resilience::ErrorClass {
+        match &self.0 {
+            SetupFailure::Redis(e)
+                if e.is_io_error() || e.is_timeout() || e.is_connection_refusal() =>
+            {
+                keel_resilience::ErrorClass::Transient
+            }
+            _ => keel_resilience::ErrorClass::Permanent,
         }
     }
 }
@@ -78,7 +98,7 @@ impl RedisL2 {
     /// # Errors
     /// When the URL is not a Redis URL.
     pub fn single(url: &str) -> Result<Self, L2SetupError> {
-        let client = redis::Client::open(url).map_err(|e| L2SetupError::from_redis(&e))?;
+        let client = redis::Client::open(url).map_err(L2SetupError::from_redis)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(DEFAULT_OP_TIMEOUT))
             // No response timeout here: every call already runs under `op_timeout`.
@@ -87,7 +107,7 @@ impl RedisL2 {
             .set_max_delay(Duration::from_millis(200))
             .set_number_of_retries(2);
         let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| L2SetupError::from_redis(&e))?;
+            .map_err(L2SetupError::from_redis)?;
         Ok(Self::new(Connection::Single(manager), vec![client], false))
     }
 
@@ -105,7 +125,7 @@ impl RedisL2 {
             .iter()
             .map(|u| redis::Client::open(u.as_str()))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| L2SetupError::from_redis(&e))?;
+            .map_err(L2SetupError::from_redis)?;
         let cluster = redis::cluster::ClusterClient::builder(urls)
             .connection_timeout(DEFAULT_OP_TIMEOUT)
             .response_timeout(DEFAULT_OP_TIMEOUT)
@@ -113,11 +133,11 @@ impl RedisL2 {
             .min_retry_wait(10)
             .max_retry_wait(200)
             .build()
-            .map_err(|e| L2SetupError::from_redis(&e))?;
+            .map_err(L2SetupError::from_redis)?;
         let connection = cluster
             .get_async_connection()
             .await
-            .map_err(|e| L2SetupError::from_redis(&e))?;
+            .map_err(L2SetupError::from_redis)?;
         Ok(Self::new(Connection::Cluster(connection), clients, true))
     }
 
@@ -146,11 +166,9 @@ impl RedisL2 {
             .into_iter()
             .map(|u| redis::Client::open(u.as_ref()))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| L2SetupError::from_redis(&e))?;
+            .map_err(L2SetupError::from_redis)?;
         if clients.is_empty() {
-            return Err(L2SetupError {
-                reason: "the backplane needs at least one node".into(),
-            });
+            return Err(L2SetupError(SetupFailure::NoNodes));
         }
         self.subscribers = clients.into();
         Ok(self)
@@ -183,7 +201,10 @@ impl RedisL2 {
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
-        let permit = self.breaker.try_acquire().map_err(|_| L2Error::Open)?;
+        let permit = self
+            .breaker
+            .try_acquire()
+            .map_err(|_| L2Error::BreakerOpen)?;
         match with_timeout(self.op_timeout, work).await {
             Ok(Ok(value)) => {
                 permit.record(Outcome::Success);
@@ -191,7 +212,7 @@ impl RedisL2 {
             }
             Ok(Err(e)) => {
                 permit.record(Outcome::Failure);
-                Err(L2Error::Redis(e.to_string()))
+                Err(L2Error::Redis(std::sync::Arc::new(e)))
             }
             Err(_) => {
                 permit.record(Outcome::Failure);
@@ -501,28 +522,11 @@ fn default_breaker() -> CircuitBreakerConfig {
 }
 
 /// Why an L2 call did not happen or failed.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) enum L2Error {
-    Open,
-    Timeout(Duration),
-    Redis(String),
-}
-
-impl fmt::Display for L2Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            L2Error::Open => f.write_str("its circuit breaker is open after recent failures"),
-            L2Error::Timeout(after) => write!(f, "no answer within {after:?}"),
-            L2Error::Redis(e) => write!(f, "Redis: {e}"),
-        }
-    }
-}
+pub(crate) type L2Error = crate::L2Failure;
 
 impl From<L2Error> for crate::CacheError {
     fn from(e: L2Error) -> Self {
-        crate::CacheError::L2Unavailable {
-            reason: e.to_string(),
-        }
+        crate::CacheError::L2Unavailable(e)
     }
 }
 

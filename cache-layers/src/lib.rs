@@ -95,7 +95,7 @@ pub use builder::CacheBuilder;
 pub use cache::{Cache, Warmed};
 pub use clock::{Clock, CoarseClock, ManualClock, SystemClock};
 pub use codec::{Codec, Compression, Postcard};
-pub use error::{BoxError, BuildError, CacheError, CodecError};
+pub use error::{BoxError, BuildError, CacheError, CodecError, L2Failure};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use l2::{L2SetupError, RedisL2};

@@ -106,9 +106,7 @@ fn moved(from: u64, to: u64) -> u64 {
 }
 
 fn generation_moving() -> CacheError {
-    CacheError::L2Unavailable {
-        reason: "the namespace's generation kept moving during the change".into(),
-    }
+    CacheError::L2Unavailable(crate::L2Failure::GenerationMoving)
 }
 
 /// Where a key (and the tags a load will store it with) stood in L2 when a load began.
@@ -197,9 +195,7 @@ impl<V: Send + Sync + 'static> Remote<V> {
     }
 
     fn generation(&self) -> Result<u64, L2Error> {
-        self.backplane
-            .generation()
-            .ok_or_else(|| L2Error::Redis("not connected yet (generation unknown)".into()))
+        self.backplane.generation().ok_or(L2Error::NotConnected)
     }
 
     fn counted<T>(&self, result: Result<T, L2Error>) -> Result<T, L2Error> {
@@ -422,8 +418,8 @@ impl<V: Send + Sync + 'static> Remote<V> {
         entry: &Entry<V>,
         wanted: &(dyn Fn() -> bool + Sync),
     ) -> Result<Option<u64>, CacheError> {
-        let record = entry::encode(entry, &*self.codec, self.compression)
-            .map_err(|e| CacheError::Encode(e.to_string()))?;
+        let record =
+            entry::encode(entry, &*self.codec, self.compression).map_err(CacheError::Encode)?;
         // The record (its version) lives at least as long as a tombstone, so a load that
         // read its source before this write cannot find the key empty and fill it: the
         // load compares with this version, and gives up past a tombstone's life. Its own
@@ -485,8 +481,8 @@ impl<V: Send + Sync + 'static> Remote<V> {
         if !in_time() {
             return Ok(false);
         }
-        let record = entry::encode(entry, &*self.codec, self.compression)
-            .map_err(|e| CacheError::Encode(e.to_string()))?;
+        let record =
+            entry::encode(entry, &*self.codec, self.compression).map_err(CacheError::Encode)?;
         let ttl_ms = self.ttl_ms(entry);
         let (keys, l2, generation) = (
             &self.backplane.keys,

@@ -120,6 +120,101 @@ impl<E: Classify + ?Sized> Classify for std::sync::Arc<E> {
     }
 }
 
+/// An error with its [`ErrorClass`] attached, for errors that travel as
+/// `Box<dyn Error>` (a cache loader's, a health check's): [`class_of`] finds the class
+/// again anywhere in a source chain. Transparent: it displays as the error it wraps and
+/// has that error's source.
+///
+/// ```
+/// use keel_resilience::{Classified, ErrorClass, class_of};
+/// use std::time::Duration;
+///
+/// let throttled = ErrorClass::Throttled { retry_after: Some(Duration::from_secs(2)) };
+/// let boxed: Box<dyn std::error::Error + Send + Sync> =
+///     Box::new(Classified::new(throttled, std::io::Error::other("429 from Graph")));
+/// assert_eq!(boxed.to_string(), "429 from Graph");
+/// assert_eq!(class_of(boxed.as_ref()), Some(throttled));
+/// ```
+#[derive(Debug)]
+pub struct Classified {
+    class: ErrorClass,
+    error: Box<dyn std::error::Error + Send + Sync + 'static>,
+}
+
+impl Classified {
+    /// `error`, classified as `class`.
+    pub fn new(
+        class: ErrorClass,
+        error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        Self {
+            class,
+            error: error.into(),
+        }
+    }
+
+    /// The error it wraps.
+    #[must_use]
+    pub fn get_ref(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self.error.as_ref()
+    }
+
+    /// The error it wraps, unwrapped.
+    #[must_use]
+    pub fn into_inner(self) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self.error
+    }
+}
+
+impl std::fmt::Display for Classified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl std::error::Error for Classified {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
+    }
+}
+
+impl Classify for Classified {
+    fn class(&self) -> ErrorClass {
+        self.class
+    }
+}
+
+/// The class of the first error in `error`'s source chain (itself included) whose class
+/// is known: a [`Classified`], an [`std::io::Error`] or a tokio timeout. `None` when none
+/// of them is.
+#[must_use]
+pub fn class_of(error: &(dyn std::error::Error + 'static)) -> Option<ErrorClass> {
+    let mut next = Some(error);
+    let mut depth = 0;
+    while let Some(error) = next {
+        if let Some(classified) = error.downcast_ref::<Classified>() {
+            return Some(classified.class);
+        }
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            return Some(io.class());
+        }
+        if error
+            .downcast_ref::<tokio::time::error::Elapsed>()
+            .is_some()
+        {
+            return Some(ErrorClass::Transient);
+        }
+        // A Classified's wrapped error is reached through its own downcast above; a
+        // cycle-free chain ends, and a hostile one is cut.
+        depth += 1;
+        if depth > 64 {
+            return None;
+        }
+        next = error.source();
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,6 +246,29 @@ mod tests {
         );
         assert_eq!(ErrorClass::from_http_status(503, wait).retry_after(), wait);
         assert!(!ErrorClass::Permanent.is_retryable());
+    }
+
+    #[test]
+    fn class_of_finds_the_class_in_a_chain() {
+        #[derive(Debug)]
+        struct Outer(Classified);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("outer")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let inner = Classified::new(ErrorClass::Permanent, "404");
+        let outer = Outer(inner);
+        assert_eq!(class_of(&outer), Some(ErrorClass::Permanent));
+        let io = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        assert_eq!(class_of(&io), Some(ErrorClass::Transient));
+        let plain: Box<dyn std::error::Error + Send + Sync> = "plain".into();
+        assert_eq!(class_of(plain.as_ref()), None);
     }
 
     #[test]

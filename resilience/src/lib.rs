@@ -63,5 +63,5 @@ mod retry_after;
 mod rolling;
 pub mod timeout;
 
-pub use classify::{Classify, ErrorClass};
+pub use classify::{Classified, Classify, ErrorClass, class_of};
 pub use retry_after::{MAX_RETRY_AFTER, parse_retry_after};

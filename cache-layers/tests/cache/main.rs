@@ -5,6 +5,7 @@
 mod checker;
 #[cfg(feature = "redis")]
 mod coherence;
+mod errors;
 mod local;
 #[cfg(feature = "redis")]
 mod review;
