@@ -150,6 +150,8 @@ struct Slot {
     /// Background refreshes failed in a row, and the last delay (for the backoff).
     failures: u32,
     last_delay: Duration,
+    /// Challenge answers stored: a fetch that began before one does not replace it.
+    challenges: u64,
     /// Held by the caller fetching a token nobody has yet (others wait on it).
     fetching: Arc<tokio::sync::Mutex<()>>,
 }
@@ -201,7 +203,7 @@ impl<P> Shared<P> {
         key: &TokenRequest,
         token: &AccessToken,
         issued: Instant,
-        cleared: u64,
+        (cleared, challenges): (u64, u64),
         challenged: bool,
     ) {
         let refresh_at = self.policy.refresh_at(token, issued);
@@ -213,6 +215,12 @@ impl<P> Shared<P> {
             evict(&mut slots);
         }
         let slot = slots.entry(key.clone()).or_default();
+        if challenged {
+            slot.challenges += 1;
+        } else if slot.challenges != challenges {
+            // A challenge was answered while this fetch ran: its token stays.
+            return;
+        }
         // A token that expires sooner than the cached one (a slower, older request) does
         // not replace it.
         if challenged
@@ -296,7 +304,9 @@ impl<P: TokenProvider + 'static> CachingProvider<P> {
         }
     }
 
-    /// Forgets every cached token (a sign-out, a credential change).
+    /// Forgets every token this cache holds (a sign-out, a credential change). A
+    /// [`SharedTokenCache`](super::SharedTokenCache) behind it keeps its own: call its
+    /// `forget` too.
     pub fn clear(&self) {
         let mut slots = self.shared.slots();
         self.shared.cleared.fetch_add(1, Ordering::AcqRel);
@@ -306,16 +316,15 @@ impl<P: TokenProvider + 'static> CachingProvider<P> {
     async fn fetch(shared: &Shared<P>, request: &TokenRequest) -> Result<AccessToken, TokenError> {
         shared.counters.requests.fetch_add(1, Ordering::Relaxed);
         let issued = Instant::now();
-        let cleared = shared.cleared.load(Ordering::Acquire);
+        let key = request.without_claims();
+        let seen = {
+            let slots = shared.slots();
+            let cleared = shared.cleared.load(Ordering::Acquire);
+            (cleared, slots.get(&key).map_or(0, |slot| slot.challenges))
+        };
         let token = shared.provider.token(request).await?;
         let challenged = request.claims_json().is_some();
-        shared.store(
-            &request.without_claims(),
-            &token,
-            issued,
-            cleared,
-            challenged,
-        );
+        shared.store(&key, &token, issued, seen, challenged);
         Ok(token)
     }
 
@@ -340,7 +349,12 @@ impl<P: TokenProvider + 'static> CachingProvider<P> {
                     slot.failures = slot.failures.saturating_add(1);
                     let delay = shared.policy.retry_delay(slot.failures, slot.last_delay, e);
                     slot.last_delay = delay;
-                    slot.retry_at = Some(Instant::now() + delay);
+                    let now = Instant::now();
+                    // A delay too long for the clock ("never") waits a year.
+                    slot.retry_at = Some(
+                        now.checked_add(delay)
+                            .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600)),
+                    );
                     shared
                         .counters
                         .failed_refreshes
@@ -398,5 +412,9 @@ impl<P: TokenProvider + 'static> CachingProvider<P> {
 impl<P: TokenProvider + 'static> TokenProvider for CachingProvider<P> {
     fn token<'a>(&'a self, request: &'a TokenRequest) -> TokenFuture<'a> {
         Box::pin(self.cached_or_fetch(request))
+    }
+
+    fn identity(&self) -> Option<String> {
+        self.shared.provider.identity()
     }
 }

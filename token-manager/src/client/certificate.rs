@@ -200,4 +200,12 @@ impl TokenProvider for ClientCertificateCredential {
     fn token<'a>(&'a self, request: &'a TokenRequest) -> TokenFuture<'a> {
         Box::pin(self.request(request))
     }
+
+    fn identity(&self) -> Option<String> {
+        Some(format!(
+            "{}|{}",
+            self.authority.token_endpoint(&self.tenant),
+            self.client_id
+        ))
+    }
 }

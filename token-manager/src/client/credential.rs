@@ -361,6 +361,14 @@ impl TokenProvider for ClientSecretCredential {
     fn token<'a>(&'a self, request: &'a TokenRequest) -> TokenFuture<'a> {
         Box::pin(self.request(request))
     }
+
+    fn identity(&self) -> Option<String> {
+        Some(format!(
+            "{}|{}",
+            self.authority.token_endpoint(&self.tenant),
+            self.client_id
+        ))
+    }
 }
 
 const WORKLOAD: &str = "workload identity credential";
@@ -489,6 +497,14 @@ impl TokenProvider for WorkloadIdentityCredential {
     fn token<'a>(&'a self, request: &'a TokenRequest) -> TokenFuture<'a> {
         Box::pin(self.request(request))
     }
+
+    fn identity(&self) -> Option<String> {
+        Some(format!(
+            "{}|{}",
+            self.authority.token_endpoint(&self.tenant),
+            self.client_id
+        ))
+    }
 }
 
 /// The credential Azure.Identity's `EnvironmentCredential` builds from
@@ -597,13 +613,25 @@ pub fn environment_credential(
 /// ```
 ///
 /// # Errors
-/// [`TokenError::Unavailable`] when no HTTP client can be built.
+/// When a credential is configured in the environment (a secret, a certificate path or
+/// a federated token file is set) but cannot be built: the misconfiguration is reported,
+/// not skipped. [`TokenError::Unavailable`] when no HTTP client can be built.
 pub fn default_credential(
     var: impl Fn(&str) -> Option<String>,
 ) -> Result<super::ProviderChain, TokenError> {
     let chain = super::ProviderChain::new();
+    let configured = [
+        "AZURE_CLIENT_SECRET",
+        "AZURE_CLIENT_CERTIFICATE_PATH",
+        "AZURE_FEDERATED_TOKEN_FILE",
+    ]
+    .iter()
+    .any(|name| var(name).is_some_and(|v| !v.trim().is_empty()));
     let chain = match environment_credential(&var) {
         Ok(credential) => chain.then(credential),
+        // A credential is configured but wrong (an unreadable certificate, a plain-http
+        // authority, a missing tenant): say so, rather than quietly trying the next.
+        Err(broken) if configured => return Err(broken),
         Err(unavailable) => {
             // Keep the reason: a chain where nothing works names it.
             let reason = unavailable.to_string();
@@ -761,5 +789,16 @@ impl ManagedIdentityCredential {
 impl TokenProvider for ManagedIdentityCredential {
     fn token<'a>(&'a self, request: &'a TokenRequest) -> TokenFuture<'a> {
         Box::pin(self.request(request))
+    }
+
+    fn identity(&self) -> Option<String> {
+        let endpoint = match &self.source {
+            ManagedIdentitySource::Imds { endpoint }
+            | ManagedIdentitySource::AppService { endpoint, .. } => endpoint,
+        };
+        Some(format!(
+            "managed|{endpoint}|{}",
+            self.client_id.as_deref().unwrap_or("system")
+        ))
     }
 }

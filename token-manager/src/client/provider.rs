@@ -32,17 +32,34 @@ pub type TokenFuture<'a> =
 pub trait TokenProvider: Send + Sync {
     /// A token for `request`.
     fn token<'a>(&'a self, request: &'a TokenRequest) -> TokenFuture<'a>;
+
+    /// Whose tokens these are beyond the request: a credential's authority, home tenant
+    /// and client (an on-behalf-of provider's user, a signed-in user's account). A
+    /// [`SharedTokenCache`](super::SharedTokenCache) keys by it, so two credentials
+    /// sharing one Redis never share a token. `None` (the default) when the provider
+    /// does not say; shared caches then rely on their namespace alone. Holds no secret.
+    fn identity(&self) -> Option<String> {
+        None
+    }
 }
 
 impl<P: TokenProvider + ?Sized> TokenProvider for Arc<P> {
     fn token<'a>(&'a self, request: &'a TokenRequest) -> TokenFuture<'a> {
         (**self).token(request)
     }
+
+    fn identity(&self) -> Option<String> {
+        (**self).identity()
+    }
 }
 
 impl<P: TokenProvider + ?Sized> TokenProvider for Box<P> {
     fn token<'a>(&'a self, request: &'a TokenRequest) -> TokenFuture<'a> {
         (**self).token(request)
+    }
+
+    fn identity(&self) -> Option<String> {
+        (**self).identity()
     }
 }
 
@@ -134,5 +151,17 @@ impl TokenProvider for ProviderChain {
             }
             Err(TokenError::NoneAvailable { reasons })
         })
+    }
+
+    /// The identities of its providers, in order (a chain answers with whichever is
+    /// available, so its cache key names them all).
+    fn identity(&self) -> Option<String> {
+        let ids: Vec<String> = self
+            .providers
+            .iter()
+            .map(|p| p.identity().unwrap_or_else(|| "?".into()))
+            .collect();
+        (!ids.is_empty() && ids.iter().any(|id| id != "?"))
+            .then(|| format!("chain({})", ids.join(",")))
     }
 }

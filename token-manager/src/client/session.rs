@@ -52,6 +52,10 @@ struct Inner {
 ///
 /// Put a [`CachingProvider`](super::CachingProvider) in front of each user's provider
 /// for MSAL's silent acquisition (cached access tokens, refreshed ahead of expiry).
+/// [`sign_out`](Self::sign_out) forgets the refresh token; access tokens already handed
+/// out stay valid until they expire, so also `clear()` that user's `CachingProvider`.
+/// Redemptions run in a task of their own (in the caller's tracing span), so a caller
+/// that gives up never loses a rotated refresh token.
 /// [`sealed`](Self::sealed) and [`restore`](Self::restore) move a user's sealed refresh
 /// token to and from your own session store. Bounded (100,000 accounts by default).
 ///
@@ -218,7 +222,22 @@ impl SignedInUsers {
         }
     }
 
+    /// Redeems in a task of its own: a caller that gives up (a timeout, a dropped
+    /// request) after the provider rotated the refresh token does not lose the rotated
+    /// one, which would sign the user out at the next redemption.
     async fn token(
+        &self,
+        account: &str,
+        request: &TokenRequest,
+    ) -> Result<AccessToken, TokenError> {
+        let (users, account, request) = (self.clone(), account.to_owned(), request.clone());
+        let redemption = async move { users.redeem(&account, &request).await };
+        tokio::spawn(tracing::Instrument::in_current_span(redemption))
+            .await
+            .map_err(|e| TokenError::failed(PROVIDER, ErrorClass::Transient, e))?
+    }
+
+    async fn redeem(
         &self,
         account: &str,
         request: &TokenRequest,
@@ -297,5 +316,9 @@ impl fmt::Debug for SignedInUser {
 impl TokenProvider for SignedInUser {
     fn token<'a>(&'a self, request: &'a TokenRequest) -> TokenFuture<'a> {
         Box::pin(self.users.token(&self.account, request))
+    }
+
+    fn identity(&self) -> Option<String> {
+        Some(format!("signed-in|{}", self.account))
     }
 }

@@ -12,6 +12,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Script, Value};
 use ring::rand::SecureRandom as _;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use super::cache::RefreshPolicy;
 use super::{AccessToken, TokenError, TokenFuture, TokenProvider, TokenRequest};
@@ -23,46 +24,74 @@ const PROVIDER: &str = "shared token cache";
 const MAX_RECORD: usize = 64 * 1024;
 
 /// Reads the key's record against the Redis clock of its node and, when it is not
-/// fresh, takes the refresh lock if asked. KEYS: record, lock. ARGV: owner, lock ms,
-/// whether to lock. Returns `{state, now}` or `{state, now, exp, ref, sealed}` where
-/// state is `fresh`, `locked` (this caller refreshes) or `wait`.
+/// fresh, takes the refresh lock if asked. A key of another type under our name is
+/// deleted; an oversized sealed value is returned empty (so it does not open and is
+/// replaced). KEYS: record, lock. ARGV: owner, lock ms, whether to lock, the largest
+/// sealed value. Returns `{state, now, ch}` or `{state, now, ch, exp, ref, sealed}`
+/// where state is `fresh`, `locked` (this caller refreshes) or `wait`, and `ch` counts
+/// the challenge answers stored (a refresh that began before one must not replace it).
 const READ_OR_LOCK: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local r = redis.call('HMGET', KEYS[1], 'exp', 'ref', 'sealed')
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
+kind = redis.call('TYPE', KEYS[2])['ok']
+if kind ~= 'string' and kind ~= 'none' then redis.call('DEL', KEYS[2]) end
+local r = redis.call('HMGET', KEYS[1], 'exp', 'ref', 'sealed', 'ch')
 local exp, ref = tonumber(r[1]), tonumber(r[2])
 local nows = string.format('%d', now)
-if exp and ref and r[3] and exp > now and ref > now then
-  return {'fresh', nows, r[1], r[2], r[3]}
+local ch = string.format('%d', tonumber(r[4]) or 0)
+local sealed = r[3]
+if sealed and string.len(sealed) > tonumber(ARGV[4]) then sealed = '' end
+if exp and ref and sealed and exp > now and ref > now then
+  return {'fresh', nows, ch, r[1], r[2], sealed}
 end
 local state = 'wait'
 if ARGV[3] == '1' and redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   state = 'locked'
 end
-if exp and ref and r[3] and exp > now then
-  return {state, nows, r[1], r[2], r[3]}
+if exp and ref and sealed and exp > now then
+  return {state, nows, ch, r[1], r[2], sealed}
 end
-return {state, nows}
+return {state, nows, ch}
 ";
 
-/// Stores a sealed token unless the record holds one expiring later (`replace` = 1
-/// overrides: a challenge's answer, or a record that could not be opened), then frees
-/// the lock if this caller holds it. KEYS: record, lock. ARGV: owner, exp, ref, sealed,
-/// replace.
+/// Stores a sealed token, then frees the lock if this caller holds it. Modes: `plain`
+/// (a refresh: not over a token expiring later, nor over a challenge answer stored since
+/// the refresh read `ch`), `replace` (the record could not be opened; still not over a
+/// newer challenge answer), `challenge` (a challenge's answer: always, and `ch` goes
+/// up). KEYS: record, lock. ARGV: owner, exp, ref, sealed, mode, `ch` as read.
 const WRITE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local exp = tonumber(ARGV[2])
-local stored = tonumber(redis.call('HGET', KEYS[1], 'exp'))
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then redis.call('DEL', KEYS[1]) end
+local cur = redis.call('HMGET', KEYS[1], 'exp', 'ch')
+local stored, ch = tonumber(cur[1]), tonumber(cur[2]) or 0
+local mode = ARGV[5]
+local ok = false
+if mode == 'challenge' then
+  ok = true
+  ch = ch + 1
+elseif ch == (tonumber(ARGV[6]) or 0) then
+  ok = mode == 'replace' or not stored or stored <= exp
+end
 local written = 0
-if exp > now and (ARGV[5] == '1' or not stored or stored <= exp) then
+if exp > now and ok then
   redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], 'exp', ARGV[2], 'ref', ARGV[3], 'sealed', ARGV[4])
+  redis.call('HSET', KEYS[1], 'exp', ARGV[2], 'ref', ARGV[3], 'sealed', ARGV[4], 'ch', string.format('%d', ch))
   redis.call('PEXPIREAT', KEYS[1], exp)
   written = 1
 end
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 return written
+";
+
+/// Forgets a key's record and lock. KEYS: record, lock.
+const FORGET: &str = r"
+redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[2])
+return 1
 ";
 
 /// Frees the lock if this caller holds it. KEYS: lock. ARGV: owner.
@@ -75,6 +104,7 @@ struct Scripts {
     read_or_lock: Script,
     write: Script,
     unlock: Script,
+    forget: Script,
 }
 
 fn scripts() -> &'static Scripts {
@@ -83,6 +113,7 @@ fn scripts() -> &'static Scripts {
         read_or_lock: Script::new(READ_OR_LOCK),
         write: Script::new(WRITE),
         unlock: Script::new(UNLOCK),
+        forget: Script::new(FORGET),
     })
 }
 
@@ -203,6 +234,33 @@ enum Read {
     Wait(Option<Record>),
 }
 
+/// What a read saw: Redis's time (ms) and the challenge answers stored so far.
+#[derive(Clone, Copy)]
+struct Seen {
+    now: u64,
+    challenges: u64,
+    /// When `now` was read here.
+    at: Instant,
+}
+
+/// How a token is written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Plain,
+    Replace,
+    Challenge,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Plain => "plain",
+            Mode::Replace => "replace",
+            Mode::Challenge => "challenge",
+        }
+    }
+}
+
 impl<P: TokenProvider> SharedTokenCache<P> {
     /// `provider`'s tokens shared through a single Redis node. `namespace` tells apart
     /// the services or clients sharing one Redis (use the client id), and `keys` must be
@@ -298,12 +356,22 @@ impl<P: TokenProvider> SharedTokenCache<P> {
             digest.update(bytes);
         };
         part(self.namespace.as_bytes());
-        part(request.tenant_id().unwrap_or("").as_bytes());
+        // Whose tokens (a credential's authority, home tenant and client; a user).
+        match self.provider.identity() {
+            Some(identity) => {
+                part(b"identity");
+                part(identity.as_bytes());
+            }
+            None => part(b"no identity"),
+        }
         part(&[u8::from(request.tenant_id().is_some())]);
+        part(request.tenant_id().unwrap_or("").as_bytes());
+        // Each list with its length first: no scope can pass for a capability.
+        part(&(request.scopes().len() as u64).to_be_bytes());
         for scope in request.scopes() {
             part(scope.as_bytes());
         }
-        part(b"capabilities");
+        part(&(request.capabilities().len() as u64).to_be_bytes());
         for capability in request.capabilities() {
             part(capability.as_bytes());
         }
@@ -339,7 +407,7 @@ impl<P: TokenProvider> SharedTokenCache<P> {
         lock: &str,
         owner: &str,
         try_lock: bool,
-    ) -> Result<(u64, Read), TokenError> {
+    ) -> Result<(Seen, Read), TokenError> {
         let lock_ms = self.lock_for.as_millis().to_string();
         let mut invocation = scripts().read_or_lock.prepare_invoke();
         invocation
@@ -347,7 +415,8 @@ impl<P: TokenProvider> SharedTokenCache<P> {
             .key(lock)
             .arg(owner)
             .arg(lock_ms)
-            .arg(if try_lock { "1" } else { "0" });
+            .arg(if try_lock { "1" } else { "0" })
+            .arg(MAX_RECORD);
         let mut connection = self.connection.clone();
         let reply: Value = with_timeout(self.timeout, invocation.invoke_async(&mut connection))
             .await
@@ -358,18 +427,18 @@ impl<P: TokenProvider> SharedTokenCache<P> {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn write(
         &self,
         key: &str,
         lock: &str,
         owner: &str,
         token: &AccessToken,
-        base: (u64, Instant),
-        replace: bool,
+        seen: Seen,
+        mode: Mode,
     ) -> Result<(), TokenError> {
-        // Redis time now = its time at `base` plus what passed here since.
-        let (redis_then, local_then) = base;
-        let now = redis_then + millis(local_then.elapsed());
+        // Redis time now = its time when read plus what passed here since.
+        let now = seen.now + millis(seen.at.elapsed());
         let exp = now + millis(token.expires_in());
         let due = self.policy.refresh_at(token, Instant::now());
         let refresh = now + millis(due.saturating_duration_since(Instant::now()));
@@ -389,7 +458,8 @@ impl<P: TokenProvider> SharedTokenCache<P> {
             .arg(exp)
             .arg(refresh)
             .arg(sealed)
-            .arg(if replace { "1" } else { "0" });
+            .arg(mode.as_str())
+            .arg(seen.challenges);
         let mut connection = self.connection.clone();
         let _: i64 = with_timeout(self.timeout, invocation.invoke_async(&mut connection))
             .await
@@ -412,6 +482,26 @@ impl<P: TokenProvider> SharedTokenCache<P> {
         }
     }
 
+    /// Forgets the shared token for `request` (and its refresh lock) on every instance's
+    /// next read: a credential changed, or the token must not be used again. Each
+    /// instance's own memory cache ([`CachingProvider::clear`](super::CachingProvider::clear))
+    /// is cleared separately.
+    ///
+    /// # Errors
+    /// [`TokenError`] (transient) when Redis fails or does not answer in time.
+    pub async fn forget(&self, request: &TokenRequest) -> Result<(), TokenError> {
+        let key = self.record_key(&request.without_claims());
+        let lock = format!("{key}:lock");
+        let mut invocation = scripts().forget.prepare_invoke();
+        invocation.key(&key).key(&lock);
+        let mut connection = self.connection.clone();
+        let _: i64 = with_timeout(self.timeout, invocation.invoke_async(&mut connection))
+            .await
+            .map_err(|e| redis_error(e.into()))?
+            .map_err(|e| redis_error(e.into()))?;
+        Ok(())
+    }
+
     async fn fetch(&self, request: &TokenRequest) -> Result<AccessToken, TokenError> {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         self.provider.token(request).await
@@ -427,53 +517,56 @@ impl<P: TokenProvider> SharedTokenCache<P> {
         tracing::warn!(error = %error, "shared token cache unavailable; asking the provider directly");
         self.fetch(request).await
     }
+}
 
+impl<P: TokenProvider + 'static> SharedTokenCache<P> {
     async fn get(&self, request: &TokenRequest) -> Result<AccessToken, TokenError> {
         let key = self.record_key(&request.without_claims());
         let lock = format!("{key}:lock");
         let owner = random_owner()?;
         if request.claims_json().is_some() {
-            // A challenge: the stored token is what was refused.
-            let base = match self.read_or_lock(&key, &lock, &owner, false).await {
-                Ok((now, _)) => (now, Instant::now()),
+            // A challenge: the stored token is what was refused. Its answer replaces it,
+            // and a refresh that began before does not bring the refused kind back.
+            let seen = match self.read_or_lock(&key, &lock, &owner, false).await {
+                Ok((seen, _)) => seen,
                 Err(e) => return self.fallback(request, &e).await,
             };
-            let token = self.fetch(request).await?;
-            if let Err(e) = self.write(&key, &lock, &owner, &token, base, true).await {
-                tracing::warn!(error = %e, "could not share the challenged token");
-            }
-            return Ok(token);
+            return self
+                .refresh(request, key, lock, owner, seen, Mode::Challenge, None)
+                .await;
         }
         let started = Instant::now();
         let mut pause = Duration::from_millis(20);
         let mut waited = false;
         loop {
-            let (now, read) = match self.read_or_lock(&key, &lock, &owner, true).await {
+            let (seen, read) = match self.read_or_lock(&key, &lock, &owner, true).await {
                 Ok(read) => read,
                 Err(e) => return self.fallback(request, &e).await,
             };
-            let base = (now, Instant::now());
             match read {
                 Read::Fresh(record) => {
-                    if let Some(token) = self.open(&key, &record, now) {
+                    if let Some(token) = self.open(&key, &record, seen.now) {
                         self.counters.shared_hits.fetch_add(1, Ordering::Relaxed);
                         return Ok(token);
                     }
-                    // Unreadable: refresh it (under the lock when we can take it).
+                    // Unreadable (another key ring, altered): replace it.
                     return self
-                        .refresh(request, &key, &lock, &owner, base, true, false)
+                        .refresh(request, key, lock, owner, seen, Mode::Replace, None)
                         .await;
                 }
                 Read::Locked(record) => {
-                    let unreadable = record
-                        .as_ref()
-                        .is_some_and(|r| self.open(&key, r, now).is_none());
+                    let valid = record.as_ref().map(|r| self.open(&key, r, seen.now));
+                    let mode = if matches!(valid, Some(None)) {
+                        Mode::Replace
+                    } else {
+                        Mode::Plain
+                    };
                     return self
-                        .refresh(request, &key, &lock, &owner, base, unreadable, true)
+                        .refresh(request, key, lock, owner, seen, mode, valid.flatten())
                         .await;
                 }
                 Read::Wait(record) => {
-                    if let Some(token) = record.and_then(|r| self.open(&key, &r, now)) {
+                    if let Some(token) = record.and_then(|r| self.open(&key, &r, seen.now)) {
                         // Still valid: the other instance's refresh will replace it.
                         self.counters.shared_hits.fetch_add(1, Ordering::Relaxed);
                         return Ok(token);
@@ -484,12 +577,9 @@ impl<P: TokenProvider> SharedTokenCache<P> {
                     }
                     if started.elapsed() >= self.lock_for {
                         // The other instance is taking too long: do not wait forever.
-                        let token = self.fetch(request).await?;
-                        let base = (now, base.1);
-                        if let Err(e) = self.write(&key, &lock, &owner, &token, base, false).await {
-                            tracing::warn!(error = %e, "could not share the token");
-                        }
-                        return Ok(token);
+                        return self
+                            .refresh(request, key, lock, owner, seen, Mode::Plain, None)
+                            .await;
                     }
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(250));
@@ -498,32 +588,46 @@ impl<P: TokenProvider> SharedTokenCache<P> {
         }
     }
 
+    /// Asks the provider and stores its token, in a task of its own: a caller that
+    /// gives up (a timeout, a dropped request) neither wastes the answer nor leaves the
+    /// lock held. When the provider fails and Redis still holds a valid token
+    /// (`still_valid`), that token is served and the lock kept until it expires, so
+    /// the instances do not all retry at once.
     #[allow(clippy::too_many_arguments)]
     async fn refresh(
         &self,
         request: &TokenRequest,
-        key: &str,
-        lock: &str,
-        owner: &str,
-        base: (u64, Instant),
-        replace: bool,
-        locked: bool,
+        key: String,
+        lock: String,
+        owner: String,
+        seen: Seen,
+        mode: Mode,
+        still_valid: Option<AccessToken>,
     ) -> Result<AccessToken, TokenError> {
-        match self.fetch(request).await {
-            Ok(token) => {
-                if let Err(e) = self.write(key, lock, owner, &token, base, replace).await {
-                    tracing::warn!(error = %e, "could not share the token");
+        let this = self.clone();
+        let request = request.clone();
+        let work = async move {
+            match this.fetch(&request).await {
+                Ok(token) => {
+                    if let Err(e) = this.write(&key, &lock, &owner, &token, seen, mode).await {
+                        tracing::warn!(error = %e, "could not share the token");
+                    }
+                    Ok(token)
                 }
-                Ok(token)
-            }
-            Err(e) => {
-                if locked {
-                    // Let another instance try (its own memory cache keeps its token).
-                    self.unlock(lock, owner).await;
+                Err(e) => {
+                    if let Some(token) = still_valid {
+                        tracing::warn!(error = %e, "token refresh failed; serving the shared token until it expires");
+                        return Ok(token);
+                    }
+                    // Let another instance try.
+                    this.unlock(&lock, &owner).await;
+                    Err(e)
                 }
-                Err(e)
             }
-        }
+        };
+        tokio::spawn(work.in_current_span())
+            .await
+            .map_err(|e| TokenError::failed(PROVIDER, ErrorClass::Transient, e))?
     }
 }
 
@@ -559,13 +663,15 @@ fn text(value: &Value) -> Option<String> {
     }
 }
 
-fn parse_read(reply: Value) -> Option<(u64, Read)> {
+fn parse_read(reply: Value) -> Option<(Seen, Read)> {
+    let at = Instant::now();
     let Value::Array(items) = reply else {
         return None;
     };
     let state = text(items.first()?)?;
     let now: u64 = text(items.get(1)?)?.parse().ok()?;
-    let record = match items.get(2..5) {
+    let challenges: u64 = text(items.get(2)?)?.parse().ok()?;
+    let record = match items.get(3..6) {
         Some([exp, refresh, Value::BulkString(sealed)]) if sealed.len() <= MAX_RECORD => {
             Some(Record {
                 exp: text(exp)?,
@@ -582,11 +688,22 @@ fn parse_read(reply: Value) -> Option<(u64, Read)> {
         "wait" => Read::Wait(record),
         _ => return None,
     };
-    Some((now, read))
+    Some((
+        Seen {
+            now,
+            challenges,
+            at,
+        },
+        read,
+    ))
 }
 
-impl<P: TokenProvider> TokenProvider for SharedTokenCache<P> {
+impl<P: TokenProvider + 'static> TokenProvider for SharedTokenCache<P> {
     fn token<'a>(&'a self, request: &'a TokenRequest) -> TokenFuture<'a> {
         Box::pin(self.get(request))
+    }
+
+    fn identity(&self) -> Option<String> {
+        self.provider.identity()
     }
 }

@@ -28,11 +28,12 @@ pub struct AccessToken {
 }
 
 impl AccessToken {
-    /// A token valid for `lifetime` from now (a token response's `expires_in`).
+    /// A token valid for `lifetime` from now (a token response's `expires_in`; a
+    /// lifetime past what the clock holds counts as a hundred years).
     pub fn new(secret: impl Into<Arc<str>>, lifetime: Duration) -> Self {
         Self {
             secret: secret.into(),
-            expires_at: Instant::now() + lifetime,
+            expires_at: later(lifetime),
             refresh_at: None,
         }
     }
@@ -41,7 +42,7 @@ impl AccessToken {
     /// it expires.
     #[must_use]
     pub fn refresh_in(mut self, after: Duration) -> Self {
-        let at = Instant::now() + after;
+        let at = later(after);
         self.refresh_at = (at < self.expires_at).then_some(at);
         self
     }
@@ -75,6 +76,13 @@ impl AccessToken {
     pub fn is_valid_at(&self, now: Instant) -> bool {
         now < self.expires_at
     }
+}
+
+/// `now + after`, saturating at a hundred years from now.
+fn later(after: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    let now = Instant::now();
+    now.checked_add(after.min(CENTURY)).unwrap_or(now)
 }
 
 impl fmt::Debug for AccessToken {

@@ -619,4 +619,15 @@ impl super::TokenProvider for OnBehalfOf {
                 .map(|grant| grant.access)
         })
     }
+
+    /// The middle tier's client and a hash of the user's token (one token per user).
+    fn identity(&self) -> Option<String> {
+        let user = ring::digest::digest(&ring::digest::SHA256, self.assertion.as_bytes());
+        let user: String = user.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        Some(format!(
+            "{}|{}|obo:{user}",
+            self.client.authority.token_endpoint(&self.client.tenant),
+            self.client.client_id
+        ))
+    }
 }

@@ -394,3 +394,51 @@ async fn jwks_are_fetched_again_when_their_cache_control_max_age_passes() {
         assert_eq!(remote.fetches(), if refetched { 2 } else { 1 }, "{path}");
     }
 }
+
+/// "Never retry" (`Duration::MAX`) or a provider's huge throttling delay must not
+/// overflow the clock in the refresh task (review finding: it panicked, and the backoff
+/// was lost).
+#[tokio::test(start_paused = true)]
+async fn a_huge_retry_delay_does_not_overflow() {
+    use keel_token_manager::client::{AccessToken, RefreshPolicy, TokenError, from_fn};
+    for policy in [
+        RefreshPolicy::default().with_retry_every(Duration::MAX),
+        RefreshPolicy::default(),
+    ] {
+        let n = Arc::new(AtomicU64::new(0));
+        let counter = n.clone();
+        let provider = from_fn(move |_: &TokenRequest| {
+            let k = counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if k == 0 {
+                    return Ok(AccessToken::new("first", Duration::from_secs(3600)));
+                }
+                Err(TokenError::failed(
+                    "entra",
+                    keel_resilience::ErrorClass::Throttled {
+                        retry_after: Some(Duration::MAX),
+                    },
+                    std::io::Error::other("429"),
+                ))
+            }
+        });
+        let cache = CachingProvider::with_policy(provider, policy);
+        cache.token(&TokenRequest::new(["x"])).await.unwrap();
+        tokio::time::advance(Duration::from_secs(3300)).await;
+        for _ in 0..5 {
+            cache.token(&TokenRequest::new(["x"])).await.unwrap();
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert_eq!(
+            n.load(Ordering::SeqCst),
+            2,
+            "one failed refresh, then the wait"
+        );
+        assert_eq!(cache.stats().failed_refreshes, 1);
+    }
+    // A lifetime past the clock is a long one, not a panic.
+    let forever = AccessToken::new("t", Duration::MAX).refresh_in(Duration::MAX);
+    assert!(forever.expires_in() > Duration::from_secs(3600));
+}

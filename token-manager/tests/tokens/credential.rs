@@ -1006,3 +1006,29 @@ async fn the_environment_takes_a_certificate_and_the_default_chain_ends_with_man
         "appservice|https://graph.microsoft.com"
     );
 }
+
+#[test]
+fn a_broken_environment_credential_stops_the_default_chain() {
+    use keel_token_manager::client::default_credential;
+    let broken = |name: &str| match name {
+        "AZURE_TENANT_ID" => Some("contoso.onmicrosoft.com".to_owned()),
+        "AZURE_CLIENT_ID" => Some("app-1".to_owned()),
+        "AZURE_CLIENT_CERTIFICATE_PATH" => Some("/nonexistent/keel/app.pem".to_owned()),
+        _ => None,
+    };
+    let Err(error) = default_credential(broken) else {
+        panic!("a certificate that cannot be read was skipped for managed identity")
+    };
+    assert!(
+        error.to_string().contains("AZURE_CLIENT_CERTIFICATE_PATH"),
+        "{error}"
+    );
+    let plain_http = |name: &str| match name {
+        "AZURE_TENANT_ID" => Some("contoso.onmicrosoft.com".to_owned()),
+        "AZURE_CLIENT_ID" => Some("app-1".to_owned()),
+        "AZURE_CLIENT_SECRET" => Some("s3cret".to_owned()),
+        "AZURE_AUTHORITY_HOST" => Some("http://login.example".to_owned()),
+        _ => None,
+    };
+    assert!(default_credential(plain_http).is_err());
+}

@@ -9,6 +9,8 @@ mod oidc;
 mod session;
 #[cfg(feature = "redis")]
 mod shared;
+#[cfg(feature = "redis")]
+mod shared_review;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -158,3 +158,49 @@ async fn sealed_refresh_tokens_move_between_instances_and_only_to_their_account(
         "replacing is fine"
     );
 }
+
+/// The provider rotates on receipt (as Entra ID does) and answers later: a caller that
+/// gives up in between must not lose the rotated token (review finding).
+#[derive(Clone)]
+struct RotatesThenAnswers {
+    current: Arc<Mutex<String>>,
+    delay: Duration,
+}
+
+impl RefreshGrant for RotatesThenAnswers {
+    fn refresh<'a>(&'a self, refresh_token: &'a str, _: &'a TokenRequest) -> GrantFuture<'a> {
+        Box::pin(async move {
+            let n: u32 = {
+                let mut current = self.current.lock().unwrap();
+                if *current != refresh_token {
+                    let body =
+                        br#"{"error":"invalid_grant","error_description":"AADSTS70008: reused"}"#;
+                    return Err(
+                        read_token_grant(400, Some("application/json"), None, body).unwrap_err()
+                    );
+                }
+                let n = refresh_token.trim_start_matches("rt-").parse().unwrap();
+                *current = format!("rt-{}", n + 1);
+                n
+            };
+            tokio::time::sleep(self.delay).await;
+            Ok(grant(&format!("at-{n}"), Some(&format!("rt-{}", n + 1))))
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_caller_that_gives_up_does_not_lose_the_rotated_refresh_token() {
+    let provider = RotatesThenAnswers {
+        current: Arc::new(Mutex::new("rt-1".into())),
+        delay: Duration::from_millis(300),
+    };
+    let users = SignedInUsers::new(provider, SealingKeys::generate(1).unwrap());
+    users.keep("alice", &grant("at-0", Some("rt-1"))).unwrap();
+    let alice = users.user("alice");
+    let gave_up = tokio::time::timeout(Duration::from_millis(100), alice.token(&request())).await;
+    assert!(gave_up.is_err(), "the caller timed out");
+    let next = alice.token(&request()).await;
+    assert_eq!(next.unwrap().secret(), "at-2");
+    assert!(users.is_signed_in("alice"));
+}
