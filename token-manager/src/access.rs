@@ -175,10 +175,29 @@ impl fmt::Debug for IssuedAccessToken {
     }
 }
 
-/// An access token could not be signed.
+/// An access token could not be signed: the random generator failed (for its id), or
+/// the signature did (its error is the source).
 #[derive(Debug, thiserror::Error)]
-#[error("could not sign the access token: {0}")]
-pub struct IssueError(String);
+#[non_exhaustive]
+pub enum IssueError {
+    /// The system random generator failed.
+    #[error("could not sign the access token: the system random generator failed")]
+    Random,
+    /// Signing failed.
+    #[error("could not sign the access token")]
+    Sign(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+}
+
+impl keel_resilience::Classify for IssueError {
+    /// Transient when the random generator failed; permanent when signing did (the key
+    /// does not sign).
+    fn class(&self) -> keel_resilience::ErrorClass {
+        match self {
+            IssueError::Random => keel_resilience::ErrorClass::Transient,
+            IssueError::Sign(_) => keel_resilience::ErrorClass::Permanent,
+        }
+    }
+}
 
 /// Signs access tokens with a [`KeyRing`]'s active key.
 ///
@@ -234,9 +253,7 @@ impl AccessTokenIssuer {
         let now = SystemTime::now();
         let expires_at = now + self.ttl;
         let mut id = [0u8; 16];
-        self.rng
-            .fill(&mut id)
-            .map_err(|_| IssueError("the system random generator failed".into()))?;
+        self.rng.fill(&mut id).map_err(|_| IssueError::Random)?;
         let jti = URL_SAFE_NO_PAD.encode(id);
         let claims = AccessTokenClaims {
             iss: self.issuer.clone(),
@@ -257,7 +274,7 @@ impl AccessTokenIssuer {
         header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
         header.kid = Some(key.kid().to_owned());
         let token = jsonwebtoken::encode(&header, &claims, key.encoding())
-            .map_err(|e| IssueError(e.to_string()))?;
+            .map_err(|e| IssueError::Sign(Box::new(e)))?;
         audit::issued(key.kid(), key.algorithm(), &grant.client_id, &jti);
         Ok(IssuedAccessToken {
             token,

@@ -638,3 +638,10 @@ impl KeyRing {
         }
     }
 }
+
+impl keel_resilience::Classify for KeyError {
+    /// Always permanent: the key material or the set is wrong.
+    fn class(&self) -> keel_resilience::ErrorClass {
+        keel_resilience::ErrorClass::Permanent
+    }
+}

@@ -56,8 +56,34 @@ impl fmt::Debug for PostgresStore {
     }
 }
 
-fn db(e: impl fmt::Display) -> StoreError {
-    StoreError(format!("PostgreSQL: {e}"))
+/// PostgreSQL's and the pool's errors, by kind; the error itself is the source.
+trait IntoStoreError {
+    fn into_store_error(self) -> StoreError;
+}
+
+impl IntoStoreError for tokio_postgres::Error {
+    fn into_store_error(self) -> StoreError {
+        if self.is_closed() || self.code().is_none() && self.as_db_error().is_none() {
+            // No SQLSTATE: the connection failed, not the statement.
+            StoreError::unavailable(self)
+        } else {
+            StoreError::failed(self)
+        }
+    }
+}
+
+impl IntoStoreError for deadpool_postgres::PoolError {
+    fn into_store_error(self) -> StoreError {
+        match self {
+            deadpool_postgres::PoolError::Timeout(_) => StoreError::timeout(self),
+            deadpool_postgres::PoolError::Backend(e) => e.into_store_error(),
+            other => StoreError::unavailable(other),
+        }
+    }
+}
+
+fn db(e: impl IntoStoreError) -> StoreError {
+    e.into_store_error()
 }
 
 fn int(v: u64) -> i64 {
@@ -207,14 +233,14 @@ impl RefreshTokenStore for PostgresStore {
             "retried" => {
                 let successor: Vec<u8> = row.get::<_, Option<Vec<u8>>>(9).unwrap_or_default();
                 let hash = <[u8; 32]>::try_from(successor.as_slice())
-                    .map_err(|_| StoreError("a stored successor hash is corrupt".into()))?;
+                    .map_err(|_| StoreError::corrupt("a stored successor hash"))?;
                 RotateOutcome::Retried {
                     family: family(),
                     successor: TokenHash(hash),
                     sealed_successor: row.get::<_, Option<Vec<u8>>>(10).unwrap_or_default(),
                 }
             }
-            other => return Err(StoreError(format!("unexpected rotation outcome {other:?}"))),
+            _ => return Err(StoreError::corrupt("the rotation's outcome")),
         })
     }
 

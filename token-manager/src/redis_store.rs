@@ -272,7 +272,7 @@ fn num(bytes: &[u8]) -> Result<u64, StoreError> {
     std::str::from_utf8(bytes)
         .ok()
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| StoreError("a stored number is corrupt".into()))
+        .ok_or_else(|| StoreError::corrupt("a stored number"))
 }
 
 /// An index entry: when the family's records go, and the family.
@@ -292,7 +292,7 @@ impl Index {
     }
 
     fn parse(raw: String) -> Result<Self, StoreError> {
-        let corrupt = || StoreError("a stored token index is corrupt".into());
+        let corrupt = || StoreError::corrupt("a stored token index");
         let (gone, family) = raw.split_once(':').ok_or_else(corrupt)?;
         if gone.is_empty() || !gone.bytes().all(|b| b.is_ascii_digit()) || family.is_empty() {
             return Err(corrupt());
@@ -369,8 +369,14 @@ impl RedisStore {
     ) -> Result<T, StoreError> {
         match with_timeout(self.timeout, work).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(StoreError(format!("Redis: {e}"))),
-            Err(e) => Err(StoreError(format!("Redis: {e}"))),
+            Ok(Err(e)) if e.is_timeout() => Err(StoreError::timeout(e)),
+            Ok(Err(e))
+                if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() =>
+            {
+                Err(StoreError::unavailable(e))
+            }
+            Ok(Err(e)) => Err(StoreError::failed(e)),
+            Err(e) => Err(StoreError::timeout(e)),
         }
     }
 
@@ -540,13 +546,11 @@ impl RefreshTokenStore for RedisStore {
             b"retried" if reply.len() >= 11 => Ok(RotateOutcome::Retried {
                 family: family()?,
                 successor: parse_hex(&reply[9])
-                    .ok_or_else(|| StoreError("a stored token hash is corrupt".into()))?,
+                    .ok_or_else(|| StoreError::corrupt("a stored token hash"))?,
                 sealed_successor: reply[10].clone(),
             }),
-            b"corrupt" => Err(StoreError("a stored token index is corrupt".into())),
-            _ => Err(StoreError(
-                "unexpected reply from the rotation script".into(),
-            )),
+            b"corrupt" => Err(StoreError::corrupt("a stored token index")),
+            _ => Err(StoreError::corrupt("the rotation script's reply")),
         }
     }
 

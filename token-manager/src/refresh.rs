@@ -116,7 +116,7 @@ pub enum RefreshError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Sealing or opening the stored successor failed.
-    #[error("could not seal or open a stored token: {0}")]
+    #[error("could not seal or open a stored token")]
     Seal(#[from] SealError),
 }
 
@@ -415,5 +415,17 @@ fn issued(family: &Family, token: String, retried: bool) -> IssuedRefreshToken {
         client_id: family.client_id.clone(),
         expires_at: family.absolute_expiry,
         retried,
+    }
+}
+
+impl keel_resilience::Classify for RefreshError {
+    /// The store's class for [`RefreshError::Store`] (a retry may help), transient for a
+    /// failed random generator; permanent for the rest: the token is no good.
+    fn class(&self) -> keel_resilience::ErrorClass {
+        match self {
+            RefreshError::Store(e) => e.class(),
+            RefreshError::Seal(e) => e.class(),
+            _ => keel_resilience::ErrorClass::Permanent,
+        }
     }
 }

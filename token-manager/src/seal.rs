@@ -135,3 +135,14 @@ impl SealingKeys {
         Ok(plain.to_vec())
     }
 }
+
+impl keel_resilience::Classify for SealError {
+    /// Transient when the random generator failed; permanent otherwise (a wrong key, an
+    /// altered value).
+    fn class(&self) -> keel_resilience::ErrorClass {
+        match self {
+            SealError::Random => keel_resilience::ErrorClass::Transient,
+            _ => keel_resilience::ErrorClass::Permanent,
+        }
+    }
+}

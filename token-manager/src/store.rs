@@ -142,10 +142,121 @@ pub enum RotateOutcome {
     Revoked,
 }
 
-/// A store failed (connection, timeout, corrupt data). Nothing was half-written.
+/// A store failed: it did not answer in time, could not be reached, refused the
+/// operation, or holds data that does not parse. Nothing was half-written. The store's
+/// own error (Redis's, PostgreSQL's) is the [`source`](std::error::Error::source).
+///
+/// ```
+/// use keel_resilience::{Classify, ErrorClass};
+/// use keel_token_manager::store::StoreError;
+///
+/// let e = StoreError::timeout(std::io::Error::from(std::io::ErrorKind::TimedOut));
+/// assert!(e.is_timeout());
+/// assert_eq!(e.class(), ErrorClass::Transient);
+/// assert!(std::error::Error::source(&e).is_some());
+/// assert_eq!(StoreError::corrupt("a stored number").class(), ErrorClass::Permanent);
+/// ```
 #[derive(Debug, thiserror::Error)]
-#[error("refresh-token store: {0}")]
-pub struct StoreError(pub String);
+#[error("{}", .kind.message())]
+pub struct StoreError {
+    kind: StoreErrorKind,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+/// What kind of failure a [`StoreError`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// The store did not answer within the limit.
+    Timeout,
+    /// The store could not be reached (connection refused or lost, pool closed).
+    Unavailable,
+    /// Stored data does not parse (named: what was corrupt).
+    Corrupt(&'static str),
+    /// The store answered with an error (a constraint, a script error...).
+    Failed,
+}
+
+impl StoreErrorKind {
+    fn message(self) -> String {
+        match self {
+            StoreErrorKind::Timeout => "the refresh-token store did not answer in time".into(),
+            StoreErrorKind::Unavailable => "the refresh-token store could not be reached".into(),
+            StoreErrorKind::Corrupt(what) => {
+                format!("the refresh-token store holds corrupt data: {what}")
+            }
+            StoreErrorKind::Failed => "the refresh-token store failed".into(),
+        }
+    }
+}
+
+impl StoreError {
+    /// The store did not answer in time.
+    pub fn timeout(source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        Self::with(StoreErrorKind::Timeout, source)
+    }
+
+    /// The store could not be reached.
+    pub fn unavailable(
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        Self::with(StoreErrorKind::Unavailable, source)
+    }
+
+    /// The store answered with an error.
+    pub fn failed(source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        Self::with(StoreErrorKind::Failed, source)
+    }
+
+    /// Stored data does not parse; `what` names it (no stored value in it).
+    #[must_use]
+    pub fn corrupt(what: &'static str) -> Self {
+        Self {
+            kind: StoreErrorKind::Corrupt(what),
+            source: None,
+        }
+    }
+
+    fn with(
+        kind: StoreErrorKind,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        Self {
+            kind,
+            source: Some(source.into()),
+        }
+    }
+
+    /// What kind of failure it is.
+    #[must_use]
+    pub fn kind(&self) -> StoreErrorKind {
+        self.kind
+    }
+
+    /// Whether the store did not answer in time.
+    #[must_use]
+    pub fn is_timeout(&self) -> bool {
+        self.kind == StoreErrorKind::Timeout
+    }
+
+    /// Whether the store could not be reached.
+    #[must_use]
+    pub fn is_unavailable(&self) -> bool {
+        self.kind == StoreErrorKind::Unavailable
+    }
+}
+
+impl keel_resilience::Classify for StoreError {
+    /// Timeouts, unreachable stores and store-side errors are transient (nothing changed:
+    /// retry); corrupt data is permanent.
+    fn class(&self) -> keel_resilience::ErrorClass {
+        match self.kind {
+            StoreErrorKind::Corrupt(_) => keel_resilience::ErrorClass::Permanent,
+            _ => keel_resilience::ErrorClass::Transient,
+        }
+    }
+}
 
 /// Storage for refresh-token families. Every method is atomic: under concurrent calls on
 /// one token, exactly one rotation succeeds.

@@ -643,3 +643,10 @@ impl StepUpChallenge {
         value
     }
 }
+
+impl keel_resilience::Classify for ValidationError {
+    /// Always permanent: the same token is refused again.
+    fn class(&self) -> keel_resilience::ErrorClass {
+        keel_resilience::ErrorClass::Permanent
+    }
+}

@@ -1019,3 +1019,58 @@ async fn a_cluster_rotation_that_does_not_happen_leaves_no_index_behind() {
     }
     assert_eq!(indexes().await, 2, "rotations of a revoked session");
 }
+
+/// A store that is down fails with a transient `StoreError` whose source is the store's
+/// own error (issue 13: errors keep their chain and their class).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_is_down_fails_transiently_with_its_cause() {
+    use keel_resilience::{Classify, ErrorClass};
+    use std::error::Error as _;
+    let mut redis = RedisServer::start().unwrap();
+    let mut postgres = PostgresServer::start().unwrap();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let connection = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let on_redis = RefreshTokens::new(
+        RedisStore::new(connection).timeout(Duration::from_millis(500)),
+        SealingKeys::generate(1).unwrap(),
+        RefreshConfig::default(),
+    );
+    let store = PostgresStore::new(pool(&postgres));
+    store.migrate().await.unwrap();
+    let on_postgres = RefreshTokens::new(
+        store,
+        SealingKeys::generate(1).unwrap(),
+        RefreshConfig::default(),
+    );
+    let redis_token = on_redis.issue("u", "c").await.unwrap().token;
+    let pg_token = on_postgres.issue("u", "c").await.unwrap().token;
+    redis.stop();
+    postgres.stop();
+    for error in [
+        on_redis.rotate(&redis_token).await.unwrap_err(),
+        on_postgres.rotate(&pg_token).await.unwrap_err(),
+    ] {
+        let RefreshError::Store(store_error) = &error else {
+            panic!("{error:?}")
+        };
+        assert!(
+            store_error.is_unavailable() || store_error.is_timeout(),
+            "{store_error:?}"
+        );
+        assert_eq!(error.class(), ErrorClass::Transient);
+        assert_eq!(error.oauth_error(), "server_error");
+        // The store's own error is one level down, not repeated in the message.
+        let cause = store_error
+            .source()
+            .expect("the store's error is the source");
+        assert!(!error.to_string().contains(&cause.to_string()), "{error}");
+    }
+    // Refused tokens are permanent.
+    let memory = RefreshTokens::new(
+        MemoryStore::new(),
+        SealingKeys::generate(1).unwrap(),
+        RefreshConfig::default(),
+    );
+    let unknown = memory.rotate("not-a-token").await.unwrap_err();
+    assert_eq!(unknown.class(), ErrorClass::Permanent);
+}

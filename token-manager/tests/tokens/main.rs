@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use keel_token_manager::{
-    AccessTokenIssuer, Algorithm, Grant, Jwks, KeyError, KeyRing, SigningKey, StepUp,
+    AccessTokenIssuer, Algorithm, Grant, Jwks, KeyError, KeyRing, SealingKeys, SigningKey, StepUp,
     ValidationError, Validator,
 };
 use proptest::prelude::*;
@@ -829,4 +829,24 @@ fn a_rotation_with_an_unbounded_overlap_does_not_panic() {
         validator.validate(&old).is_ok(),
         "the old key still verifies"
     );
+}
+
+/// Every token-manager error answers keel-resilience's `Classify` (issue 13), and keeps
+/// its cause as a source rather than in its message.
+#[test]
+fn token_errors_are_classified_and_keep_their_source() {
+    use keel_resilience::{Classify, ErrorClass};
+    use keel_token_manager::SealError;
+    assert_eq!(ValidationError::Expired.class(), ErrorClass::Permanent);
+    assert_eq!(
+        KeyError::DuplicateKid("k".into()).class(),
+        ErrorClass::Permanent
+    );
+    assert_eq!(SealError::Random.class(), ErrorClass::Transient);
+    assert_eq!(SealError::Corrupt.class(), ErrorClass::Permanent);
+    let keys = SealingKeys::generate(1).unwrap();
+    let other = SealingKeys::generate(2).unwrap();
+    let sealed = keys.seal(b"x", b"ctx").unwrap();
+    let refused = other.open(&sealed, b"ctx").unwrap_err();
+    assert_eq!(refused.class(), ErrorClass::Permanent);
 }
