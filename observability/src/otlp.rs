@@ -41,9 +41,10 @@ pub enum OtlpError {
     /// The endpoint is not an `http://` or `https://` URL.
     #[error("invalid OTLP endpoint {0:?}: use a base URL such as http://127.0.0.1:4318")]
     InvalidEndpoint(String),
-    /// The exporter could not be built.
-    #[error("could not build the OTLP exporter: {0}")]
-    Exporter(String),
+    /// The exporter could not be built, or a push failed; the exporter's error is the
+    /// source.
+    #[error("the OTLP exporter failed")]
+    Exporter(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
     /// Another `metrics` recorder is installed already.
     #[error(
         "a global metrics recorder is already installed; install OTLP metrics once, at startup"
@@ -156,7 +157,7 @@ where
         .with_endpoint(config.url("traces")?)
         .with_timeout(config.timeout)
         .build()
-        .map_err(|e| OtlpError::Exporter(e.to_string()))?;
+        .map_err(|e| OtlpError::Exporter(Box::new(e)))?;
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_id_generator(CorrelatedIds)
@@ -233,7 +234,7 @@ impl OtlpMetrics {
             .with_endpoint(config.url("metrics")?)
             .with_timeout(config.timeout)
             .build()
-            .map_err(|e| OtlpError::Exporter(e.to_string()))?;
+            .map_err(|e| OtlpError::Exporter(Box::new(e)))?;
         let reader = PeriodicReader::builder(exporter)
             .with_interval(config.metrics_interval)
             .build();
@@ -252,7 +253,7 @@ impl OtlpMetrics {
     pub fn flush(&self) -> Result<(), OtlpError> {
         self.provider
             .force_flush()
-            .map_err(|e| OtlpError::Exporter(e.to_string()))
+            .map_err(|e| OtlpError::Exporter(Box::new(e)))
     }
 
     /// Pushes pending metrics and stops the exporter.
@@ -262,7 +263,7 @@ impl OtlpMetrics {
     pub fn shutdown(self) -> Result<(), OtlpError> {
         self.provider
             .shutdown()
-            .map_err(|e| OtlpError::Exporter(e.to_string()))
+            .map_err(|e| OtlpError::Exporter(Box::new(e)))
     }
 }
 

@@ -16,9 +16,9 @@ pub enum MetricsError {
     /// Another `metrics` recorder is installed already.
     #[error("a global metrics recorder is already installed; install Prometheus once, at startup")]
     AlreadyInstalled,
-    /// The exporter refused the configuration.
-    #[error("invalid Prometheus exporter configuration: {0}")]
-    Config(String),
+    /// The exporter refused the configuration; its error is the source.
+    #[error("invalid Prometheus exporter configuration")]
+    Config(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
 }
 
 /// The global Prometheus recorder: histograms as buckets (never summaries, which cannot
@@ -65,7 +65,7 @@ impl PrometheusMetrics {
     pub fn install_with(builder: PrometheusBuilder) -> Result<Self, MetricsError> {
         let recorder = builder
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-            .map_err(|e| MetricsError::Config(e.to_string()))?
+            .map_err(|e| MetricsError::Config(Box::new(e)))?
             .build_recorder();
         let handle = recorder.handle();
         metrics::set_global_recorder(recorder).map_err(|_| MetricsError::AlreadyInstalled)?;

@@ -74,13 +74,13 @@ pub enum RedisRateLimitError {
         after: Duration,
     },
     /// Redis could not be asked (and the limiter fails closed).
-    #[error("rate limit `{name}` could not reach Redis: {source}")]
+    #[error("rate limit `{name}` could not reach Redis")]
     Redis {
         /// The limiter's name.
         name: Cow<'static, str>,
         /// What redis-rs said.
         #[source]
-        source: redis::RedisError,
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
 }
 
@@ -230,7 +230,7 @@ impl<C: ConnectionLike + Clone + Send + Sync> RedisRateLimiter<C> {
             }
             Err(source) => Err(RedisRateLimitError::Redis {
                 name: self.name.clone(),
-                source,
+                source: Box::new(source),
             }),
         }
     }
