@@ -150,8 +150,10 @@ struct Slot {
     /// Background refreshes failed in a row, and the last delay (for the backoff).
     failures: u32,
     last_delay: Duration,
-    /// Challenge answers stored: a fetch that began before one does not replace it.
-    challenges: u64,
+    /// The challenge sequence number of the last challenge answer stored here: a fetch
+    /// that began before it does not replace it (a number from the whole cache, so an
+    /// evicted and remade slot does not start over).
+    challenged_at: u64,
     /// Held by the caller fetching a token nobody has yet (others wait on it).
     fetching: Arc<tokio::sync::Mutex<()>>,
 }
@@ -164,6 +166,8 @@ struct Shared<P> {
     counters: Counters,
     /// Bumped by `clear`: a fetch that began before it does not store its token.
     cleared: AtomicU64,
+    /// Counts challenge answers stored, across keys.
+    challenge_seq: AtomicU64,
 }
 
 /// A token cache in front of a provider, as MSAL keeps one: a token per tenant, scope
@@ -203,7 +207,7 @@ impl<P> Shared<P> {
         key: &TokenRequest,
         token: &AccessToken,
         issued: Instant,
-        (cleared, challenges): (u64, u64),
+        (cleared, challenges_before): (u64, u64),
         challenged: bool,
     ) {
         let refresh_at = self.policy.refresh_at(token, issued);
@@ -216,8 +220,8 @@ impl<P> Shared<P> {
         }
         let slot = slots.entry(key.clone()).or_default();
         if challenged {
-            slot.challenges += 1;
-        } else if slot.challenges != challenges {
+            slot.challenged_at = self.challenge_seq.fetch_add(1, Ordering::AcqRel) + 1;
+        } else if slot.challenged_at > challenges_before {
             // A challenge was answered while this fetch ran: its token stays.
             return;
         }
@@ -280,6 +284,7 @@ impl<P: TokenProvider + 'static> CachingProvider<P> {
                 max_entries: AtomicUsize::new(10_000),
                 counters: Counters::default(),
                 cleared: AtomicU64::new(0),
+                challenge_seq: AtomicU64::new(0),
             }),
         }
     }
@@ -318,9 +323,11 @@ impl<P: TokenProvider + 'static> CachingProvider<P> {
         let issued = Instant::now();
         let key = request.without_claims();
         let seen = {
-            let slots = shared.slots();
-            let cleared = shared.cleared.load(Ordering::Acquire);
-            (cleared, slots.get(&key).map_or(0, |slot| slot.challenges))
+            let _slots = shared.slots();
+            (
+                shared.cleared.load(Ordering::Acquire),
+                shared.challenge_seq.load(Ordering::Acquire),
+            )
         };
         let token = shared.provider.token(request).await?;
         let challenged = request.claims_json().is_some();

@@ -791,14 +791,11 @@ impl TokenProvider for ManagedIdentityCredential {
         Box::pin(self.request(request))
     }
 
+    /// A user-assigned identity's client id; none for the system-assigned one, whose
+    /// principal cannot be told from here (every VM's endpoint is the same).
     fn identity(&self) -> Option<String> {
-        let endpoint = match &self.source {
-            ManagedIdentitySource::Imds { endpoint }
-            | ManagedIdentitySource::AppService { endpoint, .. } => endpoint,
-        };
-        Some(format!(
-            "managed|{endpoint}|{}",
-            self.client_id.as_deref().unwrap_or("system")
-        ))
+        self.client_id
+            .as_ref()
+            .map(|client_id| format!("managed|{client_id}"))
     }
 }

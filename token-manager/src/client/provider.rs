@@ -33,11 +33,14 @@ pub trait TokenProvider: Send + Sync {
     /// A token for `request`.
     fn token<'a>(&'a self, request: &'a TokenRequest) -> TokenFuture<'a>;
 
-    /// Whose tokens these are beyond the request: a credential's authority, home tenant
-    /// and client (an on-behalf-of provider's user, a signed-in user's account). A
-    /// [`SharedTokenCache`](super::SharedTokenCache) keys by it, so two credentials
-    /// sharing one Redis never share a token. `None` (the default) when the provider
-    /// does not say; shared caches then rely on their namespace alone. Holds no secret.
+    /// Whose tokens these are beyond the request, as far as it is known here: a
+    /// credential's token endpoint (authority and home tenant) and client id, an
+    /// on-behalf-of provider's user, a signed-in user's client, account and sign-in. A
+    /// [`SharedTokenCache`](super::SharedTokenCache) keys by it with its namespace, so
+    /// two such credentials sharing one Redis never share a token. `None` (the default)
+    /// when the provider does not say; a system-assigned managed identity cannot (every
+    /// VM's endpoint is the same), so the shared cache's namespace must then tell the
+    /// services apart. Holds no secret.
     fn identity(&self) -> Option<String> {
         None
     }
@@ -156,12 +159,9 @@ impl TokenProvider for ProviderChain {
     /// The identities of its providers, in order (a chain answers with whichever is
     /// available, so its cache key names them all).
     fn identity(&self) -> Option<String> {
-        let ids: Vec<String> = self
-            .providers
-            .iter()
-            .map(|p| p.identity().unwrap_or_else(|| "?".into()))
-            .collect();
-        (!ids.is_empty() && ids.iter().any(|id| id != "?"))
-            .then(|| format!("chain({})", ids.join(",")))
+        // Only when every provider says: an anonymous one could answer as anyone.
+        let ids: Option<Vec<String>> = self.providers.iter().map(|p| p.identity()).collect();
+        ids.filter(|ids| !ids.is_empty())
+            .map(|ids| format!("chain({})", ids.join(",")))
     }
 }

@@ -25,11 +25,20 @@ pub trait RefreshGrant: Send + Sync {
     /// A new access token (and, when the provider rotates them, a new refresh token) for
     /// `request` from `refresh_token`.
     fn refresh<'a>(&'a self, refresh_token: &'a str, request: &'a TokenRequest) -> GrantFuture<'a>;
+
+    /// The client: its token endpoint and client id (see
+    /// [`TokenProvider::identity`]). `None` by default.
+    fn identity(&self) -> Option<String> {
+        None
+    }
 }
 
 struct Session {
     /// The refresh token, sealed with the account as context.
     sealed: Vec<u8>,
+    /// Random, per sign-in: shared caches key a user's tokens by it, so an account id
+    /// used again for another sign-in never meets the earlier one's tokens.
+    id: u64,
     /// Held while the refresh token is redeemed: a rotating token is spent once.
     turn: Arc<tokio::sync::Mutex<()>>,
 }
@@ -95,6 +104,18 @@ impl Inner {
             .seal(refresh_token.as_bytes(), account.as_bytes())
             .map_err(|e| TokenError::failed(PROVIDER, ErrorClass::Transient, e))
     }
+}
+
+/// A random session id.
+fn session_id() -> Result<u64, TokenError> {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0_u8; 8];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| {
+            TokenError::failed(PROVIDER, ErrorClass::Transient, crate::SealError::Random)
+        })?;
+    Ok(u64::from_be_bytes(bytes))
 }
 
 fn signed_out(account_known: bool) -> TokenError {
@@ -170,6 +191,7 @@ impl SignedInUsers {
             account.to_owned(),
             Session {
                 sealed,
+                id: session_id()?,
                 turn: Arc::default(),
             },
         );
@@ -198,18 +220,53 @@ impl SignedInUsers {
             .map(|session| session.sealed.clone())
     }
 
-    /// Takes back a refresh token from [`sealed`](Self::sealed).
+    /// Takes back a refresh token from [`sealed`](Self::sealed), unless the account is
+    /// signed in here already: the one held here is at least as new (it may have been
+    /// rotated since the copy was stored), and replacing it would make the next
+    /// redemption a reuse. Returns whether it was taken.
     ///
     /// # Errors
     /// [`TokenError::Failed`] (permanent) when it does not open with these keys for this
     /// account (altered, another account's, another key ring), or the account bound is
     /// reached.
-    pub fn restore(&self, account: &str, sealed: &[u8]) -> Result<(), TokenError> {
+    pub fn restore(&self, account: &str, sealed: &[u8]) -> Result<bool, TokenError> {
         self.inner
             .keys
             .open(sealed, account.as_bytes())
             .map_err(|e| TokenError::failed(PROVIDER, ErrorClass::Permanent, e))?;
-        self.insert(account, sealed.to_vec())
+        if self.is_signed_in(account) {
+            return Ok(false);
+        }
+        self.insert_if_absent(account, sealed.to_vec())
+    }
+
+    fn insert_if_absent(&self, account: &str, sealed: Vec<u8>) -> Result<bool, TokenError> {
+        let id = session_id()?;
+        let mut sessions = self.inner.sessions();
+        if sessions.contains_key(account) {
+            return Ok(false);
+        }
+        if sessions.len()
+            >= self
+                .inner
+                .max_accounts
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(TokenError::failed(
+                PROVIDER,
+                ErrorClass::Transient,
+                ResponseError::Invalid("too many signed-in accounts are kept".into()),
+            ));
+        }
+        sessions.insert(
+            account.to_owned(),
+            Session {
+                sealed,
+                id,
+                turn: Arc::default(),
+            },
+        );
+        Ok(true)
     }
 
     /// A [`TokenProvider`] for `account`: each request redeems the account's refresh
@@ -319,6 +376,20 @@ impl TokenProvider for SignedInUser {
     }
 
     fn identity(&self) -> Option<String> {
-        Some(format!("signed-in|{}", self.account))
+        let session = self
+            .users
+            .inner
+            .sessions()
+            .get(&self.account)
+            .map_or(0, |session| session.id);
+        Some(format!(
+            "signed-in|{}|{}|{session:016x}",
+            self.users
+                .inner
+                .client
+                .identity()
+                .unwrap_or_else(|| "?".into()),
+            self.account
+        ))
     }
 }

@@ -23,13 +23,31 @@ const PROVIDER: &str = "shared token cache";
 /// The largest sealed record read back (a token is a few KiB).
 const MAX_RECORD: usize = 64 * 1024;
 
+/// The key's epoch (`<p>{<h>}:e`): raised by every challenge answer and every
+/// `forget`, kept two days after its last change, well past any refresh in flight. A
+/// write lands only if the epoch is still the one its writer read when it began, so a
+/// refresh that began before a challenge answer or a `forget` never undoes it, even when
+/// the record expired in between. A value that is not a small non-negative integer
+/// counts as 0 and is reset.
+const EPOCH_FN: &str = r"
+local function epoch(key)
+  local e = tonumber(redis.call('GET', key) or '0')
+  if not e or e < 0 or e > 4503599627370496 or e ~= math.floor(e) then
+    redis.call('DEL', key)
+    return 0
+  end
+  return e
+end
+local EPOCH_TTL = 172800000
+";
+
 /// Reads the key's record against the Redis clock of its node and, when it is not
 /// fresh, takes the refresh lock if asked. A key of another type under our name is
 /// deleted; an oversized sealed value is returned empty (so it does not open and is
-/// replaced). KEYS: record, lock. ARGV: owner, lock ms, whether to lock, the largest
-/// sealed value. Returns `{state, now, ch}` or `{state, now, ch, exp, ref, sealed}`
-/// where state is `fresh`, `locked` (this caller refreshes) or `wait`, and `ch` counts
-/// the challenge answers stored (a refresh that began before one must not replace it).
+/// replaced). KEYS: record, lock, epoch. ARGV: owner, lock ms, whether to lock, the
+/// largest sealed value. Returns `{state, now, epoch}` or
+/// `{state, now, epoch, exp, ref, sealed}` where state is `fresh`, `locked` (this
+/// caller refreshes) or `wait`.
 const READ_OR_LOCK: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -37,61 +55,78 @@ local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
 kind = redis.call('TYPE', KEYS[2])['ok']
 if kind ~= 'string' and kind ~= 'none' then redis.call('DEL', KEYS[2]) end
-local r = redis.call('HMGET', KEYS[1], 'exp', 'ref', 'sealed', 'ch')
+kind = redis.call('TYPE', KEYS[3])['ok']
+if kind ~= 'string' and kind ~= 'none' then redis.call('DEL', KEYS[3]) end
+local e = string.format('%d', epoch(KEYS[3]))
+local r = redis.call('HMGET', KEYS[1], 'exp', 'ref', 'sealed')
 local exp, ref = tonumber(r[1]), tonumber(r[2])
 local nows = string.format('%d', now)
-local ch = string.format('%d', tonumber(r[4]) or 0)
 local sealed = r[3]
 if sealed and string.len(sealed) > tonumber(ARGV[4]) then sealed = '' end
 if exp and ref and sealed and exp > now and ref > now then
-  return {'fresh', nows, ch, r[1], r[2], sealed}
+  return {'fresh', nows, e, r[1], r[2], sealed}
 end
 local state = 'wait'
 if ARGV[3] == '1' and redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   state = 'locked'
 end
 if exp and ref and sealed and exp > now then
-  return {state, nows, ch, r[1], r[2], sealed}
+  return {state, nows, e, r[1], r[2], sealed}
 end
-return {state, nows, ch}
+return {state, nows, e}
 ";
 
-/// Stores a sealed token, then frees the lock if this caller holds it. Modes: `plain`
-/// (a refresh: not over a token expiring later, nor over a challenge answer stored since
-/// the refresh read `ch`), `replace` (the record could not be opened; still not over a
-/// newer challenge answer), `challenge` (a challenge's answer: always, and `ch` goes
-/// up). KEYS: record, lock. ARGV: owner, exp, ref, sealed, mode, `ch` as read.
+/// Stores a sealed token if the epoch is still the one the writer read, then frees the
+/// lock if this caller holds it. Modes: `plain` (a refresh: not over a token expiring
+/// later), `replace` (the record could not be opened), `challenge` (a challenge's
+/// answer: raises the epoch). When it does not write, returns the record that stays.
+/// KEYS: record, lock, epoch. ARGV: owner, exp, ref, sealed, mode, epoch as read.
+/// Returns `{1}` or `{0}` or `{0, exp, ref, sealed}`.
 const WRITE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local exp = tonumber(ARGV[2])
 if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then redis.call('DEL', KEYS[1]) end
-local cur = redis.call('HMGET', KEYS[1], 'exp', 'ch')
-local stored, ch = tonumber(cur[1]), tonumber(cur[2]) or 0
+if redis.call('TYPE', KEYS[3])['ok'] ~= 'string' then redis.call('DEL', KEYS[3]) end
+local e = epoch(KEYS[3])
+local stored = tonumber(redis.call('HGET', KEYS[1], 'exp'))
 local mode = ARGV[5]
-local ok = false
-if mode == 'challenge' then
-  ok = true
-  ch = ch + 1
-elseif ch == (tonumber(ARGV[6]) or 0) then
-  ok = mode == 'replace' or not stored or stored <= exp
-end
-local written = 0
-if exp > now and ok then
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], 'exp', ARGV[2], 'ref', ARGV[3], 'sealed', ARGV[4], 'ch', string.format('%d', ch))
-  redis.call('PEXPIREAT', KEYS[1], exp)
-  written = 1
-end
+local ok = e == (tonumber(ARGV[6]) or -1) and exp > now
+if ok and mode == 'plain' then ok = not stored or stored <= exp end
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
-return written
+if ok then
+  if mode == 'challenge' then
+    redis.call('SET', KEYS[3], string.format('%d', e + 1), 'PX', EPOCH_TTL)
+  end
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'exp', ARGV[2], 'ref', ARGV[3], 'sealed', ARGV[4])
+  redis.call('PEXPIREAT', KEYS[1], exp)
+  return {1}
+end
+local r = redis.call('HMGET', KEYS[1], 'exp', 'ref', 'sealed')
+if r[1] and r[2] and r[3] then return {0, r[1], r[2], r[3]} end
+return {0}
 ";
 
-/// Forgets a key's record and lock. KEYS: record, lock.
+/// Forgets a key's record and lock, and raises its epoch so that no refresh in flight
+/// writes the forgotten kind back. KEYS: record, lock, epoch.
 const FORGET: &str = r"
+if redis.call('TYPE', KEYS[3])['ok'] ~= 'string' then redis.call('DEL', KEYS[3]) end
+local e = epoch(KEYS[3])
+redis.call('SET', KEYS[3], string.format('%d', e + 1), 'PX', EPOCH_TTL)
 redis.call('DEL', KEYS[1])
 redis.call('DEL', KEYS[2])
 return 1
+";
+
+/// Keeps the lock of a failed refresh (a backoff shared by the instances) no longer
+/// than the still-valid token lives. KEYS: lock. ARGV: owner, ms.
+const SHORTEN: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
 ";
 
 /// Frees the lock if this caller holds it. KEYS: lock. ARGV: owner.
@@ -105,15 +140,17 @@ struct Scripts {
     write: Script,
     unlock: Script,
     forget: Script,
+    shorten: Script,
 }
 
 fn scripts() -> &'static Scripts {
     static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
     SCRIPTS.get_or_init(|| Scripts {
-        read_or_lock: Script::new(READ_OR_LOCK),
-        write: Script::new(WRITE),
+        read_or_lock: Script::new(&format!("{EPOCH_FN}{READ_OR_LOCK}")),
+        write: Script::new(&format!("{EPOCH_FN}{WRITE}")),
         unlock: Script::new(UNLOCK),
-        forget: Script::new(FORGET),
+        forget: Script::new(&format!("{EPOCH_FN}{FORGET}")),
+        shorten: Script::new(SHORTEN),
     })
 }
 
@@ -168,7 +205,9 @@ struct Counters {
 ///
 /// Keys (`<p>` is the prefix, `keel:tok:` by default; `<h>` is a SHA-256 of the
 /// namespace, tenant, scopes and client capabilities, so scopes and tenants never show):
-/// `<p>{<h>}` (the record: `exp`, `ref`, `sealed`) and `<p>{<h>}:lock`.
+/// `<p>{<h>}` (the record: `exp`, `ref`, `sealed`), `<p>{<h>}:lock` and `<p>{<h>}:e`
+/// (the key's epoch, raised by challenge answers and [`forget`](Self::forget): a
+/// refresh that began before either never undoes it).
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -234,11 +273,11 @@ enum Read {
     Wait(Option<Record>),
 }
 
-/// What a read saw: Redis's time (ms) and the challenge answers stored so far.
+/// What a read saw: Redis's time (ms) and the key's epoch.
 #[derive(Clone, Copy)]
 struct Seen {
     now: u64,
-    challenges: u64,
+    epoch: u64,
     /// When `now` was read here.
     at: Instant,
 }
@@ -263,8 +302,11 @@ impl Mode {
 
 impl<P: TokenProvider> SharedTokenCache<P> {
     /// `provider`'s tokens shared through a single Redis node. `namespace` tells apart
-    /// the services or clients sharing one Redis (use the client id), and `keys` must be
-    /// the same on every instance.
+    /// the services sharing one Redis (the service's name, or its client id): keys also
+    /// hold the provider's [`identity`](TokenProvider::identity) when it has one, but a
+    /// system-assigned managed identity or a provider made with
+    /// [`from_fn`](super::from_fn) has none, and then the namespace alone keeps two
+    /// services' tokens apart. `keys` must be the same on every instance.
     pub fn new(
         provider: P,
         connection: ConnectionManager,
@@ -413,6 +455,7 @@ impl<P: TokenProvider> SharedTokenCache<P> {
         invocation
             .key(key)
             .key(lock)
+            .key(epoch_key(key))
             .arg(owner)
             .arg(lock_ms)
             .arg(if try_lock { "1" } else { "0" })
@@ -436,7 +479,7 @@ impl<P: TokenProvider> SharedTokenCache<P> {
         token: &AccessToken,
         seen: Seen,
         mode: Mode,
-    ) -> Result<(), TokenError> {
+    ) -> Result<Option<AccessToken>, TokenError> {
         // Redis time now = its time when read plus what passed here since.
         let now = seen.now + millis(seen.at.elapsed());
         let exp = now + millis(token.expires_in());
@@ -454,18 +497,47 @@ impl<P: TokenProvider> SharedTokenCache<P> {
         invocation
             .key(key)
             .key(lock)
+            .key(epoch_key(key))
             .arg(owner)
             .arg(exp)
             .arg(refresh)
             .arg(sealed)
             .arg(mode.as_str())
-            .arg(seen.challenges);
+            .arg(seen.epoch);
         let mut connection = self.connection.clone();
-        let _: i64 = with_timeout(self.timeout, invocation.invoke_async(&mut connection))
+        let reply: Value = with_timeout(self.timeout, invocation.invoke_async(&mut connection))
             .await
             .map_err(|e| redis_error(e.into()))?
             .map_err(|e| redis_error(e.into()))?;
-        Ok(())
+        // Not written: the token that stays (a challenge's answer, a later token), when
+        // it opens.
+        let Value::Array(items) = reply else {
+            return Ok(None);
+        };
+        match items.get(1..4) {
+            Some([exp, refresh, Value::BulkString(sealed)]) if sealed.len() <= MAX_RECORD => {
+                let record = Record {
+                    exp: text(exp).unwrap_or_default(),
+                    refresh: text(refresh).unwrap_or_default(),
+                    sealed: sealed.clone(),
+                };
+                Ok(self.open(key, &record, now))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Keeps the lock of a failed refresh no longer than `for_at_most`.
+    async fn shorten_lock(&self, lock: &str, owner: &str, for_at_most: Duration) {
+        let ms = millis(for_at_most.min(self.lock_for)).max(1);
+        let mut invocation = scripts().shorten.prepare_invoke();
+        invocation.key(lock).arg(owner).arg(ms);
+        let mut connection = self.connection.clone();
+        let _ = with_timeout(
+            self.timeout,
+            invocation.invoke_async::<i64>(&mut connection),
+        )
+        .await;
     }
 
     async fn unlock(&self, lock: &str, owner: &str) {
@@ -493,7 +565,7 @@ impl<P: TokenProvider> SharedTokenCache<P> {
         let key = self.record_key(&request.without_claims());
         let lock = format!("{key}:lock");
         let mut invocation = scripts().forget.prepare_invoke();
-        invocation.key(&key).key(&lock);
+        invocation.key(&key).key(&lock).key(epoch_key(&key));
         let mut connection = self.connection.clone();
         let _: i64 = with_timeout(self.timeout, invocation.invoke_async(&mut connection))
             .await
@@ -609,14 +681,21 @@ impl<P: TokenProvider + 'static> SharedTokenCache<P> {
         let work = async move {
             match this.fetch(&request).await {
                 Ok(token) => {
-                    if let Err(e) = this.write(&key, &lock, &owner, &token, seen, mode).await {
-                        tracing::warn!(error = %e, "could not share the token");
+                    match this.write(&key, &lock, &owner, &token, seen, mode).await {
+                        // A challenge's answer (or a later token) stays in Redis: serve
+                        // that, not what this older request brought.
+                        Ok(Some(stays)) if mode != Mode::Challenge => return Ok(stays),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "could not share the token"),
                     }
                     Ok(token)
                 }
                 Err(e) => {
                     if let Some(token) = still_valid {
                         tracing::warn!(error = %e, "token refresh failed; serving the shared token until it expires");
+                        // The lock, kept as a backoff shared by the instances, lives no
+                        // longer than the token it lets them serve.
+                        this.shorten_lock(&lock, &owner, token.expires_in()).await;
                         return Ok(token);
                     }
                     // Let another instance try.
@@ -629,6 +708,11 @@ impl<P: TokenProvider + 'static> SharedTokenCache<P> {
             .await
             .map_err(|e| TokenError::failed(PROVIDER, ErrorClass::Transient, e))?
     }
+}
+
+/// The key's epoch key, in the record's slot.
+fn epoch_key(key: &str) -> String {
+    format!("{key}:e")
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -670,7 +754,7 @@ fn parse_read(reply: Value) -> Option<(Seen, Read)> {
     };
     let state = text(items.first()?)?;
     let now: u64 = text(items.get(1)?)?.parse().ok()?;
-    let challenges: u64 = text(items.get(2)?)?.parse().ok()?;
+    let epoch: u64 = text(items.get(2)?)?.parse().ok()?;
     let record = match items.get(3..6) {
         Some([exp, refresh, Value::BulkString(sealed)]) if sealed.len() <= MAX_RECORD => {
             Some(Record {
@@ -688,14 +772,7 @@ fn parse_read(reply: Value) -> Option<(Seen, Read)> {
         "wait" => Read::Wait(record),
         _ => return None,
     };
-    Some((
-        Seen {
-            now,
-            challenges,
-            at,
-        },
-        read,
-    ))
+    Some((Seen { now, epoch, at }, read))
 }
 
 impl<P: TokenProvider + 'static> TokenProvider for SharedTokenCache<P> {

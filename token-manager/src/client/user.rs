@@ -275,6 +275,14 @@ async fn refresh_grant(
 }
 
 impl super::RefreshGrant for AuthorizationCodeClient {
+    fn identity(&self) -> Option<String> {
+        Some(format!(
+            "{}|{}",
+            self.authority.token_endpoint(&self.tenant),
+            self.client_id
+        ))
+    }
+
     fn refresh<'a>(
         &'a self,
         refresh_token: &'a str,
@@ -285,6 +293,14 @@ impl super::RefreshGrant for AuthorizationCodeClient {
 }
 
 impl super::RefreshGrant for DeviceCodeClient {
+    fn identity(&self) -> Option<String> {
+        Some(format!(
+            "{}|{}",
+            self.authority.token_endpoint(&self.tenant),
+            self.client_id
+        ))
+    }
+
     fn refresh<'a>(
         &'a self,
         refresh_token: &'a str,

@@ -204,3 +204,26 @@ async fn a_caller_that_gives_up_does_not_lose_the_rotated_refresh_token() {
     assert_eq!(next.unwrap().secret(), "at-2");
     assert!(users.is_signed_in("alice"));
 }
+
+#[tokio::test]
+async fn restoring_a_stored_copy_never_replaces_the_session_held_here() {
+    let provider = Rotating {
+        delay: Some(Duration::from_millis(100)),
+        ..Rotating::default()
+    };
+    let users = SignedInUsers::new(provider.clone(), SealingKeys::generate(1).unwrap());
+    users.keep("alice", &grant("at-0", Some("rt-1"))).unwrap();
+    let stored = users.sealed("alice").unwrap();
+    let alice = users.user("alice");
+    let pending = {
+        let alice = alice.clone();
+        tokio::spawn(async move { alice.token(&request()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The app restores its (older) copy on every request: a no-op while signed in here.
+    assert!(!users.restore("alice", &stored).unwrap());
+    assert_eq!(pending.await.unwrap().unwrap().secret(), "at-1");
+    assert!(!users.restore("alice", &stored).unwrap());
+    assert_eq!(alice.token(&request()).await.unwrap().secret(), "at-2");
+    assert!(users.is_signed_in("alice"));
+}
