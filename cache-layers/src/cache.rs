@@ -208,6 +208,11 @@ impl<V: Send + Sync + 'static> Cache<V> {
     /// first poll without allocating.
     ///
     /// The loader runs in its own task, so it must be `'static`: move what it needs into it.
+    /// That task runs in the caller's `tracing` span (the span of the caller that started
+    /// the load, when several share it), so the loader's logs carry the request's fields,
+    /// the correlation id keel-observability records included. Task-local context (such
+    /// as keel-observability's `RequestContext`) does not cross tasks by itself: wrap the
+    /// loader's future with `keel_observability::in_current_context` when it reads it.
     ///
     /// # Errors
     /// The loader's error (shared by every caller of that load) when no stale value may
@@ -384,7 +389,10 @@ impl<V: Send + Sync + 'static> Cache<V> {
                 let inner = self.inner.clone();
                 let key: Arc<str> = Arc::from(key);
                 let options = options.clone();
-                let task = tokio::spawn(Inner::load(
+                // In the caller's tracing span (and with it the correlation id that
+                // keel-observability's layer records on it): the loader's logs keep
+                // the request they serve.
+                let task = tokio::spawn(tracing::Instrument::in_current_span(Inner::load(
                     inner,
                     key,
                     options,
@@ -393,7 +401,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
                     refresh,
                     ticket,
                     seen,
-                ));
+                )));
                 async move { task.await.unwrap_or(Err(CacheError::LoaderPanicked)) }.boxed()
             })
     }

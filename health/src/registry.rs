@@ -392,7 +392,10 @@ impl HealthRegistry {
 async fn run_once(registration: &Registration) -> CheckOutcome {
     let start = Instant::now();
     let check = registration.check.clone();
-    let task = tokio::spawn(async move { check.check().await });
+    // In the caller's tracing span: a probe's check logs under the probe's request.
+    let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
+        check.check().await
+    }));
     let abort = task.abort_handle();
     let result = match tokio::time::timeout(registration.timeout, task).await {
         Ok(Ok(result)) => result,

@@ -660,3 +660,29 @@ async fn a_hot_key_stays_cached_while_other_keys_and_tags_are_invalidated() {
     let b = loads_under_churn(Cache::<String>::builder("local").build().unwrap(), true).await;
     assert_eq!((a, b), (1, 1));
 }
+
+/// The loader's task runs in the caller's span (issue 13: a new user's loader logs lost
+/// the request's span and correlation id).
+#[tokio::test(flavor = "current_thread")]
+async fn the_loader_runs_in_the_callers_span() {
+    use tracing::Instrument as _;
+    let _guard = tracing::subscriber::set_default(tracing_subscriber::registry());
+    let cache = keel_cache_layers::Cache::<String>::builder("spans")
+        .build()
+        .unwrap();
+    let seen = async {
+        cache
+            .get_or_load("k", || async {
+                let name = tracing::Span::current()
+                    .metadata()
+                    .map(|m| m.name().to_owned())
+                    .unwrap_or_default();
+                Ok::<_, std::io::Error>(name)
+            })
+            .await
+    }
+    .instrument(tracing::info_span!("orders_request"))
+    .await
+    .unwrap();
+    assert_eq!(seen.as_str(), "orders_request");
+}

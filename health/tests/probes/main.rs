@@ -298,3 +298,33 @@ async fn the_publisher_runs_the_checks_on_its_interval() {
     publisher.abort();
     assert_eq!(runs.load(Ordering::SeqCst), 4);
 }
+
+/// A check runs on its own task, in the probe's span (issue 13: work Keel spawns keeps
+/// the caller's span).
+#[tokio::test(flavor = "current_thread")]
+async fn a_check_runs_in_the_callers_span() {
+    use tracing::Instrument as _;
+    let _guard = tracing::subscriber::set_default(tracing_subscriber::registry());
+    let registry = HealthRegistry::builder()
+        .started()
+        .register(Registration::new(
+            "span",
+            check_fn(|| async {
+                let name = tracing::Span::current()
+                    .metadata()
+                    .map(|m| m.name().to_owned())
+                    .unwrap_or_default();
+                if name == "readiness_probe" {
+                    CheckResult::pass()
+                } else {
+                    CheckResult::fail(format!("ran in span {name:?}"))
+                }
+            }),
+        ))
+        .build();
+    let report = registry
+        .run(None)
+        .instrument(tracing::info_span!("readiness_probe"))
+        .await;
+    assert_eq!(report.status(), Status::Pass, "{report:?}");
+}
