@@ -39,7 +39,7 @@ fn benches(c: &mut Criterion) {
         ));
     }
     let registry = builder.build();
-    let keel: Router = health_router(registry, false);
+    let keel: Router = health_router(registry, keel_health::Details::Hidden);
     // Fill the cache once.
     runtime.block_on(async {
         let warm = keel.clone().oneshot(request()).await.expect("infallible");

@@ -397,7 +397,9 @@ fn jwt_case(
     ))
     .expect("fixture");
     let key = SigningKey::from_pem("bench", algorithm, &pem).expect("key");
-    let (_, decoding) = key.jwk().decoding_key().expect("public key");
+    let jwk: jsonwebtoken::jwk::Jwk =
+        serde_json::from_value(serde_json::to_value(key.jwk()).expect("jwk")).expect("jwk");
+    let decoding = jsonwebtoken::DecodingKey::from_jwk(&jwk).expect("public key");
     let ring = KeyRing::new(key);
     let token = AccessTokenIssuer::new(ring.clone(), ISSUER, AUDIENCE)
         .issue(&Grant::new("user-42", "web").scope("orders:read"))
@@ -438,7 +440,8 @@ fn rotate_memory(calls: u64, extra: &dyn Fn()) {
         MemoryStore::new(),
         SealingKeys::generate(1).expect("keys"),
         RefreshConfig::default(),
-    );
+    )
+    .expect("config");
     let mut token = runtime
         .block_on(tokens.issue("user-42", "web"))
         .expect("issued")
@@ -492,7 +495,7 @@ fn health_keel(calls: u64, extra: &dyn Fn()) {
             check_fn(|| async { CheckResult::pass() }),
         ));
     }
-    let router: axum::Router = health_router(builder.build(), false);
+    let router: axum::Router = health_router(builder.build(), keel_health::Details::Hidden);
     // Fill the result cache before measuring.
     let warm = runtime.block_on(tower::ServiceExt::oneshot(router.clone(), ready_request()));
     assert!(warm.expect("infallible").status().is_success());

@@ -189,7 +189,7 @@ fn pipeline(c: &mut Criterion) {
         .total_timeout(Duration::from_secs(30))
         .retry(Retry::new(RetryConfig::standard("bench")))
         .circuit_breaker(std::sync::Arc::new(keel_breaker()))
-        .bulkhead(Bulkhead::new("bench", 100, Duration::from_millis(100)))
+        .bulkhead(Bulkhead::new("bench", 100, Duration::from_millis(100)).unwrap())
         .attempt_timeout(Duration::from_secs(10))
         .build();
     let keel_layered = ServiceBuilder::new()

@@ -35,7 +35,10 @@ fn cases() -> Vec<Case> {
     let ed = pem("ed25519.pem");
     let make = |name, algorithm, jwt, text: &str| {
         let key = SigningKey::from_pem(name, algorithm, text).unwrap();
-        let (_, decoding) = key.jwk().decoding_key().unwrap();
+        // The peer decodes with its own JWK support, from the JWK we publish.
+        let jwk: jsonwebtoken::jwk::Jwk =
+            serde_json::from_value(serde_json::to_value(key.jwk()).unwrap()).unwrap();
+        let decoding = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
         let encoding = match algorithm {
             Algorithm::RS256 => jsonwebtoken::EncodingKey::from_rsa_pem(text.as_bytes()),
             Algorithm::ES256 => jsonwebtoken::EncodingKey::from_ec_pem(text.as_bytes()),
@@ -168,7 +171,8 @@ fn rotate(c: &mut Criterion) {
             store,
             SealingKeys::generate(1).unwrap(),
             RefreshConfig::default(),
-        );
+        )
+        .unwrap();
         let current = Mutex::new(rt.block_on(tokens.issue("user-42", "web")).unwrap().token);
         group.bench_function(name, |b| {
             b.to_async(&rt).iter(|| async {

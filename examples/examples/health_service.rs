@@ -74,7 +74,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let app: axum::Router = health_router(health.clone(), true);
+    let app: axum::Router = health_router(health.clone(), keel_health::Details::Shown);
     let draining = health.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, app)

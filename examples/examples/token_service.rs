@@ -51,7 +51,7 @@ fn auth() -> Result<Auth, Box<dyn std::error::Error>> {
             MemoryStore::new(),
             SealingKeys::generate(1)?,
             RefreshConfig::default().grace_period(Duration::from_secs(2)),
-        ),
+        )?,
         keys,
     })
 }

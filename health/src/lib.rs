@@ -14,7 +14,7 @@
 //!             .timeout(Duration::from_millis(500)),
 //!     )
 //!     .build();
-//! let app: axum::Router = axum::Router::new().merge(health_router(health.clone(), true));
+//! let app: axum::Router = axum::Router::new().merge(health_router(health.clone(), keel_health::Details::Shown));
 //! // At startup's end: health.mark_started();
 //! // On SIGTERM, before stopping the server: health.drain(Duration::from_secs(5)).await;
 //! ```
@@ -46,4 +46,4 @@ pub use check::{CheckResult, FnCheck, HealthCheck, Status, check_fn};
 pub use registry::{
     CheckOutcome, HealthRegistry, HealthRegistryBuilder, HealthReport, Registration, Rendered, Tag,
 };
-pub use router::{HEALTH_JSON, health_router};
+pub use router::{Details, HEALTH_JSON, health_router};

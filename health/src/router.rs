@@ -16,6 +16,16 @@ struct Endpoint {
     details: bool,
 }
 
+/// How much the health endpoints tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Details {
+    /// Every check's status, output and observed values: for endpoints only operators
+    /// and the orchestrator reach.
+    Shown,
+    /// The overall status only: for endpoints the public can reach.
+    Hidden,
+}
+
 /// An axum router with the four probes:
 ///
 /// | path | runs | answers |
@@ -26,20 +36,23 @@ struct Endpoint {
 /// | `/health` | every check, with details unless turned off | 200 / 503 |
 ///
 /// Bodies are `application/health+json` with `Cache-Control: no-store`; `pass` and
-/// `warn` answer 200, `fail` 503. Pass `details: false` when the endpoints are public:
-/// only the status is shown.
+/// `warn` answer 200, `fail` 503. Pass [`Details::Hidden`] when the endpoints are
+/// public: only the status is shown.
 ///
 /// ```
-/// use keel_health::{health_router, HealthRegistry};
+/// use keel_health::{health_router, Details, HealthRegistry};
 ///
 /// let health = HealthRegistry::builder().started().build();
-/// let app: axum::Router = axum::Router::new().merge(health_router(health, true));
+/// let app: axum::Router = axum::Router::new().merge(health_router(health, Details::Shown));
 /// ```
 pub fn health_router<S: Clone + Send + Sync + 'static>(
     registry: HealthRegistry,
-    details: bool,
+    details: Details,
 ) -> Router<S> {
-    let endpoint = Endpoint { registry, details };
+    let endpoint = Endpoint {
+        registry,
+        details: details == Details::Shown,
+    };
     Router::new()
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))

@@ -34,9 +34,10 @@ impl Classify for BulkheadFull {
 /// use keel_resilience::bulkhead::Bulkhead;
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let bulkhead = Bulkhead::new("reports", 4, Duration::from_millis(50));
+/// let bulkhead = Bulkhead::new("reports", 4, Duration::from_millis(50)).unwrap();
 /// let report = bulkhead.run(async { "done" }).await.unwrap();
 /// assert_eq!(report, "done");
+/// assert!(Bulkhead::new("none", 0, Duration::ZERO).is_err());
 /// # }
 /// ```
 #[derive(Clone, Debug)]
@@ -47,21 +48,44 @@ pub struct Bulkhead {
     max_wait: Duration,
 }
 
+/// A bulkhead's settings cannot work.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BulkheadConfigError {
+    /// `max_concurrent` is zero (no call could ever run) or above what a semaphore holds.
+    #[error("a bulkhead's max_concurrent must be between 1 and {max}, got {got}")]
+    MaxConcurrent {
+        /// What was asked.
+        got: usize,
+        /// The most a bulkhead holds.
+        max: usize,
+    },
+}
+
 impl Bulkhead {
-    /// At most `max_concurrent` calls at once (at least 1); callers wait up to
-    /// `max_wait` for a slot (zero: refuse at once when full).
+    /// At most `max_concurrent` calls at once; callers wait up to `max_wait` for a slot
+    /// (zero: refuse at once when full).
+    ///
+    /// # Errors
+    /// [`BulkheadConfigError::MaxConcurrent`] when `max_concurrent` is zero (no call
+    /// could run) or too large, instead of quietly changing it.
     pub fn new(
         name: impl Into<Cow<'static, str>>,
         max_concurrent: usize,
         max_wait: Duration,
-    ) -> Self {
-        let max_concurrent = max_concurrent.clamp(1, Semaphore::MAX_PERMITS);
-        Bulkhead {
+    ) -> Result<Self, BulkheadConfigError> {
+        if max_concurrent == 0 || max_concurrent > Semaphore::MAX_PERMITS {
+            return Err(BulkheadConfigError::MaxConcurrent {
+                got: max_concurrent,
+                max: Semaphore::MAX_PERMITS,
+            });
+        }
+        Ok(Bulkhead {
             name: name.into(),
             semaphore: Arc::new(Semaphore::new(max_concurrent)),
             max_concurrent,
             max_wait,
-        }
+        })
     }
 
     /// Slots free now.

@@ -35,7 +35,7 @@ use crate::retry::Idempotency;
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let only_a_bulkhead = Pipeline::builder("reports")
-///     .bulkhead(Bulkhead::new("reports", 8, Duration::from_millis(100)))
+///     .bulkhead(Bulkhead::new("reports", 8, Duration::from_millis(100)).unwrap())
 ///     .build();
 /// // Plain strings have no HTTP method: every request is declared safe to repeat.
 /// let service = ServiceBuilder::new()

@@ -164,7 +164,7 @@ impl Jwk {
     /// # Errors
     /// [`KeyError::Jwk`] when a component is missing or invalid, or the type and the
     /// algorithm disagree.
-    pub fn decoding_key(&self) -> Result<(Algorithm, DecodingKey), KeyError> {
+    pub(crate) fn decoding_key(&self) -> Result<(Algorithm, DecodingKey), KeyError> {
         let missing =
             |what: &str| KeyError::Jwk(format!("kid {:?}: missing {what}", shown(&self.kid)));
         let algorithm = self.algorithm().ok_or_else(|| {

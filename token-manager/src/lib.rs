@@ -21,7 +21,7 @@
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! use keel_token_manager::{MemoryStore, RefreshConfig, RefreshTokens, SealingKeys};
 //!
-//! let refresh = RefreshTokens::new(MemoryStore::new(), SealingKeys::generate(1).unwrap(), RefreshConfig::default());
+//! let refresh = RefreshTokens::new(MemoryStore::new(), SealingKeys::generate(1).unwrap(), RefreshConfig::default()).unwrap();
 //! let login = refresh.issue("user-42", "web-app").await.unwrap(); // a new session (family)
 //! let next = refresh.rotate(&login.token).await.unwrap();         // rotated on every use
 //! assert_eq!(next.family, login.family);
@@ -77,7 +77,8 @@ pub use postgres_store::PostgresStore;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis_store::RedisStore;
 pub use refresh::{
-    IssuedRefreshToken, RefreshConfig, RefreshError, RefreshTokens, Session, hash_token,
+    IssuedRefreshToken, RefreshConfig, RefreshConfigError, RefreshError, RefreshTokens, Session,
+    hash_token,
 };
 pub use seal::{SealError, SealingKeys};
 pub use store::{MemoryStore, RefreshTokenStore};

@@ -42,7 +42,7 @@ const IDLE_MS_MAX: u64 = 1_000_000_000_000_000;
 ///
 /// let store = PostgresStore::new(pool);
 /// store.migrate().await?; // creates or upgrades the tables
-/// let tokens = RefreshTokens::new(store, SealingKeys::generate(1)?, RefreshConfig::default());
+/// let tokens = RefreshTokens::new(store, SealingKeys::generate(1)?, RefreshConfig::default())?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]

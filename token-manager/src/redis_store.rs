@@ -48,7 +48,7 @@ use crate::store::{
 /// // Or a cluster:
 /// let cluster = redis::cluster::ClusterClient::new(vec!["redis://10.0.0.1:7000"])?;
 /// let store = RedisStore::cluster(cluster.get_async_connection().await?);
-/// let tokens = RefreshTokens::new(store, SealingKeys::generate(1)?, RefreshConfig::default());
+/// let tokens = RefreshTokens::new(store, SealingKeys::generate(1)?, RefreshConfig::default())?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]

@@ -40,7 +40,49 @@ impl Default for RefreshConfig {
     }
 }
 
+/// A [`RefreshConfig`] that cannot work.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RefreshConfigError {
+    /// The absolute lifetime is zero: every session would be over before it starts.
+    #[error("the absolute lifetime must be above zero")]
+    AbsoluteLifetime,
+    /// The idle lifetime is zero (use `None` for no idle limit).
+    #[error("the idle lifetime must be above zero (None: no idle limit)")]
+    IdleLifetime,
+    /// The grace period is not shorter than the session's lifetimes.
+    #[error("the grace period must be shorter than the absolute and idle lifetimes")]
+    GracePeriod,
+}
+
+impl keel_resilience::Classify for RefreshConfigError {
+    /// Always permanent: the settings are wrong.
+    fn class(&self) -> keel_resilience::ErrorClass {
+        keel_resilience::ErrorClass::Permanent
+    }
+}
+
 impl RefreshConfig {
+    /// Checks that the settings can work ([`RefreshTokens::new`] does).
+    ///
+    /// # Errors
+    /// The first setting that cannot work.
+    pub fn validate(&self) -> Result<(), RefreshConfigError> {
+        if self.absolute_lifetime.is_zero() {
+            return Err(RefreshConfigError::AbsoluteLifetime);
+        }
+        if self.idle_lifetime.is_some_and(|idle| idle.is_zero()) {
+            return Err(RefreshConfigError::IdleLifetime);
+        }
+        let shortest = self.idle_lifetime.map_or(self.absolute_lifetime, |idle| {
+            idle.min(self.absolute_lifetime)
+        });
+        if self.grace_period >= shortest {
+            return Err(RefreshConfigError::GracePeriod);
+        }
+        Ok(())
+    }
+
     /// Sets the absolute lifetime.
     #[must_use]
     pub fn absolute_lifetime(mut self, lifetime: Duration) -> Self {
@@ -153,13 +195,13 @@ pub struct Session {
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// use keel_token_manager::{MemoryStore, RefreshConfig, RefreshError, RefreshTokens, SealingKeys};
 ///
-/// let tokens = RefreshTokens::new(MemoryStore::new(), SealingKeys::generate(1).unwrap(), RefreshConfig::default());
+/// let tokens = RefreshTokens::new(MemoryStore::new(), SealingKeys::generate(1).unwrap(), RefreshConfig::default()).unwrap();
 /// let first = tokens.issue("user-42", "web-app").await.unwrap();
 /// let second = tokens.rotate(&first.token).await.unwrap();
 /// assert_eq!(second.family, first.family);
 /// // Presenting the first token again, after the grace period, is reuse:
 /// let strict = RefreshTokens::new(MemoryStore::new(), SealingKeys::generate(1).unwrap(),
-///     RefreshConfig::default().grace_period(std::time::Duration::ZERO));
+///     RefreshConfig::default().grace_period(std::time::Duration::ZERO)).unwrap();
 /// let a = strict.issue("u", "c").await.unwrap();
 /// strict.rotate(&a.token).await.unwrap();
 /// assert!(matches!(strict.rotate(&a.token).await, Err(RefreshError::ReuseDetected { .. })));
@@ -200,13 +242,22 @@ fn plausible(token: &str) -> bool {
 
 impl<S: RefreshTokenStore> RefreshTokens<S> {
     /// An engine over `store`, sealing retry successors with `seal`.
-    pub fn new(store: S, seal: SealingKeys, config: RefreshConfig) -> Self {
-        Self {
+    ///
+    /// # Errors
+    /// [`RefreshConfigError`] when the config cannot work (a zero lifetime, a grace
+    /// period as long as a session).
+    pub fn new(
+        store: S,
+        seal: SealingKeys,
+        config: RefreshConfig,
+    ) -> Result<Self, RefreshConfigError> {
+        config.validate()?;
+        Ok(Self {
             store,
             seal,
             config,
             rng: SystemRandom::new(),
-        }
+        })
     }
 
     /// The store.
@@ -328,7 +379,7 @@ impl<S: RefreshTokenStore> RefreshTokens<S> {
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// use keel_token_manager::{MemoryStore, RefreshConfig, RefreshError, RefreshTokens, SealingKeys};
     ///
-    /// let tokens = RefreshTokens::new(MemoryStore::new(), SealingKeys::generate(1).unwrap(), RefreshConfig::default());
+    /// let tokens = RefreshTokens::new(MemoryStore::new(), SealingKeys::generate(1).unwrap(), RefreshConfig::default()).unwrap();
     /// let stolen = tokens.issue("user-42", "web-app").await.unwrap();
     /// let thiefs = tokens.rotate(&stolen.token).await.unwrap();
     /// tokens.revoke(&stolen.token).await.unwrap(); // logout with the old token

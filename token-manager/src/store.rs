@@ -7,7 +7,21 @@ use std::sync::Mutex;
 
 /// SHA-256 of a refresh token: the only form in which tokens are stored.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TokenHash(pub [u8; 32]);
+pub struct TokenHash(pub(crate) [u8; 32]);
+
+impl TokenHash {
+    /// A hash as a store kept it (a custom [`RefreshTokenStore`] reading its records).
+    #[must_use]
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The hash's bytes, to store.
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
 
 impl fmt::Debug for TokenHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -22,7 +36,20 @@ impl fmt::Debug for TokenHash {
 
 /// The id of a token family (one login session).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FamilyId(pub String);
+pub struct FamilyId(pub(crate) String);
+
+impl FamilyId {
+    /// An id as a store kept it (a custom [`RefreshTokenStore`] reading its records).
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
+    /// The id, to store.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
 
 impl fmt::Display for FamilyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

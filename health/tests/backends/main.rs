@@ -105,7 +105,7 @@ async fn readiness_follows_a_redis_restart_within_the_ttl() {
         .cache_ttl(TTL)
         .register(Registration::new("redis", check))
         .build();
-    let app: axum::Router = health_router(registry, false);
+    let app: axum::Router = health_router(registry, keel_health::Details::Hidden);
     assert_eq!(readiness(&app).await, StatusCode::OK);
 
     for outage in [Duration::from_millis(500), Duration::from_secs(6)] {

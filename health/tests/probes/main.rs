@@ -16,7 +16,14 @@ use serde_json::Value;
 use tower::ServiceExt;
 
 fn router(registry: &HealthRegistry, details: bool) -> axum::Router {
-    health_router(registry.clone(), details)
+    health_router(
+        registry.clone(),
+        if details {
+            keel_health::Details::Shown
+        } else {
+            keel_health::Details::Hidden
+        },
+    )
 }
 
 async fn get(app: &axum::Router, path: &str) -> (StatusCode, axum::http::HeaderMap, Value) {

@@ -57,8 +57,7 @@ impl Idempotency {
 
 /// Why a retry policy stopped and returned the last error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum GaveUp {
+pub(crate) enum GaveUp {
     /// The error is permanent.
     Permanent,
     /// The work is not idempotent.

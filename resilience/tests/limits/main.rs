@@ -64,7 +64,7 @@ fn hold_slot(
 
 #[tokio::test(start_paused = true)]
 async fn a_full_bulkhead_refuses_after_its_wait() {
-    let bulkhead = Bulkhead::new("db", 1, Duration::from_millis(100));
+    let bulkhead = Bulkhead::new("db", 1, Duration::from_millis(100)).unwrap();
     let holder = hold_slot(&bulkhead);
     tokio::task::yield_now().await;
     assert_eq!(bulkhead.available(), 0);
@@ -81,7 +81,7 @@ async fn a_full_bulkhead_refuses_after_its_wait() {
 
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_call_releases_its_slot() {
-    let bulkhead = Bulkhead::new("db", 1, Duration::ZERO);
+    let bulkhead = Bulkhead::new("db", 1, Duration::ZERO).unwrap();
     // Cancelled by a timeout around the bulkhead.
     let timed_out = with_timeout(
         Duration::from_secs(1),

@@ -177,7 +177,7 @@ async fn permanent_errors_and_full_bulkheads_do_not_trip_the_breaker() {
     let pipeline = Pipeline::builder("t")
         .retry(retry(3))
         .circuit_breaker(b.clone())
-        .bulkhead(Bulkhead::new("t", 1, Duration::ZERO))
+        .bulkhead(Bulkhead::new("t", 1, Duration::ZERO).unwrap())
         .build();
     let error = pipeline
         .run(Idempotency::Idempotent, || async {
@@ -552,7 +552,7 @@ async fn callers_timed_out_while_queued_at_the_bulkhead_do_not_trip_the_breaker(
     // as an abandoned call (a failure by default) although the dependency was never
     // asked: a saturated but healthy dependency got its breaker opened.
     let b = breaker(5);
-    let bulkhead = Bulkhead::new("t", 1, Duration::from_secs(60));
+    let bulkhead = Bulkhead::new("t", 1, Duration::from_secs(60)).unwrap();
     let pipeline = Pipeline::builder("t")
         .total_timeout(Duration::from_secs(1))
         .circuit_breaker(b.clone())

@@ -68,7 +68,7 @@ impl Backend {
                 Arc::new(store)
             }
         };
-        RefreshTokens::new(store, SealingKeys::generate(1).unwrap(), config)
+        RefreshTokens::new(store, SealingKeys::generate(1).unwrap(), config).unwrap()
     }
 }
 
@@ -278,7 +278,7 @@ async fn revocation_sessions_and_cleanup(backend: Backend) {
     );
     assert!(
         !tokens
-            .revoke_family(&keel_token_manager::store::FamilyId("nope".into()))
+            .revoke_family(&keel_token_manager::store::FamilyId::new("nope"))
             .await
             .unwrap()
     );
@@ -504,7 +504,8 @@ async fn a_postgres_crash_mid_rotation_leaves_the_family_before_or_after_never_b
         store.clone(),
         SealingKeys::generate(1).unwrap(),
         RefreshConfig::default().grace_period(Duration::from_secs(60)),
-    );
+    )
+    .unwrap();
     let first = tokens.issue("user-1", "web").await.unwrap();
     let mut current = first.token.clone();
     let mut rotated = 0;
@@ -624,7 +625,8 @@ fn audit_events_name_what_happened_and_never_a_token_or_hash() {
                 MemoryStore::new(),
                 SealingKeys::generate(1).unwrap(),
                 strict(),
-            );
+            )
+            .unwrap();
             let first = tokens.issue("user-1", "web").await.unwrap();
             let second = tokens.rotate(&first.token).await.unwrap();
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -633,7 +635,7 @@ fn audit_events_name_what_happened_and_never_a_token_or_hash() {
             for t in [&first.token, &second.token] {
                 secrets.push(t.clone());
                 let hash = keel_token_manager::hash_token(t);
-                secrets.push(hash.0.iter().map(|b| format!("{b:02x}")).collect());
+                secrets.push(hash.as_bytes().iter().map(|b| format!("{b:02x}")).collect());
             }
         });
     });
@@ -926,7 +928,7 @@ async fn on_a_cluster_read_from_replicas_revocation_still_reaches_the_primary() 
         .build()
         .unwrap();
     let store = RedisStore::cluster(client.get_async_connection().await.unwrap()).prefix(prefix);
-    let tokens = RefreshTokens::new(store, SealingKeys::generate(1).unwrap(), strict());
+    let tokens = RefreshTokens::new(store, SealingKeys::generate(1).unwrap(), strict()).unwrap();
 
     let logged_out = tokens.issue("user-1", "web").await.unwrap();
     let everywhere = tokens.issue("user-3", "web").await.unwrap();
@@ -1034,14 +1036,16 @@ async fn a_store_that_is_down_fails_transiently_with_its_cause() {
         RedisStore::new(connection).timeout(Duration::from_millis(500)),
         SealingKeys::generate(1).unwrap(),
         RefreshConfig::default(),
-    );
+    )
+    .unwrap();
     let store = PostgresStore::new(pool(&postgres));
     store.migrate().await.unwrap();
     let on_postgres = RefreshTokens::new(
         store,
         SealingKeys::generate(1).unwrap(),
         RefreshConfig::default(),
-    );
+    )
+    .unwrap();
     let redis_token = on_redis.issue("u", "c").await.unwrap().token;
     let pg_token = on_postgres.issue("u", "c").await.unwrap().token;
     redis.stop();
@@ -1070,7 +1074,40 @@ async fn a_store_that_is_down_fails_transiently_with_its_cause() {
         MemoryStore::new(),
         SealingKeys::generate(1).unwrap(),
         RefreshConfig::default(),
-    );
+    )
+    .unwrap();
     let unknown = memory.rotate("not-a-token").await.unwrap_err();
     assert_eq!(unknown.class(), ErrorClass::Permanent);
+}
+
+/// A config that cannot work is refused when the engine is built (issue 13), not
+/// discovered when every session ends at once.
+#[test]
+fn configs_that_cannot_work_are_refused() {
+    use keel_token_manager::RefreshConfigError;
+    let build = |config: RefreshConfig| {
+        RefreshTokens::new(
+            MemoryStore::new(),
+            SealingKeys::generate(1).unwrap(),
+            config,
+        )
+        .map(|_| ())
+    };
+    assert_eq!(
+        build(RefreshConfig::default().absolute_lifetime(Duration::ZERO)),
+        Err(RefreshConfigError::AbsoluteLifetime)
+    );
+    assert_eq!(
+        build(RefreshConfig::default().idle_lifetime(Some(Duration::ZERO))),
+        Err(RefreshConfigError::IdleLifetime)
+    );
+    assert_eq!(
+        build(
+            RefreshConfig::default()
+                .idle_lifetime(Some(Duration::from_secs(5)))
+                .grace_period(Duration::from_secs(5))
+        ),
+        Err(RefreshConfigError::GracePeriod)
+    );
+    assert_eq!(build(RefreshConfig::default().idle_lifetime(None)), Ok(()));
 }
