@@ -53,6 +53,9 @@ pub struct Problem {
     extensions: Map<String, Value>,
     #[serde(skip)]
     error_code: ErrorCode,
+    /// Headers the response carries besides the standard ones (`WWW-Authenticate`).
+    #[serde(skip)]
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl Problem {
@@ -70,6 +73,7 @@ impl Problem {
             retry_after: None,
             extensions: Map::new(),
             error_code: code,
+            headers: Vec::new(),
         }
     }
 
@@ -98,6 +102,24 @@ impl Problem {
     #[must_use]
     pub fn with_retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds);
+        self
+    }
+
+    /// A header the response carries, such as `WWW-Authenticate` for a 401 (RFC 9110
+    /// §11.6.1) or a 403 with an OAuth `insufficient_scope` (RFC 6750 §3). The headers
+    /// this type sets itself (`Content-Type`, `Cache-Control`, `Retry-After`, the
+    /// correlation id) are not replaced.
+    ///
+    /// ```
+    /// use keel_observability::{ErrorCode, Problem};
+    ///
+    /// let problem = Problem::new(ErrorCode::AUTH_UNAUTHENTICATED)
+    ///     .with_header(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+    /// assert_eq!(problem.to_response().headers()["www-authenticate"], "Bearer");
+    /// ```
+    #[must_use]
+    pub fn with_header(mut self, name: http::HeaderName, value: http::HeaderValue) -> Self {
+        self.headers.push((name, value));
         self
     }
 
@@ -153,6 +175,17 @@ impl Problem {
         }
         if let Some(id) = &self.correlation_id {
             builder = builder.header(crate::correlation::headers::CORRELATION_ID, id.as_str());
+        }
+        for (name, value) in &self.headers {
+            let ours = [
+                http::header::CONTENT_TYPE,
+                http::header::CACHE_CONTROL,
+                http::header::RETRY_AFTER,
+            ];
+            if !ours.contains(name) && name.as_str() != crate::correlation::headers::CORRELATION_ID
+            {
+                builder = builder.header(name, value);
+            }
         }
         builder
             .body(bytes::Bytes::from(self.to_json()))
@@ -221,6 +254,12 @@ pub trait IntoProblem {
         None
     }
 
+    /// The `WWW-Authenticate` challenge to send, for authentication errors (a
+    /// token validator's refusal).
+    fn www_authenticate(&self) -> Option<String> {
+        None
+    }
+
     /// The problem for this error.
     fn to_problem(&self) -> Problem {
         let mut problem = Problem::new(self.error_code());
@@ -229,6 +268,11 @@ pub trait IntoProblem {
         }
         if let Some(seconds) = self.retry_after() {
             problem = problem.with_retry_after(seconds);
+        }
+        if let Some(challenge) = self.www_authenticate()
+            && let Ok(value) = http::HeaderValue::from_str(&challenge)
+        {
+            problem = problem.with_header(http::header::WWW_AUTHENTICATE, value);
         }
         problem
     }

@@ -1,6 +1,8 @@
 //! Access tokens end to end: every algorithm, key rotation, JWKS, the rejection matrix,
 //! arbitrary input, step-up, and interoperability with PyJWT.
 
+#[cfg(feature = "axum")]
+mod bearer;
 mod client;
 mod client_review;
 mod credential;
