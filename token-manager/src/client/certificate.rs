@@ -202,10 +202,10 @@ impl TokenProvider for ClientCertificateCredential {
     }
 
     fn identity(&self) -> Option<String> {
-        Some(format!(
-            "{}|{}",
-            self.authority.token_endpoint(&self.tenant),
-            self.client_id
+        Some(super::credential::client_identity(
+            &self.authority,
+            &self.tenant,
+            &self.client_id,
         ))
     }
 }

@@ -160,6 +160,12 @@ impl ClientSecretCredential {
     }
 }
 
+/// A client's identity for shared caches: its token endpoint (authority and home
+/// tenant) and client id.
+pub(super) fn client_identity(authority: &Authority, tenant: &str, client_id: &str) -> String {
+    format!("{}|{client_id}", authority.token_endpoint(tenant))
+}
+
 /// Whether `url` is plain http to this machine (tests, local emulators): the host, not
 /// a prefix of it, is `localhost`, `127.0.0.1` or `[::1]`.
 pub(super) fn is_loopback_http(url: &str) -> bool {
@@ -363,10 +369,10 @@ impl TokenProvider for ClientSecretCredential {
     }
 
     fn identity(&self) -> Option<String> {
-        Some(format!(
-            "{}|{}",
-            self.authority.token_endpoint(&self.tenant),
-            self.client_id
+        Some(client_identity(
+            &self.authority,
+            &self.tenant,
+            &self.client_id,
         ))
     }
 }
@@ -499,10 +505,10 @@ impl TokenProvider for WorkloadIdentityCredential {
     }
 
     fn identity(&self) -> Option<String> {
-        Some(format!(
-            "{}|{}",
-            self.authority.token_endpoint(&self.tenant),
-            self.client_id
+        Some(client_identity(
+            &self.authority,
+            &self.tenant,
+            &self.client_id,
         ))
     }
 }

@@ -97,3 +97,20 @@ impl Classify for TokenError {
         }
     }
 }
+
+/// `N` bytes from the system's random generator; a transient [`TokenError`] from
+/// `provider` when it fails.
+pub(crate) fn random_bytes<const N: usize>(provider: &'static str) -> Result<[u8; N], TokenError> {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0_u8; N];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| {
+            TokenError::failed(
+                provider,
+                ErrorClass::Transient,
+                std::io::Error::other("no randomness"),
+            )
+        })?;
+    Ok(bytes)
+}

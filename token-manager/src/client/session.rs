@@ -108,14 +108,7 @@ impl Inner {
 
 /// A random session id.
 fn session_id() -> Result<u64, TokenError> {
-    use ring::rand::SecureRandom as _;
-    let mut bytes = [0_u8; 8];
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| {
-            TokenError::failed(PROVIDER, ErrorClass::Transient, crate::SealError::Random)
-        })?;
-    Ok(u64::from_be_bytes(bytes))
+    super::error::random_bytes(PROVIDER).map(u64::from_be_bytes)
 }
 
 fn signed_out(account_known: bool) -> TokenError {
@@ -171,31 +164,7 @@ impl SignedInUsers {
     }
 
     fn insert(&self, account: &str, sealed: Vec<u8>) -> Result<(), TokenError> {
-        let mut sessions = self.inner.sessions();
-        if !sessions.contains_key(account)
-            && sessions.len()
-                >= self
-                    .inner
-                    .max_accounts
-                    .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            return Err(TokenError::failed(
-                PROVIDER,
-                ErrorClass::Transient,
-                ResponseError::Invalid("too many signed-in accounts are kept".into()),
-            ));
-        }
-        // A new session (a new turn): a redemption of the old token under way does not
-        // overwrite this one.
-        sessions.insert(
-            account.to_owned(),
-            Session {
-                sealed,
-                id: session_id()?,
-                turn: Arc::default(),
-            },
-        );
-        Ok(())
+        self.insert_session(account, sealed, true).map(|_| ())
     }
 
     /// Whether `account` has a refresh token kept.
@@ -241,17 +210,29 @@ impl SignedInUsers {
     }
 
     fn insert_if_absent(&self, account: &str, sealed: Vec<u8>) -> Result<bool, TokenError> {
+        self.insert_session(account, sealed, false)
+    }
+
+    /// Keeps a new session for `account` (a new turn: a redemption of an older token
+    /// under way does not overwrite it), replacing one held here only if `replace`.
+    /// Whether it was kept.
+    fn insert_session(
+        &self,
+        account: &str,
+        sealed: Vec<u8>,
+        replace: bool,
+    ) -> Result<bool, TokenError> {
         let id = session_id()?;
         let mut sessions = self.inner.sessions();
-        if sessions.contains_key(account) {
+        let held = sessions.contains_key(account);
+        if held && !replace {
             return Ok(false);
         }
-        if sessions.len()
-            >= self
-                .inner
-                .max_accounts
-                .load(std::sync::atomic::Ordering::Relaxed)
-        {
+        let bound = self
+            .inner
+            .max_accounts
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if !held && sessions.len() >= bound {
             return Err(TokenError::failed(
                 PROVIDER,
                 ErrorClass::Transient,

@@ -10,7 +10,6 @@ use keel_resilience::timeout::with_timeout;
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use redis::{Script, Value};
-use ring::rand::SecureRandom as _;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
@@ -720,16 +719,7 @@ fn millis(duration: Duration) -> u64 {
 }
 
 fn random_owner() -> Result<String, TokenError> {
-    let mut bytes = [0_u8; 16];
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| {
-            TokenError::failed(
-                PROVIDER,
-                ErrorClass::Transient,
-                std::io::Error::other("no randomness"),
-            )
-        })?;
+    let bytes: [u8; 16] = super::error::random_bytes(PROVIDER)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 

@@ -5,7 +5,6 @@ use std::fmt;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use keel_resilience::ErrorClass;
-use ring::rand::SecureRandom as _;
 
 use super::credential::{Authority, http_client, post_form_grant, registration};
 use super::response::{ResponseError, TokenGrant};
@@ -66,18 +65,10 @@ impl fmt::Debug for AuthorizationCodeClient {
     }
 }
 
-fn random_urlsafe(bytes: usize) -> Result<String, TokenError> {
-    let mut buf = vec![0_u8; bytes];
-    ring::rand::SystemRandom::new()
-        .fill(&mut buf)
-        .map_err(|_| {
-            TokenError::failed(
-                PROVIDER,
-                ErrorClass::Transient,
-                std::io::Error::other("no randomness"),
-            )
-        })?;
-    Ok(URL_SAFE_NO_PAD.encode(buf))
+/// 32 random bytes, base64url (256 bits: a `state` or a PKCE verifier).
+fn random_urlsafe() -> Result<String, TokenError> {
+    let bytes: [u8; 32] = super::error::random_bytes(PROVIDER)?;
+    Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// Equal in time independent of where they differ.
@@ -138,7 +129,7 @@ impl AuthorizationCodeClient {
             .map(Into::into)
             .collect::<Vec<String>>()
             .join(" ");
-        let (state, verifier) = (random_urlsafe(32)?, random_urlsafe(32)?);
+        let (state, verifier) = (random_urlsafe()?, random_urlsafe()?);
         let challenge = URL_SAFE_NO_PAD.encode(ring::digest::digest(
             &ring::digest::SHA256,
             verifier.as_bytes(),
@@ -276,10 +267,10 @@ async fn refresh_grant(
 
 impl super::RefreshGrant for AuthorizationCodeClient {
     fn identity(&self) -> Option<String> {
-        Some(format!(
-            "{}|{}",
-            self.authority.token_endpoint(&self.tenant),
-            self.client_id
+        Some(super::credential::client_identity(
+            &self.authority,
+            &self.tenant,
+            &self.client_id,
         ))
     }
 
@@ -294,10 +285,10 @@ impl super::RefreshGrant for AuthorizationCodeClient {
 
 impl super::RefreshGrant for DeviceCodeClient {
     fn identity(&self) -> Option<String> {
-        Some(format!(
-            "{}|{}",
-            self.authority.token_endpoint(&self.tenant),
-            self.client_id
+        Some(super::credential::client_identity(
+            &self.authority,
+            &self.tenant,
+            &self.client_id,
         ))
     }
 
