@@ -47,3 +47,8 @@ pub use registry::{
     CheckOutcome, HealthRegistry, HealthRegistryBuilder, HealthReport, Registration, Rendered, Tag,
 };
 pub use router::{Details, HEALTH_JSON, health_router};
+
+/// The README's example, compiled as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

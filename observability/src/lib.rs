@@ -22,11 +22,14 @@
 //!     let _logs = init(LogConfig::from_env()?)?;
 //!     let slo = SloTracker::new(SloConfig::standard());
 //!     let metrics = PrometheusMetrics::install()?.with_slo(slo.clone());
-//!     let app = Router::new()
-//!         .route("/orders/{id}", get(order))
-//!         .layer(RedLayer::new().with_slo(slo))
-//!         .merge(metrics.router())
-//!         .layer(CorrelationLayer::new());
+//!     // Both layers in one ServiceBuilder (one boxed layer per request, not two); the
+//!     // scrape endpoint merged beside them, so scrapes are not counted as traffic.
+//!     let api = Router::new().route("/orders/{id}", get(order)).layer(
+//!         tower::ServiceBuilder::new()
+//!             .layer(CorrelationLayer::new())
+//!             .layer(RedLayer::new().with_slo(slo)),
+//!     );
+//!     let app = api.merge(metrics.router());
 //!     let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //!     axum::serve(listener, app).await?;
 //!     Ok(())
@@ -91,3 +94,8 @@ pub use prometheus::{MetricsError, PrometheusMetrics};
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use red::RedLayer;
+
+/// The README's example, compiled as a doctest.
+#[cfg(all(doctest, feature = "axum", feature = "prometheus"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -65,3 +65,8 @@ pub mod timeout;
 
 pub use classify::{Classified, Classify, ErrorClass, class_of};
 pub use retry_after::{MAX_RETRY_AFTER, parse_retry_after};
+
+/// The README's example, compiled as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
