@@ -44,7 +44,7 @@ mod router;
 
 pub use check::{CheckResult, FnCheck, HealthCheck, Status, check_fn};
 pub use registry::{
-    CheckOutcome, HealthRegistry, HealthRegistryBuilder, HealthReport, Registration, Rendered, Tag,
+    CheckOutcome, HealthRegistry, HealthRegistryBuilder, HealthReport, Registration, Tag,
 };
 pub use router::{Details, HEALTH_JSON, health_router};
 

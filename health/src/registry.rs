@@ -124,13 +124,13 @@ struct Inner {
     rendered: std::sync::RwLock<Vec<(Option<Tag>, bool, Rendered)>>,
 }
 
-/// A rendered probe response.
+/// A rendered probe response (the router's; not public).
 #[derive(Clone, Debug)]
-pub struct Rendered {
+pub(crate) struct Rendered {
     /// The overall status.
-    pub status: Status,
+    pub(crate) status: Status,
     /// The `application/health+json` body.
-    pub body: bytes::Bytes,
+    pub(crate) body: bytes::Bytes,
     fresh_until: Instant,
 }
 
@@ -224,8 +224,15 @@ impl HealthRegistry {
         HealthRegistryBuilder::default()
     }
 
-    /// Runs the checks tagged `tag` (all checks for `None`), concurrently.
+    /// Runs the checks tagged `tag` (all checks for `None`), concurrently. `Ready` while
+    /// draining and `Startup` before [`mark_started`](Self::mark_started) answer `fail`
+    /// at once, without running checks, however they are asked for.
     pub async fn run(&self, tag: Option<&Tag>) -> HealthReport {
+        if let Some(probe) = tag
+            && let Some(refusal) = self.refusal(probe)
+        {
+            return refusal;
+        }
         let runs = self
             .inner
             .entries
@@ -248,7 +255,14 @@ impl HealthRegistry {
     /// The rendered body for `tag`'s checks, reused while every result in it is within
     /// the cache TTL: a cached probe is a read lock and a reference-count
     /// increment, with no JSON work.
-    pub async fn render(&self, tag: Option<&Tag>, details: bool) -> Rendered {
+    pub(crate) async fn render(&self, tag: Option<&Tag>, details: bool) -> Rendered {
+        // Readiness while draining and startup before the end of startup answer at once,
+        // whichever way they are asked for.
+        if let Some(probe) = tag
+            && let Some(refusal) = self.refusal(probe)
+        {
+            return refusal.rendered(details);
+        }
         let now = Instant::now();
         if let Ok(rendered) = self.inner.rendered.read()
             && let Some((_, _, r)) = rendered
@@ -275,22 +289,6 @@ impl HealthRegistry {
         fresh
     }
 
-    /// The rendered readiness response (a refusal while draining, never cached).
-    pub async fn render_readiness(&self, details: bool) -> Rendered {
-        match self.refusal(&Tag::Ready) {
-            Some(refusal) => refusal.rendered(details),
-            None => self.render(Some(&Tag::Ready), details).await,
-        }
-    }
-
-    /// The rendered startup response (a refusal until started, never cached).
-    pub async fn render_startup(&self, details: bool) -> Rendered {
-        match self.refusal(&Tag::Startup) {
-            Some(refusal) => refusal.rendered(details),
-            None => self.render(Some(&Tag::Startup), details).await,
-        }
-    }
-
     /// The refusal a probe gets without running checks: readiness while draining,
     /// startup until started.
     fn refusal(&self, probe: &Tag) -> Option<HealthReport> {
@@ -312,19 +310,13 @@ impl HealthRegistry {
 
     /// Readiness: the checks tagged `Ready`; `fail` while draining.
     pub async fn readiness(&self) -> HealthReport {
-        match self.refusal(&Tag::Ready) {
-            Some(refusal) => refusal,
-            None => self.run(Some(&Tag::Ready)).await,
-        }
+        self.run(Some(&Tag::Ready)).await
     }
 
     /// Startup: `fail` until [`mark_started`](Self::mark_started), then the checks
     /// tagged `Startup`.
     pub async fn startup(&self) -> HealthReport {
-        match self.refusal(&Tag::Startup) {
-            Some(refusal) => refusal,
-            None => self.run(Some(&Tag::Startup)).await,
-        }
+        self.run(Some(&Tag::Startup)).await
     }
 
     /// Marks startup work as done.

@@ -78,11 +78,11 @@ async fn live(State(e): State<Endpoint>) -> Response {
 }
 
 async fn ready(State(e): State<Endpoint>) -> Response {
-    respond(e.registry.render_readiness(e.details).await)
+    respond(e.registry.render(Some(&Tag::Ready), e.details).await)
 }
 
 async fn startup(State(e): State<Endpoint>) -> Response {
-    respond(e.registry.render_startup(e.details).await)
+    respond(e.registry.render(Some(&Tag::Startup), e.details).await)
 }
 
 async fn all(State(e): State<Endpoint>) -> Response {

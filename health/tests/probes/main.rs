@@ -335,3 +335,43 @@ async fn a_check_runs_in_the_callers_span() {
         .await;
     assert_eq!(report.status(), Status::Pass, "{report:?}");
 }
+
+/// Draining and startup refusals apply to every way of asking (issue 13): `run` with the
+/// `Ready` tag no longer runs the checks of a draining service.
+#[tokio::test]
+async fn refusals_apply_to_every_readiness_path() {
+    let runs = Arc::new(AtomicU32::new(0));
+    let counted = runs.clone();
+    let registry = HealthRegistry::builder()
+        .register(
+            Registration::new(
+                "db",
+                check_fn(move || {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    async { CheckResult::pass() }
+                }),
+            )
+            .tags([Tag::Ready, Tag::Startup]),
+        )
+        .build();
+    // Not started: startup refuses, whichever way.
+    assert_eq!(
+        registry.run(Some(&Tag::Startup)).await.status(),
+        Status::Fail
+    );
+    assert_eq!(registry.startup().await.status(), Status::Fail);
+    registry.mark_started();
+    assert_eq!(registry.run(Some(&Tag::Ready)).await.status(), Status::Pass);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    let draining = {
+        let registry = registry.clone();
+        tokio::spawn(async move { registry.drain(Duration::from_millis(200)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(registry.run(Some(&Tag::Ready)).await.status(), Status::Fail);
+    assert_eq!(registry.readiness().await.status(), Status::Fail);
+    let app = router(&registry, true);
+    let (status, _, _) = get(&app, "/health/ready").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    draining.await.unwrap();
+}
