@@ -18,7 +18,9 @@ use keel_health::checks::{PostgresCheck, RedisCheck};
 use keel_health::{CheckResult, HealthRegistry, Registration, Tag, check_fn, health_router};
 
 async fn registry() -> Result<HealthRegistry, Box<dyn std::error::Error>> {
-    let mut builder = HealthRegistry::builder().cache_ttl(Duration::from_secs(2));
+    let mut builder = HealthRegistry::builder()
+        .cache_ttl(Duration::from_secs(2))
+        .service("health-service", env!("CARGO_PKG_VERSION"));
     if let Ok(url) = std::env::var("REDIS_URL") {
         // The check keeps a connection of its own, without reconnect backoff, so
         // readiness follows Redis within the 2 s TTL (plus the check's 1 s timeout).

@@ -122,6 +122,7 @@ struct Inner {
     started: AtomicBool,
     /// Rendered bodies per (tag, details), reused until their oldest result expires.
     rendered: std::sync::RwLock<Vec<(Option<Tag>, bool, Rendered)>>,
+    service: Option<Arc<ServiceInfo>>,
 }
 
 /// A rendered probe response (the router's; not public).
@@ -174,6 +175,16 @@ pub struct HealthRegistryBuilder {
     registrations: Vec<Registration>,
     ttl: Option<Duration>,
     started: bool,
+    service: Option<ServiceInfo>,
+}
+
+/// What the health+json top level says about the service (draft-inadarei-api-health-check
+/// §3: `serviceId`, `version`, `description`), shown with details only.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct ServiceInfo {
+    service_id: String,
+    version: String,
+    description: Option<String>,
 }
 
 impl HealthRegistryBuilder {
@@ -187,6 +198,39 @@ impl HealthRegistryBuilder {
     /// one run).
     pub fn cache_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
+        self
+    }
+
+    /// The service's id and version for the health+json body (`serviceId`, `version`;
+    /// shown only when details are).
+    ///
+    /// ```
+    /// use keel_health::HealthRegistry;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let health = HealthRegistry::builder()
+    ///     .started()
+    ///     .service("orders-api", env!("CARGO_PKG_VERSION"))
+    ///     .description("Orders for the shop")
+    ///     .build();
+    /// let body = health.run(None).await.to_json(true);
+    /// assert_eq!(body["serviceId"], "orders-api");
+    /// assert_eq!(body["description"], "Orders for the shop");
+    /// assert!(health.run(None).await.to_json(false).get("serviceId").is_none());
+    /// # }
+    /// ```
+    pub fn service(mut self, service_id: impl Into<String>, version: impl Into<String>) -> Self {
+        let info = self.service.get_or_insert_with(ServiceInfo::default);
+        info.service_id = service_id.into();
+        info.version = version.into();
+        self
+    }
+
+    /// A human-friendly description of the service for the health+json body.
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.service
+            .get_or_insert_with(ServiceInfo::default)
+            .description = Some(description.into());
         self
     }
 
@@ -213,6 +257,7 @@ impl HealthRegistryBuilder {
                 draining: AtomicBool::new(false),
                 started: AtomicBool::new(self.started),
                 rendered: std::sync::RwLock::new(Vec::new()),
+                service: self.service.map(Arc::new),
             }),
         }
     }
@@ -246,10 +291,12 @@ impl HealthRegistry {
             .map(|(_, at)| *at)
             .min()
             .unwrap_or_else(Instant::now);
-        HealthReport::new(
+        let mut report = HealthReport::new(
             results.into_iter().map(|(outcome, _)| outcome).collect(),
             oldest + self.inner.ttl,
-        )
+        );
+        report.service = self.inner.service.clone();
+        report
     }
 
     /// The rendered body for `tag`'s checks, reused while every result in it is within
@@ -292,7 +339,7 @@ impl HealthRegistry {
     /// The refusal a probe gets without running checks: readiness while draining,
     /// startup until started.
     fn refusal(&self, probe: &Tag) -> Option<HealthReport> {
-        match probe {
+        let mut refusal = match probe {
             Tag::Ready if self.is_draining() => Some(HealthReport::refusing(
                 "draining: the service is shutting down",
             )),
@@ -300,7 +347,9 @@ impl HealthRegistry {
                 Some(HealthReport::refusing("starting: startup work is not done"))
             }
             _ => None,
-        }
+        }?;
+        refusal.service = self.inner.service.clone();
+        Some(refusal)
     }
 
     /// Liveness: the checks tagged `Live` (none by default: the process answers).
@@ -420,6 +469,7 @@ async fn run_once(registration: &Registration) -> CheckOutcome {
 /// The outcome of one probe: the overall status and each check's outcome.
 #[derive(Clone, Debug)]
 pub struct HealthReport {
+    service: Option<Arc<ServiceInfo>>,
     status: Status,
     output: Option<&'static str>,
     checks: Vec<Arc<CheckOutcome>>,
@@ -440,6 +490,7 @@ impl HealthReport {
             output: None,
             checks,
             fresh_until,
+            service: None,
         }
     }
 
@@ -449,6 +500,7 @@ impl HealthReport {
             output: Some(output),
             checks: Vec::new(),
             fresh_until: Instant::now(),
+            service: None,
         }
     }
 
@@ -480,6 +532,13 @@ impl HealthReport {
         body.insert("status".into(), self.status.to_string().into());
         if let Some(output) = self.output {
             body.insert("output".into(), output.into());
+        }
+        if details && let Some(service) = &self.service {
+            body.insert("serviceId".into(), service.service_id.clone().into());
+            body.insert("version".into(), service.version.clone().into());
+            if let Some(description) = &service.description {
+                body.insert("description".into(), description.clone().into());
+            }
         }
         if details && !self.checks.is_empty() {
             let mut checks = serde_json::Map::new();
