@@ -245,3 +245,35 @@ impl keel_resilience::Classify for BuildError {
         keel_resilience::ErrorClass::Permanent
     }
 }
+
+#[cfg(feature = "problem")]
+#[cfg_attr(docsrs, doc(cfg(feature = "problem")))]
+impl keel_observability::IntoProblem for CacheError {
+    /// A failed or timed-out load is the dependency's (502 / 504; 429 when the loader was
+    /// throttled); an absent key is 404; an unreachable L2, a shut-down cache or unflushed
+    /// writes are 503; a panic or a value that does not encode is 500.
+    fn error_code(&self) -> keel_observability::ErrorCode {
+        use keel_observability::ErrorCode;
+        use keel_resilience::{Classify as _, ErrorClass};
+        match self {
+            CacheError::Loader(_) => match self.class() {
+                ErrorClass::Throttled { .. } => ErrorCode::RATE_LIMITED,
+                _ => ErrorCode::EXT_DEPENDENCY_FAILED,
+            },
+            CacheError::Timeout { .. } => ErrorCode::EXT_DEPENDENCY_TIMEOUT,
+            CacheError::Absent => ErrorCode::RES_NOT_FOUND,
+            CacheError::L2Unavailable(_) | CacheError::ShutDown | CacheError::Unflushed { .. } => {
+                ErrorCode::SYS_UNAVAILABLE
+            }
+            CacheError::LoaderPanicked | CacheError::Encode(_) => ErrorCode::SYS_INTERNAL,
+        }
+    }
+
+    /// The loader's `Retry-After` when it was throttled (rounded up to whole seconds).
+    fn retry_after(&self) -> Option<u64> {
+        use keel_resilience::Classify as _;
+        self.class()
+            .retry_after()
+            .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
+    }
+}

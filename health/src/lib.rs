@@ -48,6 +48,22 @@ pub use registry::{
 };
 pub use router::{Details, HEALTH_JSON, health_router};
 
+/// The redis-rs version the Redis check takes a `redis::Client` of: name it through this
+/// re-export, so its version always matches.
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis;
+
+/// The deadpool-postgres version the PostgreSQL check takes a pool of.
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use deadpool_postgres;
+
+/// The reqwest version the HTTP check takes a client of.
+#[cfg(feature = "http-check")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-check")))]
+pub use reqwest;
+
 /// The README's example, compiled as a doctest.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

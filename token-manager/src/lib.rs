@@ -82,6 +82,17 @@ pub use postgres_store::PostgresStore;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis_store::RedisStore;
+
+/// The redis-rs version [`RedisStore`] and [`client::SharedTokenCache`] take
+/// connections of: name it through this re-export, so its version always matches.
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis;
+
+/// The deadpool-postgres version [`PostgresStore`] takes a pool of.
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use deadpool_postgres;
 pub use refresh::{
     IssuedRefreshToken, RefreshConfig, RefreshConfigError, RefreshError, RefreshTokens, Session,
     hash_token,

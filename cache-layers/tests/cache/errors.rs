@@ -126,3 +126,40 @@ async fn an_unreachable_l2_keeps_redis_error_in_the_chain() {
     // The message is the cache's; the cause is one level down, not repeated.
     assert!(!error.to_string().contains(&failure.to_string()));
 }
+
+#[cfg(feature = "problem")]
+#[tokio::test]
+async fn cache_errors_become_problems() {
+    use keel_observability::{ErrorCode, IntoProblem as _};
+    let cache = cache();
+    let throttled = ErrorClass::Throttled {
+        retry_after: Some(Duration::from_millis(2500)),
+    };
+    let error = cache
+        .get_or_load("throttled", move || async move {
+            Err::<String, _>(Classified::new(throttled, std::io::Error::other("429")))
+        })
+        .await
+        .unwrap_err();
+    let problem = error.to_problem();
+    assert_eq!(problem.code(), ErrorCode::RATE_LIMITED);
+    let response = problem.to_response();
+    assert_eq!(response.headers()["retry-after"], "3");
+    // The loader's message stays in the logs, out of the body.
+    let failed = cache
+        .get_or_load("db", || async {
+            Err::<String, _>(std::io::Error::other("replica db-7.internal is read-only"))
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(failed.to_problem().code(), ErrorCode::EXT_DEPENDENCY_FAILED);
+    assert!(
+        !String::from_utf8(failed.to_problem().to_json())
+            .unwrap()
+            .contains("db-7")
+    );
+    assert_eq!(
+        CacheError::Absent.to_problem().code(),
+        ErrorCode::RES_NOT_FOUND
+    );
+}

@@ -35,7 +35,8 @@ use crate::check::{CheckResult, HealthCheck};
 /// use keel_health::checks::RedisCheck;
 /// use keel_health::{HealthRegistry, Registration};
 ///
-/// let client = redis::Client::open("redis://127.0.0.1:6379")?;
+/// // No `redis` dependency of your own needed: keel-health re-exports the one it takes.
+/// let client = keel_health::redis::Client::open("redis://127.0.0.1:6379")?;
 /// let check = RedisCheck::new(client)
 ///     .connection_timeout(Duration::from_millis(300))
 ///     .response_timeout(Duration::from_millis(300));
@@ -44,7 +45,7 @@ use crate::check::{CheckResult, HealthCheck};
 ///     .cache_ttl(Duration::from_secs(2))
 ///     .register(Registration::new("redis", check).timeout(Duration::from_secs(1)))
 ///     .build();
-/// # Ok::<(), redis::RedisError>(())
+/// # Ok::<(), keel_health::redis::RedisError>(())
 /// ```
 #[derive(Clone)]
 pub struct RedisCheck {
