@@ -17,7 +17,7 @@ pub enum CacheError {
     /// The loader failed and no stale value was allowed or available. The loader's error
     /// is the [`source`](std::error::Error::source) (and [`loader_error`](Self::loader_error));
     /// its class, when the loader gave one (a [`keel_resilience::Classified`], an I/O
-    /// error), is this error's [`Classify`] answer.
+    /// error), is this error's [`Classify`](keel_resilience::Classify) answer.
     Loader(Arc<dyn StdError + Send + Sync + 'static>),
     /// The loader panicked.
     LoaderPanicked,
