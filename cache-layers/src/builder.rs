@@ -7,12 +7,13 @@ use std::time::Duration;
 use moka::notification::RemovalCause;
 
 use crate::cache::{Cache, Inner};
-use crate::clock::{Clock, CoarseClock, VersionClock};
+use crate::clock::VersionClock;
 use crate::codec::{Codec, Compression};
 use crate::error::BuildError;
 use crate::flight::{Changes, Flights};
 use crate::options::EntryOptions;
 use crate::stats::Stats;
+use keel_resilience::clock::{CoarseClock, WallClock};
 #[cfg(feature = "redis")]
 use keel_resilience::dead_letter::DeadLetterQueue;
 
@@ -48,7 +49,7 @@ pub struct CacheBuilder<V> {
     codec: Arc<dyn Codec<V>>,
     compression: Compression,
     max_value_bytes: usize,
-    clock: Arc<dyn Clock>,
+    clock: Arc<dyn WallClock>,
     l1_max_lifetime: Option<Duration>,
     #[cfg(feature = "redis")]
     l2: Option<RedisL2>,
@@ -149,7 +150,7 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
 
     /// The clock for entry deadlines (default [`CoarseClock`]; tests use
     /// [`ManualClock`](crate::ManualClock)).
-    pub fn clock(mut self, clock: impl Clock) -> Self {
+    pub fn clock(mut self, clock: impl WallClock) -> Self {
         self.clock = Arc::new(clock);
         self
     }

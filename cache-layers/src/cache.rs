@@ -11,7 +11,7 @@ use keel_resilience::timeout::with_timeout;
 use moka::sync::Cache as Moka;
 
 use crate::builder::CacheBuilder;
-use crate::clock::{Clock, VersionClock};
+use crate::clock::VersionClock;
 use crate::codec::{Codec, Postcard};
 use crate::entry::{Entry, Tags};
 use crate::error::{BoxError, CacheError};
@@ -23,6 +23,7 @@ use crate::{
     backplane::{BackplaneStatus, Dropped, Kind, LocalCache},
     remote::Remote,
 };
+use keel_resilience::clock::WallClock;
 
 /// A loader turned into a boxed future (only when a load actually starts).
 pub(crate) type Load<V> = BoxFuture<'static, Result<Option<V>, BoxError>>;
@@ -76,7 +77,7 @@ pub(crate) struct Inner<V> {
     pub(crate) name: Arc<str>,
     pub(crate) l1: Moka<Arc<str>, Entry<V>>,
     pub(crate) options: EntryOptions,
-    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) clock: Arc<dyn WallClock>,
     pub(crate) versions: Arc<VersionClock>,
     pub(crate) flights: Flights<V>,
     /// Changes per key (stripe), so fills from reads never undo a newer change.

@@ -93,9 +93,9 @@ pub mod stats;
 pub use backplane::BackplaneStatus;
 pub use builder::CacheBuilder;
 pub use cache::{Cache, Warmed};
-pub use clock::{Clock, CoarseClock, ManualClock, SystemClock};
 pub use codec::{Codec, Compression, Postcard};
 pub use error::{BoxError, BuildError, CacheError, CodecError, L2Failure};
+pub use keel_resilience::clock::{CoarseClock, ManualClock, SystemClock, WallClock};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use l2::{L2SetupError, RedisL2};

@@ -13,13 +13,14 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::backplane::Backplane;
 use crate::backplane::Kind;
-use crate::clock::{Clock, VersionClock};
+use crate::clock::VersionClock;
 use crate::codec::{Codec, Compression};
 use crate::entry::{self, Decoded, Entry};
 use crate::error::CacheError;
 use crate::l2::L2Error;
 use crate::pending::Pending;
 use crate::stats::Stats;
+use keel_resilience::clock::WallClock;
 
 /// The distributed load lock's settings.
 #[derive(Clone, Copy, Debug)]
@@ -36,7 +37,7 @@ pub(crate) struct Remote<V> {
     pub(crate) compression: Compression,
     pub(crate) max_value_bytes: usize,
     pub(crate) stats: Arc<Stats>,
-    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) clock: Arc<dyn WallClock>,
     pub(crate) versions: Arc<VersionClock>,
     pub(crate) lock: Option<LockSettings>,
     pub(crate) tombstone_ttl: Duration,
@@ -157,7 +158,7 @@ impl<V: Send + Sync + 'static> Remote<V> {
         compression: Compression,
         max_value_bytes: usize,
         stats: Arc<Stats>,
-        clock: Arc<dyn Clock>,
+        clock: Arc<dyn WallClock>,
         versions: Arc<VersionClock>,
         lock: Option<LockSettings>,
         tombstone_ttl: Duration,
@@ -612,7 +613,7 @@ impl<V: Send + Sync + 'static> Remote<V> {
     pub(crate) async fn lock_or_wait(
         &self,
         key: &str,
-        clock: &dyn Clock,
+        clock: &dyn WallClock,
         refresh: bool,
     ) -> LockStep<V> {
         let (Some(settings), Ok(generation)) = (self.lock, self.generation()) else {

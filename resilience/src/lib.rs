@@ -50,6 +50,7 @@
 pub mod breaker;
 pub mod bulkhead;
 pub mod classify;
+pub mod clock;
 pub mod dead_letter;
 pub mod fallback;
 pub mod hedge;

@@ -1,11 +1,13 @@
 //! RFC 9068 access tokens: the claims and the issuer that signs them.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Header;
+use keel_resilience::clock::WallClock;
 use ring::rand::{SecureRandom as _, SystemRandom};
 use serde::{Deserialize, Serialize};
 
@@ -186,6 +188,9 @@ pub enum IssueError {
     /// Signing failed.
     #[error("could not sign the access token")]
     Sign(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+    /// The token would expire past what a timestamp can hold (a `ttl` far too long).
+    #[error("could not sign the access token: its expiry is out of range (shorten the ttl)")]
+    Lifetime,
 }
 
 impl keel_resilience::Classify for IssueError {
@@ -194,7 +199,7 @@ impl keel_resilience::Classify for IssueError {
     fn class(&self) -> keel_resilience::ErrorClass {
         match self {
             IssueError::Random => keel_resilience::ErrorClass::Transient,
-            IssueError::Sign(_) => keel_resilience::ErrorClass::Permanent,
+            IssueError::Sign(_) | IssueError::Lifetime => keel_resilience::ErrorClass::Permanent,
         }
     }
 }
@@ -216,6 +221,7 @@ pub struct AccessTokenIssuer {
     audience: String,
     ttl: Duration,
     rng: SystemRandom,
+    clock: Arc<dyn WallClock>,
 }
 
 impl AccessTokenIssuer {
@@ -223,12 +229,32 @@ impl AccessTokenIssuer {
     #[must_use]
     pub fn new(keys: KeyRing, issuer: impl Into<String>, audience: impl Into<String>) -> Self {
         Self {
-            keys,
             issuer: issuer.into(),
             audience: audience.into(),
             ttl: Duration::from_secs(15 * 60),
             rng: SystemRandom::new(),
+            clock: keys.wall_clock(),
+            keys,
         }
+    }
+
+    /// Reads the time for `iat` and `exp` from `clock` (default: the key ring's).
+    ///
+    /// ```
+    /// use keel_resilience::clock::ManualClock;
+    /// use keel_token_manager::{AccessTokenIssuer, Algorithm, Grant, KeyRing, SigningKey};
+    /// use std::time::{Duration, UNIX_EPOCH};
+    ///
+    /// let keys = KeyRing::new(SigningKey::generate("k1", Algorithm::EdDSA).unwrap());
+    /// let issuer = AccessTokenIssuer::new(keys, "https://auth.example", "https://api.example")
+    ///     .clock(ManualClock::new(1_800_000_000_000));
+    /// let issued = issuer.issue(&Grant::new("user-42", "web-app")).unwrap();
+    /// assert_eq!(issued.expires_at, UNIX_EPOCH + Duration::from_secs(1_800_000_000 + 900));
+    /// ```
+    #[must_use]
+    pub fn clock(mut self, clock: impl WallClock) -> Self {
+        self.clock = Arc::new(clock);
+        self
     }
 
     /// How long tokens live (default 15 minutes).
@@ -250,8 +276,8 @@ impl AccessTokenIssuer {
     /// [`IssueError`] when signing fails (it does not with a key that loaded).
     pub fn issue(&self, grant: &Grant) -> Result<IssuedAccessToken, IssueError> {
         let key = self.keys.active();
-        let now = SystemTime::now();
-        let expires_at = now + self.ttl;
+        let now = self.clock.now();
+        let expires_at = now.checked_add(self.ttl).ok_or(IssueError::Lifetime)?;
         let mut id = [0u8; 16];
         self.rng.fill(&mut id).map_err(|_| IssueError::Random)?;
         let jti = URL_SAFE_NO_PAD.encode(id);

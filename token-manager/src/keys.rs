@@ -5,6 +5,8 @@ use std::fmt;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use keel_resilience::clock::{SystemClock, WallClock};
+
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::{DecodingKey, EncodingKey};
@@ -536,15 +538,44 @@ impl fmt::Debug for Slot {
 #[derive(Debug, Clone)]
 pub struct KeyRing {
     slots: Arc<RwLock<Vec<Slot>>>,
+    clock: Arc<dyn WallClock>,
 }
 
 impl KeyRing {
-    /// A ring with one active key.
+    /// A ring with one active key, on the system's clock.
     #[must_use]
     pub fn new(active: SigningKey) -> Self {
         Self {
             slots: Arc::new(RwLock::new(vec![Slot::new(active)])),
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// Reads the time for overlaps from `clock` (default [`SystemClock`]). An
+    /// [`AccessTokenIssuer`](crate::AccessTokenIssuer) or a [`Validator`](crate::Validator)
+    /// built on this ring reads the same clock unless given another.
+    ///
+    /// ```
+    /// use keel_resilience::clock::ManualClock;
+    /// use keel_token_manager::{Algorithm, KeyRing, SigningKey};
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::starting_now();
+    /// let ring = KeyRing::new(SigningKey::generate("a", Algorithm::EdDSA).unwrap()).clock(clock.clone());
+    /// ring.rotate(SigningKey::generate("b", Algorithm::EdDSA).unwrap(), Duration::from_secs(900)).unwrap();
+    /// assert_eq!(ring.jwks().keys.len(), 2);
+    /// clock.advance(Duration::from_secs(901));
+    /// assert_eq!(ring.jwks().keys.len(), 1); // "a" no longer verifies
+    /// ```
+    #[must_use]
+    pub fn clock(mut self, clock: impl WallClock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The clock the ring reads.
+    pub(crate) fn wall_clock(&self) -> Arc<dyn WallClock> {
+        self.clock.clone()
     }
 
     /// Makes `next` the signing key; the current ones keep verifying for `overlap` (make
@@ -555,7 +586,7 @@ impl KeyRing {
     /// [`KeyError::DuplicateKid`] when a key the ring still holds has `next`'s `kid`
     /// (the active key, or one still verifying): nothing changes.
     pub fn rotate(&self, next: SigningKey, overlap: Duration) -> Result<(), KeyError> {
-        let now = SystemTime::now();
+        let now = self.clock.now();
         // Past the clock's range: the current keys keep verifying (until a later
         // rotation with a bounded overlap).
         let retire_at = now.checked_add(overlap);
@@ -610,7 +641,7 @@ impl KeyRing {
 
     /// The verification key of `kid`, while it is live.
     pub(crate) fn verifying(&self, kid: &str) -> Option<Arc<VerifyingKey>> {
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let slots = self
             .slots
             .read()
@@ -624,7 +655,7 @@ impl KeyRing {
     /// The JWKS to publish: every key that still verifies.
     #[must_use]
     pub fn jwks(&self) -> Jwks {
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let slots = self
             .slots
             .read()

@@ -3,10 +3,12 @@
 //! rotation returns the same successor.
 
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use keel_resilience::clock::{SystemClock, WallClock};
 use ring::digest::{SHA256, digest};
 use ring::rand::{SecureRandom as _, SystemRandom};
 
@@ -213,12 +215,7 @@ pub struct RefreshTokens<S> {
     seal: SealingKeys,
     config: RefreshConfig,
     rng: SystemRandom,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    clock: Arc<dyn WallClock>,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -257,7 +254,38 @@ impl<S: RefreshTokenStore> RefreshTokens<S> {
             seal,
             config,
             rng: SystemRandom::new(),
+            clock: Arc::new(SystemClock),
         })
+    }
+
+    /// Reads the time for lifetimes, the grace period and cleanup from `clock` (default
+    /// [`SystemClock`]); every instance sharing a store should read clocks kept in sync
+    /// (NTP), as lifetimes are stored as times.
+    ///
+    /// ```
+    /// use keel_resilience::clock::ManualClock;
+    /// use keel_token_manager::{MemoryStore, RefreshConfig, RefreshError, RefreshTokens, SealingKeys};
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let clock = ManualClock::starting_now();
+    /// let config = RefreshConfig::default().idle_lifetime(Some(Duration::from_secs(3600)));
+    /// let tokens = RefreshTokens::new(MemoryStore::new(), SealingKeys::generate(1).unwrap(), config)
+    ///     .unwrap()
+    ///     .clock(clock.clone());
+    /// let issued = tokens.issue("user-42", "web-app").await.unwrap();
+    /// clock.advance(Duration::from_secs(3601));
+    /// assert!(matches!(tokens.rotate(&issued.token).await, Err(RefreshError::Expired)));
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn clock(mut self, clock: impl WallClock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     /// The store.
@@ -284,7 +312,7 @@ impl<S: RefreshTokenStore> RefreshTokens<S> {
         subject: &str,
         client_id: &str,
     ) -> Result<IssuedRefreshToken, RefreshError> {
-        let now = now_ms();
+        let now = self.now_ms();
         let token = self.new_token()?;
         let family = Family {
             id: FamilyId(URL_SAFE_NO_PAD.encode(self.random(16)?)),
@@ -338,7 +366,7 @@ impl<S: RefreshTokenStore> RefreshTokens<S> {
                 presented,
                 successor,
                 sealed_successor,
-                now: now_ms(),
+                now: self.now_ms(),
                 grace_ms: ms(self.config.grace_period),
                 idle_ms: self.config.idle_lifetime.map_or(u64::MAX, ms),
             })
@@ -391,7 +419,10 @@ impl<S: RefreshTokenStore> RefreshTokens<S> {
     /// [`RefreshError::Store`].
     pub async fn revoke(&self, token: &str) -> Result<(), RefreshError> {
         if plausible(token)
-            && let Some(family) = self.store.revoke_token(hash_token(token), now_ms()).await?
+            && let Some(family) = self
+                .store
+                .revoke_token(hash_token(token), self.now_ms())
+                .await?
         {
             audit::revoked("token", Some(&family));
         }
@@ -403,7 +434,7 @@ impl<S: RefreshTokenStore> RefreshTokens<S> {
     /// # Errors
     /// [`RefreshError::Store`].
     pub async fn revoke_family(&self, family: &FamilyId) -> Result<bool, RefreshError> {
-        let done = self.store.revoke_family(family, now_ms()).await?;
+        let done = self.store.revoke_family(family, self.now_ms()).await?;
         if done {
             audit::revoked("family", Some(family));
         }
@@ -415,7 +446,7 @@ impl<S: RefreshTokenStore> RefreshTokens<S> {
     /// # Errors
     /// [`RefreshError::Store`].
     pub async fn revoke_subject(&self, subject: &str) -> Result<usize, RefreshError> {
-        let n = self.store.revoke_subject(subject, now_ms()).await?;
+        let n = self.store.revoke_subject(subject, self.now_ms()).await?;
         audit::revoked("subject", None);
         Ok(n)
     }
@@ -425,7 +456,7 @@ impl<S: RefreshTokenStore> RefreshTokens<S> {
     /// # Errors
     /// [`RefreshError::Store`].
     pub async fn sessions(&self, subject: &str) -> Result<Vec<Session>, RefreshError> {
-        let now = now_ms();
+        let now = self.now_ms();
         Ok(self
             .store
             .families(subject)
@@ -447,7 +478,7 @@ impl<S: RefreshTokenStore> RefreshTokens<S> {
     /// # Errors
     /// [`RefreshError::Store`].
     pub async fn cleanup(&self) -> Result<usize, RefreshError> {
-        Ok(self.store.cleanup(now_ms()).await?)
+        Ok(self.store.cleanup(self.now_ms()).await?)
     }
 }
 

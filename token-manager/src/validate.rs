@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind;
+use keel_resilience::clock::{SystemClock, WallClock};
 use serde::Deserialize;
 
 use crate::access::{AccessTokenClaims, unix};
@@ -184,6 +185,7 @@ pub struct Validator {
     max_token_len: usize,
     extra_types: Vec<String>,
     tenants: Tenants,
+    clock: Arc<dyn WallClock>,
 }
 
 /// Which tenants' tokens a validator takes.
@@ -326,7 +328,12 @@ impl Validator {
     }
 
     fn with_keys(keys: Keys, issuer: String, audience: String) -> Self {
+        let clock = match &keys {
+            Keys::Ring(ring) => ring.wall_clock(),
+            _ => Arc::new(SystemClock),
+        };
         Self {
+            clock,
             keys,
             issuer,
             audience,
@@ -337,6 +344,29 @@ impl Validator {
             extra_types: Vec::new(),
             tenants: Tenants::Unset,
         }
+    }
+
+    /// Reads the time for `exp`, `nbf` and `iat` from `clock` (default: the key ring's for
+    /// [`new`](Self::new), the system's otherwise).
+    ///
+    /// ```
+    /// use keel_resilience::clock::ManualClock;
+    /// use keel_token_manager::{AccessTokenIssuer, Algorithm, Grant, KeyRing, SigningKey, ValidationError, Validator};
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::starting_now();
+    /// let keys = KeyRing::new(SigningKey::generate("k1", Algorithm::EdDSA).unwrap()).clock(clock.clone());
+    /// let issuer = AccessTokenIssuer::new(keys.clone(), "https://auth.example", "api").ttl(Duration::from_secs(300));
+    /// let validator = Validator::new(keys, "https://auth.example", "api").leeway(Duration::ZERO);
+    /// let token = issuer.issue(&Grant::new("user-42", "web")).unwrap().token;
+    /// assert!(validator.validate(&token).is_ok());
+    /// clock.advance(Duration::from_secs(301));
+    /// assert!(matches!(validator.validate(&token), Err(ValidationError::Expired)));
+    /// ```
+    #[must_use]
+    pub fn clock(mut self, clock: impl WallClock) -> Self {
+        self.clock = Arc::new(clock);
+        self
     }
 
     /// Takes tokens of these Entra ID tenants only (their `tid`). Needed with a
@@ -503,8 +533,9 @@ impl Validator {
             return Err(ValidationError::AlgorithmMismatch);
         }
         let mut validation = jsonwebtoken::Validation::new(algorithm.jwt());
-        validation.leeway = self.leeway.as_secs();
-        validation.validate_nbf = true;
+        // Times are checked below against the validator's clock.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         if self.issuer.contains(TENANT_PLACEHOLDER) {
             // Checked against the token's own tenant below.
             validation.iss = None;
@@ -529,8 +560,18 @@ impl Validator {
                 ErrorKind::Json(e) => ValidationError::InvalidClaims(shown(&e.to_string())),
                 _ => ValidationError::Malformed,
             })?;
-        let now = unix(SystemTime::now());
-        if claims.iat > now.saturating_add(self.leeway.as_secs()) {
+        let now = self.clock.now_secs();
+        let leeway = self.leeway.as_secs();
+        if claims.exp < now.saturating_sub(leeway) {
+            return Err(ValidationError::Expired);
+        }
+        if claims
+            .nbf
+            .is_some_and(|nbf| nbf > now.saturating_add(leeway))
+        {
+            return Err(ValidationError::NotYetValid);
+        }
+        if claims.iat > now.saturating_add(leeway) {
             return Err(ValidationError::IssuedInFuture);
         }
         if let Some(max) = self.max_lifetime
@@ -584,6 +625,19 @@ impl StepUp {
     /// # Errors
     /// A [`StepUpChallenge`] to send back as `WWW-Authenticate` with a 401.
     pub fn check(&self, claims: &AccessTokenClaims) -> Result<(), StepUpChallenge> {
+        self.check_at(claims, SystemClock.now())
+    }
+
+    /// [`check`](Self::check) with `now` read from your clock (a
+    /// [`WallClock`]; tests use a [`ManualClock`](keel_resilience::clock::ManualClock)).
+    ///
+    /// # Errors
+    /// As [`check`](Self::check).
+    pub fn check_at(
+        &self,
+        claims: &AccessTokenClaims,
+        now: SystemTime,
+    ) -> Result<(), StepUpChallenge> {
         let acr_ok = self.acr_values.is_empty()
             || claims
                 .acr
@@ -592,7 +646,7 @@ impl StepUp {
         let fresh = self.max_age.is_none_or(|max| {
             claims
                 .auth_time
-                .is_some_and(|at| unix(SystemTime::now()).saturating_sub(at) <= max.as_secs())
+                .is_some_and(|at| unix(now).saturating_sub(at) <= max.as_secs())
         });
         if acr_ok && fresh {
             Ok(())

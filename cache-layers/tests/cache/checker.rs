@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keel_cache_layers::{Cache, Clock, EntryOptions, SystemClock};
+use keel_cache_layers::{Cache, EntryOptions, SystemClock, WallClock};
 
 use crate::support::{Topology, builder, connected};
 
@@ -36,7 +36,7 @@ const ROUND: Duration = Duration::from_secs(4);
 #[derive(Debug)]
 struct Skewed(u64);
 
-impl Clock for Skewed {
+impl WallClock for Skewed {
     fn now_ms(&self) -> u64 {
         SystemClock.now_ms() + self.0
     }

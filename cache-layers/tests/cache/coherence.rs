@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use keel_cache_layers::{Cache, Clock, EntryOptions, ManualClock, SystemClock};
+use keel_cache_layers::{Cache, EntryOptions, ManualClock, SystemClock, WallClock};
 
 use crate::support::{Topology, builder, connected, eventually, suite};
 
@@ -21,7 +21,7 @@ suite!(
 #[derive(Debug)]
 struct Skewed(u64);
 
-impl Clock for Skewed {
+impl WallClock for Skewed {
     fn now_ms(&self) -> u64 {
         SystemClock.now_ms() + self.0
     }

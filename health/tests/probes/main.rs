@@ -375,3 +375,49 @@ async fn refusals_apply_to_every_readiness_path() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     draining.await.unwrap();
 }
+
+/// Health follows tokio's clock: under paused time a result is reused for exactly the
+/// cache TTL and a check's duration is the time tokio says it took, with no real waiting.
+#[tokio::test(start_paused = true)]
+async fn cached_results_and_durations_follow_tokio_time() {
+    let runs = Arc::new(AtomicU32::new(0));
+    let counter = runs.clone();
+    let registry = HealthRegistry::builder()
+        .started()
+        .cache_ttl(Duration::from_secs(30))
+        .register(
+            Registration::new(
+                "db",
+                check_fn(move || {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    async {
+                        tokio::time::sleep(Duration::from_millis(1_500)).await;
+                        CheckResult::pass()
+                    }
+                }),
+            )
+            .timeout(Duration::from_secs(5)),
+        )
+        .build();
+    let app = router(&registry, true);
+    let real = std::time::Instant::now();
+    get(&app, "/health/ready").await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    let took = registry.readiness().await.checks()[0].duration;
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the cached result");
+    assert!(
+        (Duration::from_millis(1_500)..Duration::from_millis(1_510)).contains(&took),
+        "{took:?}"
+    );
+    // The TTL counts from when the result came in.
+    tokio::time::advance(Duration::from_millis(29_900)).await;
+    get(&app, "/health/ready").await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "still fresh");
+    tokio::time::advance(Duration::from_millis(200)).await;
+    get(&app, "/health/ready").await;
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "stale after the TTL");
+    assert!(
+        real.elapsed() < Duration::from_secs(5),
+        "no real waiting under paused time"
+    );
+}

@@ -1,38 +1,40 @@
-//! Time for the SLO windows, injectable so tests need no sleeping.
+//! Monotonic time for the SLO windows, injectable so tests need no sleeping. (Named
+//! apart from keel-resilience's `WallClock`: SLO windows measure elapsed time, never
+//! dates, so a stepped wall clock cannot bend them.)
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// A monotonic clock: time elapsed since some fixed origin.
-pub trait Clock: Send + Sync + fmt::Debug {
+pub trait MonotonicClock: Send + Sync + fmt::Debug {
     /// Time since the clock's origin.
     fn now(&self) -> Duration;
 }
 
 /// The real monotonic clock.
 #[derive(Debug)]
-pub struct SystemClock {
+pub struct SystemMonotonicClock {
     origin: Instant,
 }
 
-impl SystemClock {
+impl SystemMonotonicClock {
     /// A clock whose origin is now.
     #[must_use]
     pub fn new() -> Self {
-        SystemClock {
+        SystemMonotonicClock {
             origin: Instant::now(),
         }
     }
 }
 
-impl Default for SystemClock {
+impl Default for SystemMonotonicClock {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Clock for SystemClock {
+impl MonotonicClock for SystemMonotonicClock {
     fn now(&self) -> Duration {
         self.origin.elapsed()
     }
@@ -42,18 +44,18 @@ impl Clock for SystemClock {
 ///
 /// ```
 /// use std::time::Duration;
-/// use keel_observability::slo::{Clock, ManualClock};
+/// use keel_observability::slo::{MonotonicClock, ManualMonotonicClock};
 ///
-/// let clock = ManualClock::new();
+/// let clock = ManualMonotonicClock::new();
 /// clock.advance(Duration::from_secs(90));
 /// assert_eq!(clock.now(), Duration::from_secs(90));
 /// ```
 #[derive(Debug, Default)]
-pub struct ManualClock {
+pub struct ManualMonotonicClock {
     nanos: AtomicU64,
 }
 
-impl ManualClock {
+impl ManualMonotonicClock {
     /// A clock at zero.
     #[must_use]
     pub fn new() -> Self {
@@ -67,7 +69,7 @@ impl ManualClock {
     }
 }
 
-impl Clock for ManualClock {
+impl MonotonicClock for ManualMonotonicClock {
     fn now(&self) -> Duration {
         Duration::from_nanos(self.nanos.load(Ordering::SeqCst))
     }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{ManualMonotonicClock, MonotonicClock, SystemMonotonicClock};
 
 /// The route name that collects routes past [`SloConfigBuilder::max_routes`].
 pub const OTHER_ROUTE: &str = "<other>";
@@ -214,9 +214,9 @@ struct RouteWindow {
 /// ```
 /// use std::sync::Arc;
 /// use std::time::Duration;
-/// use keel_observability::slo::{ManualClock, SloConfig, SloTracker};
+/// use keel_observability::slo::{ManualMonotonicClock, SloConfig, SloTracker};
 ///
-/// let tracker = SloTracker::with_clock(SloConfig::standard(), Arc::new(ManualClock::new()));
+/// let tracker = SloTracker::with_clock(SloConfig::standard(), Arc::new(ManualMonotonicClock::new()));
 /// for ms in 1..=100 {
 ///     tracker.record("/orders", Duration::from_millis(ms), ms != 100);
 /// }
@@ -234,7 +234,7 @@ pub struct SloTracker {
 struct Inner {
     config: SloConfig,
     slice_nanos: u64,
-    clock: Arc<dyn Clock>,
+    clock: Arc<dyn MonotonicClock>,
     routes: RwLock<HashMap<Box<str>, Arc<Mutex<RouteWindow>>>>,
 }
 
@@ -254,12 +254,12 @@ impl SloTracker {
     /// A tracker on the system clock.
     #[must_use]
     pub fn new(config: SloConfig) -> Self {
-        Self::with_clock(config, Arc::new(SystemClock::new()))
+        Self::with_clock(config, Arc::new(SystemMonotonicClock::new()))
     }
 
     /// A tracker on the given clock.
     #[must_use]
-    pub fn with_clock(config: SloConfig, clock: Arc<dyn Clock>) -> Self {
+    pub fn with_clock(config: SloConfig, clock: Arc<dyn MonotonicClock>) -> Self {
         let slice_nanos = u64::try_from((config.window / config.slices).as_nanos())
             .unwrap_or(u64::MAX)
             .max(1);
@@ -445,8 +445,8 @@ impl SloTracker {
 mod tests {
     use super::*;
 
-    fn tracker() -> (SloTracker, Arc<ManualClock>) {
-        let clock = Arc::new(ManualClock::new());
+    fn tracker() -> (SloTracker, Arc<ManualMonotonicClock>) {
+        let clock = Arc::new(ManualMonotonicClock::new());
         let config = SloConfig::builder()
             .window(Duration::from_secs(60))
             .slices(6)

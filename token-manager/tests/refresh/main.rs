@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use keel_resilience::clock::ManualClock;
 use keel_testkit::{PostgresServer, RedisCluster, RedisServer};
 use keel_token_manager::{
     MemoryStore, PostgresStore, RedisStore, RefreshConfig, RefreshError, RefreshTokenStore,
@@ -44,6 +45,12 @@ fn pool(server: &PostgresServer) -> deadpool_postgres::Pool {
 type Engine = RefreshTokens<Arc<dyn RefreshTokenStore>>;
 
 impl Backend {
+    /// An engine on a manual clock, for tests of lifetimes and the grace period.
+    async fn clocked(&self, config: RefreshConfig) -> (Engine, ManualClock) {
+        let clock = ManualClock::starting_now();
+        (self.engine(config).await.clock(clock.clone()), clock)
+    }
+
     async fn engine(&self, config: RefreshConfig) -> Engine {
         let store: Arc<dyn RefreshTokenStore> = match self {
             Backend::Memory => Arc::new(MemoryStore::new()),
@@ -161,8 +168,8 @@ async fn a_chain_rotates_and_reuse_revokes_the_whole_family(backend: Backend) {
 }
 
 async fn a_retry_within_the_grace_period_gets_the_same_successor(backend: Backend) {
-    let tokens = backend
-        .engine(RefreshConfig::default().grace_period(Duration::from_millis(300)))
+    let (tokens, clock) = backend
+        .clocked(RefreshConfig::default().grace_period(Duration::from_secs(10)))
         .await;
     let a = tokens.issue("user-1", "web").await.unwrap();
     let b = tokens.rotate(&a.token).await.unwrap();
@@ -180,7 +187,12 @@ async fn a_retry_within_the_grace_period_gets_the_same_successor(backend: Backen
     // After the grace period, a retry is reuse.
     let d = tokens.issue("user-2", "web").await.unwrap();
     tokens.rotate(&d.token).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    clock.advance(Duration::from_millis(9_999));
+    assert!(
+        tokens.rotate(&d.token).await.unwrap().retried,
+        "still within"
+    );
+    clock.advance(Duration::from_millis(1));
     assert!(matches!(
         tokens.rotate(&d.token).await,
         Err(RefreshError::ReuseDetected { .. })
@@ -215,34 +227,39 @@ async fn two_hundred_concurrent_rotations_leave_exactly_one_successor(backend: B
 async fn lifetimes_idle_and_absolute_are_enforced_and_rotation_does_not_extend_them(
     backend: Backend,
 ) {
-    let idle = backend
-        .engine(strict().idle_lifetime(Some(Duration::from_millis(150))))
+    let (idle, clock) = backend
+        .clocked(strict().idle_lifetime(Some(Duration::from_secs(3_600))))
         .await;
     let t = idle.issue("u", "c").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    clock.advance(Duration::from_secs(3_599));
+    let t = idle.rotate(&t.token).await.unwrap();
+    // Rotation renews the idle limit (not the absolute one).
+    clock.advance(Duration::from_secs(3_599));
+    let t = idle.rotate(&t.token).await.unwrap();
+    clock.advance(Duration::from_secs(3_600));
     assert!(matches!(
         idle.rotate(&t.token).await,
         Err(RefreshError::Expired)
     ));
 
-    let absolute = backend
-        .engine(
+    let (absolute, clock) = backend
+        .clocked(
             strict()
-                .absolute_lifetime(Duration::from_millis(400))
-                .idle_lifetime(Some(Duration::from_secs(60))),
+                .absolute_lifetime(Duration::from_secs(24 * 3_600))
+                .idle_lifetime(Some(Duration::from_secs(8 * 3_600))),
         )
         .await;
     let mut t = absolute.issue("u", "c").await.unwrap();
     let expires_at = t.expires_at;
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        clock.advance(Duration::from_secs(7 * 3_600));
         t = absolute.rotate(&t.token).await.unwrap();
         assert_eq!(
             t.expires_at, expires_at,
             "rotation does not extend the session"
         );
     }
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    clock.advance(Duration::from_secs(3 * 3_600));
     let last = absolute.rotate(&t.token).await;
     assert!(matches!(last, Err(RefreshError::Expired)), "{last:?}");
 }

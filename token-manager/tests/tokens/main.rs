@@ -178,6 +178,93 @@ fn a_rotated_key_verifies_during_the_overlap_only() {
     assert_eq!(ring.key_ids(), ["k49", "k48"]);
 }
 
+/// The ring, the issuer and the validator read one injected clock: an overlap ends, a
+/// token expires, a token from the future or not yet valid is refused, all without
+/// sleeping; and a stepped-back clock does not revive a retired key's tokens' validity
+/// beyond what the times in them say.
+#[test]
+fn the_ring_the_issuer_and_the_validator_follow_an_injected_clock() {
+    use keel_resilience::clock::{ManualClock, WallClock as _};
+    let clock = ManualClock::starting_now();
+    let ring = KeyRing::new(pem_key("old", Algorithm::RS256)).clock(clock.clone());
+    let issuer =
+        AccessTokenIssuer::new(ring.clone(), ISSUER, AUDIENCE).ttl(Duration::from_secs(600));
+    let validator = Validator::new(ring.clone(), ISSUER, AUDIENCE).leeway(Duration::from_secs(30));
+    let old_token = issuer.issue(&Grant::new("u", "c")).unwrap().token;
+    ring.rotate(pem_key("new", Algorithm::EdDSA), Duration::from_secs(900))
+        .unwrap();
+    clock.advance(Duration::from_secs(600 + 29));
+    assert!(validator.validate(&old_token).is_ok(), "within the leeway");
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(
+        validator.validate(&old_token),
+        Err(ValidationError::Expired)
+    );
+    // The overlap ends on the ring's clock, not the system's.
+    assert_eq!(ring.jwks().keys.len(), 2);
+    clock.advance(Duration::from_secs(900));
+    assert_eq!(ring.key_ids(), ["new", "old"]);
+    assert_eq!(ring.jwks().keys.len(), 1, "the old key no longer verifies");
+    assert_eq!(
+        validator.validate(&old_token),
+        Err(ValidationError::UnknownKey("old".into()))
+    );
+
+    // A token issued by an issuer whose clock is ahead: refused as from the future
+    // beyond the leeway, accepted within it.
+    let ahead = ManualClock::new(clock.now_ms() + 31_000);
+    let fast = AccessTokenIssuer::new(ring.clone(), ISSUER, AUDIENCE).clock(ahead);
+    let early = fast.issue(&Grant::new("u", "c")).unwrap().token;
+    assert_eq!(
+        validator.validate(&early),
+        Err(ValidationError::IssuedInFuture)
+    );
+    clock.advance(Duration::from_secs(1));
+    assert!(validator.validate(&early).is_ok());
+
+    // `nbf` is read on the validator's clock too.
+    let nbf = clock.now_secs() + 120;
+    let mut claims = serde_json::json!({
+        "iss": ISSUER, "sub": "u", "aud": AUDIENCE, "exp": nbf + 600,
+        "iat": clock.now_secs(), "nbf": nbf, "jti": "j", "client_id": "c",
+    });
+    let not_yet = sign_with(&ring, &claims);
+    assert_eq!(
+        validator.validate(&not_yet),
+        Err(ValidationError::NotYetValid)
+    );
+    clock.advance(Duration::from_secs(91));
+    assert!(validator.validate(&not_yet).is_ok());
+    claims["exp"] = serde_json::json!(0);
+    assert_eq!(
+        validator.validate(&sign_with(&ring, &claims)),
+        Err(ValidationError::Expired)
+    );
+
+    // A step-up's max_age reads the time it is given.
+    let claims = validator
+        .validate(
+            &issuer
+                .issue(&Grant::new("u", "c").auth_time(clock.now()))
+                .unwrap()
+                .token,
+        )
+        .unwrap();
+    let step_up = StepUp::acr(Vec::<String>::new()).max_age(Duration::from_secs(300));
+    assert!(step_up.check_at(&claims, clock.now()).is_ok());
+    clock.advance(Duration::from_secs(301));
+    assert!(step_up.check_at(&claims, clock.now()).is_err());
+}
+
+/// Signs `claims` as an `at+jwt` with the Ed25519 fixture, the ring's active key.
+fn sign_with(ring: &KeyRing, claims: &serde_json::Value) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.typ = Some("at+jwt".into());
+    header.kid = Some(ring.active().kid().to_owned());
+    let key = jsonwebtoken::EncodingKey::from_ed_pem(fixture("ed25519.pem").as_bytes()).unwrap();
+    jsonwebtoken::encode(&header, claims, &key).unwrap()
+}
+
 #[test]
 fn a_key_ring_refuses_a_second_key_with_a_kid_it_holds() {
     let ring = KeyRing::new(SigningKey::generate("a", Algorithm::EdDSA).unwrap());
