@@ -267,8 +267,8 @@ fn retry_backon(calls: u64, extra: &dyn Fn()) {
 }
 
 fn limiter_keel(calls: u64, extra: &dyn Fn()) {
-    use keel_resilience::rate_limit::{RateLimiter, quota};
-    let limiter = RateLimiter::new("bench", quota(u32::MAX, u32::MAX));
+    use keel_resilience::rate_limit::{Quota, RateLimiter};
+    let limiter = RateLimiter::new("bench", Quota::per_second(u32::MAX).burst(u32::MAX)).unwrap();
     measured(calls, &mut |_| {
         black_box(limiter.check()).expect("permitted");
         extra();
@@ -276,8 +276,10 @@ fn limiter_keel(calls: u64, extra: &dyn Fn()) {
 }
 
 fn limiter_governor(calls: u64, extra: &dyn Fn()) {
-    use keel_resilience::rate_limit::quota;
-    let limiter = governor::RateLimiter::direct(quota(u32::MAX, u32::MAX));
+    let limiter = governor::RateLimiter::direct(
+        governor::Quota::per_second(std::num::NonZeroU32::MAX)
+            .allow_burst(std::num::NonZeroU32::MAX),
+    );
     measured(calls, &mut |_| {
         black_box(limiter.check()).expect("permitted");
         extra();

@@ -24,7 +24,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use keel_resilience::breaker::{
     CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer, Outcome,
 };
-use keel_resilience::rate_limit::{RateLimiter, quota};
+use keel_resilience::rate_limit::{Quota, RateLimiter};
 use keel_resilience::retry::{Idempotency, Retry, RetryConfig};
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -141,8 +141,11 @@ fn retry_success(c: &mut Criterion) {
 
 fn rate_limiter(c: &mut Criterion) {
     // A quota no benchmark can exhaust, so every check is a permitted one.
-    let keel = RateLimiter::new("bench", quota(u32::MAX, u32::MAX));
-    let raw = governor::RateLimiter::direct(quota(u32::MAX, u32::MAX));
+    let keel = RateLimiter::new("bench", Quota::per_second(u32::MAX).burst(u32::MAX)).unwrap();
+    let raw = governor::RateLimiter::direct(
+        governor::Quota::per_second(std::num::NonZeroU32::MAX)
+            .allow_burst(std::num::NonZeroU32::MAX),
+    );
     let mut group = c.benchmark_group("rate_limiter/check");
     group.bench_function("governor", |b| {
         b.iter(|| black_box(raw.check()).expect("permitted"));
@@ -174,7 +177,7 @@ impl keel_resilience::Classify for BenchError {
 fn pipeline(c: &mut Criterion) {
     use keel_resilience::bulkhead::Bulkhead;
     use keel_resilience::pipeline::Pipeline;
-    use keel_resilience::pipeline_layer::PipelineLayer;
+    use keel_resilience::pipeline::PipelineLayer;
     use tower_resilience::bulkhead::BulkheadLayer;
     use tower_resilience::retry::RetryLayer;
     use tower_resilience::timelimiter::TimeLimiterLayer;

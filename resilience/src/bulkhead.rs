@@ -51,7 +51,7 @@ pub struct Bulkhead {
 /// A bulkhead's settings cannot work.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum BulkheadConfigError {
+pub enum ConfigError {
     /// `max_concurrent` is zero (no call could ever run) or above what a semaphore holds.
     #[error("a bulkhead's max_concurrent must be between 1 and {max}, got {got}")]
     MaxConcurrent {
@@ -67,15 +67,15 @@ impl Bulkhead {
     /// (zero: refuse at once when full).
     ///
     /// # Errors
-    /// [`BulkheadConfigError::MaxConcurrent`] when `max_concurrent` is zero (no call
+    /// [`ConfigError::MaxConcurrent`] when `max_concurrent` is zero (no call
     /// could run) or too large, instead of quietly changing it.
     pub fn new(
         name: impl Into<Cow<'static, str>>,
         max_concurrent: usize,
         max_wait: Duration,
-    ) -> Result<Self, BulkheadConfigError> {
+    ) -> Result<Self, ConfigError> {
         if max_concurrent == 0 || max_concurrent > Semaphore::MAX_PERMITS {
-            return Err(BulkheadConfigError::MaxConcurrent {
+            return Err(ConfigError::MaxConcurrent {
                 got: max_concurrent,
                 max: Semaphore::MAX_PERMITS,
             });

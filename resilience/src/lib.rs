@@ -10,12 +10,15 @@
 //! | [`classify`] | [`ErrorClass`] and [`Classify`]: transient / throttled / permanent, shared by every Keel crate |
 //! | [`retry`] | [`Retry`](retry::Retry): exponential (full jitter) or decorrelated backoff, delays from `Retry-After`, max attempts and elapsed time, a retry budget, idempotency |
 //! | [`dead_letter`] | [`DeadLetterQueue`](dead_letter::DeadLetterQueue): work that failed for good, kept in memory, a Redis stream (feature `redis`) or PostgreSQL (feature `postgres`); list, inspect, replay, purge |
-//! | [`timeout`] | [`with_timeout`](timeout::with_timeout): a limit that cancels the work |
+//! | [`clock`] | [`WallClock`](clock::WallClock): injected wall-clock time ([`ManualClock`](clock::ManualClock) in tests) for every crate of the family |
+//! | [`timeout`] | [`with_timeout`](timeout::with_timeout): a limit that cancels the work; [`TimeoutLayer`](timeout::TimeoutLayer) (zero allocation) |
 //! | [`bulkhead`] | [`Bulkhead`](bulkhead::Bulkhead): a concurrency limit with a bounded wait |
-//! | [`rate_limit`] | [`RateLimiter`](rate_limit::RateLimiter) and [`KeyedRateLimiter`](rate_limit::KeyedRateLimiter) on governor; `RedisRateLimiter`, a GCRA in one Lua script shared by every instance (feature `redis`) |
-//! | [`pipeline`] | [`Pipeline`](pipeline::Pipeline): rate limit → total timeout → retry → breaker → bulkhead → attempt timeout, in that order |
-//! | [`layers`] | zero-allocation [`TimeoutLayer`](layers::TimeoutLayer) and [`RateLimitLayer`](layers::RateLimitLayer) |
-//! | [`pipeline_layer`] | [`PipelineLayer`](pipeline_layer::PipelineLayer): the pipeline, or any one policy, as a tower layer |
+//! | [`rate_limit`] | [`RateLimiter`](rate_limit::RateLimiter) and [`KeyedRateLimiter`](rate_limit::KeyedRateLimiter) from a validated [`Quota`](rate_limit::Quota); [`RateLimitLayer`](rate_limit::RateLimitLayer) (zero allocation); `RedisRateLimiter`, a GCRA in one Lua script shared by every instance (feature `redis`) |
+//! | [`pipeline`] | [`Pipeline`](pipeline::Pipeline): rate limit → total timeout → retry → breaker → bulkhead → attempt timeout, in that order; [`PipelineLayer`](pipeline::PipelineLayer): the pipeline, or any one policy, as a tower layer |
+//!
+//! Every policy's module holds its tower layer beside it (`breaker`, `timeout`,
+//! `rate_limit`, `pipeline`), each named `…Layer` / `…Service` / `ResponseFuture`, and a
+//! policy whose settings can be wrong says so with its module's `ConfigError`.
 //! | [`fallback`] | [`with_fallback`](fallback::with_fallback): a second answer for chosen errors |
 //! | [`hedge`] | [`Hedge`](hedge::Hedge): start another attempt when one is slow, take the first success |
 //! | [`keyed`] | [`KeyedRegistry`](keyed::KeyedRegistry): one breaker or limiter per key, bounded in size and dropped when idle |
@@ -55,9 +58,8 @@ pub mod dead_letter;
 pub mod fallback;
 pub mod hedge;
 pub mod keyed;
-pub mod layers;
+mod layer_error;
 pub mod pipeline;
-pub mod pipeline_layer;
 pub mod rate_limit;
 pub mod retry;
 mod retry_after;
@@ -65,6 +67,7 @@ mod rolling;
 pub mod timeout;
 
 pub use classify::{Classified, Classify, ErrorClass, class_of};
+pub use layer_error::LayerError;
 pub use retry_after::{MAX_RETRY_AFTER, parse_retry_after};
 
 /// The README's example, compiled as a doctest.

@@ -1,6 +1,10 @@
 //! Rate limits: in-process on governor's GCRA (direct and keyed), and in Redis for a
 //! limit that every instance of a service shares (feature `redis`).
 
+mod layer;
+
+pub use layer::{RateLimitLayer, RateLimitService, ResponseFuture};
+
 #[cfg(feature = "redis")]
 mod redis_gcra;
 
@@ -11,9 +15,9 @@ use std::time::Duration;
 
 use std::sync::OnceLock;
 
-use governor::Quota;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed};
 
 use crate::classify::{Classify, ErrorClass};
@@ -51,21 +55,128 @@ impl Classify for RateLimited {
     }
 }
 
-/// A limit of `per_second` calls per second with bursts of `burst` (zeros are raised
-/// to one).
+/// How many calls a rate limit allows: `per_second(n)` with bursts of up to `n` calls, or
+/// of `burst(b)`. Checked when a limiter is built: zeros are refused, not raised to one.
+///
+/// ```
+/// use keel_resilience::rate_limit::{ConfigError, Quota, RateLimiter};
+///
+/// let writes = RateLimiter::new("graph-writes", Quota::per_second(10).burst(2))?;
+/// assert!(writes.check().is_ok());
+/// assert_eq!(
+///     RateLimiter::new("none", Quota::per_second(0)).unwrap_err(),
+///     ConfigError::ZeroRate
+/// );
+/// # Ok::<(), ConfigError>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[must_use]
-pub fn quota(per_second: u32, burst: u32) -> Quota {
-    let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
-    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
-    Quota::per_second(rate).allow_burst(burst)
+pub struct Quota {
+    per_second: u32,
+    burst: Option<u32>,
+}
+
+impl Quota {
+    /// `n` calls per second, in bursts of up to `n`.
+    pub const fn per_second(n: u32) -> Self {
+        Quota {
+            per_second: n,
+            burst: None,
+        }
+    }
+
+    /// Bursts of up to `b` calls (default: the rate per second).
+    pub const fn burst(mut self, b: u32) -> Self {
+        self.burst = Some(b);
+        self
+    }
+
+    /// The calls per second.
+    #[must_use]
+    pub const fn rate(&self) -> u32 {
+        self.per_second
+    }
+
+    /// The largest burst.
+    #[must_use]
+    pub const fn max_burst(&self) -> u32 {
+        match self.burst {
+            Some(b) => b,
+            None => self.per_second,
+        }
+    }
+
+    /// Checks that the quota can work ([`RateLimiter::new`] does).
+    ///
+    /// # Errors
+    /// [`ConfigError::ZeroRate`] or [`ConfigError::ZeroBurst`].
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.nonzero().map(|_| ())
+    }
+
+    fn nonzero(&self) -> Result<(NonZeroU32, NonZeroU32), ConfigError> {
+        let rate = NonZeroU32::new(self.per_second).ok_or(ConfigError::ZeroRate)?;
+        let burst = NonZeroU32::new(self.max_burst()).ok_or(ConfigError::ZeroBurst)?;
+        Ok((rate, burst))
+    }
+
+    fn governor(&self) -> Result<governor::Quota, ConfigError> {
+        let (rate, burst) = self.nonzero()?;
+        Ok(governor::Quota::per_second(rate).allow_burst(burst))
+    }
+}
+
+/// A rate limit's settings cannot work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// Zero calls per second: no call would ever be allowed.
+    #[error("a rate limit must allow at least one call per second")]
+    ZeroRate,
+    /// A burst of zero: no call would ever be allowed.
+    #[error("a rate limit's burst must be at least one call")]
+    ZeroBurst,
+}
+
+impl Classify for ConfigError {
+    /// Always permanent: the settings are wrong.
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Permanent
+    }
+}
+
+type Direct<C> =
+    governor::RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// The limiter's state, on one of two clocks.
+#[derive(Debug)]
+enum Gcra {
+    /// `quanta`'s TSC clock: the fastest read.
+    Quanta(Direct<DefaultClock>, DefaultClock),
+    /// tokio's clock, which tests can pause and advance.
+    Tokio(Direct<TokioClock>, TokioClock),
+}
+
+/// tokio's monotonic clock for governor, counted from the limiter's creation.
+#[derive(Clone, Debug)]
+struct TokioClock {
+    origin: tokio::time::Instant,
+}
+
+impl Clock for TokioClock {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        Nanos::from(tokio::time::Instant::now().saturating_duration_since(self.origin))
+    }
 }
 
 /// An in-process rate limiter (GCRA on one atomic word, from governor).
 ///
 /// ```
-/// use keel_resilience::rate_limit::{quota, RateLimiter};
+/// use keel_resilience::rate_limit::{Quota, RateLimiter};
 ///
-/// let limiter = RateLimiter::new("graph-writes", quota(10, 2));
+/// let limiter = RateLimiter::new("graph-writes", Quota::per_second(10).burst(2)).unwrap();
 /// assert!(limiter.check().is_ok());
 /// assert!(limiter.check().is_ok());
 /// let refused = limiter.check().unwrap_err(); // burst of 2 used up
@@ -74,13 +185,9 @@ pub fn quota(per_second: u32, burst: u32) -> Quota {
 #[derive(Debug)]
 pub struct RateLimiter {
     name: Cow<'static, str>,
-    limiter: governor::RateLimiter<
-        NotKeyed,
-        InMemoryState,
-        DefaultClock,
-        NoOpMiddleware<<DefaultClock as Clock>::Instant>,
-    >,
-    clock: DefaultClock,
+    quota: Quota,
+    governed: governor::Quota,
+    gcra: Gcra,
     rejected: metrics::Counter,
 }
 
@@ -95,36 +202,88 @@ fn shared_clock() -> DefaultClock {
 }
 
 impl RateLimiter {
-    /// A limiter for `quota`.
-    pub fn new(name: impl Into<Cow<'static, str>>, quota: Quota) -> Self {
-        let name = name.into();
+    /// A limiter for `quota`, on a TSC clock (the fastest to read).
+    ///
+    /// # Errors
+    /// [`ConfigError`] when the quota allows no call.
+    pub fn new(name: impl Into<Cow<'static, str>>, quota: Quota) -> Result<Self, ConfigError> {
+        let governed = quota.governor()?;
+        Ok(Self::governed(name.into(), quota, governed))
+    }
+
+    fn governed(name: Cow<'static, str>, quota: Quota, governed: governor::Quota) -> Self {
         let rejected =
             metrics::counter!("resilience_rate_limited_total", "limiter" => name.clone());
         let clock = shared_clock();
         RateLimiter {
             name,
-            limiter: governor::RateLimiter::direct_with_clock(quota, clock.clone()),
-            clock,
+            quota,
+            governed,
+            gcra: Gcra::Quanta(
+                governor::RateLimiter::direct_with_clock(governed, clock.clone()),
+                clock,
+            ),
             rejected,
         }
+    }
+
+    /// Reads tokio's clock instead (a few nanoseconds more per check), so that tests under
+    /// paused time (`#[tokio::test(start_paused = true)]`, `tokio::time::advance`) see the
+    /// limit refill as tokio's time moves, and [`acquire`](Self::acquire) waits no real
+    /// time. The budget starts full again.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use keel_resilience::rate_limit::{Quota, RateLimiter};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let limiter = RateLimiter::new("writes", Quota::per_second(1)).unwrap().on_tokio_time();
+    /// assert!(limiter.check().is_ok());
+    /// assert!(limiter.check().is_err());
+    /// tokio::time::advance(Duration::from_secs(1)).await;
+    /// assert!(limiter.check().is_ok());
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn on_tokio_time(self) -> Self {
+        let clock = TokioClock {
+            origin: tokio::time::Instant::now(),
+        };
+        RateLimiter {
+            gcra: Gcra::Tokio(
+                governor::RateLimiter::direct_with_clock(self.governed, clock.clone()),
+                clock,
+            ),
+            ..self
+        }
+    }
+
+    /// The quota.
+    pub fn quota(&self) -> Quota {
+        self.quota
     }
 
     /// Takes one call from the limit now.
     ///
     /// # Errors
     /// [`RateLimited`] with the wait until the next call is allowed.
+    #[inline]
     pub fn check(&self) -> Result<(), RateLimited> {
-        match self.limiter.check() {
-            Ok(()) => Ok(()),
-            Err(not_until) => {
-                self.rejected.increment(1);
-                let wait = not_until.wait_time_from(self.clock.now());
-                Err(RateLimited::new(self.name.clone(), wait))
-            }
-        }
+        let wait = match &self.gcra {
+            Gcra::Quanta(limiter, clock) => match limiter.check() {
+                Ok(()) => return Ok(()),
+                Err(not_until) => not_until.wait_time_from(clock.now()),
+            },
+            Gcra::Tokio(limiter, clock) => match limiter.check() {
+                Ok(()) => return Ok(()),
+                Err(not_until) => not_until.wait_time_from(clock.now()),
+            },
+        };
+        self.rejected.increment(1);
+        Err(RateLimited::new(self.name.clone(), wait))
     }
 
-    /// Waits up to `max_wait` for the limit to allow a call.
+    /// Waits up to `max_wait` for the limit to allow a call, on tokio's timer.
     ///
     /// # Errors
     /// [`RateLimited`] when the wait needed is longer than `max_wait` (nothing is waited
@@ -147,9 +306,11 @@ impl RateLimiter {
 ///
 /// ```
 /// use std::time::Duration;
-/// use keel_resilience::rate_limit::{quota, KeyedRateLimiter};
+/// use keel_resilience::rate_limit::{KeyedRateLimiter, Quota};
 ///
-/// let per_tenant = KeyedRateLimiter::new("tenant", quota(5, 1), 100_000, Duration::from_secs(300));
+/// let per_tenant =
+///     KeyedRateLimiter::new("tenant", Quota::per_second(5).burst(1), 100_000, Duration::from_secs(300))
+///         .unwrap();
 /// assert!(per_tenant.check(&"contoso").is_ok());
 /// assert!(per_tenant.check(&"contoso").is_err());
 /// assert!(per_tenant.check(&"fabrikam").is_ok(), "keys are limited separately");
@@ -164,18 +325,22 @@ where
     K: Hash + Eq + Clone + Send + Sync + 'static,
 {
     /// `quota` per key, for at most `max_keys` keys, each forgotten after `idle`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when the quota allows no call.
     pub fn new(
         name: impl Into<Cow<'static, str>>,
         quota: Quota,
         max_keys: u64,
         idle: Duration,
-    ) -> Self {
+    ) -> Result<Self, ConfigError> {
+        let governed = quota.governor()?;
         let name = name.into();
-        KeyedRateLimiter {
+        Ok(KeyedRateLimiter {
             limiters: KeyedRegistry::new(max_keys, idle, move |_| {
-                RateLimiter::new(name.clone(), quota)
+                RateLimiter::governed(name.clone(), quota, governed)
             }),
-        }
+        })
     }
 
     /// Takes one call from `key`'s limit.

@@ -110,12 +110,12 @@ impl Classify for RedisRateLimitError {
 /// collide whatever their names hold.
 ///
 /// ```no_run
-/// use keel_resilience::rate_limit::RedisRateLimiter;
+/// use keel_resilience::rate_limit::{Quota, RedisRateLimiter};
 ///
 /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 /// let client = redis::Client::open("redis://127.0.0.1:6379")?;
 /// let connection = redis::aio::ConnectionManager::new(client).await?;
-/// let limiter = RedisRateLimiter::new(connection, "graph-tenant", 100, 20);
+/// let limiter = RedisRateLimiter::new(connection, "graph-tenant", Quota::per_second(100).burst(20)).unwrap();
 /// limiter.check("tenant:contoso").await?;
 /// # Ok(()) }
 /// ```
@@ -145,25 +145,29 @@ impl<C> std::fmt::Debug for RedisRateLimiter<C> {
 }
 
 impl<C: ConnectionLike + Clone + Send + Sync> RedisRateLimiter<C> {
-    /// `per_second` calls per second (at least 1) with bursts of `burst` (at least 1).
-    /// Fails closed when Redis is down or slower than the decision timeout (5 ms).
+    /// A limit of `quota` shared by every instance on `connection`. Fails closed when
+    /// Redis is down or slower than the decision timeout (5 ms).
+    ///
+    /// # Errors
+    /// [`ConfigError`](super::ConfigError) when the quota allows no call.
     pub fn new(
         connection: C,
         name: impl Into<Cow<'static, str>>,
-        per_second: u32,
-        burst: u32,
-    ) -> Self {
+        quota: super::Quota,
+    ) -> Result<Self, super::ConfigError> {
+        quota.validate()?;
+        let (per_second, burst) = (quota.rate(), quota.max_burst());
         let name = name.into();
-        RedisRateLimiter {
+        Ok(RedisRateLimiter {
             connection,
             script: redis::Script::new(SCRIPT),
             prefix: format!("keel:ratelimit:v2:{}:{name}:", name.len()),
             name,
-            per_second: per_second.max(1),
-            tolerance_scaled: u64::from(burst.max(1) - 1) * 1_000_000,
+            per_second,
+            tolerance_scaled: u64::from(burst - 1) * 1_000_000,
             decision_timeout: Duration::from_millis(5),
             fail_open: false,
-        }
+        })
     }
 
     /// How long a check may wait on Redis before it decides without it (default 5 ms),

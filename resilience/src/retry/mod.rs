@@ -88,7 +88,7 @@ impl GaveUp {
 /// Why a retry configuration was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum RetryConfigError {
+pub enum ConfigError {
     /// `max_attempts` is zero.
     #[error("max_attempts counts the first attempt and must be at least 1")]
     Attempts,
@@ -115,7 +115,7 @@ pub enum RetryConfigError {
 ///     })
 ///     .build()?;
 /// assert!(RetryConfig::builder("x").max_attempts(0).build().is_err());
-/// # Ok::<(), keel_resilience::retry::RetryConfigError>(())
+/// # Ok::<(), keel_resilience::retry::ConfigError>(())
 /// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -204,19 +204,19 @@ impl RetryConfigBuilder {
     /// Checks the settings.
     ///
     /// # Errors
-    /// A [`RetryConfigError`] saying which setting is wrong.
-    pub fn build(self) -> Result<RetryConfig, RetryConfigError> {
+    /// A [`ConfigError`] saying which setting is wrong.
+    pub fn build(self) -> Result<RetryConfig, ConfigError> {
         let c = &self.config;
         if c.max_attempts == 0 {
-            return Err(RetryConfigError::Attempts);
+            return Err(ConfigError::Attempts);
         }
         if !c.backoff.is_valid() {
-            return Err(RetryConfigError::Backoff);
+            return Err(ConfigError::Backoff);
         }
         if let Some(ratio) = c.budget_ratio
             && !(ratio.is_finite() && ratio >= 0.0)
         {
-            return Err(RetryConfigError::Ratio(ratio.to_string()));
+            return Err(ConfigError::Ratio(ratio.to_string()));
         }
         Ok(self.config)
     }

@@ -95,13 +95,16 @@ fn hot_paths_allocate_nothing() {
     });
     assert_eq!(blocks, 0, "the tower layer allocated");
 
-    let limiter = Arc::new(keel_resilience::rate_limit::RateLimiter::new(
-        "alloc",
-        keel_resilience::rate_limit::quota(u32::MAX, u32::MAX),
-    ));
+    let limiter = Arc::new(
+        keel_resilience::rate_limit::RateLimiter::new(
+            "alloc",
+            keel_resilience::rate_limit::Quota::per_second(u32::MAX).burst(u32::MAX),
+        )
+        .unwrap(),
+    );
     let mut limited = ServiceBuilder::new()
-        .layer(keel_resilience::layers::RateLimitLayer::new(limiter))
-        .layer(keel_resilience::layers::TimeoutLayer::new(
+        .layer(keel_resilience::rate_limit::RateLimitLayer::new(limiter))
+        .layer(keel_resilience::timeout::TimeoutLayer::new(
             Duration::from_secs(5),
         ))
         .service(tower::service_fn(|()| async {

@@ -9,7 +9,7 @@ use keel_resilience::bulkhead::Bulkhead;
 use keel_resilience::fallback::{on_retryable, with_fallback};
 use keel_resilience::hedge::Hedge;
 use keel_resilience::pipeline::{Pipeline, PipelineError};
-use keel_resilience::rate_limit::{RateLimiter, quota};
+use keel_resilience::rate_limit::{Quota, RateLimiter};
 use keel_resilience::retry::{Backoff, Idempotency, Retry, RetryConfig};
 use keel_resilience::{Classify, ErrorClass};
 use tokio::time::Instant;
@@ -121,7 +121,9 @@ async fn the_total_timeout_bounds_retries_and_their_delays() {
 #[tokio::test(start_paused = true)]
 async fn the_rate_limit_is_taken_once_per_call_not_per_attempt() {
     let pipeline = Pipeline::builder("t")
-        .rate_limit(Arc::new(RateLimiter::new("t", quota(1, 1))))
+        .rate_limit(Arc::new(
+            RateLimiter::new("t", Quota::per_second(1).burst(1)).unwrap(),
+        ))
         .retry(retry(3))
         .build();
     let calls = AtomicU32::new(0);
@@ -442,7 +444,7 @@ async fn a_retry_after_longer_than_the_time_left_is_not_slept() {
 
 #[tokio::test(start_paused = true)]
 async fn the_pipeline_layer_decides_by_http_method_by_default() {
-    use keel_resilience::pipeline_layer::PipelineLayer;
+    use keel_resilience::pipeline::PipelineLayer;
     use tower::{ServiceBuilder, ServiceExt};
 
     // Before: PipelineLayer::new treated every request as idempotent: a failing POST
@@ -507,7 +509,7 @@ async fn fallback_answers_retryable_failures_only() {
 
 #[tokio::test(start_paused = true)]
 async fn the_pipeline_layer_retries_idempotent_requests_only() {
-    use keel_resilience::pipeline_layer::PipelineLayer;
+    use keel_resilience::pipeline::PipelineLayer;
     use tower::{ServiceBuilder, ServiceExt};
 
     let failures_left = Arc::new(AtomicU32::new(0));
@@ -523,13 +525,13 @@ async fn the_pipeline_layer_retries_idempotent_requests_only() {
         })
     };
     let layer = PipelineLayer::new(Pipeline::builder("t").retry(retry(3)).build())
-        .with_idempotency((|write: &bool| {
+        .with_idempotency(|write: &bool| {
             if *write {
                 Idempotency::NonIdempotent
             } else {
                 Idempotency::Idempotent
             }
-        },));
+        });
     let svc = ServiceBuilder::new().layer(layer).service(service);
 
     failures_left.store(1, Ordering::SeqCst);
@@ -599,4 +601,34 @@ async fn callers_timed_out_while_queued_at_the_bulkhead_do_not_trip_the_breaker(
         b.metrics()
     );
     assert_eq!(b.metrics().failed_calls, 0);
+}
+
+/// A service (and a request) that is `Send` but not `Sync`, as many tower services are
+/// (a `Cell`, a non-`Sync` client): the pipeline layer takes it.
+#[tokio::test(start_paused = true)]
+async fn the_pipeline_layer_takes_services_and_requests_that_are_not_sync() {
+    use keel_resilience::pipeline::PipelineLayer;
+    use std::cell::Cell;
+    use tower::{ServiceBuilder, ServiceExt};
+
+    let attempts = Arc::new(AtomicU32::new(0));
+    let not_sync = Cell::new(0_u32);
+    let service = tower::service_fn(move |request: Cell<u32>| {
+        not_sync.set(not_sync.get() + 1);
+        let failing = attempts.fetch_add(1, Ordering::SeqCst) < 2;
+        async move {
+            if failing {
+                Err(Fault::Down)
+            } else {
+                Ok(request.get())
+            }
+        }
+    });
+    let svc = ServiceBuilder::new()
+        .layer(PipelineLayer::every_request_idempotent(
+            Pipeline::builder("t").retry(retry(3)).build(),
+        ))
+        .service(service);
+    let answer = tokio::spawn(svc.oneshot(Cell::new(7))).await.unwrap();
+    assert_eq!(answer.unwrap(), 7, "answered on the third attempt");
 }

@@ -4,14 +4,14 @@ use std::time::{Duration, Instant};
 
 use keel_resilience::keyed::KeyedRegistry;
 use keel_resilience::rate_limit::{
-    KeyedRateLimiter, RateLimiter, RedisRateLimitError, RedisRateLimiter, quota,
+    KeyedRateLimiter, Quota, RateLimiter, RedisRateLimitError, RedisRateLimiter,
 };
 use keel_resilience::{Classify, ErrorClass};
 use keel_testkit::RedisServer;
 
 #[tokio::test]
 async fn local_limiter_allows_its_burst_then_waits() {
-    let limiter = RateLimiter::new("local", quota(100, 3));
+    let limiter = RateLimiter::new("local", Quota::per_second(100).burst(3)).unwrap();
     for _ in 0..3 {
         limiter.check().unwrap();
     }
@@ -31,7 +31,7 @@ async fn local_limiter_allows_its_burst_then_waits() {
     limiter.acquire(Duration::from_millis(50)).await.unwrap();
     assert!(start.elapsed() <= Duration::from_millis(40));
     // ...and refuses at once when it is not.
-    let slow = RateLimiter::new("slow", quota(1, 1));
+    let slow = RateLimiter::new("slow", Quota::per_second(1).burst(1)).unwrap();
     slow.check().unwrap();
     let start = Instant::now();
     assert!(slow.acquire(Duration::from_millis(10)).await.is_err());
@@ -41,7 +41,7 @@ async fn local_limiter_allows_its_burst_then_waits() {
 #[test]
 fn a_million_distinct_keys_stay_within_the_bound() {
     let registry = KeyedRegistry::new(10_000, Duration::from_secs(600), |_key: &u64| {
-        RateLimiter::new("per-key", quota(10, 10))
+        RateLimiter::new("per-key", Quota::per_second(10).burst(10)).unwrap()
     });
     for key in 0..1_000_000u64 {
         registry.get(&key).check().unwrap();
@@ -104,7 +104,13 @@ fn idle_keys_are_forgotten() {
 
 #[test]
 fn keyed_limiter_limits_keys_separately() {
-    let limiter = KeyedRateLimiter::new("tenant", quota(1, 2), 1000, Duration::from_secs(60));
+    let limiter = KeyedRateLimiter::new(
+        "tenant",
+        Quota::per_second(1).burst(2),
+        1000,
+        Duration::from_secs(60),
+    )
+    .unwrap();
     for tenant in ["contoso", "fabrikam"] {
         limiter.check(&tenant).unwrap();
         limiter.check(&tenant).unwrap();
@@ -133,8 +139,13 @@ async fn four_clients_sharing_redis_admit_no_more_than_the_limit() {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..4 {
-        let limiter = RedisRateLimiter::new(connect(&redis).await, "shared", per_second, burst)
-            .decision_timeout(Duration::from_secs(1));
+        let limiter = RedisRateLimiter::new(
+            connect(&redis).await,
+            "shared",
+            Quota::per_second(per_second).burst(burst),
+        )
+        .unwrap()
+        .decision_timeout(Duration::from_secs(1));
         tasks.push(tokio::spawn(async move {
             let mut admitted = 0u32;
             // Bounded: stops by itself when the window ends.
@@ -169,8 +180,13 @@ async fn four_clients_sharing_redis_admit_no_more_than_the_limit() {
 #[tokio::test]
 async fn redis_limiter_burst_retry_after_and_separate_keys() {
     let redis = RedisServer::start().unwrap();
-    let limiter = RedisRateLimiter::new(connect(&redis).await, "burst", 10, 3)
-        .decision_timeout(Duration::from_secs(1));
+    let limiter = RedisRateLimiter::new(
+        connect(&redis).await,
+        "burst",
+        Quota::per_second(10).burst(3),
+    )
+    .unwrap()
+    .decision_timeout(Duration::from_secs(1));
     for _ in 0..3 {
         limiter.check("k").await.unwrap();
     }
@@ -195,8 +211,11 @@ async fn redis_limiter_burst_retry_after_and_separate_keys() {
 async fn redis_down_fails_closed_or_open_as_configured() {
     let mut redis = RedisServer::start().unwrap();
     let connection = connect(&redis).await;
-    let closed = RedisRateLimiter::new(connection.clone(), "down", 10, 1);
-    let open = RedisRateLimiter::new(connection, "down-open", 10, 1).fail_open(true);
+    let closed =
+        RedisRateLimiter::new(connection.clone(), "down", Quota::per_second(10).burst(1)).unwrap();
+    let open = RedisRateLimiter::new(connection, "down-open", Quota::per_second(10).burst(1))
+        .unwrap()
+        .fail_open(true);
     redis.stop();
     let error = closed.check("k").await.unwrap_err();
     assert!(
@@ -225,8 +244,12 @@ async fn a_paused_redis_gets_a_decision_within_the_timeout() {
     let redis = RedisServer::start().unwrap();
     let client = redis::Client::open(redis.url()).unwrap();
     let connection = redis::aio::ConnectionManager::new(client).await.unwrap(); // no response timeout
-    let closed = RedisRateLimiter::new(connection.clone(), "paused", 10, 5);
-    let open = RedisRateLimiter::new(connection, "paused-open", 10, 5).fail_open(true);
+    let closed =
+        RedisRateLimiter::new(connection.clone(), "paused", Quota::per_second(10).burst(5))
+            .unwrap();
+    let open = RedisRateLimiter::new(connection, "paused-open", Quota::per_second(10).burst(5))
+        .unwrap()
+        .fail_open(true);
     closed.check("warm").await.unwrap();
     open.check("warm").await.unwrap();
     let pid = redis.pid().unwrap().to_string();
@@ -271,8 +294,13 @@ async fn rates_above_a_million_per_second_are_still_limited_and_exact() {
     let connection = connect(&redis).await;
     // At 3,000,000 per second each call adds a third of a microsecond to the limit's
     // clock: kept as a remainder in units of 1/3,000,000 µs, not rounded to nothing.
-    let fast = RedisRateLimiter::new(connection.clone(), "fast", 3_000_000, 1)
-        .decision_timeout(Duration::from_secs(1));
+    let fast = RedisRateLimiter::new(
+        connection.clone(),
+        "fast",
+        Quota::per_second(3_000_000).burst(1),
+    )
+    .unwrap()
+    .decision_timeout(Duration::from_secs(1));
     fast.check("k").await.unwrap();
     let state = redis.command(&["GET", &fast.redis_key("k")]).unwrap();
     let state = state.as_text().unwrap().to_owned();
@@ -284,8 +312,9 @@ async fn rates_above_a_million_per_second_are_still_limited_and_exact() {
 
     // Exactness at 3 per second: the state after 3 calls is a whole number of µs plus
     // a remainder in thirds of a µs, never rounded.
-    let third =
-        RedisRateLimiter::new(connection, "thirds", 3, 3).decision_timeout(Duration::from_secs(1));
+    let third = RedisRateLimiter::new(connection, "thirds", Quota::per_second(3).burst(3))
+        .unwrap()
+        .decision_timeout(Duration::from_secs(1));
     let started = std::time::Instant::now();
     for _ in 0..3 {
         third.check("k").await.unwrap();
@@ -312,10 +341,12 @@ async fn limiter_names_and_keys_cannot_collide() {
     // Before: limiter `a` with key `b:c` and limiter `a:b` with key `c` shared one key.
     let redis = RedisServer::start().unwrap();
     let connection = connect(&redis).await;
-    let one = RedisRateLimiter::new(connection.clone(), "a", 1, 1)
+    let one = RedisRateLimiter::new(connection.clone(), "a", Quota::per_second(1).burst(1))
+        .unwrap()
         .decision_timeout(Duration::from_secs(1));
-    let two =
-        RedisRateLimiter::new(connection, "a:b", 1, 1).decision_timeout(Duration::from_secs(1));
+    let two = RedisRateLimiter::new(connection, "a:b", Quota::per_second(1).burst(1))
+        .unwrap()
+        .decision_timeout(Duration::from_secs(1));
     assert_ne!(one.redis_key("b:c"), two.redis_key("c"));
     one.check("b:c").await.unwrap();
     two.check("c")
@@ -402,7 +433,8 @@ async fn a_state_this_limit_never_writes_does_not_refuse_for_ever() {
     let redis = RedisServer::start().unwrap();
     let connection = connect(&redis).await;
     // 10 per second, bursts of 3: the TAT is never more than 300 ms ahead.
-    let limiter = RedisRateLimiter::new(connection.clone(), "c", 10, 3)
+    let limiter = RedisRateLimiter::new(connection.clone(), "c", Quota::per_second(10).burst(3))
+        .unwrap()
         .decision_timeout(Duration::from_secs(1));
     for stored in [
         "inf:0",
@@ -429,12 +461,18 @@ async fn a_state_this_limit_never_writes_does_not_refuse_for_ever() {
             .unwrap_or_else(|e| panic!("{stored}: still refused after the limit's span: {e}"));
     }
 
-    let before = RedisRateLimiter::new(connection.clone(), "changed", 1, 1000)
-        .decision_timeout(Duration::from_secs(1));
+    let before = RedisRateLimiter::new(
+        connection.clone(),
+        "changed",
+        Quota::per_second(1).burst(1000),
+    )
+    .unwrap()
+    .decision_timeout(Duration::from_secs(1));
     for _ in 0..1000 {
         before.check("k").await.unwrap();
     }
-    let after = RedisRateLimiter::new(connection, "changed", 100, 1)
+    let after = RedisRateLimiter::new(connection, "changed", Quota::per_second(100).burst(1))
+        .unwrap()
         .decision_timeout(Duration::from_secs(1));
     let waited = match after.check("k").await {
         Ok(()) => Duration::ZERO,
@@ -456,7 +494,8 @@ async fn a_limit_kept_in_a_redis_cluster_works_for_every_key() {
     let cluster = keel_testkit::RedisCluster::start(3).unwrap();
     let client = redis::cluster::ClusterClient::new(cluster.urls()).unwrap();
     let connection = client.get_async_connection().await.unwrap();
-    let limiter = RedisRateLimiter::new(connection, "tenants", 100, 2)
+    let limiter = RedisRateLimiter::new(connection, "tenants", Quota::per_second(100).burst(2))
+        .unwrap()
         .decision_timeout(Duration::from_secs(1));
     for tenant in 0..30 {
         let key = format!("tenant-{tenant}");
@@ -474,4 +513,51 @@ async fn a_limit_kept_in_a_redis_cluster_works_for_every_key() {
             "{key}: over its burst"
         );
     }
+}
+
+/// A quota that allows no call is refused when the limiter is built (it was silently
+/// raised to one), for every kind of limiter, with a permanent class.
+#[test]
+fn quotas_that_allow_nothing_are_refused_at_build_time() {
+    use keel_resilience::rate_limit::ConfigError;
+    assert_eq!(
+        RateLimiter::new("zero", Quota::per_second(0)).unwrap_err(),
+        ConfigError::ZeroRate
+    );
+    assert_eq!(
+        RateLimiter::new("no-burst", Quota::per_second(5).burst(0)).unwrap_err(),
+        ConfigError::ZeroBurst
+    );
+    assert!(
+        KeyedRateLimiter::<String>::new("k", Quota::per_second(0), 10, Duration::from_secs(1))
+            .is_err()
+    );
+    assert_eq!(ConfigError::ZeroRate.class(), ErrorClass::Permanent);
+    let quota = Quota::per_second(7);
+    assert_eq!((quota.rate(), quota.max_burst()), (7, 7));
+    assert_eq!(Quota::per_second(7).burst(2).max_burst(), 2);
+}
+
+/// On tokio's clock, a paused-time test sees the limit refill as tokio's time moves,
+/// and `acquire` waits no real time.
+#[tokio::test(start_paused = true)]
+async fn a_limiter_on_tokio_time_follows_paused_time() {
+    let limiter = RateLimiter::new("paused", Quota::per_second(2).burst(1))
+        .unwrap()
+        .on_tokio_time();
+    let real = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
+    for _ in 0..20 {
+        limiter.acquire(Duration::from_secs(1)).await.unwrap();
+    }
+    // 20 calls at 2 per second: 9.5 s of tokio time, almost no real time.
+    let taken = started.elapsed();
+    assert!(
+        (Duration::from_millis(9_400)..Duration::from_millis(9_600)).contains(&taken),
+        "{taken:?}"
+    );
+    assert!(real.elapsed() < Duration::from_secs(2), "{:?}", real.elapsed());
+    assert!(limiter.check().is_err());
+    tokio::time::advance(Duration::from_millis(500)).await;
+    assert!(limiter.check().is_ok());
 }

@@ -1,5 +1,9 @@
 //! Time limits: per attempt, or in total around a retry loop.
 
+mod layer;
+
+pub use layer::{ResponseFuture, TimeoutLayer, TimeoutService};
+
 use std::future::Future;
 use std::time::Duration;
 

@@ -21,6 +21,13 @@
 //! This is the order Polly v8's standard HTTP pipeline uses, with a bulkhead added
 //! inside the breaker.
 
+mod layer;
+
+pub use layer::{
+    AlwaysIdempotent, ByMethod, HttpRequest, PipelineLayer, PipelineService, RequestIdempotency,
+    ResponseFuture,
+};
+
 use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;

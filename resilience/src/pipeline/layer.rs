@@ -7,16 +7,16 @@ use std::task::{Context, Poll};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::{Pipeline, PipelineError};
 use crate::classify::Classify;
-use crate::pipeline::{Pipeline, PipelineError};
 use crate::retry::Idempotency;
 
 /// A tower layer that runs every request through a [`Pipeline`]. Any single policy is a
 /// layer too: build a pipeline with just that policy.
 ///
 /// Retrying needs a fresh copy of the request and of the service for each attempt, so
-/// the request and the service must be `Clone` (and `Send + Sync`, as the future is
-/// `Send`). Whether a request may be retried is decided per request: by its HTTP
+/// the request and the service must be `Clone` (and `Send`, as the future is `Send`;
+/// neither needs to be `Sync`). Whether a request may be retried is decided per request: by its HTTP
 /// method with [`PipelineLayer::new`] (RFC 9110 §9.2.2: GET, HEAD, OPTIONS, TRACE, PUT
 /// and DELETE, or any request with an `Idempotency-Key` header; a POST or PATCH without
 /// one is never retried), by a function of the request with
@@ -30,7 +30,7 @@ use crate::retry::Idempotency;
 /// use std::time::Duration;
 /// use keel_resilience::bulkhead::Bulkhead;
 /// use keel_resilience::pipeline::Pipeline;
-/// use keel_resilience::pipeline_layer::PipelineLayer;
+/// use keel_resilience::pipeline::PipelineLayer;
 /// use tower::{ServiceBuilder, ServiceExt};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -50,10 +50,6 @@ pub struct PipelineLayer<I = ByMethod> {
     idempotency: I,
 }
 
-fn always_idempotent() -> Idempotency {
-    Idempotency::Idempotent
-}
-
 impl PipelineLayer {
     /// Decides by each request's HTTP method (see [`ByMethod`]): the safe default.
     #[must_use]
@@ -65,15 +61,26 @@ impl PipelineLayer {
     }
 }
 
-impl PipelineLayer<fn() -> Idempotency> {
+impl PipelineLayer<AlwaysIdempotent> {
     /// Treats every request as safe to repeat: an explicit opt-in, for services whose
     /// requests are all reads or carry their own de-duplication.
     #[must_use]
     pub fn every_request_idempotent(pipeline: Pipeline) -> Self {
         PipelineLayer {
             pipeline,
-            idempotency: always_idempotent,
+            idempotency: AlwaysIdempotent,
         }
+    }
+}
+
+/// Every request is safe to repeat: what
+/// [`every_request_idempotent`](PipelineLayer::every_request_idempotent) decides.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AlwaysIdempotent;
+
+impl<Req> RequestIdempotency<Req> for AlwaysIdempotent {
+    fn idempotency(&self, _: &Req) -> Idempotency {
+        Idempotency::Idempotent
     }
 }
 
@@ -109,7 +116,7 @@ impl HttpRequest for http::request::Parts {
 /// [`PipelineLayer::new`].
 ///
 /// ```
-/// use keel_resilience::pipeline_layer::{ByMethod, RequestIdempotency};
+/// use keel_resilience::pipeline::{ByMethod, RequestIdempotency};
 /// use keel_resilience::retry::Idempotency;
 ///
 /// let post = http::Request::post("/orders").body(()).unwrap();
@@ -130,7 +137,21 @@ impl<Req: HttpRequest> RequestIdempotency<Req> for ByMethod {
 }
 
 impl<I> PipelineLayer<I> {
-    /// Decides per request whether it may be retried.
+    /// Decides per request whether it may be retried: a [`RequestIdempotency`], such as a
+    /// closure over the request (the way
+    /// [`CircuitBreakerLayer::with_classifier`](crate::breaker::CircuitBreakerLayer)
+    /// takes a closure over the outcome).
+    ///
+    /// ```
+    /// use keel_resilience::pipeline::{Pipeline, PipelineLayer};
+    /// use keel_resilience::retry::Idempotency;
+    ///
+    /// let layer = PipelineLayer::new(Pipeline::builder("jobs").build())
+    ///     .with_idempotency(|job: &String| {
+    ///         if job.starts_with("read:") { Idempotency::Idempotent } else { Idempotency::NonIdempotent }
+    ///     });
+    /// # let _ = layer;
+    /// ```
     #[must_use]
     pub fn with_idempotency<I2>(self, idempotency: I2) -> PipelineLayer<I2> {
         PipelineLayer {
@@ -160,37 +181,35 @@ pub struct PipelineService<S, I> {
     idempotency: I,
 }
 
-/// Decides whether a request may be retried; implemented for `fn() -> Idempotency` and
-/// for closures over the request.
+/// Decides whether a request may be retried: [`ByMethod`], [`AlwaysIdempotent`], or any
+/// `Fn(&Req) -> Idempotency`.
 pub trait RequestIdempotency<Req> {
     /// The request's idempotency.
     fn idempotency(&self, request: &Req) -> Idempotency;
 }
 
-impl<Req> RequestIdempotency<Req> for fn() -> Idempotency {
-    fn idempotency(&self, _: &Req) -> Idempotency {
-        self()
+impl<Req, F: Fn(&Req) -> Idempotency> RequestIdempotency<Req> for F {
+    fn idempotency(&self, request: &Req) -> Idempotency {
+        self(request)
     }
 }
 
-impl<Req, F: Fn(&Req) -> Idempotency> RequestIdempotency<Req> for (F,) {
-    fn idempotency(&self, request: &Req) -> Idempotency {
-        (self.0)(request)
-    }
-}
+/// The response future of [`PipelineService`]: boxed, as the pipeline's attempts are an
+/// `async` block.
+pub type ResponseFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, PipelineError<E>>> + Send>>;
 
 impl<S, I, Req> Service<Req> for PipelineService<S, I>
 where
-    S: Service<Req> + Clone + Send + Sync + 'static,
+    S: Service<Req> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: Classify + Send,
     S::Response: Send,
-    Req: Clone + Send + Sync + 'static,
+    Req: Clone + Send + 'static,
     I: RequestIdempotency<Req>,
 {
     type Response = S::Response;
     type Error = PipelineError<S::Error>;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, Self::Error>> + Send>>;
+    type Future = ResponseFuture<S::Response, S::Error>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // Readiness is awaited per attempt, inside the pipeline's bulkhead and timeouts.
@@ -203,7 +222,7 @@ where
         let inner = self.inner.clone();
         Box::pin(async move {
             pipeline
-                .run(idempotency, || {
+                .run(idempotency, move || {
                     let mut service = inner.clone();
                     let request = request.clone();
                     async move {
