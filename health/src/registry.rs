@@ -134,7 +134,31 @@ pub(crate) struct Rendered {
     pub(crate) status: Status,
     /// The `application/health+json` body.
     pub(crate) body: bytes::Bytes,
+    /// `Content-Type`, `Cache-Control` and `Content-Length`, built once with the body:
+    /// a probe clones them instead of building and hashing them again.
+    pub(crate) headers: http::HeaderMap,
     fresh_until: Instant,
+}
+
+impl Rendered {
+    fn new(status: Status, body: bytes::Bytes, fresh_until: Instant) -> Self {
+        let mut headers = http::HeaderMap::with_capacity(3);
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(crate::router::HEALTH_JSON),
+        );
+        headers.insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-store"),
+        );
+        headers.insert(http::header::CONTENT_LENGTH, body.len().into());
+        Rendered {
+            status,
+            body,
+            headers,
+            fresh_until,
+        }
+    }
 }
 
 /// The checks of a service, run concurrently with cached, single-flight results: while
@@ -321,11 +345,11 @@ impl HealthRegistry {
             return r.clone();
         }
         let report = self.run(tag).await;
-        let fresh = Rendered {
-            status: report.status(),
-            body: bytes::Bytes::from(report.to_json(details).to_string()),
-            fresh_until: report.fresh_until,
-        };
+        let fresh = Rendered::new(
+            report.status(),
+            bytes::Bytes::from(report.to_json(details).to_string()),
+            report.fresh_until,
+        );
         if let Ok(mut rendered) = self.inner.rendered.write() {
             match rendered
                 .iter_mut()
@@ -507,11 +531,11 @@ impl HealthReport {
     }
 
     fn rendered(&self, details: bool) -> Rendered {
-        Rendered {
-            status: self.status,
-            body: bytes::Bytes::from(self.to_json(details).to_string()),
-            fresh_until: self.fresh_until,
-        }
+        Rendered::new(
+            self.status,
+            bytes::Bytes::from(self.to_json(details).to_string()),
+            self.fresh_until,
+        )
     }
 
     /// The worst status among the checks (a non-critical failure counts as `warn`).

@@ -1,8 +1,7 @@
 //! The HTTP endpoints.
 
 use axum::Router;
-use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 
 use crate::registry::{HealthRegistry, Rendered, Tag};
@@ -53,38 +52,26 @@ pub fn health_router<S: Clone + Send + Sync + 'static>(
         registry,
         details: details == Details::Shown,
     };
-    Router::new()
-        .route("/health/live", get(live))
-        .route("/health/ready", get(ready))
-        .route("/health/startup", get(startup))
-        .route("/health", get(all))
-        .with_state(endpoint)
+    // Handlers capture the endpoint instead of extracting it as `State`: an extractor
+    // splits the request into its parts and moves them, on every probe.
+    let route = |tag: Option<&'static Tag>| {
+        let endpoint = endpoint.clone();
+        get(move || async move { respond(endpoint.registry.render(tag, endpoint.details).await) })
+    };
+    Router::<()>::new()
+        .route("/health/live", route(Some(&Tag::Live)))
+        .route("/health/ready", route(Some(&Tag::Ready)))
+        .route("/health/startup", route(Some(&Tag::Startup)))
+        .route("/health", route(None))
+        // Turns the handlers into routes now rather than on every request.
+        .with_state(())
 }
 
 fn respond(rendered: Rendered) -> Response {
-    (
-        rendered.status.http_status(),
-        [
-            (http::header::CONTENT_TYPE, HEALTH_JSON),
-            (http::header::CACHE_CONTROL, "no-store"),
-        ],
-        rendered.body,
-    )
-        .into_response()
-}
-
-async fn live(State(e): State<Endpoint>) -> Response {
-    respond(e.registry.render(Some(&Tag::Live), e.details).await)
-}
-
-async fn ready(State(e): State<Endpoint>) -> Response {
-    respond(e.registry.render(Some(&Tag::Ready), e.details).await)
-}
-
-async fn startup(State(e): State<Endpoint>) -> Response {
-    respond(e.registry.render(Some(&Tag::Startup), e.details).await)
-}
-
-async fn all(State(e): State<Endpoint>) -> Response {
-    respond(e.registry.render(None, e.details).await)
+    // Built from the parts rendered with the body, instead of an `IntoResponse` tuple
+    // that parses and copies each header value and hashes each header on every probe.
+    let mut response = Response::new(axum::body::Body::from(rendered.body));
+    *response.status_mut() = rendered.status.http_status();
+    *response.headers_mut() = rendered.headers;
+    response
 }

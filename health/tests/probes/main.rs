@@ -421,3 +421,48 @@ async fn cached_results_and_durations_follow_tokio_time() {
         "no real waiting under paused time"
     );
 }
+
+/// The headers rendered once with a body (type, no-store, length) stay right on cached
+/// answers, on a refusal while draining, and on HEAD.
+#[tokio::test]
+async fn cached_answers_carry_their_own_length_and_headers() {
+    let registry = HealthRegistry::builder()
+        .started()
+        .register(Registration::new("db", fixed(CheckResult::pass())))
+        .build();
+    let app = router(&registry, true);
+    for _ in 0..2 {
+        let response = app
+            .clone()
+            .oneshot(Request::get("/health/ready").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let length: usize = response.headers()["content-length"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(response.headers()["cache-control"], "no-store");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/health+json"
+        );
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), length);
+    }
+    let head = app
+        .clone()
+        .oneshot(Request::head("/health/ready").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    registry.begin_drain();
+    let (status, headers, body) = get(&app, "/health/ready").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["content-type"], "application/health+json");
+    assert_eq!(
+        headers["content-length"].to_str().unwrap(),
+        body.to_string().len().to_string()
+    );
+}

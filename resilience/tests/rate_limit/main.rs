@@ -556,7 +556,11 @@ async fn a_limiter_on_tokio_time_follows_paused_time() {
         (Duration::from_millis(9_400)..Duration::from_millis(9_600)).contains(&taken),
         "{taken:?}"
     );
-    assert!(real.elapsed() < Duration::from_secs(2), "{:?}", real.elapsed());
+    assert!(
+        real.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        real.elapsed()
+    );
     assert!(limiter.check().is_err());
     tokio::time::advance(Duration::from_millis(500)).await;
     assert!(limiter.check().is_ok());
