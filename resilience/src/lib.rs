@@ -61,6 +61,9 @@ pub mod keyed;
 mod layer_error;
 pub mod pipeline;
 pub mod rate_limit;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis_connection;
 pub mod retry;
 mod retry_after;
 mod rolling;
@@ -68,6 +71,9 @@ pub mod timeout;
 
 pub use classify::{Classified, Classify, ErrorClass, class_of};
 pub use layer_error::LayerError;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis_connection::RedisConnection;
 pub use retry_after::{MAX_RETRY_AFTER, parse_retry_after};
 
 /// The README's example, compiled as a doctest.

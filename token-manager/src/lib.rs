@@ -83,6 +83,12 @@ pub use postgres_store::PostgresStore;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis_store::RedisStore;
 
+/// The Redis connection [`RedisStore`] and [`client::SharedTokenCache`] take (single
+/// node or cluster), the one every Keel crate takes: keel-resilience's.
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use keel_resilience::RedisConnection;
+
 /// The redis-rs version [`RedisStore`] and [`client::SharedTokenCache`] take
 /// connections of: name it through this re-export, so its version always matches.
 #[cfg(feature = "redis")]

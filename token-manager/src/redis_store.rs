@@ -28,9 +28,7 @@ use std::fmt;
 use std::time::Duration;
 
 use keel_resilience::timeout::with_timeout;
-use redis::aio::{ConnectionLike, ConnectionManager};
-use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+use redis::Script;
 
 use crate::store::{
     Family, FamilyId, RefreshTokenStore, RotateOutcome, RotateRequest, StoreError, TokenHash,
@@ -43,11 +41,11 @@ use crate::store::{
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use keel_token_manager::{RedisStore, RefreshConfig, RefreshTokens, SealingKeys};
 ///
-/// let client = redis::Client::open("redis://127.0.0.1:6379")?;
-/// let store = RedisStore::new(redis::aio::ConnectionManager::new(client).await?);
+/// use keel_resilience::RedisConnection;
+///
+/// let store = RedisStore::new(RedisConnection::single("redis://127.0.0.1:6379").await?);
 /// // Or a cluster:
-/// let cluster = redis::cluster::ClusterClient::new(vec!["redis://10.0.0.1:7000"])?;
-/// let store = RedisStore::cluster(cluster.get_async_connection().await?);
+/// let store = RedisStore::new(RedisConnection::cluster(["redis://10.0.0.1:7000"]).await?);
 /// let tokens = RefreshTokens::new(store, SealingKeys::generate(1)?, RefreshConfig::default())?;
 /// # Ok(()) }
 /// ```
@@ -61,50 +59,14 @@ pub struct RedisStore {
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
-            .field(
-                "cluster",
-                &matches!(self.connection, Connection::Cluster(_)),
-            )
+            .field("cluster", &self.connection.is_cluster())
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }
 
-/// A single-node or cluster connection; both reconnect by themselves.
-#[derive(Clone)]
-pub(crate) enum Connection {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl ConnectionLike for Connection {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Connection::Single(c) => c.req_packed_command(cmd),
-            Connection::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Connection::Single(c) => c.get_db(),
-            Connection::Cluster(c) => c.get_db(),
-        }
-    }
-}
+pub(crate) use keel_resilience::RedisConnection as Connection;
 
 fn hex(hash: &TokenHash) -> String {
     use std::fmt::Write as _;
@@ -306,23 +268,16 @@ impl Index {
 }
 
 impl RedisStore {
-    /// A store on one Redis node (or a primary with replicas), with keys under
-    /// `keel:rt:` and a 1 s limit per call.
+    /// A store on one Redis node (or a primary with replicas) or on a Redis Cluster,
+    /// with keys under `keel:rt:` and a 1 s limit per call: a
+    /// [`RedisConnection`](keel_resilience::RedisConnection), the way every Keel crate
+    /// takes Redis (or a redis-rs `ConnectionManager` / `ClusterConnection`). On a
+    /// cluster each family's keys share one hash slot, so rotations stay atomic; a
+    /// rotation takes three round trips instead of one.
     #[must_use]
-    pub fn new(connection: ConnectionManager) -> Self {
-        Self::with(Connection::Single(connection))
-    }
-
-    /// A store on Redis Cluster: each family's keys share one hash slot, so rotations
-    /// stay atomic; a rotation takes three round trips instead of one.
-    #[must_use]
-    pub fn cluster(connection: ClusterConnection) -> Self {
-        Self::with(Connection::Cluster(connection))
-    }
-
-    fn with(connection: Connection) -> Self {
+    pub fn new(connection: impl Into<Connection>) -> Self {
         Self {
-            connection,
+            connection: connection.into(),
             prefix: "keel:rt:".into(),
             timeout: Duration::from_secs(1),
         }
@@ -449,7 +404,8 @@ impl RedisStore {
                 invocation.arg(&self.prefix).arg(hex(&r.presented));
                 self.run(invocation.invoke_async(&mut c)).await
             }
-            Connection::Cluster(_) => {
+            // A cluster (and whatever else may come): one family's keys in one slot.
+            _ => {
                 let Some(index) = self.index(&r.presented).await? else {
                     return Ok(vec![b"unknown".to_vec()]);
                 };

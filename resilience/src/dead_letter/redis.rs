@@ -13,7 +13,9 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use redis::Value;
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::ConnectionLike;
+
+use crate::RedisConnection;
 
 use super::error::DeadLetterError;
 use super::letter::{DeadLetter, LetterId, NewLetter, class_from, class_text, from_millis, millis};
@@ -158,9 +160,8 @@ struct Scripts {
     clear: redis::Script,
 }
 
-/// Dead letters in a Redis stream: a single node through a [`ConnectionManager`] (the
-/// default) or a Redis Cluster through redis-rs's `cluster_async::ClusterConnection`, or
-/// any cloneable [`ConnectionLike`]. Bounded (100 000 letters by default; refuses when
+/// Dead letters in a Redis stream, on a [`RedisConnection`] (single node or cluster: the
+/// default, the way every Keel crate takes Redis) or any cloneable [`ConnectionLike`]. Bounded (100 000 letters by default; refuses when
 /// full), payloads up to 1 MiB. Letters are as durable as Redis is configured to be
 /// (AOF with `appendfsync everysec` or better for a queue you rely on).
 ///
@@ -168,13 +169,12 @@ struct Scripts {
 /// use keel_resilience::dead_letter::{DeadLetterQueue, RedisDeadLetters};
 ///
 /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-/// let client = redis::Client::open("redis://127.0.0.1:6379")?;
-/// let connection = redis::aio::ConnectionManager::new(client).await?;
+/// let connection = keel_resilience::RedisConnection::single("redis://127.0.0.1:6379").await?;
 /// let queue = DeadLetterQueue::new("orders", RedisDeadLetters::new(connection, "orders"));
 /// println!("{} letters", queue.stats().await?.letters);
 /// # Ok(()) }
 /// ```
-pub struct RedisDeadLetters<C = ConnectionManager> {
+pub struct RedisDeadLetters<C = RedisConnection> {
     connection: C,
     keys: [String; 3],
     capacity: usize,

@@ -3,7 +3,9 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::ConnectionLike;
+
+use crate::RedisConnection;
 
 use super::RateLimited;
 use crate::classify::{Classify, ErrorClass};
@@ -95,11 +97,10 @@ impl Classify for RedisRateLimitError {
     }
 }
 
-/// A rate limit shared by every instance of a service: `per_second` calls per second
-/// per key, with bursts of `burst`, kept in Redis: a single node through a
-/// [`ConnectionManager`] (the default), a Redis Cluster through redis-rs's
-/// `cluster_async::ClusterConnection` (feature `cluster-async` of `redis`), or any
-/// cloneable [`ConnectionLike`]; each key is one slot. Each check is one round trip
+/// A rate limit shared by every instance of a service: a [`Quota`](super::Quota) per key,
+/// kept in Redis: on a [`RedisConnection`] (single node or cluster: the default, the way
+/// every Keel crate takes Redis) or any cloneable [`ConnectionLike`]; each key is one
+/// slot. Each check is one round trip
 /// running one Lua script, so concurrent instances can never both take the last call.
 /// Any rate is kept exactly (no interval rounding, even above a million per second).
 ///
@@ -113,14 +114,13 @@ impl Classify for RedisRateLimitError {
 /// use keel_resilience::rate_limit::{Quota, RedisRateLimiter};
 ///
 /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-/// let client = redis::Client::open("redis://127.0.0.1:6379")?;
-/// let connection = redis::aio::ConnectionManager::new(client).await?;
+/// let connection = keel_resilience::RedisConnection::single("redis://127.0.0.1:6379").await?;
 /// let limiter = RedisRateLimiter::new(connection, "graph-tenant", Quota::per_second(100).burst(20)).unwrap();
 /// limiter.check("tenant:contoso").await?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
-pub struct RedisRateLimiter<C = ConnectionManager> {
+pub struct RedisRateLimiter<C = RedisConnection> {
     connection: C,
     script: redis::Script,
     name: Cow<'static, str>,

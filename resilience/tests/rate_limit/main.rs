@@ -491,9 +491,12 @@ async fn a_limit_kept_in_a_redis_cluster_works_for_every_key() {
     // a single-node `ConnectionManager`: pointed at a cluster node, 23 of 30 keys (slots
     // on other nodes) got a MOVED error and the limiter failed closed for them. It now
     // takes a cluster connection.
+    // Connected the way every Keel crate takes Redis.
     let cluster = keel_testkit::RedisCluster::start(3).unwrap();
-    let client = redis::cluster::ClusterClient::new(cluster.urls()).unwrap();
-    let connection = client.get_async_connection().await.unwrap();
+    let connection = keel_resilience::RedisConnection::cluster(cluster.urls())
+        .await
+        .unwrap();
+    assert!(connection.is_cluster());
     let limiter = RedisRateLimiter::new(connection, "tenants", Quota::per_second(100).burst(2))
         .unwrap()
         .decision_timeout(Duration::from_secs(1));
@@ -564,4 +567,29 @@ async fn a_limiter_on_tokio_time_follows_paused_time() {
     assert!(limiter.check().is_err());
     tokio::time::advance(Duration::from_millis(500)).await;
     assert!(limiter.check().is_ok());
+}
+
+/// `RedisConnection::single` is the documented way to hand a node to every Keel crate:
+/// it works with the limiter, says nothing of its address in `Debug`, and a bad URL is
+/// an error, not a panic.
+#[tokio::test]
+async fn a_redis_connection_to_one_node_serves_the_limiter() {
+    let redis = RedisServer::start().unwrap();
+    let connection = keel_resilience::RedisConnection::single(&redis.url())
+        .await
+        .unwrap();
+    assert!(!connection.is_cluster());
+    assert_eq!(format!("{connection:?}"), "RedisConnection::Single");
+    let limiter =
+        RedisRateLimiter::new(connection, "single", Quota::per_second(10).burst(1)).unwrap();
+    limiter.check("k").await.unwrap();
+    assert!(matches!(
+        limiter.check("k").await,
+        Err(RedisRateLimitError::Limited(_))
+    ));
+    assert!(
+        keel_resilience::RedisConnection::single("not a url")
+            .await
+            .is_err()
+    );
 }

@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use keel_resilience::ErrorClass;
 use keel_resilience::timeout::with_timeout;
-use redis::aio::ConnectionManager;
-use redis::cluster_async::ClusterConnection;
 use redis::{Script, Value};
 use tokio::time::Instant;
 use tracing::Instrument as _;
@@ -214,7 +212,7 @@ struct Counters {
 /// use keel_token_manager::client::{Authority, CachingProvider, ClientSecretCredential, SharedTokenCache};
 ///
 /// let credential = ClientSecretCredential::new(Authority::AzurePublic, "contoso.onmicrosoft.com", "app-id", "secret")?;
-/// let redis = redis::aio::ConnectionManager::new(redis::Client::open("redis://127.0.0.1:6379")?).await?;
+/// let redis = keel_resilience::RedisConnection::single("redis://127.0.0.1:6379").await?;
 /// // The same 32-byte key on every instance (from your secret store).
 /// let keys = SealingKeys::new(&[(1, &[7u8; 32])])?;
 /// let tokens = CachingProvider::new(SharedTokenCache::new(credential, redis, keys, "app-id"));
@@ -306,34 +304,19 @@ impl<P: TokenProvider> SharedTokenCache<P> {
     /// system-assigned managed identity or a provider made with
     /// [`from_fn`](super::from_fn) has none, and then the namespace alone keeps two
     /// services' tokens apart. `keys` must be the same on every instance.
+    ///
+    /// `connection` is a [`RedisConnection`](keel_resilience::RedisConnection), single
+    /// node or cluster (a key's record and lock share a slot), the way every Keel crate
+    /// takes Redis; a redis-rs `ConnectionManager` or `ClusterConnection` converts.
     pub fn new(
         provider: P,
-        connection: ConnectionManager,
-        keys: SealingKeys,
-        namespace: impl Into<String>,
-    ) -> Self {
-        Self::with(provider, Connection::Single(connection), keys, namespace)
-    }
-
-    /// The same on a Redis Cluster (a key's record and lock share a slot).
-    pub fn cluster(
-        provider: P,
-        connection: ClusterConnection,
-        keys: SealingKeys,
-        namespace: impl Into<String>,
-    ) -> Self {
-        Self::with(provider, Connection::Cluster(connection), keys, namespace)
-    }
-
-    fn with(
-        provider: P,
-        connection: Connection,
+        connection: impl Into<Connection>,
         keys: SealingKeys,
         namespace: impl Into<String>,
     ) -> Self {
         Self {
             provider: Arc::new(provider),
-            connection,
+            connection: connection.into(),
             keys,
             namespace: namespace.into(),
             prefix: "keel:tok:".into(),

@@ -65,7 +65,7 @@ impl Backend {
                     .response_timeout(Duration::from_secs(1))
                     .build()
                     .unwrap();
-                Arc::new(RedisStore::cluster(
+                Arc::new(RedisStore::new(
                     client.get_async_connection().await.unwrap(),
                 ))
             }
@@ -944,7 +944,7 @@ async fn on_a_cluster_read_from_replicas_revocation_still_reaches_the_primary() 
         .response_timeout(Duration::from_secs(1))
         .build()
         .unwrap();
-    let store = RedisStore::cluster(client.get_async_connection().await.unwrap()).prefix(prefix);
+    let store = RedisStore::new(client.get_async_connection().await.unwrap()).prefix(prefix);
     let tokens = RefreshTokens::new(store, SealingKeys::generate(1).unwrap(), strict()).unwrap();
 
     let logged_out = tokens.issue("user-1", "web").await.unwrap();

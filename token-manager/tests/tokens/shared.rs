@@ -128,7 +128,7 @@ async fn two_instances_on_a_cluster_make_one_request() {
             .build()
             .unwrap();
         let connection = client.get_async_connection().await.unwrap();
-        instances.push(SharedTokenCache::cluster(
+        instances.push(SharedTokenCache::new(
             endpoint.clone(),
             connection,
             keys(),
