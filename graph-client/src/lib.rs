@@ -5,7 +5,8 @@
 //! **Status:** being built (issue 15). Landed so far: the clouds and their hosts
 //! ([`Cloud`], [`ApiVersion`]) and Graph's errors read from hostile responses into
 //! types a caller branches on ([`GraphError`], [`ApiError`], classified for
-//! keel-resilience's retry and breaker). To come: the client over reqwest with one
+//! keel-resilience's retry and breaker); requests to any path with OData query options,
+//! checked before they are sent ([`GraphRequest`]). To come: the client over reqwest with one
 //! pipeline of auth, retry, throttling and circuit breaking for all traffic; paging as
 //! a bounded-memory `Stream`; typed models for users, groups, teams, channels and
 //! Planner; `$batch` with automatic splitting and `dependsOn` chains; a delta tracker;
@@ -43,6 +44,8 @@
 
 mod cloud;
 mod error;
+mod request;
 
 pub use cloud::{ApiVersion, Cloud, CloudError, CustomCloud};
 pub use error::{ApiError, BodyProblem, GraphError};
+pub use request::{GraphRequest, RequestError};
