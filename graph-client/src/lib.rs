@@ -6,7 +6,8 @@
 //! ([`Cloud`], [`ApiVersion`]) and Graph's errors read from hostile responses into
 //! types a caller branches on ([`GraphError`], [`ApiError`], classified for
 //! keel-resilience's retry and breaker); requests to any path with OData query options,
-//! checked before they are sent ([`GraphRequest`]). To come: the client over reqwest with one
+//! checked before they are sent ([`GraphRequest`]); serde models of users, groups,
+//! members, teams, channels and Planner, and pages ([`model`]). To come: the client over reqwest with one
 //! pipeline of auth, retry, throttling and circuit breaking for all traffic; paging as
 //! a bounded-memory `Stream`; typed models for users, groups, teams, channels and
 //! Planner; `$batch` with automatic splitting and `dependsOn` chains; a delta tracker;
@@ -44,6 +45,7 @@
 
 mod cloud;
 mod error;
+pub mod model;
 mod request;
 
 pub use cloud::{ApiVersion, Cloud, CloudError, CustomCloud};
