@@ -129,6 +129,18 @@ impl Cloud {
         }))
     }
 
+    /// `http://{addr}` for Graph and login: the emulator's cloud.
+    #[cfg(feature = "emulator")]
+    pub(crate) fn loopback(addr: std::net::SocketAddr) -> Self {
+        let origin = format!("http://{addr}");
+        Cloud::Custom(CustomCloud {
+            graph: Base {
+                origin: origin.clone(),
+            },
+            login: Base { origin },
+        })
+    }
+
     /// The Graph base URL, without a trailing `/`.
     #[must_use]
     pub fn graph_base(&self) -> &str {

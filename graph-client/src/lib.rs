@@ -41,9 +41,13 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | `correlation` | sends `keel-observability` correlation ids as `client-request-id` |
+//! | `emulator` | [`emulator::Emulator`]: Graph and the Entra ID token endpoint in process, on loopback, with fault injection |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod cloud;
+#[cfg(feature = "emulator")]
+#[cfg_attr(docsrs, doc(cfg(feature = "emulator")))]
+pub mod emulator;
 mod error;
 pub mod model;
 mod request;

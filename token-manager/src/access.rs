@@ -77,9 +77,20 @@ pub struct AccessTokenClaims {
     /// a multi-tenant issuer template and [`Validator::tenants`](crate::Validator::tenants).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tid: Option<String>,
+    /// Application permissions granted to the client (Entra ID's app-only tokens carry
+    /// them here, `scope` / `scp` holding delegated ones).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
 }
 
 impl AccessTokenClaims {
+    /// Whether `roles` holds `wanted` (an application permission such as
+    /// `User.Read.All`).
+    #[must_use]
+    pub fn has_role(&self, wanted: &str) -> bool {
+        self.roles.iter().any(|r| r == wanted)
+    }
+
     /// Whether the space-separated `scope` holds `wanted`.
     #[must_use]
     pub fn has_scope(&self, wanted: &str) -> bool {
@@ -106,6 +117,8 @@ pub struct Grant {
     acr: Option<String>,
     amr: Vec<String>,
     auth_time: Option<u64>,
+    tenant: Option<String>,
+    roles: Vec<String>,
 }
 
 impl Grant {
@@ -118,7 +131,25 @@ impl Grant {
             acr: None,
             amr: Vec::new(),
             auth_time: None,
+            tenant: None,
+            roles: Vec::new(),
         }
+    }
+
+    /// The tenant the token is issued in (the `tid` claim).
+    pub fn tenant(mut self, tid: impl Into<String>) -> Self {
+        self.tenant = Some(tid.into());
+        self
+    }
+
+    /// Application permissions (the `roles` claim).
+    pub fn roles<I, S>(mut self, roles: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.roles = roles.into_iter().map(Into::into).collect();
+        self
     }
 
     /// Space-separated scopes.
@@ -294,7 +325,8 @@ impl AccessTokenIssuer {
             acr: grant.acr.clone(),
             amr: grant.amr.clone(),
             auth_time: grant.auth_time,
-            tid: None,
+            tid: grant.tenant.clone(),
+            roles: grant.roles.clone(),
         };
         let mut header = Header::new(key.algorithm().jwt());
         header.typ = Some(ACCESS_TOKEN_TYP.to_owned());

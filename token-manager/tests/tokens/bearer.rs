@@ -189,6 +189,7 @@ fn step_up_and_refresh_errors_become_problems() {
             amr: vec![],
             auth_time: None,
             tid: None,
+            roles: Vec::new(),
         })
         .unwrap_err();
     let response = challenge.to_problem().to_response();

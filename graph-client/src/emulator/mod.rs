@@ -1,0 +1,295 @@
+//! An in-process emulator of Microsoft Graph and of the Entra ID v2 token endpoint
+//! (feature `emulator`), for this crate's tests and for yours.
+//!
+//! It serves HTTP on a loopback port and behaves as Microsoft documents: the
+//! client-credentials grant at `{base}/{tenant}/oauth2/v2.0/token` (tokens signed with a
+//! keel-token-manager key ring, published at `{base}/{tenant}/discovery/v2.0/keys` and
+//! described at `{base}/{tenant}/v2.0/.well-known/openid-configuration`); every Graph
+//! call checks its bearer token (signature, issuer, audience, tenant, expiry) and its
+//! application permissions (`roles`), and sees only its own tenant's data. Graph's
+//! answers carry `request-id`, echo `client-request-id`, and fail with Graph's error
+//! body. Faults are injected by rule ([`FaultRule`]).
+//!
+//! Served so far: `/v1.0/users` and `/beta/users` (paging with `$top` and
+//! `@odata.nextLink`, `$select`, `$filter` with `eq` and `startswith`, `$count` with
+//! `ConsistencyLevel: eventual`) and `/users/{id}`.
+//!
+//! ```
+//! use keel_graph_client::emulator::{Emulator, FaultRule};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let graph = Emulator::start_default().await.unwrap();
+//! let tenant = &graph.tenants()[0];
+//! assert_eq!(tenant.domain(), "contoso.onmicrosoft.com");
+//! let token_url = graph.token_endpoint(tenant.id());
+//! assert!(token_url.starts_with("http://127.0.0.1:"));
+//! // One 429 with `Retry-After: 2` for the next call to /v1.0/users:
+//! graph.faults().add(FaultRule::path("/v1.0/users").throttle("2").times(1));
+//! # }
+//! ```
+
+mod directory;
+mod faults;
+mod graph;
+mod token;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use keel_token_manager::{Algorithm, KeyRing, SigningKey, Validator};
+
+use crate::cloud::Cloud;
+pub use directory::TenantSeed;
+pub use faults::{Fault, FaultRule, Faults};
+
+/// The audience of Graph tokens (what Entra ID puts in `aud` for Graph).
+pub const GRAPH_AUDIENCE: &str = "https://graph.microsoft.com";
+
+/// A running emulator; dropping it stops the server.
+#[derive(Debug)]
+pub struct Emulator {
+    state: Arc<State>,
+    addr: SocketAddr,
+    server: tokio::task::JoinHandle<()>,
+}
+
+/// What the routes share.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) base: String,
+    pub(crate) tenants: Vec<directory::Tenant>,
+    pub(crate) keys: KeyRing,
+    pub(crate) validator: Validator,
+    pub(crate) faults: Faults,
+    pub(crate) graph_requests: AtomicU64,
+    pub(crate) token_requests: AtomicU64,
+    pub(crate) next_request_id: AtomicU64,
+}
+
+impl State {
+    pub(crate) fn tenant(&self, id_or_domain: &str) -> Option<&directory::Tenant> {
+        self.tenants.iter().find(|t| {
+            t.seed.id.eq_ignore_ascii_case(id_or_domain)
+                || t.seed.domain.eq_ignore_ascii_case(id_or_domain)
+        })
+    }
+
+    pub(crate) fn request_id(&self) -> String {
+        let n = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        format!("{:08x}-e7a0-4c1e-9000-{n:012x}", std::process::id())
+    }
+}
+
+/// Why the emulator could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EmulatorError {
+    /// No loopback port could be bound.
+    #[error("could not bind a loopback port")]
+    Bind(#[source] std::io::Error),
+    /// The signing key could not be made.
+    #[error("could not make the emulator's signing key")]
+    Key(#[source] keel_token_manager::KeyError),
+    /// Two tenants share an id or a domain, or an id is not a GUID.
+    #[error("tenant ids must be distinct GUIDs and domains distinct")]
+    Tenants,
+}
+
+/// Seeds and starts an [`Emulator`].
+#[derive(Debug, Default)]
+#[must_use]
+pub struct EmulatorBuilder {
+    tenants: Vec<TenantSeed>,
+}
+
+impl EmulatorBuilder {
+    /// Adds a tenant.
+    pub fn tenant(mut self, tenant: TenantSeed) -> Self {
+        self.tenants.push(tenant);
+        self
+    }
+
+    /// Binds `127.0.0.1` on a free port and starts serving, on the current tokio
+    /// runtime.
+    ///
+    /// # Errors
+    /// [`EmulatorError`] when no port can be bound, or the tenants collide.
+    pub async fn start(self) -> Result<Emulator, EmulatorError> {
+        let mut ids: Vec<String> = self
+            .tenants
+            .iter()
+            .map(|t| t.id.to_ascii_lowercase())
+            .collect();
+        let mut domains: Vec<String> = self
+            .tenants
+            .iter()
+            .map(|t| t.domain.to_ascii_lowercase())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        domains.sort();
+        domains.dedup();
+        if ids.len() != self.tenants.len()
+            || domains.len() != self.tenants.len()
+            || !self.tenants.iter().all(|t| directory::is_guid(&t.id))
+        {
+            return Err(EmulatorError::Tenants);
+        }
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(EmulatorError::Bind)?;
+        let addr = listener.local_addr().map_err(EmulatorError::Bind)?;
+        let base = format!("http://{addr}");
+        let keys = KeyRing::new(
+            SigningKey::generate("emulator-1", Algorithm::ES256).map_err(EmulatorError::Key)?,
+        );
+        let validator = Validator::new(
+            keys.clone(),
+            format!("{base}/{{tenantid}}/v2.0"),
+            GRAPH_AUDIENCE,
+        )
+        .tenants(self.tenants.iter().map(|t| t.id.to_ascii_lowercase()))
+        .accept_types(&["JWT"]);
+        let tenants = self
+            .tenants
+            .into_iter()
+            .enumerate()
+            .map(|(i, seed)| directory::Tenant::new(seed, i))
+            .collect();
+        let state = Arc::new(State {
+            base,
+            tenants,
+            keys,
+            validator,
+            faults: Faults::default(),
+            graph_requests: AtomicU64::new(0),
+            token_requests: AtomicU64::new(0),
+            next_request_id: AtomicU64::new(1),
+        });
+        let app = token::routes()
+            .merge(graph::routes())
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                faults::apply,
+            ))
+            .with_state(state.clone());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Emulator {
+            state,
+            addr,
+            server,
+        })
+    }
+}
+
+impl Emulator {
+    /// A builder, to seed tenants.
+    pub fn builder() -> EmulatorBuilder {
+        EmulatorBuilder::default()
+    }
+
+    /// Two tenants, `contoso.onmicrosoft.com` (250 users) and
+    /// `fabrikam.onmicrosoft.com` (20 users), each with a client `app` whose secret is
+    /// `secret` and which holds `User.Read.All`.
+    ///
+    /// # Errors
+    /// As [`EmulatorBuilder::start`].
+    pub async fn start_default() -> Result<Emulator, EmulatorError> {
+        Self::builder()
+            .tenant(
+                TenantSeed::new(
+                    "7b1c2a4e-0f1d-4c55-9a3e-2d6f1b0c0001",
+                    "contoso.onmicrosoft.com",
+                )
+                .client("app", "secret", ["User.Read.All"])
+                .users(250),
+            )
+            .tenant(
+                TenantSeed::new(
+                    "7b1c2a4e-0f1d-4c55-9a3e-2d6f1b0c0002",
+                    "fabrikam.onmicrosoft.com",
+                )
+                .client("app", "secret", ["User.Read.All"])
+                .users(20),
+            )
+            .start()
+            .await
+    }
+
+    /// The base URL (`http://127.0.0.1:{port}`), for Graph and login alike.
+    #[must_use]
+    pub fn base_url(&self) -> &str {
+        &self.state.base
+    }
+
+    /// The socket address served.
+    #[must_use]
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A [`Cloud`] whose Graph and login hosts are this emulator.
+    #[must_use]
+    pub fn cloud(&self) -> Cloud {
+        Cloud::loopback(self.addr)
+    }
+
+    /// The token endpoint of `tenant` (its id or domain).
+    #[must_use]
+    pub fn token_endpoint(&self, tenant: &str) -> String {
+        format!("{}/{tenant}/oauth2/v2.0/token", self.state.base)
+    }
+
+    /// The seeded tenants.
+    #[must_use]
+    pub fn tenants(&self) -> Vec<TenantSeed> {
+        self.state.tenants.iter().map(|t| t.seed.clone()).collect()
+    }
+
+    /// The fault rules in force; add and clear them while the emulator runs.
+    #[must_use]
+    pub fn faults(&self) -> &Faults {
+        &self.state.faults
+    }
+
+    /// How many Graph requests were received (token requests not included).
+    #[must_use]
+    pub fn graph_requests(&self) -> u64 {
+        self.state.graph_requests.load(Ordering::Relaxed)
+    }
+
+    /// How many token requests were received.
+    #[must_use]
+    pub fn token_requests(&self) -> u64 {
+        self.state.token_requests.load(Ordering::Relaxed)
+    }
+}
+
+/// `%XX` and `+` decoded (a form or a query string); `None` for bad escapes or UTF-8.
+pub(crate) fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
