@@ -9,9 +9,8 @@ use keel_resilience::breaker::{
     CircuitBreaker, CircuitBreakerConfig, OpenWait, Outcome, SlidingWindow,
 };
 use keel_resilience::timeout::with_timeout;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+use redis::Script;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 /// A Redis L2 for [`CacheBuilder::l2`](crate::CacheBuilder::l2): where the cache's shared
 /// entries live and where its backplane runs.
@@ -728,37 +727,6 @@ return {epoch, seq, gen, nonce_at(seq) or '', rewound}
     })
 }
 
-/// A single-node or cluster connection; both reconnect by themselves.
-#[derive(Clone)]
-pub(crate) enum Connection {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl ConnectionLike for Connection {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Connection::Single(c) => c.req_packed_command(cmd),
-            Connection::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Connection::Single(c) => c.get_db(),
-            Connection::Cluster(c) => c.get_db(),
-        }
-    }
-}
+/// A single-node or cluster connection (both reconnect by themselves): the one every
+/// Keel crate uses.
+pub(crate) use keel_resilience::RedisConnection as Connection;

@@ -27,7 +27,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// services. Clocks kept in sync by NTP are good enough for lifetimes of seconds and up.
 ///
 /// Implemented by [`SystemClock`] (precise), [`CoarseClock`] (one atomic load, for hot
-/// paths) and [`ManualClock`] (tests); `Arc<C>` is a clock too.
+/// paths) and [`ManualClock`] (tests); `Arc<C>` is a clock too. A clock must be
+/// `RefUnwindSafe` (so the key rings and validators holding one stay unwind-safe): wrap
+/// a closure-based clock in `std::panic::AssertUnwindSafe` inside your type.
 pub trait WallClock: Send + Sync + std::panic::RefUnwindSafe + fmt::Debug + 'static {
     /// Milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
@@ -47,6 +49,16 @@ impl<C: WallClock + ?Sized> WallClock for Arc<C> {
     #[inline]
     fn now_ms(&self) -> u64 {
         (**self).now_ms()
+    }
+
+    #[inline]
+    fn now(&self) -> SystemTime {
+        (**self).now()
+    }
+
+    #[inline]
+    fn now_secs(&self) -> u64 {
+        (**self).now_secs()
     }
 }
 
@@ -171,10 +183,14 @@ impl ManualClock {
         Self::new(SystemClock.now_ms())
     }
 
-    /// Moves the clock forward.
+    /// Moves the clock forward (stopping at the end of time, never wrapping round).
     pub fn advance(&self, by: Duration) {
         let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
-        self.0.fetch_add(ms, Ordering::SeqCst);
+        let _ = self
+            .0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |now| {
+                Some(now.saturating_add(ms))
+            });
     }
 
     /// Sets the clock, forward or back (a stepped wall clock, as NTP does after a
@@ -209,6 +225,39 @@ mod tests {
         assert_eq!(clock.now(1_005_040 - 900_000, 40), 1_005_040);
         // Once the wall clock is ahead again it is followed.
         assert_eq!(clock.now(1_009_000, 50), 1_009_000);
+    }
+
+    #[test]
+    fn a_manual_clock_stops_at_the_end_of_time_instead_of_wrapping() {
+        let clock = ManualClock::new(1_000);
+        clock.advance(Duration::MAX);
+        assert_eq!(clock.now_ms(), u64::MAX);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(clock.now_ms(), u64::MAX);
+    }
+
+    /// A clock that computes its own `now` and `now_secs` is read the same through an
+    /// `Arc<dyn WallClock>` (what every Keel type holds).
+    #[test]
+    fn an_arc_passes_every_method_through() {
+        #[derive(Debug)]
+        struct Odd;
+        impl WallClock for Odd {
+            fn now_ms(&self) -> u64 {
+                1_000_000
+            }
+            fn now_secs(&self) -> u64 {
+                42
+            }
+            fn now(&self) -> SystemTime {
+                UNIX_EPOCH + Duration::from_secs(42)
+            }
+        }
+        let shared: Arc<dyn WallClock> = Arc::new(Odd);
+        assert_eq!(shared.now_secs(), 42);
+        assert_eq!(shared.now(), UNIX_EPOCH + Duration::from_secs(42));
+        let boxed_twice = Arc::new(shared);
+        assert_eq!(boxed_twice.now_secs(), 42);
     }
 
     #[test]

@@ -15,14 +15,14 @@
 //! | [`bulkhead`] | [`Bulkhead`](bulkhead::Bulkhead): a concurrency limit with a bounded wait |
 //! | [`rate_limit`] | [`RateLimiter`](rate_limit::RateLimiter) and [`KeyedRateLimiter`](rate_limit::KeyedRateLimiter) from a validated [`Quota`](rate_limit::Quota); [`RateLimitLayer`](rate_limit::RateLimitLayer) (zero allocation); `RedisRateLimiter`, a GCRA in one Lua script shared by every instance (feature `redis`) |
 //! | [`pipeline`] | [`Pipeline`](pipeline::Pipeline): rate limit → total timeout → retry → breaker → bulkhead → attempt timeout, in that order; [`PipelineLayer`](pipeline::PipelineLayer): the pipeline, or any one policy, as a tower layer |
-//!
-//! Every policy's module holds its tower layer beside it (`breaker`, `timeout`,
-//! `rate_limit`, `pipeline`), each named `…Layer` / `…Service` / `ResponseFuture`, and a
-//! policy whose settings can be wrong says so with its module's `ConfigError`.
 //! | [`fallback`] | [`with_fallback`](fallback::with_fallback): a second answer for chosen errors |
 //! | [`hedge`] | [`Hedge`](hedge::Hedge): start another attempt when one is slow, take the first success |
 //! | [`keyed`] | [`KeyedRegistry`](keyed::KeyedRegistry): one breaker or limiter per key, bounded in size and dropped when idle |
 //! | [`parse_retry_after`] | `Retry-After` as seconds, fractional seconds or an HTTP date |
+//!
+//! Every policy's module holds its tower layer beside it (`breaker`, `timeout`,
+//! `rate_limit`, `pipeline`), each named `…Layer` / `…Service` / `ResponseFuture`, and a
+//! policy whose settings can be wrong says so with its module's `ConfigError`.
 //!
 //! ```
 //! use keel_resilience::pipeline::Pipeline;

@@ -50,28 +50,38 @@ impl std::fmt::Debug for RedisConnection {
     }
 }
 
-/// Connection attempts and replies wait at most this long by default (redis-rs waits
-/// for ever for a reply).
+/// Each connection attempt and each reply waits at most this long (redis-rs's default
+/// for replies is 500 ms; a Lua script of Keel's on a busy node can take longer).
 const TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The first connection, retries included, gives up after this long.
+const FIRST_CONNECTION: Duration = Duration::from_secs(3);
+
 impl RedisConnection {
-    /// Connects to one node at `url` (`redis://`, `rediss://` or `unix://`), with 1 s
-    /// limits on connecting and on each reply.
+    /// Connects to one node at `url` (`redis://`, `rediss://` or `unix://`): each
+    /// connection attempt and each reply waits at most 1 s, and the first connection,
+    /// with redis-rs's retries, at most 3 s. Later, the connection reconnects by itself.
     ///
     /// # Errors
-    /// redis-rs's error when the URL is invalid or the first connection fails.
+    /// redis-rs's error when the URL is invalid or no connection was made within 3 s.
     pub async fn single(url: &str) -> Result<Self, RedisError> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT));
-        Ok(RedisConnection::Single(
-            ConnectionManager::new_with_config(client, config).await?,
-        ))
+        let manager = tokio::time::timeout(
+            FIRST_CONNECTION,
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await
+        .map_err(|_| {
+            RedisError::from((redis::ErrorKind::Io, "no connection to Redis within 3 s"))
+        })??;
+        Ok(RedisConnection::Single(manager))
     }
 
-    /// Connects to the Redis Cluster that `urls` (any of its nodes) belong to, with the
-    /// same 1 s limits.
+    /// Connects to the Redis Cluster that `urls` (any of its nodes) belong to, with 1 s
+    /// limits on each connection attempt and each reply.
     ///
     /// # Errors
     /// redis-rs's error when a URL is invalid or no node answers.

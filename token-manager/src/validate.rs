@@ -536,13 +536,11 @@ impl Validator {
         // Times are checked below against the validator's clock.
         validation.validate_exp = false;
         validation.validate_nbf = false;
-        if self.issuer.contains(TENANT_PLACEHOLDER) {
-            // Checked against the token's own tenant below.
-            validation.iss = None;
-        } else {
-            validation.set_issuer(&[&self.issuer]);
-        }
-        validation.set_audience(&[&self.audience]);
+        // The issuer and the audience are checked below, after the times, in the order
+        // jsonwebtoken checks them (exp, nbf, iss, aud), so a refusal names the same
+        // reason it did when jsonwebtoken read the clock.
+        validation.iss = None;
+        validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         let claims = jsonwebtoken::decode::<AccessTokenClaims>(token, &key.key, &validation)
             .map(|data| data.claims)
@@ -570,6 +568,13 @@ impl Validator {
             .is_some_and(|nbf| nbf > now.saturating_add(leeway))
         {
             return Err(ValidationError::NotYetValid);
+        }
+        // A template's issuer is checked against the token's own tenant, below.
+        if !self.issuer.contains(TENANT_PLACEHOLDER) && claims.iss != self.issuer {
+            return Err(ValidationError::WrongIssuer);
+        }
+        if !claims.aud.contains(&self.audience) {
+            return Err(ValidationError::WrongAudience);
         }
         if claims.iat > now.saturating_add(leeway) {
             return Err(ValidationError::IssuedInFuture);

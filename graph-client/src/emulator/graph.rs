@@ -187,16 +187,9 @@ async fn get_user(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    if !version_ok(&version) {
-        return unknown_version(&state, &headers);
-    }
-    let tenant = match authorize(&state, &headers, READ_USERS) {
-        Ok(t) => t,
+    let (tenant, options) = match prepare(&state, &version, &headers, query.as_deref()) {
+        Ok(ready) => ready,
         Err(refused) => return *refused,
-    };
-    let options = match Options::parse(query.as_deref()) {
-        Ok(o) => o,
-        Err(message) => return bad_request(&state, &headers, &message),
     };
     let found = tenant.users.iter().find(|u| {
         u.get("id").and_then(Value::as_str) == Some(id.as_str())
@@ -232,16 +225,9 @@ async fn list_users(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    if !version_ok(&version) {
-        return unknown_version(&state, &headers);
-    }
-    let tenant = match authorize(&state, &headers, READ_USERS) {
-        Ok(t) => t,
+    let (tenant, options) = match prepare(&state, &version, &headers, query.as_deref()) {
+        Ok(ready) => ready,
         Err(refused) => return *refused,
-    };
-    let options = match Options::parse(query.as_deref()) {
-        Ok(o) => o,
-        Err(message) => return bad_request(&state, &headers, &message),
     };
     let eventual = headers
         .get("consistencylevel")
@@ -294,6 +280,22 @@ async fn list_users(
     }
     body.insert("value".into(), Value::Array(value));
     ok(&state, &headers, &Value::Object(body))
+}
+
+/// The version checked, the caller authorized to read users, the query options parsed.
+fn prepare<'s>(
+    state: &'s State,
+    version: &str,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<(&'s Tenant, Options), Box<Response>> {
+    if !version_ok(version) {
+        return Err(Box::new(unknown_version(state, headers)));
+    }
+    let tenant = authorize(state, headers, READ_USERS)?;
+    let options =
+        Options::parse(query).map_err(|message| Box::new(bad_request(state, headers, &message)))?;
+    Ok((tenant, options))
 }
 
 fn unknown_version(state: &State, headers: &HeaderMap) -> Response {

@@ -593,3 +593,23 @@ async fn a_redis_connection_to_one_node_serves_the_limiter() {
             .is_err()
     );
 }
+
+/// The first connection gives up within its documented 3 s, against a port that refuses
+/// and against one that accepts and never answers (redis-rs alone retried for 9–16 s).
+#[tokio::test]
+async fn a_first_connection_to_a_dead_redis_gives_up_within_three_seconds() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("redis://:hunter2@{}/", silent.local_addr().unwrap());
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused_url = format!("redis://:hunter2@{}/", refused.local_addr().unwrap());
+    drop(refused);
+    for url in [silent_url, refused_url] {
+        let started = std::time::Instant::now();
+        let error = keel_resilience::RedisConnection::single(&url)
+            .await
+            .unwrap_err();
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(3_600), "{url}: {took:?}");
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+    }
+}

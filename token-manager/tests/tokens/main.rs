@@ -256,6 +256,35 @@ fn the_ring_the_issuer_and_the_validator_follow_an_injected_clock() {
     assert!(step_up.check_at(&claims, clock.now()).is_err());
 }
 
+/// Refusal reasons keep jsonwebtoken's order (exp, nbf, iss, aud) now that the times
+/// are read on the validator's clock: an expired token for another issuer and audience
+/// is refused as expired (the review found it reported as the wrong audience).
+#[test]
+fn refusal_reasons_keep_their_order() {
+    use keel_resilience::clock::ManualClock;
+    let clock = ManualClock::starting_now();
+    let ring = KeyRing::new(pem_key("k", Algorithm::EdDSA)).clock(clock.clone());
+    let foreign =
+        AccessTokenIssuer::new(ring.clone(), "https://other.example", "https://other-api")
+            .ttl(Duration::from_secs(60));
+    let token = foreign.issue(&Grant::new("u", "c")).unwrap().token;
+    let validator = Validator::new(ring.clone(), ISSUER, AUDIENCE).leeway(Duration::ZERO);
+    assert_eq!(
+        validator.validate(&token),
+        Err(ValidationError::WrongIssuer)
+    );
+    let wrong_audience = AccessTokenIssuer::new(ring, ISSUER, "https://other-api")
+        .issue(&Grant::new("u", "c"))
+        .unwrap()
+        .token;
+    assert_eq!(
+        validator.validate(&wrong_audience),
+        Err(ValidationError::WrongAudience)
+    );
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(validator.validate(&token), Err(ValidationError::Expired));
+}
+
 /// Signs `claims` as an `at+jwt` with the Ed25519 fixture, the ring's active key.
 fn sign_with(ring: &KeyRing, claims: &serde_json::Value) -> String {
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
