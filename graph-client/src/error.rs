@@ -184,6 +184,37 @@ pub enum GraphError {
         /// The `Retry-After` delay, when the response had one.
         retry_after: Option<Duration>,
     },
+    /// A success whose body is not the JSON expected.
+    #[error("Graph answered {} with a body that is not the JSON expected (request-id {})", .status.as_u16(), .request_id.as_deref().unwrap_or("none"))]
+    Decode {
+        /// The status.
+        status: StatusCode,
+        /// The `request-id` response header.
+        request_id: Option<String>,
+        /// What serde_json said.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A response body over the limit (64 MiB, 1 MiB for an error).
+    #[error("Graph's response body is larger than the client reads")]
+    TooLarge,
+    /// The request could not be built.
+    #[error("the Graph request is invalid")]
+    Request(#[from] crate::request::RequestError),
+    /// No token provider was given for this tenant.
+    #[error("no token provider for tenant `{0}`: add it with GraphClientBuilder::tenant")]
+    UnknownTenant(String),
+    /// A URL (a next link) off the cloud's Graph origin: refused, so that no token is
+    /// ever sent to another host.
+    #[error("a URL off the cloud's Graph origin was refused (no token is sent there)")]
+    ForeignUrl,
+    /// No token could be had for the call.
+    #[error("no token for the Graph call")]
+    Token(#[source] keel_token_manager::client::TokenError),
+    /// The call did not reach Graph or its answer was cut (connection refused or
+    /// reset, a timeout).
+    #[error("the Graph call failed in transport")]
+    Transport(#[source] reqwest::Error),
 }
 
 fn code_or_status(e: &ApiError) -> &str {
@@ -284,16 +315,19 @@ impl GraphError {
     pub fn api(&self) -> Option<&ApiError> {
         match self {
             GraphError::Api(e) | GraphError::PreconditionFailed(e) => Some(e),
-            GraphError::UnreadableError { .. } => None,
+            _ => None,
         }
     }
 
-    /// The HTTP status of the response.
+    /// The HTTP status of the response, when there was one.
     #[must_use]
-    pub fn status(&self) -> StatusCode {
+    pub fn status(&self) -> Option<StatusCode> {
         match self {
-            GraphError::Api(e) | GraphError::PreconditionFailed(e) => e.status,
-            GraphError::UnreadableError { status, .. } => *status,
+            GraphError::Api(e) | GraphError::PreconditionFailed(e) => Some(e.status),
+            GraphError::UnreadableError { status, .. } | GraphError::Decode { status, .. } => {
+                Some(*status)
+            }
+            _ => None,
         }
     }
 
@@ -303,6 +337,7 @@ impl GraphError {
         match self {
             GraphError::Api(e) | GraphError::PreconditionFailed(e) => e.retry_after,
             GraphError::UnreadableError { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 }
@@ -312,7 +347,16 @@ impl Classify for GraphError {
     /// Graph's `Directory_ConcurrencyViolation` (409) are transient; the rest (a bad
     /// request, a missing item, a refused permission, a 412) is permanent.
     fn class(&self) -> ErrorClass {
-        let status = self.status();
+        match self {
+            GraphError::Token(e) => return e.class(),
+            GraphError::Transport(e) if e.is_timeout() || e.is_connect() || e.is_request() => {
+                return ErrorClass::Transient;
+            }
+            _ => {}
+        }
+        let Some(status) = self.status() else {
+            return ErrorClass::Permanent;
+        };
         match status.as_u16() {
             429 | 503 => ErrorClass::Throttled {
                 retry_after: self.retry_after(),

@@ -44,6 +44,7 @@
 //! | `emulator` | [`emulator::Emulator`]: Graph and the Entra ID token endpoint in process, on loopback, with fault injection |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod client;
 mod cloud;
 #[cfg(feature = "emulator")]
 #[cfg_attr(docsrs, doc(cfg(feature = "emulator")))]
@@ -52,6 +53,7 @@ mod error;
 pub mod model;
 mod request;
 
+pub use client::{BuildError, GraphClient, GraphClientBuilder, GraphResponse};
 pub use cloud::{ApiVersion, Cloud, CloudError, CustomCloud};
 pub use error::{ApiError, BodyProblem, GraphError};
 pub use request::{GraphRequest, RequestError};

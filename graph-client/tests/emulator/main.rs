@@ -2,6 +2,8 @@
 //! own OAuth client: tokens, authentication on every call, tenant isolation, paging,
 //! query options, Graph's errors and injected faults.
 
+mod client;
+
 use std::time::Duration;
 
 use keel_graph_client::emulator::{Emulator, FaultRule, TenantSeed};
