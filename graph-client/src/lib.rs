@@ -2,17 +2,25 @@
 //!
 //! A Microsoft Graph client for services.
 //!
-//! **Status:** being built (issue 15). Landed so far: the clouds and their hosts
-//! ([`Cloud`], [`ApiVersion`]) and Graph's errors read from hostile responses into
-//! types a caller branches on ([`GraphError`], [`ApiError`], classified for
-//! keel-resilience's retry and breaker); requests to any path with OData query options,
-//! checked before they are sent ([`GraphRequest`]); serde models of users, groups,
-//! members, teams, channels and Planner, and pages ([`model`]). To come: the client over reqwest with one
-//! pipeline of auth, retry, throttling and circuit breaking for all traffic; paging as
-//! a bounded-memory `Stream`; typed models for users, groups, teams, channels and
-//! Planner; `$batch` with automatic splitting and `dependsOn` chains; a delta tracker;
-//! webhook subscriptions and an axum receiver; and an in-process emulator of Graph and
-//! the Entra ID token endpoint with fault injection.
+//! **Status:** being built (issue 15). Landed so far:
+//!
+//! - [`GraphClient`]: a token provider per tenant, `client-request-id` and `SdkVersion`
+//!   on every call, retries of throttled answers (429, 503, `Retry-After` in seconds,
+//!   fractional seconds or an HTTP date) and of transient failures of idempotent calls,
+//!   with caps; a claims challenge answered once; [`pages`](GraphClient::pages) and
+//!   [`items`](GraphClient::items) streams with one page in memory and next links kept
+//!   on the cloud's Graph origin.
+//! - [`Cloud`] and [`ApiVersion`]: the national clouds, or your own base URLs.
+//! - [`GraphError`] and [`ApiError`]: Graph's errors read from hostile responses into
+//!   types a caller branches on, classified for keel-resilience's retry and breaker.
+//! - [`GraphRequest`]: any path with OData query options, checked before it is sent.
+//! - [`model`]: serde models of users, groups, members, teams, channels, Planner, pages.
+//! - `emulator` (feature `emulator`): Graph and the Entra ID token endpoint in process.
+//!
+//! To come: the client as extensible tower layers with a circuit breaker per host,
+//! adaptive concurrency per tenant and mailbox budgets, Planner helpers, `$batch` with
+//! automatic splitting, `dependsOn` chains and auto-batching, a delta tracker, and
+//! webhook subscriptions with an axum receiver.
 //!
 //! ```
 //! use http::{HeaderMap, HeaderValue, StatusCode};
@@ -57,3 +65,8 @@ pub use client::{BuildError, GraphClient, GraphClientBuilder, GraphResponse};
 pub use cloud::{ApiVersion, Cloud, CloudError, CustomCloud};
 pub use error::{ApiError, BodyProblem, GraphError};
 pub use request::{GraphRequest, RequestError};
+
+/// The README's example, compiled as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
