@@ -590,13 +590,23 @@ async fn a_postgres_crash_mid_rotation_leaves_the_family_before_or_after_never_b
     );
 }
 
-/// A `MakeWriter` that keeps everything written.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+thread_local! {
+    /// What the global test subscriber wrote for this thread, while capturing.
+    static CAPTURED: std::cell::RefCell<Option<Vec<u8>>> = const { std::cell::RefCell::new(None) };
+}
 
-impl std::io::Write for Captured {
+/// A `MakeWriter` that keeps what each thread writes in that thread's buffer (when it
+/// captures), so concurrent tests of the same binary never mix their events.
+#[derive(Clone, Copy, Default)]
+struct ThreadCapture;
+
+impl std::io::Write for ThreadCapture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        CAPTURED.with(|c| {
+            if let Some(out) = c.borrow_mut().as_mut() {
+                out.extend_from_slice(buf);
+            }
+        });
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -604,28 +614,39 @@ impl std::io::Write for Captured {
     }
 }
 
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for ThreadCapture {
     type Writer = Self;
     fn make_writer(&'a self) -> Self {
-        self.clone()
+        *self
     }
+}
+
+/// Runs `work` on this thread and returns what the audit events it caused wrote. A
+/// global subscriber (installed once) sees every callsite, so no other test that hit a
+/// callsite first can leave it cached as uninteresting (a thread-local subscriber lost
+/// events that way under plain `cargo test`).
+fn capture_events(work: impl FnOnce()) -> String {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(ThreadCapture)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other global subscriber in this test binary");
+    });
+    CAPTURED.with(|c| *c.borrow_mut() = Some(Vec::new()));
+    work();
+    let bytes = CAPTURED.with(|c| c.borrow_mut().take()).unwrap_or_default();
+    String::from_utf8(bytes).unwrap()
 }
 
 #[test]
 fn audit_events_name_what_happened_and_never_a_token_or_hash() {
     use keel_token_manager::{AccessTokenIssuer, Algorithm, Grant, KeyRing, SigningKey, Validator};
 
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(captured.clone())
-        .with_max_level(tracing::Level::INFO)
-        .finish();
     let mut secrets = Vec::new();
-    tracing::subscriber::with_default(subscriber, || {
-        // Other tests in this process may have hit these callsites first, with no
-        // subscriber of theirs interested, and tracing caches that: ask again now that
-        // this one is in place (otherwise events go missing under plain `cargo test`).
-        tracing::callsite::rebuild_interest_cache();
+    let log = capture_events(|| {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -656,7 +677,6 @@ fn audit_events_name_what_happened_and_never_a_token_or_hash() {
             }
         });
     });
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     for event in [
         "access_token_issued",
         "access_token_rejected",
