@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::stream::BoxStream;
-use http::{HeaderMap, Method, StatusCode};
-use keel_resilience::retry::Backoff;
+use http::{HeaderMap, StatusCode};
+use keel_resilience::retry::{Backoff, Idempotency};
 use keel_resilience::{Classify, ErrorClass};
 use keel_token_manager::client::{TokenProvider, TokenRequest, claims_challenge};
 use serde::de::DeserializeOwned;
@@ -359,10 +359,9 @@ impl GraphClient {
             .clone();
         let mut token_request = TokenRequest::new([inner.cloud.default_scope()]);
         let client_request_id = self.request_id();
-        let idempotent = request.method() == Method::GET
-            || request.method() == Method::HEAD
-            || request.method() == Method::PUT
-            || request.method() == Method::DELETE
+        // Safe to repeat: by method (RFC 9110), or a write guarded by `If-Match` (a
+        // repeat after a lost answer meets a changed ETag: 412, never a second write).
+        let idempotent = Idempotency::of_method(request.method()) == Idempotency::Idempotent
             || request.headers().contains_key(http::header::IF_MATCH);
         let mut waited = Duration::ZERO;
         let mut previous = Duration::ZERO;

@@ -351,7 +351,7 @@ fn encode_path(path: &str) -> String {
 /// Percent-encodes a query option's value: everything but unreserved characters and
 /// what OData expressions use freely (`(`, `)`, `,`, `:`, `$`, `/`), so `&`, `=`, `+`,
 /// `#`, `%`, `'`, quotes and spaces can never change the query's structure.
-fn encode_query_value(value: &str, out: &mut String) {
+pub(crate) fn encode_query_value(value: &str, out: &mut String) {
     for byte in value.bytes() {
         if byte.is_ascii_alphanumeric()
             || matches!(

@@ -1,8 +1,10 @@
 //! # keel-resilience
 //!
 //! Resilience policies for the Keel family, built to run on every call a service makes:
-//! lock-free where it matters, no allocation on the hot path, and time taken from
-//! tokio's clock so tests run under paused time.
+//! lock-free where it matters, no allocation on the hot path; monotonic time from
+//! tokio's clock so tests run under paused time (the in-process rate limiter's on
+//! request: [`RateLimiter::on_tokio_time`](rate_limit::RateLimiter::on_tokio_time)),
+//! wall-clock time from an injectable [`clock::WallClock`].
 //!
 //! | module | what it holds |
 //! |---|---|
@@ -74,6 +76,12 @@ pub use layer_error::LayerError;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis_connection::RedisConnection;
+
+/// The redis-rs version [`RedisConnection`] wraps and the Redis policies take: name it
+/// through this re-export, so its version always matches.
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis;
 pub use retry_after::{MAX_RETRY_AFTER, parse_retry_after};
 
 /// The README's example, compiled as a doctest.

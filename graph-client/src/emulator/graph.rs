@@ -402,7 +402,7 @@ impl Options {
         for (key, value) in &self.raw {
             query.push_str(key);
             query.push('=');
-            query.push_str(&encode(value));
+            crate::request::encode_query_value(value, &mut query);
             query.push('&');
         }
         query.push_str("$skiptoken=");
@@ -495,22 +495,4 @@ fn string_literal(text: &str) -> Option<String> {
 
 fn shorten(text: &str) -> String {
     text.chars().take(64).filter(|c| !c.is_control()).collect()
-}
-
-fn encode(text: &str) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric()
-            || matches!(
-                byte,
-                b'-' | b'.' | b'_' | b'~' | b'(' | b')' | b',' | b':' | b'$'
-            )
-        {
-            out.push(char::from(byte));
-        } else {
-            let _ = write!(out, "%{byte:02X}");
-        }
-    }
-    out
 }

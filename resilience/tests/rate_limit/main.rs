@@ -118,7 +118,9 @@ fn keyed_limiter_limits_keys_separately() {
     }
 }
 
-async fn connect(redis: &RedisServer) -> redis::aio::ConnectionManager {
+/// Built from keel-resilience's re-export of redis-rs (no version matching by hand).
+async fn connect(redis: &RedisServer) -> keel_resilience::redis::aio::ConnectionManager {
+    use keel_resilience::redis;
     let client = redis::Client::open(redis.url()).unwrap();
     // Short timeouts and one reconnect attempt, so an outage shows up in milliseconds.
     let config = redis::aio::ConnectionManagerConfig::new()
