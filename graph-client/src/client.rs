@@ -14,6 +14,8 @@ use keel_resilience::{Classify, ErrorClass};
 use keel_token_manager::client::{TokenProvider, TokenRequest, claims_challenge};
 use serde::de::DeserializeOwned;
 
+use crate::autobatch::{AutoBatch, AutoBatcher};
+use crate::budget::{Budgets, Concurrency, mailbox_of};
 use crate::cloud::{ApiVersion, Cloud};
 use crate::error::GraphError;
 use crate::model::Page;
@@ -54,6 +56,8 @@ struct Inner {
     retry: Retries,
     next_id: AtomicU64,
     id_prefix: String,
+    budgets: Budgets,
+    autobatch: Option<AutoBatcher>,
 }
 
 impl std::fmt::Debug for GraphClient {
@@ -85,6 +89,8 @@ pub struct GraphClientBuilder {
     tenants: HashMap<String, Arc<dyn TokenProvider>>,
     retry: Retries,
     http: Option<reqwest::Client>,
+    concurrency: Concurrency,
+    autobatch: Option<AutoBatch>,
 }
 
 impl std::fmt::Debug for GraphClientBuilder {
@@ -148,6 +154,23 @@ impl GraphClientBuilder {
         self
     }
 
+    /// How many calls of one tenant may be in flight (default
+    /// [`Concurrency::default`]: adaptive, halved on throttling). Calls to one Outlook
+    /// mailbox (`/users/{id}/messages`, `/me/events`, …) are also held to Outlook's
+    /// documented limits: four at once and 10,000 per 10 minutes, `$batch` items
+    /// included.
+    pub fn concurrency(mut self, concurrency: Concurrency) -> Self {
+        self.concurrency = concurrency;
+        self
+    }
+
+    /// Auto-batching (off by default): calls of one tenant made within `config`'s
+    /// window go out together as one `$batch`, each caller still getting its own answer.
+    pub fn auto_batch(mut self, config: AutoBatch) -> Self {
+        self.autobatch = Some(config);
+        self
+    }
+
     /// Your own reqwest client (proxies, certificates). Redirects are followed by it:
     /// keep reqwest's default policy, which drops `Authorization` on a cross-host
     /// redirect.
@@ -190,6 +213,8 @@ impl GraphClientBuilder {
                     (seed >> 32) as u32,
                     std::process::id() & 0xffff
                 ),
+                budgets: Budgets::new(self.concurrency),
+                autobatch: self.autobatch.map(AutoBatcher::new),
             }),
         })
     }
@@ -239,6 +264,8 @@ impl GraphClient {
                 attempt_timeout: Duration::from_secs(30),
             },
             http: None,
+            concurrency: Concurrency::default(),
+            autobatch: None,
         }
     }
 
@@ -248,7 +275,9 @@ impl GraphClient {
         &self.inner.cloud
     }
 
-    /// Sends `request` for `tenant` and returns Graph's answer.
+    /// Sends `request` for `tenant` and returns Graph's answer. With
+    /// [auto-batching](GraphClientBuilder::auto_batch) on, the request may travel in a
+    /// `$batch` with others; the answer is the same.
     ///
     /// # Errors
     /// A [`GraphError`]: Graph's error once retries are spent or for an error that is
@@ -259,7 +288,55 @@ impl GraphClient {
         request: &GraphRequest,
     ) -> Result<GraphResponse, GraphError> {
         let url = request.url(&self.inner.cloud, self.inner.version)?;
+        if let Some(batcher) = &self.inner.autobatch
+            && request.mailboxes.is_none()
+            && batcher.accepts(request, self.inner.version)
+        {
+            if !self
+                .inner
+                .tenants
+                .contains_key(&tenant.to_ascii_lowercase())
+            {
+                return Err(GraphError::UnknownTenant(tenant.chars().take(64).collect()));
+            }
+            return batcher.submit(self, tenant, request.clone()).await;
+        }
         self.send_url(tenant, request, &url).await
+    }
+
+    /// The current concurrency limit of `tenant` (calls in flight at once), as adapted
+    /// to Graph's throttling so far.
+    #[must_use]
+    pub fn concurrency_limit(&self, tenant: &str) -> usize {
+        self.inner
+            .budgets
+            .tenant(&tenant.to_ascii_lowercase())
+            .limit()
+            .floor() as usize
+    }
+
+    pub(crate) fn tenant_limiter(&self, tenant: &str) -> Arc<crate::budget::Adaptive> {
+        self.inner.budgets.tenant(&tenant.to_ascii_lowercase())
+    }
+
+    pub(crate) fn autobatch_ref(&self) -> Option<&AutoBatcher> {
+        self.inner.autobatch.as_ref()
+    }
+
+    pub(crate) fn version(&self) -> ApiVersion {
+        self.inner.version
+    }
+
+    pub(crate) fn retry_attempts(&self) -> u32 {
+        self.inner.retry.attempts
+    }
+
+    pub(crate) fn retry_total_delay(&self) -> Duration {
+        self.inner.retry.total_delay
+    }
+
+    pub(crate) fn backoff_delay(&self, attempt: u32, previous: Duration) -> Duration {
+        self.inner.retry.backoff.delay(attempt, previous)
     }
 
     /// Sends `request` and reads its body as `T`.
@@ -342,7 +419,7 @@ impl GraphClient {
             .boxed()
     }
 
-    async fn send_url(
+    pub(crate) async fn send_url(
         &self,
         tenant: &str,
         request: &GraphRequest,
@@ -361,8 +438,15 @@ impl GraphClient {
         let client_request_id = self.request_id();
         // Safe to repeat: by method (RFC 9110), or a write guarded by `If-Match` (a
         // repeat after a lost answer meets a changed ETag: 412, never a second write).
-        let idempotent = Idempotency::of_method(request.method()) == Idempotency::Idempotent
-            || request.headers().contains_key(http::header::IF_MATCH);
+        let idempotent = request.idempotent.unwrap_or_else(|| {
+            Idempotency::of_method(request.method()) == Idempotency::Idempotent
+                || request.headers().contains_key(http::header::IF_MATCH)
+        });
+        let mailboxes: Vec<String> = match &request.mailboxes {
+            Some(list) => list.clone(),
+            None => mailbox_of(self.relative_path(url)).into_iter().collect(),
+        };
+        let tenant_key = tenant.to_ascii_lowercase();
         let mut waited = Duration::ZERO;
         let mut previous = Duration::ZERO;
         let mut answered_challenge = false;
@@ -373,6 +457,8 @@ impl GraphClient {
                 .token(&token_request)
                 .await
                 .map_err(GraphError::Token)?;
+            // A place of the tenant's and of each mailbox's budget, for this attempt.
+            let held = inner.budgets.acquire(&tenant_key, &mailboxes).await;
             let mut call = inner
                 .http
                 .request(request.method().clone(), url)
@@ -385,7 +471,13 @@ impl GraphClient {
             if let Some(body) = request.body() {
                 call = call.body(body.to_vec());
             }
-            let error = match call.send().await {
+            let sent = call.send().await;
+            match &sent {
+                Ok(r) if matches!(r.status().as_u16(), 429 | 503) => held.tenant.throttled(),
+                Ok(_) => held.tenant.succeeded(),
+                Err(_) => {}
+            }
+            let error = match sent {
                 Ok(response) if response.status().is_success() => {
                     let status = response.status();
                     let headers = response.headers().clone();
@@ -449,8 +541,18 @@ impl GraphClient {
                 status = error.status().map(|s| s.as_u16()),
                 "retrying a Graph call"
             );
+            drop(held);
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// The path of `url` after the cloud's Graph base and the version segment.
+    fn relative_path<'u>(&self, url: &'u str) -> &'u str {
+        let rest = url
+            .strip_prefix(self.inner.cloud.graph_base())
+            .unwrap_or(url);
+        let rest = rest.trim_start_matches('/');
+        rest.split_once('/').map_or("", |(_, path)| path)
     }
 
     fn request_id(&self) -> String {

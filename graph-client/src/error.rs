@@ -215,6 +215,49 @@ pub enum GraphError {
     /// reset, a timeout).
     #[error("the Graph call failed in transport")]
     Transport(#[source] reqwest::Error),
+    /// A `$batch` step was not sent because a step it depends on failed (the client's
+    /// own 424: Graph's arrives as [`GraphError::Api`] with status 424).
+    #[error("batch step not sent: step `{0}` it depends on failed")]
+    FailedDependency(String),
+    /// The `$batch` request carrying this step failed as a whole (the source says how).
+    #[error("the $batch request carrying this step failed")]
+    BatchFailed(#[source] std::sync::Arc<GraphError>),
+    /// Graph's answer to a `$batch` request could not be matched to its steps.
+    #[error("Graph's $batch answer is unusable: {} (request-id {})", .problem.as_str(), .request_id.as_deref().unwrap_or("none"))]
+    BatchResponse {
+        /// What was wrong with it.
+        problem: BatchProblem,
+        /// The batch's `request-id` response header.
+        request_id: Option<String>,
+    },
+}
+
+/// What was wrong with an answer to `$batch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BatchProblem {
+    /// Not the JSON of a batch answer (`{"responses": […]}`).
+    NotJson,
+    /// An answer names an id that no step of the batch has.
+    UnknownId,
+    /// Two answers name the same id.
+    DuplicateId,
+    /// No answer for this step.
+    MissingResponse,
+    /// An answer without a valid status.
+    BadItem,
+}
+
+impl BatchProblem {
+    fn as_str(self) -> &'static str {
+        match self {
+            BatchProblem::NotJson => "not a batch answer",
+            BatchProblem::UnknownId => "an answer for an id that was not sent",
+            BatchProblem::DuplicateId => "two answers for one id",
+            BatchProblem::MissingResponse => "no answer for this step",
+            BatchProblem::BadItem => "an answer without a valid status",
+        }
+    }
 }
 
 fn code_or_status(e: &ApiError) -> &str {
@@ -327,6 +370,7 @@ impl GraphError {
             GraphError::UnreadableError { status, .. } | GraphError::Decode { status, .. } => {
                 Some(*status)
             }
+            GraphError::BatchFailed(e) => e.status(),
             _ => None,
         }
     }
@@ -337,6 +381,7 @@ impl GraphError {
         match self {
             GraphError::Api(e) | GraphError::PreconditionFailed(e) => e.retry_after,
             GraphError::UnreadableError { retry_after, .. } => *retry_after,
+            GraphError::BatchFailed(e) => e.retry_after(),
             _ => None,
         }
     }
@@ -349,6 +394,7 @@ impl Classify for GraphError {
     fn class(&self) -> ErrorClass {
         match self {
             GraphError::Token(e) => return e.class(),
+            GraphError::BatchFailed(e) => return e.class(),
             GraphError::Transport(e) if e.is_timeout() || e.is_connect() || e.is_request() => {
                 return ErrorClass::Transient;
             }

@@ -52,6 +52,9 @@
 //! | `emulator` | [`emulator::Emulator`]: Graph and the Entra ID token endpoint in process, on loopback, with fault injection |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod autobatch;
+mod batch;
+mod budget;
 mod client;
 mod cloud;
 #[cfg(feature = "emulator")]
@@ -60,10 +63,14 @@ pub mod emulator;
 mod error;
 pub mod model;
 mod request;
+mod resources;
 
+pub use autobatch::AutoBatch;
+pub use batch::{Batch, BatchError, BatchResponses, MAX_BATCH, StepId};
+pub use budget::Concurrency;
 pub use client::{BuildError, GraphClient, GraphClientBuilder, GraphResponse};
 pub use cloud::{ApiVersion, Cloud, CloudError, CustomCloud};
-pub use error::{ApiError, BodyProblem, GraphError};
+pub use error::{ApiError, BatchProblem, BodyProblem, GraphError};
 pub use request::{GraphRequest, RequestError};
 
 /// The README's example, compiled as a doctest.

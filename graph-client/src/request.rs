@@ -34,6 +34,11 @@ pub struct GraphRequest {
     body: Option<Vec<u8>>,
     version: Option<ApiVersion>,
     problem: Option<RequestError>,
+    /// The mailboxes a `$batch` request's items address (one entry per item).
+    pub(crate) mailboxes: Option<Vec<String>>,
+    /// Whether a repeat is safe, when the method alone does not say (a `$batch` of
+    /// reads).
+    pub(crate) idempotent: Option<bool>,
 }
 
 /// A request that cannot be sent as built.
@@ -50,6 +55,10 @@ pub enum RequestError {
     /// A header name or value that HTTP does not allow.
     #[error("invalid header `{0}`")]
     InvalidHeader(String),
+    /// A Planner update or delete for an item read without its `@odata.etag`: read it
+    /// again (Graph sends the ETag on every Planner item).
+    #[error("the Planner item has no @odata.etag to send as If-Match: read it again")]
+    MissingEtag,
     /// The body could not be serialised to JSON.
     #[error("the request body could not be serialised to JSON")]
     Body,
@@ -77,7 +86,21 @@ impl GraphRequest {
             body: None,
             version: None,
             problem,
+            mailboxes: None,
+            idempotent: None,
         }
+    }
+
+    /// The API version the request set for itself, if any.
+    #[must_use]
+    pub(crate) fn own_version(&self) -> Option<ApiVersion> {
+        self.version
+    }
+
+    /// The path, as given.
+    #[must_use]
+    pub(crate) fn path(&self) -> &str {
+        &self.path
     }
 
     /// `GET path`.

@@ -1,6 +1,12 @@
-//! The emulator's seeded data: tenants, their clients and their users.
+//! The emulator's seeded data: tenants, their clients, users, groups and their members,
+//! teams and channels, and the groups' Planner plans.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use serde_json::{Map, Value, json};
+
+use super::planner::PlannerStore;
 
 /// A tenant to seed: its id (a GUID), its domain, its clients and its users.
 ///
@@ -19,6 +25,7 @@ pub struct TenantSeed {
     pub(crate) domain: String,
     pub(crate) clients: Vec<Client>,
     pub(crate) users: usize,
+    pub(crate) groups: usize,
 }
 
 impl std::fmt::Debug for TenantSeed {
@@ -32,6 +39,7 @@ impl std::fmt::Debug for TenantSeed {
                 &self.clients.iter().map(|c| &c.id).collect::<Vec<_>>(),
             )
             .field("users", &self.users)
+            .field("groups", &self.groups)
             .finish()
     }
 }
@@ -52,6 +60,7 @@ impl TenantSeed {
             domain: domain.to_owned(),
             clients: Vec::new(),
             users: 0,
+            groups: 0,
         }
     }
 
@@ -76,6 +85,15 @@ impl TenantSeed {
         self
     }
 
+    /// `n` generated Microsoft 365 groups (`Group 01`, …), each with five members taken
+    /// in turn from the users, and each with a Planner plan (buckets `To do` and `Done`,
+    /// four tasks). Even-numbered groups are teams, with channels `General` and
+    /// `Announcements`.
+    pub fn groups(mut self, n: usize) -> Self {
+        self.groups = n;
+        self
+    }
+
     /// The tenant id.
     #[must_use]
     pub fn id(&self) -> &str {
@@ -95,11 +113,19 @@ pub(crate) struct Tenant {
     pub(crate) seed: TenantSeed,
     /// Users as Graph shows them, ordered by id.
     pub(crate) users: Vec<Map<String, Value>>,
+    /// Groups as Graph shows them, ordered by id.
+    pub(crate) groups: Vec<Map<String, Value>>,
+    /// Each group's members (indexes into `users`).
+    pub(crate) members: HashMap<String, Vec<usize>>,
+    /// Each team's channels.
+    pub(crate) channels: HashMap<String, Vec<Map<String, Value>>>,
+    /// Plans, buckets, tasks and details: the writable part.
+    planner: Mutex<PlannerStore>,
 }
 
 impl Tenant {
     pub(crate) fn new(seed: TenantSeed, index: usize) -> Self {
-        let users = (0..seed.users)
+        let users: Vec<Map<String, Value>> = (0..seed.users)
             .map(|i| {
                 let n = i + 1;
                 let upn = format!("user{n:04}@{}", seed.domain);
@@ -125,7 +151,110 @@ impl Tenant {
                 user
             })
             .collect();
-        Tenant { seed, users }
+        let mut groups = Vec::new();
+        let mut members = HashMap::new();
+        let mut channels = HashMap::new();
+        let mut planner = PlannerStore::new(index);
+        for g in 0..seed.groups {
+            let n = g + 1;
+            let id = format!("{:08x}-0000-4000-9000-{n:012x}", index + 1);
+            let team = n % 2 == 0;
+            let nickname = format!("group{n:02}");
+            let mut group = Map::new();
+            group.insert("id".into(), json!(id));
+            group.insert("displayName".into(), json!(format!("Group {n:02}")));
+            group.insert("mailNickname".into(), json!(nickname));
+            group.insert("mail".into(), json!(format!("{nickname}@{}", seed.domain)));
+            group.insert("mailEnabled".into(), json!(true));
+            group.insert("securityEnabled".into(), json!(false));
+            group.insert("groupTypes".into(), json!(["Unified"]));
+            group.insert("visibility".into(), json!("Private"));
+            group.insert(
+                "resourceProvisioningOptions".into(),
+                json!(if team { vec!["Team"] } else { Vec::new() }),
+            );
+            let chosen: Vec<usize> = if users.is_empty() {
+                Vec::new()
+            } else {
+                (0..5.min(users.len()))
+                    .map(|k| (g * 5 + k) % users.len())
+                    .collect()
+            };
+            if team {
+                let channel = |k: usize, name: &str, description: &str| {
+                    let mut c = Map::new();
+                    c.insert(
+                        "id".into(),
+                        json!(format!("19:{:08x}{n:08x}{k:016x}@thread.tacv2", index + 1)),
+                    );
+                    c.insert("displayName".into(), json!(name));
+                    c.insert("description".into(), json!(description));
+                    c.insert("membershipType".into(), json!("standard"));
+                    c
+                };
+                channels.insert(
+                    id.clone(),
+                    vec![
+                        channel(1, "General", "The team's first channel."),
+                        channel(2, "Announcements", "News for the whole team."),
+                    ],
+                );
+            }
+            let owner =
+                chosen
+                    .first()
+                    .and_then(|&u| users.get(u))
+                    .and_then(|u: &Map<String, Value>| {
+                        u.get("id").and_then(Value::as_str).map(str::to_owned)
+                    });
+            planner.seed_plan(
+                &id,
+                &format!("Plan of Group {n:02}"),
+                owner.as_deref(),
+                &chosen
+                    .iter()
+                    .filter_map(|&u| {
+                        users
+                            .get(u)
+                            .and_then(|u| u.get("id"))
+                            .and_then(Value::as_str)
+                            .map(str::to_owned)
+                    })
+                    .collect::<Vec<_>>(),
+            );
+            members.insert(id, chosen);
+            groups.push(group);
+        }
+        Tenant {
+            seed,
+            users,
+            groups,
+            members,
+            channels,
+            planner: Mutex::new(planner),
+        }
+    }
+
+    /// The Planner data, locked.
+    pub(crate) fn planner(&self) -> MutexGuard<'_, PlannerStore> {
+        self.planner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A user by id or user principal name.
+    pub(crate) fn user(&self, id_or_upn: &str) -> Option<&Map<String, Value>> {
+        self.users.iter().find(|u| {
+            u.get("id").and_then(Value::as_str) == Some(id_or_upn)
+                || u.get("userPrincipalName")
+                    .and_then(Value::as_str)
+                    .is_some_and(|upn| upn.eq_ignore_ascii_case(id_or_upn))
+        })
+    }
+
+    /// A group by id.
+    pub(crate) fn group(&self, id: &str) -> Option<&Map<String, Value>> {
+        self.groups
+            .iter()
+            .find(|g| g.get("id").and_then(Value::as_str) == Some(id))
     }
 
     pub(crate) fn client(&self, id: &str) -> Option<&Client> {

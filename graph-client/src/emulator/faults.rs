@@ -29,6 +29,14 @@ pub enum Fault {
     },
     /// Answered 200 with a body cut in the middle of its JSON.
     Malformed,
+    /// Answered with this status and this body, as JSON (a body of your own: a batch
+    /// answer with unknown ids, an odd error).
+    Body {
+        /// The status.
+        status: StatusCode,
+        /// The body.
+        body: String,
+    },
 }
 
 /// A rule: which requests ([`path`](Self::path) prefix, [`tenant`](Self::tenant)) get
@@ -49,6 +57,7 @@ pub struct FaultRule {
     tenant: Option<String>,
     fault: Fault,
     remaining: Option<Arc<AtomicU32>>,
+    ratio: Option<(u32, u32, Arc<AtomicU32>)>,
 }
 
 impl FaultRule {
@@ -67,6 +76,7 @@ impl FaultRule {
             tenant: None,
             fault: Fault::Latency(Duration::ZERO),
             remaining: None,
+            ratio: None,
         }
     }
 
@@ -107,6 +117,22 @@ impl FaultRule {
         self
     }
 
+    /// Answer `status` with `body` (sent as JSON).
+    pub fn body(mut self, status: StatusCode, body: &str) -> Self {
+        self.fault = Fault::Body {
+            status,
+            body: body.to_owned(),
+        };
+        self
+    }
+
+    /// Apply to `numerator` of every `denominator` matching requests, spread evenly and
+    /// deterministically (`ratio(3, 10)`: 30%, the 4th, 7th and 10th of each ten).
+    pub fn ratio(mut self, numerator: u32, denominator: u32) -> Self {
+        self.ratio = Some((numerator, denominator.max(1), Arc::new(AtomicU32::new(0))));
+        self
+    }
+
     /// Apply to the next `n` matching requests only (default: every one).
     pub fn times(mut self, n: u32) -> Self {
         self.remaining = Some(Arc::new(AtomicU32::new(n)));
@@ -121,8 +147,16 @@ impl FaultRule {
                 .is_none_or(|t| tenant.is_some_and(|seen| seen.eq_ignore_ascii_case(t)))
     }
 
-    /// Takes one use; false once used up.
+    /// Takes one use; false once used up, or when the ratio skips this request.
     fn take(&self) -> bool {
+        if let Some((numerator, denominator, seen)) = &self.ratio {
+            let n = u64::from(seen.fetch_add(1, Ordering::SeqCst));
+            let (num, den) = (u64::from(*numerator), u64::from(*denominator));
+            // Applies when the running share (n+1)·num/den passes a whole number.
+            if (n + 1) * num / den == n * num / den {
+                return false;
+            }
+        }
         self.remaining.as_ref().is_none_or(|left| {
             left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok()
@@ -195,6 +229,9 @@ pub(crate) async fn apply(
             }
             response
         }
+        Some(Fault::Body { status, body }) => {
+            (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
         Some(Fault::Malformed) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
@@ -206,7 +243,7 @@ pub(crate) async fn apply(
 
 /// The tenant a request is for: the `tid` of its bearer token (read without checking:
 /// only to pick a fault), or the first path segment of a token endpoint call.
-fn tenant_of(state: &State, request: &Request, path: &str) -> Option<String> {
+pub(crate) fn tenant_of(state: &State, request: &Request, path: &str) -> Option<String> {
     if let Some(tid) = request
         .headers()
         .get(header::AUTHORIZATION)

@@ -26,6 +26,7 @@ pub(crate) fn routes() -> Router<Arc<State>> {
     Router::new()
         .route("/{version}/users", get(list_users))
         .route("/{version}/users/{id}", get(get_user))
+        .route("/{version}/users/{id}/photo/$value", get(get_photo))
         .fallback(unknown)
 }
 
@@ -74,7 +75,7 @@ fn ids(headers: &mut HeaderMap, request_id: &str, client_request_id: &str) {
     }
 }
 
-fn ok(state: &State, request: &HeaderMap, body: &Value) -> Response {
+pub(crate) fn ok(state: &State, request: &HeaderMap, body: &Value) -> Response {
     let request_id = state.request_id();
     let client_request_id = client_request_id(request, &request_id);
     let mut response = (
@@ -89,8 +90,9 @@ fn ok(state: &State, request: &HeaderMap, body: &Value) -> Response {
     response
 }
 
-/// The caller's tenant, once its bearer token and its permissions were checked.
-fn authorize<'s>(
+/// The caller's tenant, once its bearer token and its permissions (one of `any_of`, or
+/// none when empty) were checked.
+pub(crate) fn authorize<'s>(
     state: &'s State,
     headers: &HeaderMap,
     any_of: &[&str],
@@ -139,7 +141,7 @@ fn authorize<'s>(
         .as_deref()
         .and_then(|tid| state.tenant(tid))
         .ok_or_else(|| Box::new(unauthorized("Access token validation failure.")))?;
-    if !any_of.iter().any(|role| claims.has_role(role)) {
+    if !any_of.is_empty() && !any_of.iter().any(|role| claims.has_role(role)) {
         return Err(Box::new(error(
             state,
             headers,
@@ -154,7 +156,7 @@ fn authorize<'s>(
 
 const READ_USERS: &[&str] = &["User.Read.All", "User.ReadWrite.All", "Directory.Read.All"];
 
-fn version_ok(version: &str) -> bool {
+pub(crate) fn version_ok(version: &str) -> bool {
     version == "v1.0" || version == "beta"
 }
 
@@ -187,36 +189,55 @@ async fn get_user(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let (tenant, options) = match prepare(&state, &version, &headers, query.as_deref()) {
+    let (tenant, options) = match prepare(
+        &state,
+        &version,
+        &headers,
+        query.as_deref(),
+        READ_USERS,
+        USER_FIELDS,
+    ) {
         Ok(ready) => ready,
         Err(refused) => return *refused,
     };
-    let found = tenant.users.iter().find(|u| {
-        u.get("id").and_then(Value::as_str) == Some(id.as_str())
-            || u.get("userPrincipalName")
-                .and_then(Value::as_str)
-                .is_some_and(|upn| upn.eq_ignore_ascii_case(&id))
-    });
-    match found {
-        Some(user) => {
-            let mut body = options.project(user);
-            body.insert(
-                "@odata.context".into(),
-                json!(format!("{}/{version}/$metadata#users/$entity", state.base)),
-            );
-            ok(&state, &headers, &Value::Object(body))
-        }
-        None => error(
-            &state,
-            &headers,
-            StatusCode::NOT_FOUND,
-            "Request_ResourceNotFound",
-            &format!(
-                "Resource '{}' does not exist or one of its queried reference-property objects are not present.",
-                id.chars().take(64).collect::<String>()
-            ),
-        ),
+    match tenant.user(&id) {
+        Some(user) => entity(&state, &headers, &version, "users", &options.project(user)),
+        None => not_found(&state, &headers, &id),
     }
+}
+
+/// A user's photo: bytes that are not JSON (a JPEG's first bytes, then the user's id),
+/// as `image/jpeg`.
+async fn get_photo(
+    Shared(state): Shared<Arc<State>>,
+    Path((version, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let tenant = match prepare(&state, &version, &headers, None, READ_USERS, USER_FIELDS) {
+        Ok((tenant, _)) => tenant,
+        Err(refused) => return *refused,
+    };
+    let Some(user) = tenant.user(&id) else {
+        return not_found(&state, &headers, &id);
+    };
+    let mut photo = vec![
+        0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10, b'J', b'F', b'I', b'F', 0x00,
+    ];
+    photo.extend_from_slice(
+        user.get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    photo.extend_from_slice(&[0xFF, 0xD9]);
+    let mut response = ([(header::CONTENT_TYPE, "image/jpeg")], photo).into_response();
+    let reference = ok(&state, &headers, &Value::Null);
+    for name in ["request-id", "client-request-id"] {
+        if let Some(value) = reference.headers().get(name) {
+            response.headers_mut().insert(name, value.clone());
+        }
+    }
+    response
 }
 
 async fn list_users(
@@ -225,31 +246,86 @@ async fn list_users(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let (tenant, options) = match prepare(&state, &version, &headers, query.as_deref()) {
+    let (tenant, options) = match prepare(
+        &state,
+        &version,
+        &headers,
+        query.as_deref(),
+        READ_USERS,
+        USER_FIELDS,
+    ) {
         Ok(ready) => ready,
         Err(refused) => return *refused,
     };
+    let users: Vec<&Map<String, Value>> = tenant.users.iter().collect();
+    collection(&state, &headers, &version, "users", &options, &users)
+}
+
+/// One entity, with its `@odata.context`.
+pub(crate) fn entity(
+    state: &State,
+    headers: &HeaderMap,
+    version: &str,
+    context: &str,
+    body: &Map<String, Value>,
+) -> Response {
+    let mut body = body.clone();
+    body.insert(
+        "@odata.context".into(),
+        json!(format!(
+            "{}/{version}/$metadata#{context}/$entity",
+            state.base
+        )),
+    );
+    ok(state, headers, &Value::Object(body))
+}
+
+/// Graph's 404 for an id that names nothing.
+pub(crate) fn not_found(state: &State, headers: &HeaderMap, id: &str) -> Response {
+    error(
+        state,
+        headers,
+        StatusCode::NOT_FOUND,
+        "Request_ResourceNotFound",
+        &format!(
+            "Resource '{}' does not exist or one of its queried reference-property objects are not present.",
+            shorten(id)
+        ),
+    )
+}
+
+/// A page of `items` (the whole collection, in order) under the request's options:
+/// filtered, counted, projected, with a next link when more are left. `path` is the
+/// collection's path after the version (`users`, `groups/{id}/members`).
+pub(crate) fn collection(
+    state: &State,
+    headers: &HeaderMap,
+    version: &str,
+    path: &str,
+    options: &Options,
+    items: &[&Map<String, Value>],
+) -> Response {
     let eventual = headers
         .get("consistencylevel")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("eventual"));
     if (options.count || options.search.is_some()) && !eventual {
         return bad_request(
-            &state,
-            &headers,
+            state,
+            headers,
             "$count and $search on directory objects need the ConsistencyLevel header set to 'eventual'.",
         );
     }
-    let matching: Vec<&Map<String, Value>> = tenant
-        .users
+    let matching: Vec<&Map<String, Value>> = items
         .iter()
+        .copied()
         .filter(|u| options.filter.as_ref().is_none_or(|f| f.matches(u)))
         .collect();
     let start = options.skip;
     if start > matching.len() {
         return error(
-            &state,
-            &headers,
+            state,
+            headers,
             StatusCode::BAD_REQUEST,
             "Directory_ExpiredPageToken",
             "The specified page token value has expired and can no longer be included in your request.",
@@ -263,7 +339,7 @@ async fn list_users(
     let mut body = Map::new();
     body.insert(
         "@odata.context".into(),
-        json!(format!("{}/{version}/$metadata#users", state.base)),
+        json!(format!("{}/{version}/$metadata#{path}", state.base)),
     );
     if options.count {
         body.insert("@odata.count".into(), json!(matching.len()));
@@ -272,33 +348,36 @@ async fn list_users(
         body.insert(
             "@odata.nextLink".into(),
             json!(format!(
-                "{}/{version}/users?{}",
+                "{}/{version}/{path}?{}",
                 state.base,
                 options.next_query(end)
             )),
         );
     }
     body.insert("value".into(), Value::Array(value));
-    ok(&state, &headers, &Value::Object(body))
+    ok(state, headers, &Value::Object(body))
 }
 
-/// The version checked, the caller authorized to read users, the query options parsed.
-fn prepare<'s>(
+/// The version checked, the caller authorized with one of `roles`, the query options
+/// parsed (`$filter` on the `filterable` properties).
+pub(crate) fn prepare<'s>(
     state: &'s State,
     version: &str,
     headers: &HeaderMap,
     query: Option<&str>,
+    roles: &[&str],
+    filterable: &'static [&'static str],
 ) -> Result<(&'s Tenant, Options), Box<Response>> {
     if !version_ok(version) {
         return Err(Box::new(unknown_version(state, headers)));
     }
-    let tenant = authorize(state, headers, READ_USERS)?;
-    let options =
-        Options::parse(query).map_err(|message| Box::new(bad_request(state, headers, &message)))?;
+    let tenant = authorize(state, headers, roles)?;
+    let options = Options::parse(query, filterable)
+        .map_err(|message| Box::new(bad_request(state, headers, &message)))?;
     Ok((tenant, options))
 }
 
-fn unknown_version(state: &State, headers: &HeaderMap) -> Response {
+pub(crate) fn unknown_version(state: &State, headers: &HeaderMap) -> Response {
     error(
         state,
         headers,
@@ -308,7 +387,7 @@ fn unknown_version(state: &State, headers: &HeaderMap) -> Response {
     )
 }
 
-fn bad_request(state: &State, headers: &HeaderMap, message: &str) -> Response {
+pub(crate) fn bad_request(state: &State, headers: &HeaderMap, message: &str) -> Response {
     error(
         state,
         headers,
@@ -320,7 +399,7 @@ fn bad_request(state: &State, headers: &HeaderMap, message: &str) -> Response {
 
 /// The query options a collection request may carry.
 #[derive(Debug, Default)]
-struct Options {
+pub(crate) struct Options {
     select: Option<Vec<String>>,
     filter: Option<Filter>,
     top: usize,
@@ -332,7 +411,10 @@ struct Options {
 }
 
 impl Options {
-    fn parse(query: Option<&str>) -> Result<Self, String> {
+    pub(crate) fn parse(
+        query: Option<&str>,
+        filterable: &'static [&'static str],
+    ) -> Result<Self, String> {
         let mut options = Options {
             top: DEFAULT_TOP,
             ..Options::default()
@@ -355,7 +437,7 @@ impl Options {
                 "$select" => {
                     options.select = Some(value.split(',').map(|s| s.trim().to_owned()).collect());
                 }
-                "$filter" => options.filter = Some(Filter::parse(&value)?),
+                "$filter" => options.filter = Some(Filter::parse(&value, filterable)?),
                 "$top" => {
                     let n: usize = value.parse().map_err(|_| {
                         format!("Invalid value '{}' for $top query option.", shorten(&value))
@@ -387,7 +469,7 @@ impl Options {
         Ok(options)
     }
 
-    fn project(&self, user: &Map<String, Value>) -> Map<String, Value> {
+    pub(crate) fn project(&self, user: &Map<String, Value>) -> Map<String, Value> {
         match &self.select {
             None => user.clone(),
             Some(fields) => fields
@@ -419,7 +501,8 @@ enum Filter {
     StartsWith(String, String),
 }
 
-const FILTERABLE: &[&str] = &[
+/// The user properties `$filter` may name.
+pub(crate) const USER_FIELDS: &[&str] = &[
     "id",
     "displayName",
     "givenName",
@@ -431,7 +514,7 @@ const FILTERABLE: &[&str] = &[
 ];
 
 impl Filter {
-    fn parse(expression: &str) -> Result<Self, String> {
+    fn parse(expression: &str, fields: &'static [&'static str]) -> Result<Self, String> {
         let unsupported = || "Unsupported Query.".to_owned();
         let expression = expression.trim();
         if let Some(inner) = expression
@@ -439,7 +522,7 @@ impl Filter {
             .and_then(|rest| rest.strip_suffix(')'))
         {
             let (property, literal) = inner.split_once(',').ok_or_else(unsupported)?;
-            let property = filterable(property.trim()).ok_or_else(unsupported)?;
+            let property = filterable(fields, property.trim()).ok_or_else(unsupported)?;
             let literal = string_literal(literal.trim()).ok_or_else(unsupported)?;
             return Ok(Filter::StartsWith(property, literal));
         }
@@ -451,7 +534,7 @@ impl Filter {
         if !op.eq_ignore_ascii_case("eq") {
             return Err(unsupported());
         }
-        let property = filterable(property).ok_or_else(unsupported)?;
+        let property = filterable(fields, property).ok_or_else(unsupported)?;
         let value = match literal.trim() {
             "true" => Value::Bool(true),
             "false" => Value::Bool(false),
@@ -477,8 +560,8 @@ impl Filter {
     }
 }
 
-fn filterable(property: &str) -> Option<String> {
-    FILTERABLE
+fn filterable(fields: &[&str], property: &str) -> Option<String> {
+    fields
         .iter()
         .find(|p| p.eq_ignore_ascii_case(property))
         .map(|p| (*p).to_owned())
@@ -493,6 +576,6 @@ fn string_literal(text: &str) -> Option<String> {
     Some(inner.replace("''", "'"))
 }
 
-fn shorten(text: &str) -> String {
+pub(crate) fn shorten(text: &str) -> String {
     text.chars().take(64).filter(|c| !c.is_control()).collect()
 }

@@ -10,9 +10,21 @@
 //! answers carry `request-id`, echo `client-request-id`, and fail with Graph's error
 //! body. Faults are injected by rule ([`FaultRule`]).
 //!
-//! Served so far: `/v1.0/users` and `/beta/users` (paging with `$top` and
-//! `@odata.nextLink`, `$select`, `$filter` with `eq` and `startswith`, `$count` with
-//! `ConsistencyLevel: eventual`) and `/users/{id}`.
+//! Served under `/v1.0` and `/beta`, with paging (`$top`, `@odata.nextLink`),
+//! `$select`, `$filter` (`eq`, `startswith`) and `$count` (with `ConsistencyLevel:
+//! eventual`) on every collection:
+//!
+//! | resource | routes | permissions (any of) |
+//! |---|---|---|
+//! | users | `/users`, `/users/{id or upn}` | `User.Read.All`, `Directory.Read.All` |
+//! | groups | `/groups`, `/groups/{id}`, `/groups/{id}/members` | `Group.Read.All`, `GroupMember.Read.All` |
+//! | teams | `/teams/{id}`, `/teams/{id}/channels` | `Team.ReadBasic.All`, `Channel.ReadBasic.All`, `Group.Read.All` |
+//! | Planner | `/groups/{id}/planner/plans`, `/planner/plans/{id}` (`/buckets`, `/tasks`), `/planner/buckets/{id}`, `POST /planner/tasks`, `/planner/tasks/{id}` (GET, PATCH, DELETE), `/planner/tasks/{id}/details` (GET, PATCH) | `Tasks.ReadWrite.All` (`Tasks.Read.All` to read) |
+//! | mail | `/users/{id}/messages`, within Outlook's limits per mailbox ([`Emulator::mailbox`]) | `Mail.Read` |
+//! | batching | `POST /$batch`: at most 20 requests, `dependsOn`, 424 | those of each request |
+//!
+//! Planner writes need `If-Match` with the item's `@odata.etag` (412 when stale) and
+//! answer 204, or 200 with the item under `Prefer: return=representation`.
 //!
 //! ```
 //! use keel_graph_client::emulator::{Emulator, FaultRule};
@@ -28,9 +40,13 @@
 //! # }
 //! ```
 
+mod batch;
 mod directory;
 mod faults;
 mod graph;
+mod groups;
+mod mailbox;
+mod planner;
 mod token;
 
 use std::net::SocketAddr;
@@ -42,9 +58,21 @@ use keel_token_manager::{Algorithm, KeyRing, SigningKey, Validator};
 use crate::cloud::Cloud;
 pub use directory::TenantSeed;
 pub use faults::{Fault, FaultRule, Faults};
+pub use mailbox::MailboxStats;
 
 /// The audience of Graph tokens (what Entra ID puts in `aud` for Graph).
 pub const GRAPH_AUDIENCE: &str = "https://graph.microsoft.com";
+
+/// The application permissions of the default tenants' client `app`.
+pub const DEFAULT_ROLES: &[&str] = &[
+    "User.Read.All",
+    "Group.Read.All",
+    "GroupMember.Read.All",
+    "Team.ReadBasic.All",
+    "Channel.ReadBasic.All",
+    "Tasks.ReadWrite.All",
+    "Mail.Read",
+];
 
 /// A running emulator; dropping it stops the server.
 #[derive(Debug)]
@@ -62,7 +90,9 @@ pub(crate) struct State {
     pub(crate) keys: KeyRing,
     pub(crate) validator: Validator,
     pub(crate) faults: Faults,
+    pub(crate) mailboxes: mailbox::Mailboxes,
     pub(crate) graph_requests: AtomicU64,
+    pub(crate) batch_requests: AtomicU64,
     pub(crate) token_requests: AtomicU64,
     pub(crate) next_request_id: AtomicU64,
 }
@@ -163,17 +193,13 @@ impl EmulatorBuilder {
             keys,
             validator,
             faults: Faults::default(),
+            mailboxes: mailbox::Mailboxes::default(),
             graph_requests: AtomicU64::new(0),
+            batch_requests: AtomicU64::new(0),
             token_requests: AtomicU64::new(0),
             next_request_id: AtomicU64::new(1),
         });
-        let app = token::routes()
-            .merge(graph::routes())
-            .layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                faults::apply,
-            ))
-            .with_state(state.clone());
+        let app = app(state.clone());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -191,9 +217,9 @@ impl Emulator {
         EmulatorBuilder::default()
     }
 
-    /// Two tenants, `contoso.onmicrosoft.com` (250 users) and
-    /// `fabrikam.onmicrosoft.com` (20 users), each with a client `app` whose secret is
-    /// `secret` and which holds `User.Read.All`.
+    /// Two tenants, `contoso.onmicrosoft.com` (250 users, 6 groups of which 3 are
+    /// teams) and `fabrikam.onmicrosoft.com` (20 users, 2 groups), each with a client
+    /// `app` whose secret is `secret` and which holds [`DEFAULT_ROLES`].
     ///
     /// # Errors
     /// As [`EmulatorBuilder::start`].
@@ -204,16 +230,18 @@ impl Emulator {
                     "7b1c2a4e-0f1d-4c55-9a3e-2d6f1b0c0001",
                     "contoso.onmicrosoft.com",
                 )
-                .client("app", "secret", ["User.Read.All"])
-                .users(250),
+                .client("app", "secret", DEFAULT_ROLES.iter().copied())
+                .users(250)
+                .groups(6),
             )
             .tenant(
                 TenantSeed::new(
                     "7b1c2a4e-0f1d-4c55-9a3e-2d6f1b0c0002",
                     "fabrikam.onmicrosoft.com",
                 )
-                .client("app", "secret", ["User.Read.All"])
-                .users(20),
+                .client("app", "secret", DEFAULT_ROLES.iter().copied())
+                .users(20)
+                .groups(2),
             )
             .start()
             .await
@@ -255,10 +283,36 @@ impl Emulator {
         &self.state.faults
     }
 
+    /// How many `$batch` requests were received (each of their items also counts as a
+    /// Graph request).
+    #[must_use]
+    pub fn batch_requests(&self) -> u64 {
+        self.state.batch_requests.load(Ordering::Relaxed)
+    }
+
     /// How many Graph requests were received (token requests not included).
     #[must_use]
     pub fn graph_requests(&self) -> u64 {
         self.state.graph_requests.load(Ordering::Relaxed)
+    }
+
+    /// What the emulator saw of one mailbox (`user`: an id or a user principal name) of
+    /// `tenant` (its id): the most requests in flight at once, requests, and how many
+    /// were throttled for going over Outlook's limits (four concurrent requests, 10,000
+    /// per 10 minutes).
+    #[must_use]
+    pub fn mailbox(&self, tenant: &str, user: &str) -> MailboxStats {
+        let Some(t) = self.state.tenant(tenant) else {
+            return MailboxStats::default();
+        };
+        let id = t
+            .user(user)
+            .and_then(|u| u.get("id"))
+            .and_then(serde_json::Value::as_str)
+            .map_or_else(|| user.to_ascii_lowercase(), str::to_owned);
+        self.state
+            .mailboxes
+            .stats(&format!("{}/{id}", t.seed.id.to_ascii_lowercase()))
     }
 
     /// How many token requests were received.
@@ -266,6 +320,26 @@ impl Emulator {
     pub fn token_requests(&self) -> u64 {
         self.state.token_requests.load(Ordering::Relaxed)
     }
+}
+
+/// Every route, behind the faults and the mailbox limits (outermost, so that injected
+/// latency counts as time in flight).
+pub(crate) fn app(state: Arc<State>) -> axum::Router {
+    token::routes()
+        .merge(graph::routes())
+        .merge(groups::routes())
+        .merge(planner::routes())
+        .merge(mailbox::routes())
+        .merge(batch::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            faults::apply,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            mailbox::admit,
+        ))
+        .with_state(state)
 }
 
 /// `%XX` and `+` decoded (a form or a query string); `None` for bad escapes or UTF-8.

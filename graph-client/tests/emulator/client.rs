@@ -12,7 +12,7 @@ use keel_token_manager::client::{
     TokenRequest,
 };
 
-fn provider(graph: &Emulator, tenant: &str) -> Arc<dyn TokenProvider> {
+pub(crate) fn provider(graph: &Emulator, tenant: &str) -> Arc<dyn TokenProvider> {
     Arc::new(CachingProvider::new(
         ClientSecretCredential::new(
             Authority::Custom(graph.base_url().to_owned()),
@@ -24,7 +24,7 @@ fn provider(graph: &Emulator, tenant: &str) -> Arc<dyn TokenProvider> {
     ))
 }
 
-fn client(graph: &Emulator) -> GraphClient {
+pub(crate) fn client(graph: &Emulator) -> GraphClient {
     let [contoso, fabrikam] = [graph.tenants()[0].clone(), graph.tenants()[1].clone()];
     GraphClient::builder(graph.cloud())
         .tenant("contoso", provider(graph, contoso.domain()))

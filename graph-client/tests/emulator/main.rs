@@ -2,7 +2,9 @@
 //! own OAuth client: tokens, authentication on every call, tenant isolation, paging,
 //! query options, Graph's errors and injected faults.
 
+mod batch;
 mod client;
+mod planner;
 
 use std::time::Duration;
 

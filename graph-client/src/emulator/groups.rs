@@ -1,0 +1,214 @@
+//! Groups, their members, teams and channels: read-only, from the seeded directory.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, RawQuery, State as Shared};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::get;
+use serde_json::{Map, Value, json};
+
+use super::State;
+use super::graph::{USER_FIELDS, collection, entity, error, not_found, prepare};
+
+const READ_GROUPS: &[&str] = &[
+    "Group.Read.All",
+    "Group.ReadWrite.All",
+    "Directory.Read.All",
+];
+const READ_MEMBERS: &[&str] = &[
+    "GroupMember.Read.All",
+    "Group.Read.All",
+    "Group.ReadWrite.All",
+    "Directory.Read.All",
+];
+const READ_TEAMS: &[&str] = &[
+    "Team.ReadBasic.All",
+    "TeamSettings.Read.All",
+    "Group.Read.All",
+];
+const READ_CHANNELS: &[&str] = &[
+    "Channel.ReadBasic.All",
+    "ChannelSettings.Read.All",
+    "Group.Read.All",
+];
+/// The group properties `$filter` may name.
+const GROUP_FIELDS: &[&str] = &["id", "displayName", "mailNickname", "mail", "mailEnabled"];
+const CHANNEL_FIELDS: &[&str] = &["id", "displayName", "membershipType"];
+
+pub(crate) fn routes() -> Router<Arc<State>> {
+    Router::new()
+        .route("/{version}/groups", get(list_groups))
+        .route("/{version}/groups/{id}", get(get_group))
+        .route("/{version}/groups/{id}/members", get(list_members))
+        .route("/{version}/teams/{id}", get(get_team))
+        .route("/{version}/teams/{id}/channels", get(list_channels))
+}
+
+async fn list_groups(
+    Shared(state): Shared<Arc<State>>,
+    Path(version): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let (tenant, options) = match prepare(
+        &state,
+        &version,
+        &headers,
+        query.as_deref(),
+        READ_GROUPS,
+        GROUP_FIELDS,
+    ) {
+        Ok(ready) => ready,
+        Err(refused) => return *refused,
+    };
+    let groups: Vec<&Map<String, Value>> = tenant.groups.iter().collect();
+    collection(&state, &headers, &version, "groups", &options, &groups)
+}
+
+async fn get_group(
+    Shared(state): Shared<Arc<State>>,
+    Path((version, id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let (tenant, options) = match prepare(
+        &state,
+        &version,
+        &headers,
+        query.as_deref(),
+        READ_GROUPS,
+        GROUP_FIELDS,
+    ) {
+        Ok(ready) => ready,
+        Err(refused) => return *refused,
+    };
+    match tenant.group(&id) {
+        Some(group) => entity(
+            &state,
+            &headers,
+            &version,
+            "groups",
+            &options.project(group),
+        ),
+        None => not_found(&state, &headers, &id),
+    }
+}
+
+async fn list_members(
+    Shared(state): Shared<Arc<State>>,
+    Path((version, id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let (tenant, options) = match prepare(
+        &state,
+        &version,
+        &headers,
+        query.as_deref(),
+        READ_MEMBERS,
+        USER_FIELDS,
+    ) {
+        Ok(ready) => ready,
+        Err(refused) => return *refused,
+    };
+    let Some(members) = tenant.members.get(&id) else {
+        return not_found(&state, &headers, &id);
+    };
+    let members: Vec<Map<String, Value>> = members
+        .iter()
+        .filter_map(|&i| tenant.users.get(i))
+        .map(|user| {
+            let mut member = Map::new();
+            member.insert("@odata.type".into(), json!("#microsoft.graph.user"));
+            member.extend(user.clone());
+            member
+        })
+        .collect();
+    let members: Vec<&Map<String, Value>> = members.iter().collect();
+    collection(
+        &state,
+        &headers,
+        &version,
+        &format!("groups/{id}/members"),
+        &options,
+        &members,
+    )
+}
+
+fn team_not_found(state: &State, headers: &HeaderMap, id: &str) -> Response {
+    error(
+        state,
+        headers,
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        &format!("No team found with Group Id {}", super::graph::shorten(id)),
+    )
+}
+
+async fn get_team(
+    Shared(state): Shared<Arc<State>>,
+    Path((version, id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let (tenant, options) = match prepare(
+        &state,
+        &version,
+        &headers,
+        query.as_deref(),
+        READ_TEAMS,
+        GROUP_FIELDS,
+    ) {
+        Ok(ready) => ready,
+        Err(refused) => return *refused,
+    };
+    let Some(group) = tenant
+        .group(&id)
+        .filter(|_| tenant.channels.contains_key(&id))
+    else {
+        return team_not_found(&state, &headers, &id);
+    };
+    let mut team = Map::new();
+    team.insert("id".into(), json!(id));
+    for key in ["displayName", "visibility"] {
+        if let Some(value) = group.get(key) {
+            team.insert(key.into(), value.clone());
+        }
+    }
+    team.insert("description".into(), json!("A team of the emulator."));
+    team.insert("isArchived".into(), json!(false));
+    entity(&state, &headers, &version, "teams", &options.project(&team))
+}
+
+async fn list_channels(
+    Shared(state): Shared<Arc<State>>,
+    Path((version, id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let (tenant, options) = match prepare(
+        &state,
+        &version,
+        &headers,
+        query.as_deref(),
+        READ_CHANNELS,
+        CHANNEL_FIELDS,
+    ) {
+        Ok(ready) => ready,
+        Err(refused) => return *refused,
+    };
+    let Some(channels) = tenant.channels.get(&id) else {
+        return team_not_found(&state, &headers, &id);
+    };
+    let channels: Vec<&Map<String, Value>> = channels.iter().collect();
+    collection(
+        &state,
+        &headers,
+        &version,
+        &format!("teams/{id}/channels"),
+        &options,
+        &channels,
+    )
+}

@@ -1,0 +1,296 @@
+//! `$batch`, auto-batching and the concurrency budgets against the emulator.
+
+use std::time::Duration;
+
+use futures_util::TryStreamExt as _;
+use http::StatusCode;
+use keel_graph_client::emulator::{Emulator, FaultRule};
+use keel_graph_client::model::User;
+use keel_graph_client::{
+    AutoBatch, Batch, BatchProblem, Concurrency, GraphClient, GraphError, GraphRequest, StepId,
+};
+
+use crate::client::{client, provider};
+
+async fn user_ids(client: &GraphClient, tenant: &str) -> Vec<String> {
+    client
+        .users(tenant)
+        .map_ok(|u| u.id)
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+fn built(
+    graph: &Emulator,
+    configure: impl FnOnce(
+        keel_graph_client::GraphClientBuilder,
+    ) -> keel_graph_client::GraphClientBuilder,
+) -> GraphClient {
+    let contoso = graph.tenants()[0].clone();
+    configure(
+        GraphClient::builder(graph.cloud()).tenant("contoso", provider(graph, contoso.domain())),
+    )
+    .build()
+    .unwrap()
+}
+
+#[tokio::test]
+async fn steps_are_answered_by_id_with_dependencies_and_424() {
+    let graph = Emulator::start_default().await.unwrap();
+    let client = client(&graph);
+    let ids = user_ids(&client, "contoso").await;
+    let mut batch = Batch::new();
+    let first = batch.add(GraphRequest::get(&format!("/users/{}", ids[0])));
+    let after = batch.add_after(GraphRequest::get(&format!("/users/{}", ids[1])), &[&first]);
+    let missing = batch.add(GraphRequest::get("/users/no-such-user"));
+    let doomed = batch.add_after(
+        GraphRequest::get(&format!("/users/{}", ids[2])),
+        &[&missing],
+    );
+    let mine = batch
+        .add_with_id(
+            "photo",
+            GraphRequest::get(&format!("/users/{}/photo/$value", ids[3])),
+            &[],
+        )
+        .unwrap();
+    let answers = client.batch("contoso", batch).await;
+    assert_eq!(answers.len(), 5);
+    assert_eq!(answers.json::<User>(&first).unwrap().id, ids[0]);
+    assert_eq!(answers.json::<User>(&after).unwrap().id, ids[1]);
+    let missing = answers.get(&missing).unwrap().as_ref().unwrap_err();
+    assert_eq!(missing.status(), Some(StatusCode::NOT_FOUND));
+    assert!(missing.api().unwrap().has_code("Request_ResourceNotFound"));
+    // Graph's own 424 for the step whose dependency failed in the same request.
+    let doomed = answers.get(&doomed).unwrap().as_ref().unwrap_err();
+    assert_eq!(doomed.status(), Some(StatusCode::FAILED_DEPENDENCY));
+    // A body that is not JSON travels base64-encoded and comes back as the bytes.
+    let photo = answers.get(&mine).unwrap().as_ref().unwrap();
+    let direct = client
+        .send(
+            "contoso",
+            &GraphRequest::get(&format!("/users/{}/photo/$value", ids[3])),
+        )
+        .await
+        .unwrap();
+    assert_eq!(photo.body, direct.body);
+    assert!(photo.body.starts_with(&[0xFF, 0xD8]));
+    assert_eq!(graph.batch_requests(), 1);
+}
+
+#[tokio::test]
+async fn forty_five_steps_with_two_chains_and_thirty_percent_throttled_all_end_with_their_ids() {
+    let graph = Emulator::start_default().await.unwrap();
+    let client = built(&graph, |b| b.retries(12, Duration::from_secs(30)));
+    let ids = user_ids(&client, "contoso").await;
+    // 30% of item requests to /users/{id} come back 429 inside a batch that answers 200.
+    graph.faults().add(
+        FaultRule::path("/v1.0/users/")
+            .throttle("0.02")
+            .ratio(3, 10),
+    );
+    let mut batch = Batch::new();
+    let mut expected: Vec<(StepId, String)> = Vec::new();
+    // Chain A: 8 steps, each after the one before; chain B: 25 steps (longer than a
+    // request holds); 12 independent steps.
+    for (length, offset) in [(8, 0), (25, 8)] {
+        let mut previous: Option<StepId> = None;
+        for k in 0..length {
+            let id = ids[offset + k].clone();
+            let request = GraphRequest::get(&format!("/users/{id}"));
+            let step = match &previous {
+                Some(p) => batch.add_after(request, &[p]),
+                None => batch.add(request),
+            };
+            previous = Some(step.clone());
+            expected.push((step, id));
+        }
+    }
+    for id in ids[33..45].iter().cloned() {
+        expected.push((batch.add(GraphRequest::get(&format!("/users/{id}"))), id));
+    }
+    assert_eq!(batch.len(), 45);
+    let answers = client.batch("contoso", batch).await;
+    for (step, id) in &expected {
+        let user: User = answers
+            .json(step)
+            .unwrap_or_else(|e| panic!("step {step}: {e:?}"));
+        assert_eq!(&user.id, id, "step {step} got another step's answer");
+    }
+    // Throttled steps were sent again: more item requests than steps, several batches.
+    assert!(
+        graph.batch_requests() >= 4,
+        "{} batches",
+        graph.batch_requests()
+    );
+}
+
+#[tokio::test]
+async fn throttled_steps_give_up_with_their_last_answer_when_attempts_run_out() {
+    let graph = Emulator::start_default().await.unwrap();
+    let client = built(&graph, |b| b.retries(3, Duration::from_secs(5)));
+    let ids = user_ids(&client, "contoso").await;
+    graph
+        .faults()
+        .add(FaultRule::path(&format!("/v1.0/users/{}", ids[0])).throttle("garbage"));
+    let mut batch = Batch::new();
+    let stuck = batch.add(GraphRequest::get(&format!("/users/{}", ids[0])));
+    let fine = batch.add(GraphRequest::get(&format!("/users/{}", ids[1])));
+    let after = batch.add_after(GraphRequest::get(&format!("/users/{}", ids[2])), &[&stuck]);
+    let answers = client.batch("contoso", batch).await;
+    let stuck = answers.get(&stuck).unwrap().as_ref().unwrap_err();
+    assert_eq!(stuck.status(), Some(StatusCode::TOO_MANY_REQUESTS));
+    assert!(answers.get(&fine).unwrap().is_ok());
+    assert!(answers.get(&after).unwrap().is_err());
+    // Three sends of the stuck step (a garbage Retry-After falls back to backoff).
+    assert_eq!(graph.batch_requests(), 3);
+}
+
+#[tokio::test]
+async fn unknown_duplicate_or_missing_ids_in_an_answer_are_typed_errors() {
+    let graph = Emulator::start_default().await.unwrap();
+    let client = client(&graph);
+    for (body, problem) in [
+        (
+            r#"{"responses":[{"id":"1","status":200,"body":{}},{"id":"zzz","status":200}]}"#,
+            BatchProblem::UnknownId,
+        ),
+        (
+            r#"{"responses":[{"id":"1","status":200},{"id":"1","status":200}]}"#,
+            BatchProblem::DuplicateId,
+        ),
+        (
+            r#"{"responses":[{"id":"1","status":200,"body":{"id":"x"}}]}"#,
+            BatchProblem::MissingResponse,
+        ),
+        (r#"{"value":[]}"#, BatchProblem::NotJson),
+        (
+            r#"{"responses":[{"id":"1","status":"two hundred"},{"id":"2","status":200}]}"#,
+            BatchProblem::BadItem,
+        ),
+    ] {
+        graph.faults().clear();
+        graph
+            .faults()
+            .add(FaultRule::path("/v1.0/$batch").body(StatusCode::OK, body));
+        let mut batch = Batch::new();
+        let one = batch.add(GraphRequest::get("/users"));
+        let two = batch.add(GraphRequest::get("/groups"));
+        let answers = client.batch("contoso", batch).await;
+        let failed = [&one, &two]
+            .into_iter()
+            .filter_map(|id| answers.get(id).unwrap().as_ref().err())
+            .collect::<Vec<_>>();
+        assert!(
+            failed.iter().any(
+                |e| matches!(e, GraphError::BatchResponse { problem: p, .. } if *p == problem)
+            ),
+            "{body}: {failed:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn auto_batching_sends_concurrent_calls_together_and_answers_each_caller() {
+    let graph = Emulator::start_default().await.unwrap();
+    let client = built(&graph, |b| {
+        b.auto_batch(AutoBatch::window(Duration::from_millis(5)))
+    });
+    let plain = self::client(&graph);
+    let ids = user_ids(&plain, "contoso").await;
+    let before = graph.batch_requests();
+    let calls = (0..60).map(|i| {
+        let client = client.clone();
+        let path = if i == 7 {
+            "/users/no-such-user".to_owned()
+        } else {
+            format!("/users/{}", ids[i])
+        };
+        async move {
+            client
+                .get::<User>("contoso", &GraphRequest::get(&path))
+                .await
+        }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    for (i, answer) in answers.iter().enumerate() {
+        if i == 7 {
+            let e = answer.as_ref().unwrap_err();
+            assert_eq!(e.status(), Some(StatusCode::NOT_FOUND));
+        } else {
+            assert_eq!(answer.as_ref().unwrap().id, ids[i]);
+        }
+    }
+    let batches = graph.batch_requests() - before;
+    assert!((3..=6).contains(&batches), "{batches} batches for 60 calls");
+    // A call whose body is too large goes out alone.
+    let big = "x".repeat(70 << 10);
+    let before = graph.batch_requests();
+    let _ = client
+        .send(
+            "contoso",
+            &GraphRequest::post("/planner/tasks").json(&serde_json::json!({"title": big})),
+        )
+        .await;
+    assert_eq!(graph.batch_requests(), before);
+}
+
+#[tokio::test]
+async fn a_mailbox_never_has_more_than_four_requests_in_flight() {
+    // Direct calls, auto-batched calls and an explicit batch of one client, all at once,
+    // all to one mailbox that answers slowly.
+    let graph = Emulator::start_default().await.unwrap();
+    let tenant = graph.tenants()[0].id().to_owned();
+    let client = built(&graph, |b| {
+        b.concurrency(Concurrency::fixed(64))
+            .auto_batch(AutoBatch::window(Duration::from_millis(2)))
+    });
+    let ids = user_ids(&client, "contoso").await;
+    graph.faults().add(
+        FaultRule::path(&format!("/v1.0/users/{}/messages", ids[0]))
+            .latency(Duration::from_millis(30)),
+    );
+    let path = format!("/users/{}/messages", ids[0]);
+    let mut batch = Batch::new();
+    for _ in 0..10 {
+        batch.add(GraphRequest::get(&path));
+    }
+    let request = GraphRequest::get(&path);
+    let calls = (0..20).map(|_| client.send("contoso", &request));
+    let (calls, _) = tokio::join!(
+        futures_util::future::join_all(calls),
+        client.batch("contoso", batch)
+    );
+    assert!(calls.iter().all(Result::is_ok));
+    let seen = graph.mailbox(&tenant, &ids[0]);
+    assert_eq!((seen.requests, seen.throttled), (30, 0));
+    assert!(seen.peak_in_flight <= 4, "{seen:?}");
+    assert_eq!(
+        seen.peak_in_flight, 4,
+        "the budget should be used, not only kept"
+    );
+}
+
+#[tokio::test]
+async fn throttling_halves_a_tenants_concurrency_and_success_grows_it_back() {
+    let graph = Emulator::start_default().await.unwrap();
+    let client = built(&graph, |b| {
+        b.concurrency(Concurrency::adaptive(16, 32))
+            .retries(6, Duration::from_secs(10))
+    });
+    assert_eq!(client.concurrency_limit("contoso"), 16);
+    graph
+        .faults()
+        .add(FaultRule::path("/v1.0/users").throttle("0.01").times(3));
+    let _: Vec<User> = client.users("contoso").try_collect().await.unwrap();
+    let after = client.concurrency_limit("contoso");
+    assert!((2..16).contains(&after), "{after}");
+    for _ in 0..200 {
+        client
+            .send("contoso", &GraphRequest::get("/users").top(1))
+            .await
+            .unwrap();
+    }
+    assert!(client.concurrency_limit("contoso") > after);
+}
