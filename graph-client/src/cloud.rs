@@ -129,10 +129,10 @@ impl Cloud {
         }))
     }
 
-    /// `http://{addr}` for Graph and login: the emulator's cloud.
+    /// `http://{addr}` (or `https://`) for Graph and login: the emulator's cloud.
     #[cfg(feature = "emulator")]
-    pub(crate) fn loopback(addr: std::net::SocketAddr) -> Self {
-        let origin = format!("http://{addr}");
+    pub(crate) fn loopback(addr: std::net::SocketAddr, https: bool) -> Self {
+        let origin = format!("{}://{addr}", if https { "https" } else { "http" });
         Cloud::Custom(CustomCloud {
             graph: Base {
                 origin: origin.clone(),

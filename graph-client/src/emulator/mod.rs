@@ -47,6 +47,7 @@ mod graph;
 mod groups;
 mod mailbox;
 mod planner;
+mod tls;
 mod token;
 
 use std::net::SocketAddr;
@@ -80,6 +81,7 @@ pub struct Emulator {
     state: Arc<State>,
     addr: SocketAddr,
     server: tokio::task::JoinHandle<()>,
+    certificate: Option<String>,
 }
 
 /// What the routes share.
@@ -124,6 +126,9 @@ pub enum EmulatorError {
     /// Two tenants share an id or a domain, or an id is not a GUID.
     #[error("tenant ids must be distinct GUIDs and domains distinct")]
     Tenants,
+    /// The self-signed certificate or the TLS configuration could not be made.
+    #[error("could not make the emulator's TLS certificate")]
+    Tls(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Seeds and starts an [`Emulator`].
@@ -131,12 +136,21 @@ pub enum EmulatorError {
 #[must_use]
 pub struct EmulatorBuilder {
     tenants: Vec<TenantSeed>,
+    https: bool,
 }
 
 impl EmulatorBuilder {
     /// Adds a tenant.
     pub fn tenant(mut self, tenant: TenantSeed) -> Self {
         self.tenants.push(tenant);
+        self
+    }
+
+    /// Serves HTTPS with a self-signed certificate made at start (for `127.0.0.1` and
+    /// `localhost`), for clients that refuse `http://` authorities, such as MSAL. Trust
+    /// [`Emulator::certificate_pem`] in the client ([`Emulator::http_client`] does).
+    pub fn https(mut self) -> Self {
+        self.https = true;
         self
     }
 
@@ -170,7 +184,12 @@ impl EmulatorBuilder {
             .await
             .map_err(EmulatorError::Bind)?;
         let addr = listener.local_addr().map_err(EmulatorError::Bind)?;
-        let base = format!("http://{addr}");
+        let tls = if self.https {
+            Some(tls::Tls::generate().map_err(EmulatorError::Tls)?)
+        } else {
+            None
+        };
+        let base = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
         let keys = KeyRing::new(
             SigningKey::generate("emulator-1", Algorithm::ES256).map_err(EmulatorError::Key)?,
         );
@@ -200,13 +219,18 @@ impl EmulatorBuilder {
             next_request_id: AtomicU64::new(1),
         });
         let app = app(state.clone());
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let certificate = tls.as_ref().map(|t| t.certificate_pem.clone());
+        let server = match tls {
+            None => tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            }),
+            Some(tls) => tokio::spawn(tls::serve(listener, tls.acceptor, app)),
+        };
         Ok(Emulator {
             state,
             addr,
             server,
+            certificate,
         })
     }
 }
@@ -262,7 +286,33 @@ impl Emulator {
     /// A [`Cloud`] whose Graph and login hosts are this emulator.
     #[must_use]
     pub fn cloud(&self) -> Cloud {
-        Cloud::loopback(self.addr)
+        Cloud::loopback(self.addr, self.certificate.is_some())
+    }
+
+    /// The PEM of the self-signed certificate served, when started with
+    /// [`EmulatorBuilder::https`].
+    #[must_use]
+    pub fn certificate_pem(&self) -> Option<&str> {
+        self.certificate.as_deref()
+    }
+
+    /// A reqwest client that trusts this emulator's certificate (a plain one over HTTP),
+    /// without redirects, with a 30 s timeout: pass it to
+    /// [`GraphClientBuilder::http_client`](crate::GraphClientBuilder::http_client) and to
+    /// keel-token-manager's `ClientSecretCredential::http_client`.
+    ///
+    /// # Errors
+    /// [`EmulatorError::Tls`] when reqwest refuses the certificate or cannot start.
+    pub fn http_client(&self) -> Result<reqwest::Client, EmulatorError> {
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(std::time::Duration::from_secs(30));
+        if let Some(pem) = &self.certificate {
+            let certificate = reqwest::Certificate::from_pem(pem.as_bytes())
+                .map_err(|e| EmulatorError::Tls(Box::new(e)))?;
+            builder = builder.add_root_certificate(certificate);
+        }
+        builder.build().map_err(|e| EmulatorError::Tls(Box::new(e)))
     }
 
     /// The token endpoint of `tenant` (its id or domain).

@@ -4,6 +4,7 @@
 
 mod batch;
 mod client;
+mod independent;
 mod planner;
 
 use std::time::Duration;

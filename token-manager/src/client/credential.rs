@@ -137,6 +137,16 @@ impl ClientSecretCredential {
         })
     }
 
+    /// Your own reqwest client (a proxy, an extra trusted root such as a test server's
+    /// certificate). Build it without redirects
+    /// (`.redirect(reqwest::redirect::Policy::none())`) and with a timeout: a token
+    /// request must never be re-sent elsewhere with its secret.
+    #[must_use]
+    pub fn http_client(mut self, http: reqwest::Client) -> Self {
+        self.http = http;
+        self
+    }
+
     async fn request(&self, request: &TokenRequest) -> Result<AccessToken, TokenError> {
         let tenant = requested_tenant(request, &self.tenant, PROVIDER)?;
         let scope = request.scopes().join(" ");
