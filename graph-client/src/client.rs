@@ -1,6 +1,6 @@
-//! The client: one token provider per tenant, every call (next links included) through
-//! the same path of authentication, ids, retries on throttling and transient failures,
-//! and typed errors.
+//! The client: one token provider per tenant, every call (next links and `$batch`
+//! requests included) through one pipeline of tower layers ([`crate::middleware`]), and
+//! typed errors.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,22 +8,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::stream::BoxStream;
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderValue, StatusCode};
 use keel_resilience::retry::{Backoff, Idempotency};
-use keel_resilience::{Classify, ErrorClass};
-use keel_token_manager::client::{TokenProvider, TokenRequest, claims_challenge};
+use keel_token_manager::client::TokenProvider;
 use serde::de::DeserializeOwned;
+use tower::{Layer, ServiceBuilder, ServiceExt as _};
 
 use crate::autobatch::{AutoBatch, AutoBatcher};
 use crate::budget::{Budgets, Concurrency, mailbox_of};
 use crate::cloud::{ApiVersion, Cloud};
 use crate::error::GraphError;
+use crate::middleware::{
+    AuthLayer, BreakerLayer, BudgetLayer, CallContext, GraphHttpRequest, GraphHttpResponse,
+    GraphService, RetryLayer, RetryPolicy, TimeoutLayer, TraceLayer, Transport, UserLayer,
+};
 use crate::model::Page;
 use crate::request::GraphRequest;
-
-/// The most read of an error body, and of a success body.
-const MAX_ERROR_BODY: usize = 1 << 20;
-const MAX_BODY: usize = 64 << 20;
 
 /// The `SdkVersion` header Graph's SDKs send, with ours.
 const SDK_VERSION: &str = concat!("keel-graph-client/", env!("CARGO_PKG_VERSION"));
@@ -49,15 +49,16 @@ pub struct GraphClient {
 }
 
 struct Inner {
-    http: reqwest::Client,
     cloud: Cloud,
     version: ApiVersion,
     tenants: HashMap<String, Arc<dyn TokenProvider>>,
-    retry: Retries,
+    retry: RetryPolicy,
     next_id: AtomicU64,
     id_prefix: String,
-    budgets: Budgets,
+    budgets: Arc<Budgets>,
     autobatch: Option<AutoBatcher>,
+    service: GraphService,
+    max_pages: usize,
 }
 
 impl std::fmt::Debug for GraphClient {
@@ -72,25 +73,21 @@ impl std::fmt::Debug for GraphClient {
     }
 }
 
-/// How a call is retried.
-#[derive(Clone, Debug)]
-struct Retries {
-    attempts: u32,
-    total_delay: Duration,
-    backoff: Backoff,
-    attempt_timeout: Duration,
-}
-
 /// Builds a [`GraphClient`].
 #[must_use]
 pub struct GraphClientBuilder {
     cloud: Cloud,
     version: ApiVersion,
     tenants: HashMap<String, Arc<dyn TokenProvider>>,
-    retry: Retries,
+    retry: RetryPolicy,
+    attempts: u32,
+    attempt_timeout: Duration,
     http: Option<reqwest::Client>,
     concurrency: Concurrency,
     autobatch: Option<AutoBatch>,
+    breaker: BreakerLayer,
+    layers: Vec<UserLayer>,
+    max_pages: usize,
 }
 
 impl std::fmt::Debug for GraphClientBuilder {
@@ -136,21 +133,69 @@ impl GraphClientBuilder {
     /// between them in all (default 60 s): a `Retry-After` or a backoff delay that would
     /// pass it ends the retries with the last error.
     pub fn retries(mut self, attempts: u32, total_delay: Duration) -> Self {
-        self.retry.attempts = attempts;
-        self.retry.total_delay = total_delay;
+        self.attempts = attempts;
+        self.retry = self.retry.attempts(attempts).total_delay(total_delay);
         self
     }
 
     /// The backoff when a throttled or failed answer has no `Retry-After` (default:
     /// keel-resilience's standard exponential backoff with full jitter).
     pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.retry.backoff = backoff;
+        self.retry = self.retry.backoff(backoff);
         self
     }
 
     /// How long one attempt may take, answer included (default 30 s).
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
-        self.retry.attempt_timeout = timeout;
+        self.attempt_timeout = timeout;
+        self
+    }
+
+    /// The circuit breakers per host (default [`BreakerLayer::standard`]).
+    pub fn breaker(mut self, breaker: BreakerLayer) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
+    /// Adds your own tower layer to the pipeline, after authentication and the time
+    /// limit, before the transport: it sees each attempt as sent (with its
+    /// `Authorization`, `client-request-id` and a [`CallContext`] in its extensions)
+    /// and each answer, error statuses included, as Graph sent it. Layers added first
+    /// are outermost.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use keel_graph_client::{Cloud, GraphClient};
+    /// use keel_graph_client::middleware::GraphService;
+    /// # fn demo(provider: Arc<dyn keel_token_manager::client::TokenProvider>) {
+    /// // Any tower layer over the pipeline's service, e.g. one from tower itself:
+    /// let graph = GraphClient::builder(Cloud::Global)
+    ///     .tenant("contoso", provider)
+    ///     .layer(tower::layer::layer_fn(|inner: GraphService| inner))
+    ///     .build();
+    /// # drop(graph); }
+    /// ```
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<GraphService> + Send + Sync + 'static,
+        L::Service: tower::Service<GraphHttpRequest, Response = GraphHttpResponse, Error = GraphError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as tower::Service<GraphHttpRequest>>::Future: Send + 'static,
+    {
+        self.layers
+            .push(Arc::new(move |inner| GraphService::new(layer.layer(inner))));
+        self
+    }
+
+    /// At most `n` pages per [`pages`](GraphClient::pages) or
+    /// [`items`](GraphClient::items) stream (default 100,000): a next link past it ends
+    /// the stream with [`GraphError::TooManyPages`], so that a server that keeps linking
+    /// cannot keep a caller reading for ever.
+    pub fn max_pages(mut self, n: usize) -> Self {
+        self.max_pages = n.max(1);
         self
     }
 
@@ -187,7 +232,7 @@ impl GraphClientBuilder {
         if self.tenants.is_empty() {
             return Err(BuildError::NoTenant);
         }
-        if self.retry.attempts == 0 {
+        if self.attempts == 0 {
             return Err(BuildError::NoAttempt);
         }
         let http = match self.http {
@@ -200,9 +245,28 @@ impl GraphClientBuilder {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
+        let budgets = Arc::new(Budgets::new(self.concurrency));
+        let mut service = GraphService::new(Transport { http });
+        for layer in self.layers.iter().rev() {
+            service = layer(service);
+        }
+        let service = GraphService::new(
+            ServiceBuilder::new()
+                .layer(TraceLayer)
+                .layer(RetryLayer::new(self.retry.clone()))
+                .layer(BudgetLayer {
+                    budgets: budgets.clone(),
+                })
+                .layer(self.breaker)
+                .layer(AuthLayer::new(
+                    self.tenants.clone(),
+                    &self.cloud.default_scope(),
+                ))
+                .layer(TimeoutLayer::new(self.attempt_timeout))
+                .service(service),
+        );
         Ok(GraphClient {
             inner: Arc::new(Inner {
-                http,
                 cloud: self.cloud,
                 version: self.version,
                 tenants: self.tenants,
@@ -213,8 +277,10 @@ impl GraphClientBuilder {
                     (seed >> 32) as u32,
                     std::process::id() & 0xffff
                 ),
-                budgets: Budgets::new(self.concurrency),
+                budgets,
                 autobatch: self.autobatch.map(AutoBatcher::new),
+                service,
+                max_pages: self.max_pages,
             }),
         })
     }
@@ -257,15 +323,15 @@ impl GraphClient {
             cloud,
             version: ApiVersion::V1,
             tenants: HashMap::new(),
-            retry: Retries {
-                attempts: 4,
-                total_delay: Duration::from_secs(60),
-                backoff: Backoff::standard(),
-                attempt_timeout: Duration::from_secs(30),
-            },
+            retry: RetryPolicy::default(),
+            attempts: RetryPolicy::default().max_attempts(),
+            attempt_timeout: Duration::from_secs(30),
             http: None,
             concurrency: Concurrency::default(),
             autobatch: None,
+            breaker: BreakerLayer::standard(),
+            layers: Vec::new(),
+            max_pages: 100_000,
         }
     }
 
@@ -328,15 +394,15 @@ impl GraphClient {
     }
 
     pub(crate) fn retry_attempts(&self) -> u32 {
-        self.inner.retry.attempts
+        self.inner.retry.max_attempts()
     }
 
     pub(crate) fn retry_total_delay(&self) -> Duration {
-        self.inner.retry.total_delay
+        self.inner.retry.max_total_delay()
     }
 
     pub(crate) fn backoff_delay(&self, attempt: u32, previous: Duration) -> Duration {
-        self.inner.retry.backoff.delay(attempt, previous)
+        self.inner.retry.backoff_delay(attempt, previous)
     }
 
     /// Sends `request` and reads its body as `T`.
@@ -367,15 +433,19 @@ impl GraphClient {
         let first = request
             .url(&client.inner.cloud, client.inner.version)
             .map_err(GraphError::from);
-        futures_util::stream::unfold(Some(first), move |next| {
+        let max_pages = client.inner.max_pages;
+        futures_util::stream::unfold((Some(first), 0usize), move |(next, read)| {
             let client = client.clone();
             let tenant = tenant.clone();
             let request = request.clone();
             async move {
                 let url = match next? {
                     Ok(url) => url,
-                    Err(e) => return Some((Err(e), None)),
+                    Err(e) => return Some((Err(e), (None, read))),
                 };
+                if read >= max_pages {
+                    return Some((Err(GraphError::TooManyPages(max_pages)), (None, read)));
+                }
                 match client
                     .send_url(&tenant, &request, &url)
                     .await
@@ -391,9 +461,9 @@ impl GraphClient {
                                 Err(GraphError::ForeignUrl)
                             }
                         });
-                        Some((Ok(page), next))
+                        Some((Ok(page), (next, read + 1)))
                     }
-                    Err(e) => Some((Err(e), None)),
+                    Err(e) => Some((Err(e), (None, read))),
                 }
             }
         })
@@ -429,13 +499,10 @@ impl GraphClient {
         if !inner.cloud.is_graph_url(url) {
             return Err(GraphError::ForeignUrl);
         }
-        let provider = inner
-            .tenants
-            .get(&tenant.to_ascii_lowercase())
-            .ok_or_else(|| GraphError::UnknownTenant(tenant.chars().take(64).collect()))?
-            .clone();
-        let mut token_request = TokenRequest::new([inner.cloud.default_scope()]);
-        let client_request_id = self.request_id();
+        let tenant_key = tenant.to_ascii_lowercase();
+        if !inner.tenants.contains_key(&tenant_key) {
+            return Err(GraphError::UnknownTenant(tenant.chars().take(64).collect()));
+        }
         // Safe to repeat: by method (RFC 9110), or a write guarded by `If-Match` (a
         // repeat after a lost answer meets a changed ETag: 412, never a second write).
         let idempotent = request.idempotent.unwrap_or_else(|| {
@@ -446,103 +513,50 @@ impl GraphClient {
             Some(list) => list.clone(),
             None => mailbox_of(self.relative_path(url)).into_iter().collect(),
         };
-        let tenant_key = tenant.to_ascii_lowercase();
-        let mut waited = Duration::ZERO;
-        let mut previous = Duration::ZERO;
-        let mut answered_challenge = false;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let token = provider
-                .token(&token_request)
-                .await
-                .map_err(GraphError::Token)?;
-            // A place of the tenant's and of each mailbox's budget, for this attempt.
-            let held = inner.budgets.acquire(&tenant_key, &mailboxes).await;
-            let mut call = inner
-                .http
-                .request(request.method().clone(), url)
-                .headers(request.headers().clone())
-                .bearer_auth(token.secret())
-                .header("client-request-id", &client_request_id)
-                .header("SdkVersion", SDK_VERSION)
-                .header(http::header::ACCEPT, "application/json")
-                .timeout(inner.retry.attempt_timeout);
-            if let Some(body) = request.body() {
-                call = call.body(body.to_vec());
-            }
-            let sent = call.send().await;
-            match &sent {
-                Ok(r) if matches!(r.status().as_u16(), 429 | 503) => held.tenant.throttled(),
-                Ok(_) => held.tenant.succeeded(),
-                Err(_) => {}
-            }
-            let error = match sent {
-                Ok(response) if response.status().is_success() => {
-                    let status = response.status();
-                    let headers = response.headers().clone();
-                    let body = read_limited(response, MAX_BODY).await?;
-                    return Ok(GraphResponse {
-                        status,
-                        headers,
-                        body,
-                    });
-                }
-                Ok(response) => {
-                    let status = response.status();
-                    let headers = response.headers().clone();
-                    let body = read_limited(response, MAX_ERROR_BODY)
-                        .await
-                        .unwrap_or_default();
-                    let error = GraphError::from_response(status, &headers, &body);
-                    // A claims challenge (Conditional Access, CAE) goes back to the
-                    // token provider with its claims, once.
-                    if status == StatusCode::UNAUTHORIZED
-                        && !answered_challenge
-                        && let Some(claims) = headers
-                            .get(http::header::WWW_AUTHENTICATE)
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(claims_challenge)
-                    {
-                        answered_challenge = true;
-                        token_request = token_request.claims(claims);
-                        if attempt < inner.retry.attempts {
-                            continue;
-                        }
-                    }
-                    error
-                }
-                Err(e) => GraphError::Transport(e),
-            };
-            let class = error.class();
-            let retryable = match (&error, class) {
-                (_, ErrorClass::Throttled { .. }) => true,
-                (GraphError::Transport(e), _) => idempotent && (e.is_timeout() || e.is_connect()),
-                (_, ErrorClass::Transient) => idempotent,
-                _ => false,
-            };
-            if !retryable || attempt >= inner.retry.attempts {
-                return Err(error);
-            }
-            let delay = match class {
-                ErrorClass::Throttled {
-                    retry_after: Some(after),
-                } => after,
-                _ => inner.retry.backoff.delay(attempt, previous),
-            };
-            if waited.saturating_add(delay) > inner.retry.total_delay {
-                return Err(error);
-            }
-            waited += delay;
-            previous = delay;
-            tracing::debug!(
-                attempt,
-                delay_ms = delay.as_millis() as u64,
-                status = error.status().map(|s| s.as_u16()),
-                "retrying a Graph call"
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|_| GraphError::Request(crate::RequestError::InvalidPath))?;
+        let mut call = http::Request::new(bytes::Bytes::from(
+            request.body().map(<[u8]>::to_vec).unwrap_or_default(),
+        ));
+        *call.method_mut() = request.method().clone();
+        *call.uri_mut() = uri;
+        let headers = call.headers_mut();
+        headers.extend(request.headers().clone());
+        if let Ok(id) = HeaderValue::try_from(self.request_id()) {
+            headers.insert("client-request-id", id);
+        }
+        headers.insert("sdkversion", HeaderValue::from_static(SDK_VERSION));
+        headers.insert(
+            http::header::ACCEPT,
+            HeaderValue::from_static("application/json"),
+        );
+        if request.body().is_some() && !headers.contains_key(http::header::CONTENT_TYPE) {
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
             );
-            drop(held);
-            tokio::time::sleep(delay).await;
+        }
+        call.extensions_mut().insert(CallContext {
+            tenant: tenant_key,
+            idempotent,
+            mailboxes,
+            attempt: 0,
+        });
+        let answer = inner.service.clone().oneshot(call).await?;
+        let (parts, body) = answer.into_parts();
+        if parts.status.is_success() {
+            Ok(GraphResponse {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
+        } else {
+            Err(GraphError::from_response(
+                parts.status,
+                &parts.headers,
+                &body,
+            ))
         }
     }
 
@@ -559,18 +573,4 @@ impl GraphClient {
         let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         format!("{}-4000-8000-{n:012x}", self.inner.id_prefix)
     }
-}
-
-async fn read_limited(
-    mut response: reqwest::Response,
-    limit: usize,
-) -> Result<bytes::Bytes, GraphError> {
-    let mut body = bytes::BytesMut::new();
-    while let Some(chunk) = response.chunk().await.map_err(GraphError::Transport)? {
-        if body.len() + chunk.len() > limit {
-            return Err(GraphError::TooLarge);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
 }

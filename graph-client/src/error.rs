@@ -215,6 +215,19 @@ pub enum GraphError {
     /// reset, a timeout).
     #[error("the Graph call failed in transport")]
     Transport(#[source] reqwest::Error),
+    /// An attempt did not answer within the client's time limit per attempt.
+    #[error("the Graph call did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The circuit breaker of Graph's host is open after failures: the call was not
+    /// sent. Try again after the breaker's wait.
+    #[error("the circuit breaker of Graph's host is open: the call was not sent")]
+    CircuitOpen(#[source] keel_resilience::breaker::CallNotPermitted),
+    /// A paged read went past the client's page limit
+    /// ([`GraphClientBuilder::max_pages`](crate::GraphClientBuilder::max_pages)).
+    #[error(
+        "more than {0} pages: the read was stopped (raise GraphClientBuilder::max_pages if it is expected)"
+    )]
+    TooManyPages(usize),
     /// A `$batch` step was not sent because a step it depends on failed (the client's
     /// own 424: Graph's arrives as [`GraphError::Api`] with status 424).
     #[error("batch step not sent: step `{0}` it depends on failed")]
@@ -395,6 +408,8 @@ impl Classify for GraphError {
         match self {
             GraphError::Token(e) => return e.class(),
             GraphError::BatchFailed(e) => return e.class(),
+            GraphError::CircuitOpen(e) => return e.class(),
+            GraphError::Timeout(_) => return ErrorClass::Transient,
             GraphError::Transport(e) if e.is_timeout() || e.is_connect() || e.is_request() => {
                 return ErrorClass::Transient;
             }

@@ -61,6 +61,7 @@ mod cloud;
 #[cfg_attr(docsrs, doc(cfg(feature = "emulator")))]
 pub mod emulator;
 mod error;
+pub mod middleware;
 pub mod model;
 mod request;
 mod resources;

@@ -5,6 +5,7 @@
 mod batch;
 mod client;
 mod independent;
+mod middleware;
 mod planner;
 
 use std::time::Duration;

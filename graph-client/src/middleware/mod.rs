@@ -1,0 +1,78 @@
+//! The pipeline every Graph call goes through — direct calls, next links and `$batch`
+//! requests alike — built from tower layers, as Kiota's handlers are:
+//!
+//! | order | layer | does |
+//! |---|---|---|
+//! | 1 | [`TraceLayer`] | a `graph.request` span, and RED metrics by method, route template and status |
+//! | 2 | [`RetryLayer`] | 429/503 with `Retry-After` (seconds, fractions, dates), backoff with jitter otherwise; transient failures of idempotent calls; caps on attempts and total delay |
+//! | 3 | budgets | a place in the tenant's adaptive concurrency and in each Outlook mailbox's budget, per attempt |
+//! | 4 | [`BreakerLayer`] | a circuit breaker per host (keel-resilience): refuses calls while Graph's host fails |
+//! | 5 | [`AuthLayer`] | the tenant's bearer token; a 401 with a claims challenge goes back to the token provider once |
+//! | 6 | [`TimeoutLayer`] | a time limit per attempt |
+//! | 7 | your layers | [`GraphClientBuilder::layer`](crate::GraphClientBuilder::layer): they see each attempt as sent |
+//! | 8 | transport | reqwest, bodies read within bounds |
+//!
+//! Inside the pipeline a call is an [`http::Request`] with a [`Bytes`] body and a
+//! [`CallContext`] in its extensions; every HTTP answer, error statuses included, is an
+//! `Ok` [`http::Response`] (so layers see Graph's errors as Graph sent them); `Err` is a
+//! call that got no answer (transport, timeout, token, open breaker).
+
+mod auth;
+mod breaker;
+mod budget;
+mod retry;
+mod timeout;
+mod trace;
+mod transport;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tower::util::BoxCloneSyncService;
+
+pub use auth::{AuthLayer, AuthService};
+pub use breaker::{BreakerLayer, BreakerService};
+pub(crate) use budget::BudgetLayer;
+pub use retry::{RetryLayer, RetryPolicy, RetryService};
+pub use timeout::{TimeoutLayer, TimeoutService};
+pub use trace::{TraceLayer, TraceService, route_template};
+pub(crate) use transport::Transport;
+
+use crate::error::GraphError;
+
+/// A call inside the pipeline.
+pub type GraphHttpRequest = http::Request<Bytes>;
+/// An answer inside the pipeline (any status).
+pub type GraphHttpResponse = http::Response<Bytes>;
+/// The pipeline as one service: what your layers wrap.
+pub type GraphService = BoxCloneSyncService<GraphHttpRequest, GraphHttpResponse, GraphError>;
+
+/// What the layers know of a call, in its request's extensions.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct CallContext {
+    /// The tenant the call is for (as given to the client, lower-cased).
+    pub tenant: String,
+    /// Whether repeating the call is safe (by method, or a write with `If-Match`).
+    pub idempotent: bool,
+    /// The Outlook mailboxes the call addresses (one entry per `$batch` item).
+    pub mailboxes: Vec<String>,
+    /// The attempt, from 1 (set by the retry layer).
+    pub attempt: u32,
+}
+
+/// A copy of a request for another attempt (`http::Request` is not `Clone`).
+pub(crate) fn copy_request(request: &GraphHttpRequest) -> GraphHttpRequest {
+    let mut copy = http::Request::new(request.body().clone());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.headers_mut() = request.headers().clone();
+    *copy.version_mut() = request.version();
+    if let Some(context) = request.extensions().get::<CallContext>() {
+        copy.extensions_mut().insert(context.clone());
+    }
+    copy
+}
+
+/// A user layer, kept until the pipeline is built.
+pub(crate) type UserLayer = Arc<dyn Fn(GraphService) -> GraphService + Send + Sync>;

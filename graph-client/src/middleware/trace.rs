@@ -1,0 +1,152 @@
+//! A span per call and RED metrics: rate, errors, duration by method, route template
+//! and status (no ids in labels).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tower::{Layer, Service, ServiceExt as _};
+use tracing::Instrument as _;
+
+use super::{CallContext, GraphHttpRequest, GraphHttpResponse};
+use crate::error::GraphError;
+
+/// A `graph.request` span per call (method, route template, tenant, status) and two
+/// metrics through the `metrics` facade: `graph_requests_total` (labels `method`,
+/// `route`, `status`: the HTTP status, or `transport`, `timeout`, `circuit_open`,
+/// `token`, `other` when there was none) and `graph_request_duration_seconds`
+/// (`method`, `route`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TraceLayer;
+
+impl<S> Layer<S> for TraceLayer {
+    type Service = TraceService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TraceService { inner }
+    }
+}
+
+/// The service of [`TraceLayer`].
+#[derive(Clone, Debug)]
+pub struct TraceService<S> {
+    inner: S,
+}
+
+/// The route of a Graph path with its ids replaced by `{id}`, for labels:
+/// segments holding a digit (other than the version), `@`, `:`, `'` or `=`, or longer
+/// than 24 characters, are ids.
+///
+/// ```
+/// use keel_graph_client::middleware::route_template;
+///
+/// assert_eq!(route_template("/v1.0/users/ada@contoso.com/messages"), "/v1.0/users/{id}/messages");
+/// assert_eq!(route_template("/v1.0/planner/tasks/oIx3zN98jEmVOM-4mUJzSGUANeje/details"), "/v1.0/planner/tasks/{id}/details");
+/// assert_eq!(route_template("/beta/groups/02bd9fd6-8f93-4758-87c3-1fb73740a315/members"), "/beta/groups/{id}/members");
+/// assert_eq!(route_template("/v1.0/$batch"), "/v1.0/$batch");
+/// ```
+#[must_use]
+pub fn route_template(path: &str) -> String {
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let mut out = String::with_capacity(path.len());
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        let version = i == 1 && (segment == "v1.0" || segment == "beta");
+        let id = !version
+            && (segment.len() > 24
+                || segment
+                    .bytes()
+                    .any(|b| b.is_ascii_digit() || matches!(b, b'@' | b':' | b'\'' | b'=' | b'%')));
+        out.push_str(if id { "{id}" } else { segment });
+    }
+    out
+}
+
+fn status_label(answer: &Result<GraphHttpResponse, GraphError>) -> String {
+    match answer {
+        Ok(response) => response.status().as_u16().to_string(),
+        Err(GraphError::Transport(_)) => "transport".into(),
+        Err(GraphError::Timeout(_)) => "timeout".into(),
+        Err(GraphError::CircuitOpen(_)) => "circuit_open".into(),
+        Err(GraphError::Token(_)) => "token".into(),
+        Err(_) => "other".into(),
+    }
+}
+
+impl<S> Service<GraphHttpRequest> for TraceService<S>
+where
+    S: Service<GraphHttpRequest, Response = GraphHttpResponse, Error = GraphError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = GraphHttpResponse;
+    type Error = GraphError;
+    type Future = Pin<Box<dyn Future<Output = Result<GraphHttpResponse, GraphError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GraphError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: GraphHttpRequest) -> Self::Future {
+        let inner = self.inner.clone();
+        let method = request.method().as_str().to_owned();
+        let route = route_template(request.uri().path());
+        let tenant = request
+            .extensions()
+            .get::<CallContext>()
+            .map(|c| c.tenant.clone())
+            .unwrap_or_default();
+        let client_request_id = request
+            .headers()
+            .get("client-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let span = tracing::info_span!(
+            "graph.request",
+            http.request.method = %method,
+            url.template = %route,
+            tenant = %tenant,
+            client_request_id = %client_request_id,
+            http.response.status_code = tracing::field::Empty,
+            request_id = tracing::field::Empty,
+        );
+        Box::pin(
+            async move {
+                let started = Instant::now();
+                let answer = inner.oneshot(request).await;
+                let status = status_label(&answer);
+                let span = tracing::Span::current();
+                span.record("http.response.status_code", status.as_str());
+                if let Ok(response) = &answer
+                    && let Some(id) = response
+                        .headers()
+                        .get("request-id")
+                        .and_then(|v| v.to_str().ok())
+                {
+                    span.record("request_id", id);
+                }
+                metrics::counter!(
+                    "graph_requests_total",
+                    "method" => method.clone(),
+                    "route" => route.clone(),
+                    "status" => status,
+                )
+                .increment(1);
+                metrics::histogram!(
+                    "graph_request_duration_seconds",
+                    "method" => method,
+                    "route" => route,
+                )
+                .record(started.elapsed().as_secs_f64());
+                answer
+            }
+            .instrument(span),
+        )
+    }
+}
