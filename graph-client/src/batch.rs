@@ -53,8 +53,8 @@ pub enum BatchError {
     /// A step may only depend on steps added before it.
     #[error("batch step depends on `{0}`, which is not an earlier step")]
     UnknownDependency(String),
-    /// Ids are 1 to 128 characters.
-    #[error("batch step ids must have 1 to 128 characters")]
+    /// Ids are 1 to 128 bytes.
+    #[error("batch step ids must have 1 to 128 bytes")]
     InvalidId,
 }
 
@@ -138,7 +138,7 @@ impl Batch {
         request: GraphRequest,
         depends_on: &[&str],
     ) -> Result<StepId, BatchError> {
-        if id.is_empty() || id.chars().count() > 128 {
+        if id.is_empty() || id.len() > 128 {
             return Err(BatchError::InvalidId);
         }
         if self.ids.contains_key(id) {
@@ -205,7 +205,7 @@ impl BatchResponses {
     pub fn json<T: DeserializeOwned>(&self, id: &StepId) -> Result<T, GraphError> {
         match self.answers.get(&id.0) {
             Some(Ok(response)) => response.json(),
-            Some(Err(e)) => Err(GraphError::BatchFailed(Arc::new(copy_error(e)))),
+            Some(Err(e)) => Err(copy_error(e)),
             None => Err(GraphError::BatchResponse {
                 problem: BatchProblem::MissingResponse,
                 request_id: None,
@@ -378,7 +378,9 @@ impl GraphClient {
                 sends: 0,
             })
             .collect();
-        let mut waited = Duration::ZERO;
+        // The whole batch, its requests' own retries included, waits at most the
+        // client's total delay.
+        let deadline = tokio::time::Instant::now() + self.retry_total_delay();
         let mut previous = Duration::ZERO;
         let attempts = self.retry_attempts();
         loop {
@@ -406,7 +408,7 @@ impl GraphClient {
             let sent = futures_util::future::join_all(
                 outgoing
                     .iter()
-                    .map(|out| self.send_batch(tenant, &steps, out)),
+                    .map(|out| self.send_batch(tenant, &steps, out, deadline)),
             )
             .await;
             let mut again: Vec<usize> = Vec::new();
@@ -449,7 +451,7 @@ impl GraphClient {
                 }
             }
             if let Some(delay) = delay {
-                if waited.saturating_add(delay) > self.retry_total_delay() {
+                if tokio::time::Instant::now() + delay > deadline {
                     // Out of time: the steps waiting keep their last answer.
                     for &i in &again {
                         if let Some(last) = steps[i].last.take() {
@@ -458,7 +460,6 @@ impl GraphClient {
                     }
                     continue;
                 }
-                waited += delay;
                 previous = delay;
                 tracing::debug!(
                     steps = again.len(),
@@ -487,6 +488,7 @@ impl GraphClient {
         tenant: &str,
         steps: &[Running],
         out: &Outgoing,
+        deadline: tokio::time::Instant,
     ) -> Vec<Result<GraphResponse, GraphError>> {
         let in_request: HashSet<usize> = out.steps.iter().copied().collect();
         let items: Vec<Value> = out
@@ -504,6 +506,7 @@ impl GraphClient {
                 .collect(),
         );
         request.idempotent = Some(out.steps.iter().all(|&i| steps[i].idempotent));
+        request.deadline = Some(deadline);
         let ids: Vec<&str> = out.steps.iter().map(|&i| steps[i].id.as_str()).collect();
         let limiter = self.tenant_limiter(tenant);
         let epoch = limiter.epoch();

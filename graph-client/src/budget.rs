@@ -170,8 +170,16 @@ impl Drop for AdaptivePermit {
 const MAILBOX_CONCURRENCY: usize = 4;
 const MAILBOX_REQUESTS: u32 = 10_000;
 const MAILBOX_WINDOW: Duration = Duration::from_secs(600);
+/// Requests that may go at once before the steady rate applies: the burst and the
+/// refill over one window add up to `MAILBOX_REQUESTS`.
+const MAILBOX_BURST: u32 = 1_000;
+/// How many mailboxes' budgets are kept, and for how long unused (longer than the
+/// window, so a mailbox's rate is remembered while it matters).
+const MAILBOXES_KEPT: u64 = 100_000;
+const MAILBOX_IDLE: Duration = Duration::from_secs(900);
 
-/// One mailbox's budget: four in flight, and a GCRA of 10,000 per 10 minutes.
+/// One mailbox's budget: four in flight, and a GCRA that lets at most 10,000 requests
+/// through in any 10 minutes (a burst of 1,000, then one per 66.7 ms).
 #[derive(Debug)]
 struct Mailbox {
     in_flight: Arc<Semaphore>,
@@ -179,12 +187,51 @@ struct Mailbox {
     tat: Mutex<Option<Instant>>,
 }
 
+impl keel_resilience::keyed::Retain for Mailbox {
+    /// Kept through size eviction while requests are in flight or its rate is spent.
+    fn retain(&self) -> bool {
+        self.in_flight.available_permits() < MAILBOX_CONCURRENCY
+            || self
+                .tat
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some_and(|t| t > Instant::now())
+    }
+}
+
+impl Mailbox {
+    /// Waits until `n` more requests conform to the rate, then takes them. Nothing is
+    /// taken while waiting, so a caller that gives up costs nothing.
+    async fn pace(&self, n: u32) {
+        let interval = MAILBOX_WINDOW / (MAILBOX_REQUESTS - MAILBOX_BURST);
+        let tolerance = interval * MAILBOX_BURST;
+        loop {
+            let wait = {
+                let now = Instant::now();
+                let mut tat = self.tat.lock().unwrap_or_else(PoisonError::into_inner);
+                let base = tat.map_or(now, |t| t.max(now));
+                let wait = base
+                    .saturating_duration_since(now)
+                    .saturating_sub(tolerance);
+                if wait.is_zero() {
+                    *tat = Some(base + interval * n);
+                }
+                wait
+            };
+            if wait.is_zero() {
+                return;
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
 /// Every tenant's budgets.
 #[derive(Debug)]
 pub(crate) struct Budgets {
     concurrency: Concurrency,
     tenants: Mutex<HashMap<String, Arc<Adaptive>>>,
-    mailboxes: Mutex<HashMap<String, Arc<Mailbox>>>,
+    mailboxes: keel_resilience::keyed::KeyedRegistry<String, Mailbox>,
 }
 
 /// Places held for one HTTP request: its tenant's and its mailboxes'.
@@ -199,7 +246,14 @@ impl Budgets {
         Budgets {
             concurrency,
             tenants: Mutex::new(HashMap::new()),
-            mailboxes: Mutex::new(HashMap::new()),
+            mailboxes: keel_resilience::keyed::KeyedRegistry::new(
+                MAILBOXES_KEPT,
+                MAILBOX_IDLE,
+                |_: &String| Mailbox {
+                    in_flight: Arc::new(Semaphore::new(MAILBOX_CONCURRENCY)),
+                    tat: Mutex::new(None),
+                },
+            ),
         }
     }
 
@@ -228,34 +282,13 @@ impl Budgets {
         counts.sort();
         let mut held = Vec::with_capacity(counts.len());
         for (key, n) in counts {
-            let mailbox = self
-                .mailboxes
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry(key)
-                .or_insert_with(|| {
-                    Arc::new(Mailbox {
-                        in_flight: Arc::new(Semaphore::new(MAILBOX_CONCURRENCY)),
-                        tat: Mutex::new(None),
-                    })
-                })
-                .clone();
+            let mailbox = self.mailboxes.get(&key);
             let n = n.min(MAILBOX_CONCURRENCY as u32);
-            let wait = {
-                let interval = MAILBOX_WINDOW / MAILBOX_REQUESTS;
-                let now = Instant::now();
-                let mut tat = mailbox.tat.lock().unwrap_or_else(PoisonError::into_inner);
-                let next = tat.map_or(now, |t| t.max(now)) + interval * n;
-                *tat = Some(next);
-                next.saturating_duration_since(now)
-                    .saturating_sub(MAILBOX_WINDOW)
-            };
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
+            // The places first, then the rate: a request paced is about to go out.
             if let Ok(permit) = mailbox.in_flight.clone().acquire_many_owned(n).await {
                 held.push(permit);
             }
+            mailbox.pace(n).await;
         }
         let tenant = self.tenant(tenant).acquire().await;
         Held {
@@ -266,7 +299,9 @@ impl Budgets {
 }
 
 /// The mailbox an Outlook request addresses: `users/{id}` or `me`, followed by one of
-/// Outlook's resources; `None` for anything else. `path` is relative to the version.
+/// Outlook's resources; `None` for anything else. `path` is relative to the version;
+/// the id is percent-decoded and lower-cased, so one mailbox has one key however its
+/// path was spelt.
 pub(crate) fn mailbox_of(path: &str) -> Option<String> {
     const OUTLOOK: &[&str] = &[
         "messages",
@@ -287,7 +322,10 @@ pub(crate) fn mailbox_of(path: &str) -> Option<String> {
     let (mailbox, resource) = if first.eq_ignore_ascii_case("me") {
         ("me".to_owned(), segments.next()?)
     } else if first.eq_ignore_ascii_case("users") {
-        (segments.next()?.to_ascii_lowercase(), segments.next()?)
+        (
+            percent_decoded(segments.next()?)?.to_lowercase(),
+            segments.next()?,
+        )
     } else {
         return None;
     };
@@ -296,6 +334,24 @@ pub(crate) fn mailbox_of(path: &str) -> Option<String> {
         .contains(&resource.as_str())
         .then_some(mailbox)
         .filter(|m| !m.is_empty())
+}
+
+/// `%XX` decoded; `None` for a bad escape or bytes that are not UTF-8.
+fn percent_decoded(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
@@ -314,6 +370,11 @@ mod tests {
         assert_eq!(mailbox_of("/users/42/memberOf"), None);
         assert_eq!(mailbox_of("/groups/1/events"), None);
         assert_eq!(mailbox_of("/users//messages"), None);
+        // One mailbox, one key, however the id was spelt in the path.
+        assert_eq!(
+            mailbox_of("/users/Ada%5Ex@contoso.com/messages"),
+            mailbox_of("/users/ada^x@contoso.com/events")
+        );
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -381,15 +442,45 @@ mod tests {
             .is_ok()
         );
         drop(held);
-        // 10,000 requests pass at once; the next waits for the window to move.
+        // Requests one after another for 25 minutes of (paused) time: no 10-minute
+        // window ever holds more than 10,000.
         let start = Instant::now();
-        for _ in 0..(MAILBOX_REQUESTS - 5) {
+        let mut sent: Vec<Duration> = Vec::new();
+        while start.elapsed() < Duration::from_secs(1_500) {
+            drop(budgets.acquire("t", &box_).await);
+            sent.push(start.elapsed());
+        }
+        let mut most = 0;
+        let mut first = 0;
+        for (last, at) in sent.iter().enumerate() {
+            while *at - sent[first] >= MAILBOX_WINDOW {
+                first += 1;
+            }
+            most = most.max(last + 1 - first);
+        }
+        assert!(
+            most <= MAILBOX_REQUESTS as usize,
+            "{most} requests in one window"
+        );
+        assert!(most >= 9_900, "the budget should be used: {most}");
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_caller_that_gives_up_while_paced_costs_nothing() {
+        let budgets = Budgets::new(Concurrency::fixed(100));
+        let box_ = vec!["ada".to_owned()];
+        for _ in 0..MAILBOX_BURST {
             drop(budgets.acquire("t", &box_).await);
         }
-        assert!(start.elapsed() < Duration::from_secs(1));
+        // 1,000 callers give up while waiting for the rate.
+        for _ in 0..1_000 {
+            let _ =
+                tokio::time::timeout(Duration::from_millis(1), budgets.acquire("t", &box_)).await;
+        }
+        let start = Instant::now();
         drop(budgets.acquire("t", &box_).await);
         assert!(
-            start.elapsed() >= Duration::from_millis(50),
+            start.elapsed() < Duration::from_secs(1),
             "{:?}",
             start.elapsed()
         );

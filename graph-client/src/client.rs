@@ -88,6 +88,7 @@ pub struct GraphClientBuilder {
     breaker: BreakerLayer,
     layers: Vec<UserLayer>,
     max_pages: usize,
+    duplicate_tenant: Option<String>,
 }
 
 impl std::fmt::Debug for GraphClientBuilder {
@@ -110,6 +111,10 @@ pub enum BuildError {
     /// At most zero attempts: no call could be made.
     #[error("a Graph client needs at least one attempt per call")]
     NoAttempt,
+    /// Two tenants were given one name (names are compared without case): one would
+    /// have used the other's tokens.
+    #[error("tenant `{0}` was given twice (names are compared without case)")]
+    DuplicateTenant(String),
     /// The HTTP client could not be built (the TLS backend failed to load).
     #[error("the HTTP client could not be built")]
     Http(#[source] reqwest::Error),
@@ -125,7 +130,13 @@ impl GraphClientBuilder {
     /// The token provider of `tenant` (the name callers pass to each call: a tenant id,
     /// a domain, or any label). Tokens of one tenant are only ever sent on its calls.
     pub fn tenant(mut self, tenant: &str, provider: Arc<dyn TokenProvider>) -> Self {
-        self.tenants.insert(tenant.to_ascii_lowercase(), provider);
+        if self
+            .tenants
+            .insert(tenant.to_ascii_lowercase(), provider)
+            .is_some()
+        {
+            self.duplicate_tenant = Some(tenant.chars().take(64).collect());
+        }
         self
     }
 
@@ -235,6 +246,9 @@ impl GraphClientBuilder {
         if self.attempts == 0 {
             return Err(BuildError::NoAttempt);
         }
+        if let Some(tenant) = self.duplicate_tenant {
+            return Err(BuildError::DuplicateTenant(tenant));
+        }
         let http = match self.http {
             Some(http) => http,
             None => reqwest::Client::builder()
@@ -332,6 +346,7 @@ impl GraphClient {
             breaker: BreakerLayer::standard(),
             layers: Vec::new(),
             max_pages: 100_000,
+            duplicate_tenant: None,
         }
     }
 
@@ -542,6 +557,7 @@ impl GraphClient {
             idempotent,
             mailboxes,
             attempt: 0,
+            deadline: request.deadline,
         });
         let answer = inner.service.clone().oneshot(call).await?;
         let (parts, body) = answer.into_parts();

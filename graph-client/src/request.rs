@@ -39,6 +39,8 @@ pub struct GraphRequest {
     /// Whether a repeat is safe, when the method alone does not say (a `$batch` of
     /// reads).
     pub(crate) idempotent: Option<bool>,
+    /// No retry waits past this (a `$batch` request shares its batch's time).
+    pub(crate) deadline: Option<tokio::time::Instant>,
 }
 
 /// A request that cannot be sent as built.
@@ -88,6 +90,7 @@ impl GraphRequest {
             problem,
             mailboxes: None,
             idempotent: None,
+            deadline: None,
         }
     }
 

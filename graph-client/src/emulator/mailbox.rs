@@ -72,15 +72,19 @@ impl Mailboxes {
         self.seen.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(crate) fn stats(&self, mailbox: &str) -> MailboxStats {
-        self.lock()
-            .get(&mailbox.to_ascii_lowercase())
-            .map(|s| MailboxStats {
-                peak_in_flight: s.peak,
-                requests: s.requests,
-                throttled: s.refused,
-            })
-            .unwrap_or_default()
+    /// The counts of mailbox `user` of `tenant`, over every app (the peak is the
+    /// highest of one app's).
+    pub(crate) fn stats(&self, tenant: &str, user: &str) -> MailboxStats {
+        let mut stats = MailboxStats::default();
+        for (key, seen) in self.lock().iter() {
+            let mut parts = key.splitn(3, '/');
+            if parts.next() == Some(tenant) && parts.nth(1) == Some(user) {
+                stats.peak_in_flight = stats.peak_in_flight.max(seen.peak);
+                stats.requests += seen.requests;
+                stats.throttled += seen.refused;
+            }
+        }
+        stats
     }
 }
 
@@ -96,14 +100,20 @@ fn mailbox_of(state: &State, request: &Request) -> Option<String> {
     if !OUTLOOK.contains(&resource.as_str()) {
         return None;
     }
-    let tid = super::faults::tenant_of(state, request, request.uri().path())?;
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))?;
+    let claims = state.validator.validate(token).ok()?;
+    let tid = claims.tid.as_deref()?.to_ascii_lowercase();
     let tenant = state.tenant(&tid)?;
     let id = tenant
         .user(&user)
         .and_then(|u| u.get("id"))
         .and_then(Value::as_str)
         .map_or_else(|| user.to_ascii_lowercase(), str::to_owned);
-    Some(format!("{tid}/{id}"))
+    Some(format!("{tid}/{}/{id}", claims.client_id))
 }
 
 /// The middleware: counts requests in flight per mailbox (latency faults included) and

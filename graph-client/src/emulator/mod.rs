@@ -347,9 +347,9 @@ impl Emulator {
     }
 
     /// What the emulator saw of one mailbox (`user`: an id or a user principal name) of
-    /// `tenant` (its id): the most requests in flight at once, requests, and how many
-    /// were throttled for going over Outlook's limits (four concurrent requests, 10,000
-    /// per 10 minutes).
+    /// `tenant` (its id) from authenticated apps: the most requests one app had in
+    /// flight at once, requests, and how many were throttled for going over Outlook's
+    /// limits (four concurrent requests per app, 10,000 per 10 minutes).
     #[must_use]
     pub fn mailbox(&self, tenant: &str, user: &str) -> MailboxStats {
         let Some(t) = self.state.tenant(tenant) else {
@@ -362,7 +362,7 @@ impl Emulator {
             .map_or_else(|| user.to_ascii_lowercase(), str::to_owned);
         self.state
             .mailboxes
-            .stats(&format!("{}/{id}", t.seed.id.to_ascii_lowercase()))
+            .stats(&t.seed.id.to_ascii_lowercase(), &id)
     }
 
     /// How many token requests were received.

@@ -286,7 +286,7 @@ async fn group_plans(
         &state,
         &headers,
         &version,
-        "planner/plans",
+        &format!("groups/{id}/planner/plans"),
         &options,
         &plans,
     )
@@ -352,7 +352,7 @@ async fn plan_buckets(
         &state,
         &headers,
         &version,
-        "planner/buckets",
+        &format!("planner/plans/{id}/buckets"),
         &options,
         &buckets,
     )
@@ -388,7 +388,7 @@ async fn plan_tasks(
         &state,
         &headers,
         &version,
-        "planner/tasks",
+        &format!("planner/plans/{id}/tasks"),
         &options,
         &tasks,
     )

@@ -46,9 +46,12 @@ pub(crate) async fn serve(listener: TcpListener, acceptor: TlsAcceptor, app: axu
         let acceptor = acceptor.clone();
         let app = app.clone();
         connections.spawn(async move {
-            // A failed handshake (a client that does not trust the certificate) ends
-            // only this connection.
-            let Ok(stream) = acceptor.accept(stream).await else {
+            // A failed or stalled handshake (a client that does not trust the
+            // certificate) ends only this connection, within 10 s.
+            let Ok(Ok(stream)) =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream))
+                    .await
+            else {
                 return;
             };
             let service = hyper_util::service::TowerToHyperService::new(app);

@@ -59,6 +59,8 @@ pub struct CallContext {
     pub mailboxes: Vec<String>,
     /// The attempt, from 1 (set by the retry layer).
     pub attempt: u32,
+    /// No retry waits past this instant (a `$batch` request shares its batch's time).
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 /// A copy of a request for another attempt (`http::Request` is not `Clone`).

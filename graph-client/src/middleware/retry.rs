@@ -163,10 +163,9 @@ where
         let inner = self.inner.clone();
         let policy = self.policy.clone();
         Box::pin(async move {
-            let idempotent = request
-                .extensions()
-                .get::<CallContext>()
-                .is_some_and(|c| c.idempotent);
+            let context = request.extensions().get::<CallContext>();
+            let idempotent = context.is_some_and(|c| c.idempotent);
+            let deadline = context.and_then(|c| c.deadline);
             let mut waited = Duration::ZERO;
             let mut previous = Duration::ZERO;
             let mut attempt = 0;
@@ -184,7 +183,9 @@ where
                     return answer;
                 }
                 let delay = after.unwrap_or_else(|| policy.backoff.delay(attempt, previous));
-                if waited.saturating_add(delay) > policy.total_delay {
+                if waited.saturating_add(delay) > policy.total_delay
+                    || deadline.is_some_and(|d| tokio::time::Instant::now() + delay > d)
+                {
                     return answer;
                 }
                 waited += delay;

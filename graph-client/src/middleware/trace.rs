@@ -35,8 +35,9 @@ pub struct TraceService<S> {
 }
 
 /// The route of a Graph path with its ids replaced by `{id}`, for labels:
-/// segments holding a digit (other than the version), `@`, `:`, `'` or `=`, or longer
-/// than 24 characters, are ids.
+/// segments holding a digit (other than the version), `@`, `'`, `=` or `%`, or longer
+/// than 24 characters, are ids; a path addressed by name (`root:/folder/file.docx:`)
+/// becomes `{path}`, whatever it holds.
 ///
 /// ```
 /// use keel_graph_client::middleware::route_template;
@@ -44,25 +45,51 @@ pub struct TraceService<S> {
 /// assert_eq!(route_template("/v1.0/users/ada@contoso.com/messages"), "/v1.0/users/{id}/messages");
 /// assert_eq!(route_template("/v1.0/planner/tasks/oIx3zN98jEmVOM-4mUJzSGUANeje/details"), "/v1.0/planner/tasks/{id}/details");
 /// assert_eq!(route_template("/beta/groups/02bd9fd6-8f93-4758-87c3-1fb73740a315/members"), "/beta/groups/{id}/members");
+/// assert_eq!(route_template("/v1.0/me/drive/root:/HR/Dismissals/smith.docx:/content"), "/v1.0/me/drive/root:{path}:/content");
+/// assert_eq!(route_template("/v1.0/sites/root:/sites/ProjectFalcon"), "/v1.0/sites/root:{path}");
 /// assert_eq!(route_template("/v1.0/$batch"), "/v1.0/$batch");
 /// ```
 #[must_use]
 pub fn route_template(path: &str) -> String {
     let path = path.split(['?', '#']).next().unwrap_or_default();
     let mut out = String::with_capacity(path.len());
-    for (i, segment) in path.split('/').enumerate() {
+    let mut segments = path.split('/').enumerate();
+    while let Some((i, segment)) = segments.next() {
         if i > 0 {
             out.push('/');
         }
+        // Path-based addressing: `name:` opens it, a segment ending in `:` closes it.
+        if let Some((name, rest)) = segment.split_once(':') {
+            out.push_str(if is_id(name) { "{id}" } else { name });
+            out.push_str(":{path}");
+            let closed = !rest.is_empty() && rest.ends_with(':');
+            if !closed {
+                for (_, inner) in segments.by_ref() {
+                    if inner.ends_with(':') {
+                        out.push(':');
+                        break;
+                    }
+                }
+            } else {
+                out.push(':');
+            }
+            continue;
+        }
         let version = i == 1 && (segment == "v1.0" || segment == "beta");
-        let id = !version
-            && (segment.len() > 24
-                || segment
-                    .bytes()
-                    .any(|b| b.is_ascii_digit() || matches!(b, b'@' | b':' | b'\'' | b'=' | b'%')));
-        out.push_str(if id { "{id}" } else { segment });
+        out.push_str(if !version && is_id(segment) {
+            "{id}"
+        } else {
+            segment
+        });
     }
     out
+}
+
+fn is_id(segment: &str) -> bool {
+    segment.len() > 24
+        || segment
+            .bytes()
+            .any(|b| b.is_ascii_digit() || matches!(b, b'@' | b'\'' | b'=' | b'%'))
 }
 
 fn status_label(answer: &Result<GraphHttpResponse, GraphError>) -> String {

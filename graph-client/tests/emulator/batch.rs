@@ -59,6 +59,12 @@ async fn steps_are_answered_by_id_with_dependencies_and_424() {
     assert_eq!(answers.len(), 5);
     assert_eq!(answers.json::<User>(&first).unwrap().id, ids[0]);
     assert_eq!(answers.json::<User>(&after).unwrap().id, ids[1]);
+    // `json` gives the step's own error, Graph's code kept.
+    let own = answers.json::<User>(&missing).unwrap_err();
+    assert!(
+        own.api().unwrap().has_code("Request_ResourceNotFound"),
+        "{own:?}"
+    );
     let missing = answers.get(&missing).unwrap().as_ref().unwrap_err();
     assert_eq!(missing.status(), Some(StatusCode::NOT_FOUND));
     assert!(missing.api().unwrap().has_code("Request_ResourceNotFound"));
@@ -293,4 +299,80 @@ async fn throttling_halves_a_tenants_concurrency_and_success_grows_it_back() {
             .unwrap();
     }
     assert!(client.concurrency_limit("contoso") > after);
+}
+
+#[tokio::test]
+async fn a_batch_waits_no_longer_than_the_total_delay_even_when_its_requests_are_throttled() {
+    let graph = Emulator::start_default().await.unwrap();
+    let client = built(&graph, |b| b.retries(4, Duration::from_secs(1)));
+    let ids = user_ids(&client, "contoso").await;
+    // Every other $batch request is throttled as a whole, and one step always is.
+    graph
+        .faults()
+        .add(FaultRule::path("/v1.0/$batch").throttle("0.9").ratio(1, 2));
+    graph
+        .faults()
+        .add(FaultRule::path(&format!("/v1.0/users/{}", ids[0])).throttle("0.9"));
+    let mut batch = Batch::new();
+    let stuck = batch.add(GraphRequest::get(&format!("/users/{}", ids[0])));
+    let fine = batch.add(GraphRequest::get(&format!("/users/{}", ids[1])));
+    let started = std::time::Instant::now();
+    let answers = client.batch("contoso", batch).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1_300),
+        "the batch took {took:?}"
+    );
+    assert_eq!(
+        answers.get(&stuck).unwrap().as_ref().unwrap_err().status(),
+        Some(StatusCode::TOO_MANY_REQUESTS)
+    );
+    assert!(answers.get(&fine).unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn requests_that_fail_authentication_do_not_use_a_mailboxs_limits() {
+    use base64::Engine as _;
+    let graph = Emulator::start_default().await.unwrap();
+    let tenant = graph.tenants()[0].id().to_owned();
+    let client = built(&graph, |b| b);
+    let ids = user_ids(&client, "contoso").await;
+    // A forged token naming the tenant: refused, and not counted against the mailbox.
+    let payload =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(r#"{{"tid":"{tenant}"}}"#));
+    let forged = format!("eyJhbGciOiJub25lIn0.{payload}.x");
+    let url = format!("{}/v1.0/users/{}/messages", graph.base_url(), ids[0]);
+    for _ in 0..20 {
+        let status = reqwest::Client::new()
+            .get(&url)
+            .bearer_auth(&forged)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status.as_u16(), 401);
+    }
+    assert_eq!(graph.mailbox(&tenant, &ids[0]).requests, 0);
+    client
+        .send(
+            "contoso",
+            &GraphRequest::get(&format!("/users/{}/messages", ids[0])),
+        )
+        .await
+        .unwrap();
+    assert_eq!(graph.mailbox(&tenant, &ids[0]).requests, 1);
+}
+
+#[tokio::test]
+async fn two_tenants_given_one_name_are_refused() {
+    let graph = Emulator::start_default().await.unwrap();
+    let [a, b] = [graph.tenants()[0].clone(), graph.tenants()[1].clone()];
+    let built = GraphClient::builder(graph.cloud())
+        .tenant("Contoso", provider(&graph, a.domain()))
+        .tenant("contoso", provider(&graph, b.domain()))
+        .build();
+    assert!(matches!(
+        built,
+        Err(keel_graph_client::BuildError::DuplicateTenant(_))
+    ));
 }

@@ -193,3 +193,37 @@ async fn one_tenant_never_sees_another_tenants_plans() {
         tasks[0].title
     );
 }
+
+#[tokio::test]
+async fn planner_collections_page_through_their_own_next_links() {
+    let graph = Emulator::start_default().await.unwrap();
+    let client = client(&graph);
+    let (group, plan) = first_plan(&client).await;
+    let tasks: Vec<PlannerTask> = client
+        .items(
+            "contoso",
+            GraphRequest::get(&format!("/planner/plans/{plan}/tasks")).top(1),
+        )
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(tasks.len(), 4);
+    let buckets: Vec<keel_graph_client::model::PlannerBucket> = client
+        .items(
+            "contoso",
+            GraphRequest::get(&format!("/planner/plans/{plan}/buckets")).top(1),
+        )
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(buckets.len(), 2);
+    let plans: Vec<keel_graph_client::model::PlannerPlan> = client
+        .items(
+            "contoso",
+            GraphRequest::get(&format!("/groups/{group}/planner/plans")).top(1),
+        )
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(plans.len(), 1);
+}
