@@ -47,7 +47,7 @@ impl std::fmt::Display for StepId {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum BatchError {
-    /// Ids must be unique within a batch.
+    /// Ids must be unique within a batch (Graph compares them without case).
     #[error("batch step id `{0}` is used twice")]
     DuplicateId(String),
     /// A step may only depend on steps added before it.
@@ -122,7 +122,7 @@ impl Batch {
     pub fn add_after(&mut self, request: GraphRequest, after: &[&StepId]) -> StepId {
         let deps = after
             .iter()
-            .filter_map(|id| self.ids.get(&id.0).copied())
+            .filter_map(|id| self.ids.get(&id.0.to_lowercase()).copied())
             .collect();
         self.push(self.free_id(), request, deps)
     }
@@ -141,14 +141,15 @@ impl Batch {
         if id.is_empty() || id.len() > 128 {
             return Err(BatchError::InvalidId);
         }
-        if self.ids.contains_key(id) {
+        // Graph compares ids without case.
+        if self.ids.contains_key(&id.to_lowercase()) {
             return Err(BatchError::DuplicateId(id.chars().take(128).collect()));
         }
         let deps = depends_on
             .iter()
             .map(|d| {
                 self.ids
-                    .get(*d)
+                    .get(&d.to_lowercase())
                     .copied()
                     .ok_or_else(|| BatchError::UnknownDependency(d.chars().take(128).collect()))
             })
@@ -158,7 +159,7 @@ impl Batch {
 
     fn free_id(&self) -> String {
         let mut n = self.steps.len() + 1;
-        while self.ids.contains_key(&n.to_string()) {
+        while self.ids.contains_key(&n.to_string().to_lowercase()) {
             n += 1;
         }
         n.to_string()
@@ -167,7 +168,7 @@ impl Batch {
     fn push(&mut self, id: String, request: GraphRequest, mut deps: Vec<usize>) -> StepId {
         deps.sort_unstable();
         deps.dedup();
-        self.ids.insert(id.clone(), self.steps.len());
+        self.ids.insert(id.to_lowercase(), self.steps.len());
         self.steps.push(Step {
             id: id.clone(),
             request,
@@ -609,11 +610,12 @@ fn read_answers(response: &GraphResponse, ids: &[&str]) -> Vec<Result<GraphRespo
     };
     let mut found: HashMap<&str, Result<GraphResponse, GraphError>> = HashMap::new();
     for answer in answers {
-        let Some(id) = answer
-            .get("id")
-            .and_then(Value::as_str)
-            .and_then(|id| ids.iter().find(|known| **known == id).copied())
-        else {
+        // Graph compares ids without case.
+        let Some(id) = answer.get("id").and_then(Value::as_str).and_then(|id| {
+            ids.iter()
+                .find(|known| known.to_lowercase() == id.to_lowercase())
+                .copied()
+        }) else {
             return all(BatchProblem::UnknownId);
         };
         if found.contains_key(id) {

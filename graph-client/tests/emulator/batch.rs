@@ -376,3 +376,136 @@ async fn two_tenants_given_one_name_are_refused() {
         Err(keel_graph_client::BuildError::DuplicateTenant(_))
     ));
 }
+
+/// The example answer of Microsoft's JSON batching page (its shape: answers out of order
+/// in general, statuses, headers, bodies; an empty top-level error code from Planner),
+/// read as the client reads any batch answer.
+const DOCUMENTED_BATCH_ANSWER: &str = r##"{
+  "responses": [
+    {"id": "1", "status": 200,
+     "headers": {"Cache-Control": "no-cache", "x-ms-resource-unit": "1", "OData-Version": "4.0",
+                 "Content-Type": "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8"},
+     "body": {"@odata.context": "https://graph.microsoft.com/beta/$metadata#directoryObjects",
+              "@odata.nextLink": "https://graph.microsoft.com/beta/me/memberOf?$top=1&$skiptoken=RFNwdAoAAQAAAAAAAAAAFAAAAI45VMy0CO9Ei1L3Lr1q95UB",
+              "value": [{"@odata.type": "#microsoft.graph.directoryRole", "id": "21004afc-7bb2-4fe6-a1e1-074ebd3e52c1",
+                         "deletedDateTime": null, "description": "Can manage all aspects of users and groups.",
+                         "displayName": "User Administrator", "roleTemplateId": "fe930be7-5e62-47db-91af-98c3a49a38b1"}]}},
+    {"id": "2", "status": 403,
+     "headers": {"Cache-Control": "no-cache", "X-Tasks-CorrelationId": "18a8e521-78a4-4129-9b6b-d678116464e7", "Content-Type": "application/json"},
+     "body": {"error": {"code": "", "message": "You do not have the required permissions to access this item.",
+              "innerError": {"date": "2025-02-13T10:17:05", "request-id": "93b6f17e-c05d-4f45-ad2a-6665c708d8a0",
+                             "client-request-id": "e70c5c1b-8b47-68c0-3171-3d22f5e0bd54"}}}},
+    {"id": "3", "status": 403,
+     "headers": {"Cache-Control": "no-cache", "x-ms-resource-unit": "1", "Content-Type": "application/json"},
+     "body": {"error": {"code": "Authorization_RequestDenied", "message": "Insufficient privileges to complete the operation.",
+              "innerError": {"date": "2025-02-13T10:17:06", "request-id": "93b6f17e-c05d-4f45-ad2a-6665c708d8a0",
+                             "client-request-id": "e70c5c1b-8b47-68c0-3171-3d22f5e0bd54"}}}},
+    {"id": "4", "status": 405,
+     "headers": {"Cache-Control": "no-cache", "x-ms-resource-unit": "1", "Content-Type": "application/json"},
+     "body": {"error": {"code": "Request_BadRequest", "message": "Specified HTTP method is not allowed for the request target.",
+              "innerError": {"date": "2025-02-13T10:21:18", "request-id": "3a3b1bf7-3596-4493-8264-de81e028071f",
+                             "client-request-id": "e5f9a304-2796-b7e8-ccce-dd989953ebc4"}}}},
+    {"id": "5", "status": 200,
+     "headers": {"Cache-Control": "no-cache", "OData-Version": "4.0",
+                 "Content-Type": "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8"},
+     "body": {"@odata.context": "https://graph.microsoft.com/beta/$metadata#users(id,displayName,userPrincipalName)",
+              "@odata.count": 36,
+              "value": [{"id": "10a1d484-cd1a-4162-a5a4-832370bac356", "displayName": "Lynne Robbins", "userPrincipalName": "LynneR@contoso.com"}]}}
+  ]
+}"##;
+
+#[tokio::test]
+async fn the_documented_batch_answer_reads_into_typed_answers_and_errors() {
+    use keel_graph_client::model::{DirectoryObject, Page};
+    let graph = Emulator::start_default().await.unwrap();
+    let client = client(&graph);
+    graph.faults().add(
+        FaultRule::path("/v1.0/$batch")
+            .times(1)
+            .body(StatusCode::OK, DOCUMENTED_BATCH_ANSWER),
+    );
+    let mut batch = Batch::new();
+    let member_of = batch.add(GraphRequest::get("/me/memberOf"));
+    let tasks = batch.add(GraphRequest::get("/me/planner/tasks"));
+    let delete = batch.add(GraphRequest::delete(
+        "/groups/0e226165-c685-41ce-8bfc-df8360ab325d",
+    ));
+    let post = batch.add(
+        GraphRequest::post(
+            "/users/161ab652-cdbc-490d-82a4-0ada1f0db247/getPasswordSingleSignOnCredentials",
+        )
+        .json(&serde_json::json!({})),
+    );
+    let users = batch.add(
+        GraphRequest::get("/users")
+            .select(["id", "displayName", "userPrincipalName"])
+            .filter("city eq null")
+            .count(),
+    );
+    let answers = client.batch("contoso", batch).await;
+    let roles: Page<DirectoryObject> = answers.json(&member_of).unwrap();
+    assert_eq!(
+        roles.value[0].odata_type.as_deref(),
+        Some("#microsoft.graph.directoryRole")
+    );
+    assert!(roles.next_link.is_some());
+    let found: Page<User> = answers.json(&users).unwrap();
+    assert_eq!(found.count, Some(36));
+    assert_eq!(
+        found.value[0].display_name.as_deref(),
+        Some("Lynne Robbins")
+    );
+    // Planner's 403 with an empty top-level code; the directory's with its code; a 405.
+    let planner = answers.json::<serde_json::Value>(&tasks).unwrap_err();
+    let api = planner.api().unwrap();
+    assert_eq!((api.status().as_u16(), api.code()), (403, ""));
+    assert_eq!(
+        api.request_id(),
+        Some("93b6f17e-c05d-4f45-ad2a-6665c708d8a0")
+    );
+    let denied = answers.json::<serde_json::Value>(&delete).unwrap_err();
+    assert!(
+        denied
+            .api()
+            .unwrap()
+            .has_code("Authorization_RequestDenied")
+    );
+    let method = answers.json::<serde_json::Value>(&post).unwrap_err();
+    assert_eq!(method.status(), Some(StatusCode::METHOD_NOT_ALLOWED));
+    // Permanent errors: none of them was sent again (a second $batch would have reached
+    // the emulator's own route).
+    assert_eq!(graph.batch_requests(), 0);
+}
+
+#[tokio::test]
+async fn batch_ids_are_compared_without_case_as_graph_does() {
+    let graph = Emulator::start_default().await.unwrap();
+    let client = client(&graph);
+    let ids = user_ids(&client, "contoso").await;
+    let mut batch = Batch::new();
+    let a = batch
+        .add_with_id("Ada", GraphRequest::get(&format!("/users/{}", ids[0])), &[])
+        .unwrap();
+    assert!(matches!(
+        batch.add_with_id("ADA", GraphRequest::get("/users"), &[]),
+        Err(keel_graph_client::BatchError::DuplicateId(_))
+    ));
+    let b = batch
+        .add_with_id(
+            "bob",
+            GraphRequest::get(&format!("/users/{}", ids[1])),
+            &["aDa"],
+        )
+        .unwrap();
+    // Graph may answer with the id in another case.
+    graph.faults().add(FaultRule::path("/v1.0/$batch").times(1).body(
+        StatusCode::OK,
+        &format!(
+            r#"{{"responses":[{{"id":"ADA","status":200,"headers":{{"Content-Type":"application/json"}},"body":{{"id":"{}"}}}},{{"id":"BOB","status":200,"body":{{"id":"{}"}}}}]}}"#,
+            ids[0], ids[1]
+        ),
+    ));
+    let answers = client.batch("contoso", batch).await;
+    assert_eq!(answers.json::<User>(&a).unwrap().id, ids[0]);
+    assert_eq!(answers.json::<User>(&b).unwrap().id, ids[1]);
+}
