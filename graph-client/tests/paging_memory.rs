@@ -2,6 +2,9 @@
 //! peak than reading 2,000 (measured with dhat, which replaces the global allocator in
 //! this test binary; the binary holds this one test so that the count is its own).
 
+// The measured figures are printed for the record (`-- --nocapture`).
+#![allow(clippy::print_stdout)]
+
 use std::sync::Arc;
 
 use futures_util::StreamExt as _;
