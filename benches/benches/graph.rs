@@ -6,7 +6,9 @@
 //!   auto-batched (same limit of 16 requests in flight, each a `$batch` of up to 20).
 //! - `graph_overhead`: one GET of `/users/{id}` on loopback through the client (its
 //!   whole pipeline: trace, retry, budgets, breaker, auth with a cached token, time
-//!   limit) against a bare reqwest call to the same route with the same token.
+//!   limit) against a bare reqwest call to the same route with the same token; the
+//!   pipeline alone (a last layer answering in place of the network); and
+//!   `graph_overhead_interleaved`, the two calls alternated within each iteration.
 //!
 //! `cargo bench -p keel-benches --bench graph`
 #![allow(missing_docs)]
@@ -173,6 +175,81 @@ fn overhead(c: &mut Criterion) {
             assert!(response.status().is_success());
             let user: User = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
             assert_eq!(user.id, setup.ids[0]);
+        });
+    });
+    // The pipeline alone: a last layer answers in place of the network.
+    let local = client(&setup.graph, &setup.tokens, |b| {
+        b.layer(tower::layer::layer_fn(
+            |_inner: keel_graph_client::middleware::GraphService| {
+                tower::service_fn(
+                    |_request: keel_graph_client::middleware::GraphHttpRequest| async {
+                        let mut answer =
+                            http::Response::new(bytes::Bytes::from_static(br#"{"id":"x"}"#));
+                        answer.headers_mut().insert(
+                            "content-type",
+                            http::HeaderValue::from_static("application/json"),
+                        );
+                        Ok::<_, keel_graph_client::GraphError>(answer)
+                    },
+                )
+            },
+        ))
+    });
+    group.bench_function("keel_pipeline_without_network", |b| {
+        b.to_async(&rt).iter(|| async {
+            let user: User = local
+                .get("contoso", &GraphRequest::get(&path))
+                .await
+                .unwrap();
+            assert_eq!(user.id, "x");
+        });
+    });
+    group.finish();
+
+    // The same two calls interleaved: each iteration makes both and times one, so both
+    // see the same machine at the same moments (this machine's noise moves a whole
+    // run by ±15%).
+    let mut group = c.benchmark_group("graph_overhead_interleaved");
+    let keel_call = || async {
+        let user: User = keel
+            .get("contoso", &GraphRequest::get(&path))
+            .await
+            .unwrap();
+        assert_eq!(user.id, setup.ids[0]);
+    };
+    let bare_call = || async {
+        let response = bare
+            .get(&url)
+            .bearer_auth(token.secret())
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        let user: User = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+        assert_eq!(user.id, setup.ids[0]);
+    };
+    group.bench_function("keel_graph_client", |b| {
+        b.to_async(&rt).iter_custom(|iters| async move {
+            let mut timed = Duration::ZERO;
+            for _ in 0..iters {
+                bare_call().await;
+                let started = std::time::Instant::now();
+                keel_call().await;
+                timed += started.elapsed();
+            }
+            timed
+        });
+    });
+    group.bench_function("bare_reqwest", |b| {
+        b.to_async(&rt).iter_custom(|iters| async move {
+            let mut timed = Duration::ZERO;
+            for _ in 0..iters {
+                keel_call().await;
+                let started = std::time::Instant::now();
+                bare_call().await;
+                timed += started.elapsed();
+            }
+            timed
         });
     });
     group.finish();

@@ -2,25 +2,29 @@
 //!
 //! A Microsoft Graph client for services.
 //!
-//! **Status:** being built (issue 15). Landed so far:
+//! **Status:** the client, batching and the emulator have landed (issue 15); delta
+//! and webhooks come next (issue 16).
 //!
 //! - [`GraphClient`]: a token provider per tenant, `client-request-id` and `SdkVersion`
-//!   on every call, retries of throttled answers (429, 503, `Retry-After` in seconds,
-//!   fractional seconds or an HTTP date) and of transient failures of idempotent calls,
-//!   with caps; a claims challenge answered once; [`pages`](GraphClient::pages) and
-//!   [`items`](GraphClient::items) streams with one page in memory and next links kept
-//!   on the cloud's Graph origin.
+//!   on every call, every call (next links and `$batch` requests too) through one
+//!   pipeline of tower layers ([`middleware`]: trace and RED metrics, retries of
+//!   throttled answers with `Retry-After` and of transient failures of idempotent
+//!   calls, [`Concurrency`] per tenant and Outlook's budget per mailbox, a circuit
+//!   breaker per host, the claims challenge, a time limit per attempt, your own
+//!   layers); [`pages`](GraphClient::pages) and [`items`](GraphClient::items) streams
+//!   with one page in memory and next links kept on the cloud's Graph origin.
+//! - [`Batch`] and [`GraphClient::batch`]: `$batch` split at 20 with `dependsOn` chains,
+//!   answers by id, throttled steps re-sent with their ids; [`AutoBatch`] gathers
+//!   concurrent calls into `$batch` requests transparently.
+//! - Helpers for users, groups, members, channels and Planner ([`GraphClient::tasks`],
+//!   [`GraphClient::update_task`] with `If-Match`, …).
 //! - [`Cloud`] and [`ApiVersion`]: the national clouds, or your own base URLs.
 //! - [`GraphError`] and [`ApiError`]: Graph's errors read from hostile responses into
 //!   types a caller branches on, classified for keel-resilience's retry and breaker.
 //! - [`GraphRequest`]: any path with OData query options, checked before it is sent.
 //! - [`model`]: serde models of users, groups, members, teams, channels, Planner, pages.
-//! - `emulator` (feature `emulator`): Graph and the Entra ID token endpoint in process.
-//!
-//! To come: the client as extensible tower layers with a circuit breaker per host,
-//! adaptive concurrency per tenant and mailbox budgets, Planner helpers, `$batch` with
-//! automatic splitting, `dependsOn` chains and auto-batching, a delta tracker, and
-//! webhook subscriptions with an axum receiver.
+//! - `emulator` (feature `emulator`): Graph and the Entra ID token endpoint in process,
+//!   over HTTP or HTTPS, with fault injection.
 //!
 //! ```
 //! use http::{HeaderMap, HeaderValue, StatusCode};
