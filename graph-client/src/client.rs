@@ -381,7 +381,13 @@ impl GraphClient {
             {
                 return Err(GraphError::UnknownTenant(tenant.chars().take(64).collect()));
             }
-            return batcher.submit(self, tenant, request.clone()).await;
+            // The call keeps its own client-request-id inside the batch (Graph echoes it
+            // per item), taken now, while the caller's correlation scope is current.
+            let mut request = request.clone();
+            if !request.headers().contains_key("client-request-id") {
+                request = request.header("client-request-id", &self.client_request_id());
+            }
+            return batcher.submit(self, tenant, request).await;
         }
         self.send_url(tenant, request, &url).await
     }
@@ -539,7 +545,11 @@ impl GraphClient {
         *call.uri_mut() = uri;
         let headers = call.headers_mut();
         headers.extend(request.headers().clone());
-        if let Ok(id) = HeaderValue::try_from(self.request_id()) {
+        // The request's own (an auto-batched call's, kept from when it was made), or the
+        // current correlation id, or a fresh one.
+        if !headers.contains_key("client-request-id")
+            && let Ok(id) = HeaderValue::try_from(self.client_request_id())
+        {
             headers.insert("client-request-id", id);
         }
         headers.insert("sdkversion", HeaderValue::from_static(SDK_VERSION));
@@ -586,8 +596,31 @@ impl GraphClient {
         rest.split_once('/').map_or("", |(_, path)| path)
     }
 
+    /// The `client-request-id` of a new call: with the `correlation` feature, the
+    /// current keel-observability correlation id when it is GUID-shaped (Graph's
+    /// `client-request-id` is a GUID); otherwise one of the client's own.
+    pub(crate) fn client_request_id(&self) -> String {
+        #[cfg(feature = "correlation")]
+        if let Some(id) = keel_observability::CorrelationId::current()
+            && is_guid(id.as_str())
+        {
+            return id.as_str().to_owned();
+        }
+        self.request_id()
+    }
+
     fn request_id(&self) -> String {
         let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         format!("{}-4000-8000-{n:012x}", self.inner.id_prefix)
     }
+}
+
+/// Whether `id` has a GUID's shape (8-4-4-4-12 hex digits).
+#[cfg_attr(not(feature = "correlation"), allow(dead_code))]
+fn is_guid(id: &str) -> bool {
+    id.len() == 36
+        && id.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
 }

@@ -1,5 +1,6 @@
-//! Fault injection by rule: latency, throttling, server errors and malformed bodies,
-//! for some paths, some tenants, some number of times.
+//! Fault injection by rule: latency, throttling, server errors, dropped connections and
+//! malformed bodies, for some paths, some tenants, some number of times or a share of
+//! them.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,6 +30,8 @@ pub enum Fault {
     },
     /// Answered 200 with a body cut in the middle of its JSON.
     Malformed,
+    /// The connection dropped before an answer: the client sees a transport error.
+    Drop,
     /// Answered with this status and this body, as JSON (a body of your own: a batch
     /// answer with unknown ids, an odd error).
     Body {
@@ -114,6 +117,12 @@ impl FaultRule {
     /// Answer 200 with a truncated JSON body.
     pub fn malformed(mut self) -> Self {
         self.fault = Fault::Malformed;
+        self
+    }
+
+    /// Drop the connection without an answer.
+    pub fn drop_connection(mut self) -> Self {
+        self.fault = Fault::Drop;
         self
     }
 
@@ -228,6 +237,17 @@ pub(crate) async fn apply(
                 response.headers_mut().insert(header::RETRY_AFTER, value);
             }
             response
+        }
+        Some(Fault::Drop) => {
+            // A body that fails at once: the server closes the connection with no
+            // answer sent.
+            let failing = futures_util::stream::once(async {
+                Err::<bytes::Bytes, std::io::Error>(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "the emulator dropped this connection",
+                ))
+            });
+            Response::new(axum::body::Body::from_stream(failing))
         }
         Some(Fault::Body { status, body }) => {
             (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()

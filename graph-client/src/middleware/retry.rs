@@ -85,8 +85,9 @@ impl RetryPolicy {
 
 /// Retries by [`RetryPolicy`]: 429 and 503 always (throttling: the call was not run),
 /// after `Retry-After` — seconds, fractional seconds or an HTTP date; a negative, huge
-/// or unreadable one falls back to the backoff — and 500, 502, 504, timeouts and
-/// connection failures only for idempotent calls ([`CallContext::idempotent`]).
+/// or unreadable one falls back to the backoff — and 500, 502, 504, timeouts, failed
+/// connections and answers cut short only for idempotent calls
+/// ([`CallContext::idempotent`]).
 #[derive(Clone, Debug, Default)]
 pub struct RetryLayer {
     policy: RetryPolicy,
@@ -132,7 +133,13 @@ fn verdict(
             }
             GraphError::from_response(status, response.headers(), response.body()).class()
         }
-        Err(GraphError::Transport(e)) if e.is_timeout() || e.is_connect() => ErrorClass::Transient,
+        // No answer, or one cut short (a reset, a dropped connection): safe to repeat
+        // only when the call is idempotent.
+        Err(GraphError::Transport(e))
+            if e.is_timeout() || e.is_connect() || e.is_request() || e.is_body() =>
+        {
+            ErrorClass::Transient
+        }
         Err(GraphError::Timeout(_)) => ErrorClass::Transient,
         Err(_) => return None,
     };

@@ -509,3 +509,69 @@ async fn batch_ids_are_compared_without_case_as_graph_does() {
     assert_eq!(answers.json::<User>(&a).unwrap().id, ids[0]);
     assert_eq!(answers.json::<User>(&b).unwrap().id, ids[1]);
 }
+
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn item() -> impl Strategy<Value = serde_json::Value> {
+        (
+            prop_oneof![Just("1".to_owned()), Just("2".to_owned()), Just("3".to_owned()), "[a-zA-Z0-9]{0,4}"],
+            prop_oneof![any::<i64>().prop_map(serde_json::Value::from), (100u16..600).prop_map(serde_json::Value::from), Just(serde_json::json!("200"))],
+            proptest::collection::btree_map(
+                prop_oneof![Just("Retry-After".to_owned()), Just("Content-Type".to_owned()), "[a-zA-Z-]{1,12}", ".{0,6}"],
+                prop_oneof![Just("-5".to_owned()), Just("1e309".to_owned()), Just("99999999999999999999".to_owned()), Just("image/png".to_owned()), ".{0,12}"],
+                0..6,
+            ),
+            prop_oneof![
+                Just(serde_json::Value::Null),
+                ".{0,24}".prop_map(serde_json::Value::from),
+                Just(serde_json::json!({"error": {"code": "TooManyRequests"}})),
+                Just(serde_json::json!({"id": "x", "value": []})),
+                any::<f64>().prop_map(serde_json::Value::from),
+            ],
+        )
+            .prop_map(|(id, status, headers, body)| {
+                serde_json::json!({"id": id, "status": status, "headers": headers, "body": body})
+            })
+    }
+
+    fn answer() -> impl Strategy<Value = String> {
+        prop_oneof![
+            proptest::collection::vec(item(), 0..6)
+                .prop_map(|items| serde_json::json!({"responses": items}).to_string()),
+            ".{0,64}",
+            Just(r#"{"responses": {"id": "1"}}"#.to_owned()),
+        ]
+    }
+
+    #[test]
+    fn hostile_batch_answers_never_panic_and_every_step_gets_an_answer() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (graph, client) = runtime.block_on(async {
+            let graph = Emulator::start_default().await.unwrap();
+            let client = built(&graph, |b| {
+                b.retries(2, Duration::from_millis(200)).backoff(
+                    keel_resilience::retry::Backoff::Constant(Duration::from_millis(1)),
+                )
+            });
+            (graph, client)
+        });
+        proptest!(ProptestConfig::with_cases(64), |(body in answer())| {
+            graph.faults().clear();
+            graph.faults().add(FaultRule::path("/v1.0/$batch").body(StatusCode::OK, &body));
+            let answers = runtime.block_on(async {
+                let mut batch = Batch::new();
+                batch.add(GraphRequest::get("/users"));
+                batch.add(GraphRequest::get("/groups"));
+                batch.add(GraphRequest::get("/users").top(1));
+                tokio::time::timeout(Duration::from_secs(10), client.batch("contoso", batch)).await
+            });
+            let answers = answers.expect("the batch ended");
+            prop_assert_eq!(answers.len(), 3);
+        });
+    }
+}

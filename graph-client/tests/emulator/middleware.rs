@@ -384,3 +384,79 @@ async fn paging_stops_at_the_cap_and_refuses_next_links_off_the_graph_origin() {
     assert!(matches!(read[1], Err(GraphError::ForeignUrl)));
     let _: Vec<User> = client.users("contoso").take(1).try_collect().await.unwrap();
 }
+
+#[cfg(feature = "correlation")]
+#[tokio::test]
+async fn the_correlation_id_goes_to_graph_as_client_request_id_batched_or_not() {
+    use keel_observability::RequestContext;
+    let graph = Emulator::start_default().await.unwrap();
+    let direct = built(&graph, |b| b);
+    let batched = built(&graph, |b| {
+        b.auto_batch(keel_graph_client::AutoBatch::window(Duration::from_millis(
+            5,
+        )))
+    });
+    let context = RequestContext::new();
+    let expected = context.correlation_id().as_str().to_owned();
+    let answer = context
+        .clone()
+        .scope(async {
+            direct
+                .send("contoso", &GraphRequest::get("/users").top(1))
+                .await
+        })
+        .await
+        .unwrap();
+    assert_eq!(answer.headers["client-request-id"], expected.as_str());
+    // Two callers in one $batch: each keeps its own id, echoed on its own item.
+    let other = RequestContext::new();
+    let other_id = other.correlation_id().as_str().to_owned();
+    let path = "/users/user0001@contoso.onmicrosoft.com";
+    let (a, b) = tokio::join!(
+        context.scope(async { batched.send("contoso", &GraphRequest::get(path)).await }),
+        other.scope(async { batched.send("contoso", &GraphRequest::get(path)).await }),
+    );
+    assert_eq!(graph.batch_requests(), 1);
+    assert_eq!(a.unwrap().headers["client-request-id"], expected.as_str());
+    assert_eq!(b.unwrap().headers["client-request-id"], other_id.as_str());
+}
+
+#[tokio::test]
+async fn a_dropped_connection_is_tried_again_for_a_read_and_not_for_a_write() {
+    let graph = Emulator::start_default().await.unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let client = built(&graph, |b| {
+        b.layer(spy(&seen, false))
+            .retries(3, Duration::from_secs(5))
+            .backoff(keel_resilience::retry::Backoff::Constant(
+                Duration::from_millis(5),
+            ))
+    });
+    graph
+        .faults()
+        .add(FaultRule::path("/v1.0/users").drop_connection().times(1));
+    let page: keel_graph_client::model::Page<User> = client
+        .get("contoso", &GraphRequest::get("/users").top(2))
+        .await
+        .unwrap();
+    assert_eq!(page.value.len(), 2);
+    assert_eq!(seen.lock().unwrap().len(), 2, "the read was sent again");
+    graph.faults().add(
+        FaultRule::path("/v1.0/planner/tasks")
+            .drop_connection()
+            .times(1),
+    );
+    let e = client
+        .send(
+            "contoso",
+            &GraphRequest::post("/planner/tasks").json(&serde_json::json!({"title": "x"})),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, GraphError::Transport(_)), "{e:?}");
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        3,
+        "the write was not sent again"
+    );
+}
