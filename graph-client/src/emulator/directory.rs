@@ -48,7 +48,9 @@ impl std::fmt::Debug for TenantSeed {
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Client {
     pub(crate) id: String,
-    pub(crate) secret: String,
+    pub(crate) secret: Option<String>,
+    /// The public key of its certificate (PEM), for client assertions.
+    pub(crate) public_key_pem: Option<String>,
     pub(crate) roles: Vec<String>,
 }
 
@@ -65,7 +67,8 @@ impl TenantSeed {
     }
 
     /// A client that may use the client-credentials grant with `secret`, granted these
-    /// application permissions (`User.Read.All`, …).
+    /// application permissions (`User.Read.All`, …). On the on-behalf-of (jwt-bearer)
+    /// grant the same permissions are its consented delegated ones.
     pub fn client<I, S>(mut self, id: &str, secret: &str, roles: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -73,7 +76,26 @@ impl TenantSeed {
     {
         self.clients.push(Client {
             id: id.to_owned(),
-            secret: secret.to_owned(),
+            secret: Some(secret.to_owned()),
+            public_key_pem: None,
+            roles: roles.into_iter().map(Into::into).collect(),
+        });
+        self
+    }
+
+    /// A client that authenticates with a certificate: client assertions (JWTs signed
+    /// PS256 or RS256, as keel-token-manager's `ClientCertificateCredential` and MSAL
+    /// make them) checked against `public_key_pem` (the certificate's RSA public key,
+    /// `PUBLIC KEY` or `RSA PUBLIC KEY` PEM).
+    pub fn client_certificate<I, S>(mut self, id: &str, public_key_pem: &str, roles: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.clients.push(Client {
+            id: id.to_owned(),
+            secret: None,
+            public_key_pem: Some(public_key_pem.to_owned()),
             roles: roles.into_iter().map(Into::into).collect(),
         });
         self

@@ -27,6 +27,7 @@ pub(crate) fn routes() -> Router<Arc<State>> {
         .route("/{version}/users", get(list_users))
         .route("/{version}/users/{id}", get(get_user))
         .route("/{version}/users/{id}/photo/$value", get(get_photo))
+        .route("/{version}/me", get(get_me))
         .fallback(unknown)
 }
 
@@ -141,7 +142,11 @@ pub(crate) fn authorize<'s>(
         .as_deref()
         .and_then(|tid| state.tenant(tid))
         .ok_or_else(|| Box::new(unauthorized("Access token validation failure.")))?;
-    if !any_of.is_empty() && !any_of.iter().any(|role| claims.has_role(role)) {
+    if !any_of.is_empty()
+        && !any_of
+            .iter()
+            .any(|p| claims.has_role(p) || claims.has_scope(p))
+    {
         return Err(Box::new(error(
             state,
             headers,
@@ -155,6 +160,13 @@ pub(crate) fn authorize<'s>(
 }
 
 const READ_USERS: &[&str] = &["User.Read.All", "User.ReadWrite.All", "Directory.Read.All"];
+/// `/me`: any of these delegated permissions.
+const READ_ME: &[&str] = &[
+    "User.Read",
+    "User.Read.All",
+    "User.ReadBasic.All",
+    "Directory.Read.All",
+];
 
 pub(crate) fn version_ok(version: &str) -> bool {
     version == "v1.0" || version == "beta"
@@ -203,6 +215,43 @@ async fn get_user(
     match tenant.user(&id) {
         Some(user) => entity(&state, &headers, &version, "users", &options.project(user)),
         None => not_found(&state, &headers, &id),
+    }
+}
+
+/// The signed-in user of a delegated token; app-only tokens are refused as Graph
+/// refuses them.
+async fn get_me(
+    Shared(state): Shared<Arc<State>>,
+    Path(version): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let (tenant, options) = match prepare(
+        &state,
+        &version,
+        &headers,
+        query.as_deref(),
+        READ_ME,
+        USER_FIELDS,
+    ) {
+        Ok(ready) => ready,
+        Err(refused) => return *refused,
+    };
+    // The subject of a delegated token is the user; an app-only token's is the app.
+    let subject = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|t| state.validator.validate(t).ok())
+        .filter(|claims| claims.scope.is_some())
+        .map(|claims| claims.sub);
+    match subject.as_deref().and_then(|sub| tenant.user(sub)) {
+        Some(user) => entity(&state, &headers, &version, "users", &options.project(user)),
+        None => bad_request(
+            &state,
+            &headers,
+            "/me request is only valid with delegated authentication flow.",
+        ),
     }
 }
 

@@ -1,12 +1,14 @@
 //! An in-process emulator of Microsoft Graph and of the Entra ID v2 token endpoint
 //! (feature `emulator`), for this crate's tests and for yours.
 //!
-//! It serves HTTP on a loopback port and behaves as Microsoft documents: the
-//! client-credentials grant at `{base}/{tenant}/oauth2/v2.0/token` (tokens signed with a
+//! It serves HTTP (or HTTPS) on a loopback port and behaves as Microsoft documents: the
+//! client-credentials and jwt-bearer (on-behalf-of) grants, with a client secret or a
+//! certificate's client assertion, at `{base}/{tenant}/oauth2/v2.0/token` (tokens signed with a
 //! keel-token-manager key ring, published at `{base}/{tenant}/discovery/v2.0/keys` and
 //! described at `{base}/{tenant}/v2.0/.well-known/openid-configuration`); every Graph
 //! call checks its bearer token (signature, issuer, audience, tenant, expiry) and its
-//! application permissions (`roles`), and sees only its own tenant's data. Graph's
+//! application permissions (`roles`) or delegated ones (`scope`, from on-behalf-of),
+//! and sees only its own tenant's data. Graph's
 //! answers carry `request-id`, echo `client-request-id`, and fail with Graph's error
 //! body. Faults are injected by rule ([`FaultRule`]).
 //!
@@ -16,7 +18,7 @@
 //!
 //! | resource | routes | permissions (any of) |
 //! |---|---|---|
-//! | users | `/users`, `/users/{id or upn}` | `User.Read.All`, `Directory.Read.All` |
+//! | users | `/users`, `/users/{id or upn}`, `/me` (delegated tokens) | `User.Read.All`, `Directory.Read.All` |
 //! | groups | `/groups`, `/groups/{id}`, `/groups/{id}/members` | `Group.Read.All`, `GroupMember.Read.All` |
 //! | teams | `/teams/{id}`, `/teams/{id}/channels` | `Team.ReadBasic.All`, `Channel.ReadBasic.All`, `Group.Read.All` |
 //! | Planner | `/groups/{id}/planner/plans`, `/planner/plans/{id}` (`/buckets`, `/tasks`), `/planner/buckets/{id}`, `POST /planner/tasks`, `/planner/tasks/{id}` (GET, PATCH, DELETE), `/planner/tasks/{id}/details` (GET, PATCH) | `Tasks.ReadWrite.All` (`Tasks.Read.All` to read) |
@@ -363,6 +365,17 @@ impl Emulator {
         self.state
             .mailboxes
             .stats(&t.seed.id.to_ascii_lowercase(), &id)
+    }
+
+    /// A user's access token for the app `client` (audience `api://{client}`), as if
+    /// `user` (an id or a user principal name) of `tenant` (its id or domain) had signed
+    /// in to it: what a middle-tier service receives, to trade on-behalf-of (the
+    /// jwt-bearer grant) for a delegated Graph token. `None` for an unknown tenant, user
+    /// or client.
+    #[must_use]
+    pub fn user_token(&self, tenant: &str, user: &str, client: &str) -> Option<String> {
+        let t = self.state.tenant(tenant)?;
+        token::user_token(&self.state, t, user, client)
     }
 
     /// How many token requests were received.

@@ -1,5 +1,6 @@
-//! The Entra ID v2 endpoints: discovery, keys, and the token endpoint's
-//! client-credentials grant.
+//! The Entra ID v2 endpoints: discovery, keys, and the token endpoint: the
+//! client-credentials grant and the jwt-bearer (on-behalf-of) grant, with a client
+//! secret or a client assertion (a certificate credential's PS256 or RS256 JWT).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,10 +12,16 @@ use axum::extract::{Path, State as Shared};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use keel_token_manager::{AccessTokenIssuer, Grant};
+use keel_token_manager::{AccessTokenIssuer, Grant, Validator};
 use serde_json::json;
 
+use super::directory::{Client, Tenant};
 use super::{GRAPH_AUDIENCE, State, percent_decode as decode};
+
+/// The jwt-bearer grant (on-behalf-of).
+const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// A client assertion's type.
+const CLIENT_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// How long issued tokens live (Entra ID's default is 60–90 minutes).
 const TOKEN_LIFETIME: Duration = Duration::from_secs(3_600);
@@ -103,8 +110,9 @@ async fn token(
         }
     };
     let field = |name: &str| form.get(name).map(String::as_str).filter(|v| !v.is_empty());
-    match field("grant_type") {
-        Some("client_credentials") => {}
+    let on_behalf_of = match field("grant_type") {
+        Some("client_credentials") => false,
+        Some(JWT_BEARER) => true,
         Some(_) => {
             return oauth_error(
                 StatusCode::BAD_REQUEST,
@@ -121,7 +129,7 @@ async fn token(
                 "AADSTS900144: The request body must contain the following parameter: 'grant_type'.",
             );
         }
-    }
+    };
     let Some(client) = field("client_id").and_then(|id| t.client(id)) else {
         return oauth_error(
             StatusCode::BAD_REQUEST,
@@ -130,17 +138,47 @@ async fn token(
             "AADSTS700016: Application not found in the directory.",
         );
     };
-    // Digests compared, so the time taken says nothing about the secret.
-    let digest = |s: &str| ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
-    let secret_ok = field("client_secret")
-        .is_some_and(|s| digest(s).as_ref() == digest(&client.secret).as_ref());
-    if !secret_ok {
-        return oauth_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            7000215,
-            "AADSTS7000215: Invalid client secret provided.",
-        );
+    // The client proves itself with its secret or with a client assertion.
+    match (
+        field("client_secret"),
+        field("client_assertion_type"),
+        field("client_assertion"),
+    ) {
+        (Some(secret), _, _) => {
+            // Digests compared, so the time taken says nothing about the secret.
+            let digest = |s: &str| ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
+            let matches = client
+                .secret
+                .as_deref()
+                .is_some_and(|known| digest(secret).as_ref() == digest(known).as_ref());
+            if !matches {
+                return oauth_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    7000215,
+                    "AADSTS7000215: Invalid client secret provided.",
+                );
+            }
+        }
+        (None, Some(CLIENT_ASSERTION), Some(assertion)) => {
+            let endpoint = format!("{}/{tenant}/oauth2/v2.0/token", state.base);
+            if let Err(description) = client_assertion(client, &endpoint, assertion) {
+                return oauth_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    700027,
+                    description,
+                );
+            }
+        }
+        _ => {
+            return oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                7000218,
+                "AADSTS7000218: The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+            );
+        }
     }
     let scope = field("scope").unwrap_or_default();
     let own_default = format!("{}/.default", state.base);
@@ -159,9 +197,30 @@ async fn token(
         GRAPH_AUDIENCE,
     )
     .ttl(TOKEN_LIFETIME);
-    let grant = Grant::new(&client.id, &client.id)
-        .tenant(t.seed.id.to_ascii_lowercase())
-        .roles(client.roles.iter().cloned());
+    let grant = if on_behalf_of {
+        if field("requested_token_use") != Some("on_behalf_of") {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                900144,
+                "AADSTS900144: The request body must contain the following parameter: 'requested_token_use'.",
+            );
+        }
+        match user_assertion(&state, t, client, field("assertion").unwrap_or_default()) {
+            // A delegated token: the user's, for this app, with the app's consented
+            // permissions as scopes.
+            Ok(user) => Grant::new(user, &client.id)
+                .tenant(t.seed.id.to_ascii_lowercase())
+                .scope(client.roles.join(" ")),
+            Err(description) => {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", 50013, description);
+            }
+        }
+    } else {
+        Grant::new(&client.id, &client.id)
+            .tenant(t.seed.id.to_ascii_lowercase())
+            .roles(client.roles.iter().cloned())
+    };
     let Ok(issued) = issuer.issue(&grant) else {
         return oauth_error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -184,6 +243,84 @@ async fn token(
         })),
     )
         .into_response()
+}
+
+/// Checks a client assertion: a JWT signed PS256 or RS256 with the client's registered
+/// key, issuer and subject the client id, audience this token endpoint, not expired.
+fn client_assertion(client: &Client, endpoint: &str, assertion: &str) -> Result<(), &'static str> {
+    let Some(pem) = client.public_key_pem.as_deref() else {
+        return Err("AADSTS700027: The client has no certificate registered.");
+    };
+    let key = jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes())
+        .map_err(|_| "AADSTS700027: The client's registered key does not parse.")?;
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::PS256);
+    validation.algorithms = vec![
+        jsonwebtoken::Algorithm::PS256,
+        jsonwebtoken::Algorithm::RS256,
+    ];
+    validation.set_audience(&[endpoint]);
+    validation.set_issuer(&[client.id.as_str()]);
+    validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(assertion, &key, &validation)
+        .map_err(|_| "AADSTS700027: Client assertion failed signature validation.")?
+        .claims;
+    if claims.get("sub").and_then(serde_json::Value::as_str) != Some(client.id.as_str()) {
+        return Err("AADSTS700023: Client assertion audience or subject is invalid.");
+    }
+    Ok(())
+}
+
+/// Checks the user's token an on-behalf-of request brings: issued by this tenant, for
+/// this app (`api://{client id}` or the client id), not expired, naming one of the
+/// tenant's users. Returns the user's id.
+fn user_assertion(
+    state: &State,
+    tenant: &Tenant,
+    client: &Client,
+    assertion: &str,
+) -> Result<String, &'static str> {
+    let issuer = format!("{}/{{tenantid}}/v2.0", state.base);
+    let claims = [format!("api://{}", client.id), client.id.clone()]
+        .into_iter()
+        .find_map(|audience| {
+            Validator::new(state.keys.clone(), issuer.clone(), audience)
+                .tenants([tenant.seed.id.to_ascii_lowercase()])
+                .accept_types(&["JWT"])
+                .validate(assertion)
+                .ok()
+        })
+        .ok_or("AADSTS50013: Assertion failed signature validation.")?;
+    tenant
+        .user(&claims.sub)
+        .and_then(|u| u.get("id"))
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned)
+        .ok_or("AADSTS50013: The assertion's user is not in the tenant.")
+}
+
+/// A user's token for `client` (`api://{client id}`), as if the user had signed in to
+/// that app: what a middle-tier service receives and trades on-behalf-of.
+pub(crate) fn user_token(
+    state: &State,
+    tenant: &Tenant,
+    user: &str,
+    client: &str,
+) -> Option<String> {
+    let id = tenant.user(user)?.get("id")?.as_str()?.to_owned();
+    tenant.client(client)?;
+    AccessTokenIssuer::new(
+        state.keys.clone(),
+        format!("{}/{}/v2.0", state.base, tenant.seed.id),
+        format!("api://{client}"),
+    )
+    .ttl(TOKEN_LIFETIME)
+    .issue(
+        &Grant::new(id, client)
+            .tenant(tenant.seed.id.to_ascii_lowercase())
+            .scope("access_as_user"),
+    )
+    .ok()
+    .map(|issued| issued.token)
 }
 
 /// An `application/x-www-form-urlencoded` body, or `None` when it is not one.
