@@ -12,7 +12,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use keel_resilience::retry::{Backoff, Idempotency};
 use keel_token_manager::client::TokenProvider;
 use serde::de::DeserializeOwned;
-use tower::{Layer, ServiceBuilder, ServiceExt as _};
+use tower::{Layer, ServiceExt as _};
 
 use crate::autobatch::{AutoBatch, AutoBatcher};
 use crate::budget::{Budgets, Concurrency, mailbox_of};
@@ -265,21 +265,17 @@ impl GraphClientBuilder {
         for layer in self.layers.iter().rev() {
             service = layer(service);
         }
-        let service = GraphService::new(
-            ServiceBuilder::new()
-                .layer(TraceLayer)
-                .layer(RetryLayer::new(self.retry.clone()))
-                .layer(BudgetLayer {
-                    budgets: budgets.clone(),
-                })
-                .layer(self.breaker)
-                .layer(AuthLayer::new(
-                    self.tenants.clone(),
-                    &self.cloud.default_scope(),
-                ))
-                .layer(TimeoutLayer::new(self.attempt_timeout))
-                .service(service),
-        );
+        // Innermost first: each layer in front of what is built so far.
+        let budget = BudgetLayer {
+            budgets: budgets.clone(),
+        };
+        let auth = AuthLayer::new(self.tenants.clone(), &self.cloud.default_scope());
+        let service = TimeoutLayer::new(self.attempt_timeout).layer(service);
+        let service = auth.layer(GraphService::new(service));
+        let service = self.breaker.layer(GraphService::new(service));
+        let service = budget.layer(GraphService::new(service));
+        let service = RetryLayer::new(self.retry.clone()).layer(GraphService::new(service));
+        let service = GraphService::new(TraceLayer.layer(GraphService::new(service)));
         Ok(GraphClient {
             inner: Arc::new(Inner {
                 cloud: self.cloud,

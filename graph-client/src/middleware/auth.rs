@@ -2,16 +2,16 @@
 //! answered once.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use http::{HeaderValue, StatusCode};
 use keel_token_manager::client::{TokenProvider, TokenRequest, claims_challenge};
-use tower::{Layer, Service, ServiceExt as _};
+use tower::{Layer, ServiceExt as _};
 
-use super::{CallContext, GraphHttpRequest, GraphHttpResponse, copy_request};
+use super::{
+    CallContext, GraphFuture, GraphHttpRequest, GraphService, Middleware, MiddlewareService,
+    copy_request,
+};
 use crate::error::GraphError;
 
 /// Puts the token of the call's tenant ([`CallContext::tenant`]) on the call; a tenant
@@ -48,43 +48,18 @@ impl AuthLayer {
     }
 }
 
-impl<S> Layer<S> for AuthLayer {
-    type Service = AuthService<S>;
+impl Layer<GraphService> for AuthLayer {
+    type Service = MiddlewareService<Self>;
 
-    fn layer(&self, inner: S) -> Self::Service {
-        AuthService {
-            inner,
-            layer: self.clone(),
-        }
+    fn layer(&self, next: GraphService) -> Self::Service {
+        MiddlewareService::new(self.clone(), next)
     }
 }
 
-/// The service of [`AuthLayer`].
-#[derive(Clone, Debug)]
-pub struct AuthService<S> {
-    inner: S,
-    layer: AuthLayer,
-}
-
-impl<S> Service<GraphHttpRequest> for AuthService<S>
-where
-    S: Service<GraphHttpRequest, Response = GraphHttpResponse, Error = GraphError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
-    type Response = GraphHttpResponse;
-    type Error = GraphError;
-    type Future = Pin<Box<dyn Future<Output = Result<GraphHttpResponse, GraphError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GraphError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: GraphHttpRequest) -> Self::Future {
-        let inner = self.inner.clone();
-        let layer = self.layer.clone();
+impl Middleware for AuthLayer {
+    fn handle(&self, next: GraphService, request: GraphHttpRequest) -> GraphFuture {
+        let inner = next;
+        let layer = self.clone();
         Box::pin(async move {
             let tenant = request
                 .extensions()

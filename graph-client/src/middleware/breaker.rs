@@ -1,16 +1,15 @@
 //! A circuit breaker per host.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use keel_resilience::breaker::{CircuitBreaker, CircuitBreakerConfig, Outcome};
 use keel_resilience::keyed::KeyedRegistry;
 use keel_resilience::{Classify, ErrorClass};
-use tower::{Layer, Service, ServiceExt as _};
+use tower::{Layer, ServiceExt as _};
 
-use super::{GraphHttpRequest, GraphHttpResponse};
+use super::{
+    GraphFuture, GraphHttpRequest, GraphHttpResponse, GraphService, Middleware, MiddlewareService,
+};
 use crate::error::GraphError;
 
 /// A circuit breaker per host (keel-resilience's, by default
@@ -48,27 +47,31 @@ impl BreakerLayer {
     }
 }
 
-impl<S> Layer<S> for BreakerLayer {
-    type Service = BreakerService<S>;
+impl Layer<GraphService> for BreakerLayer {
+    type Service = MiddlewareService<Self>;
 
-    fn layer(&self, inner: S) -> Self::Service {
-        BreakerService {
-            inner,
-            breakers: self.breakers.clone(),
-        }
+    fn layer(&self, next: GraphService) -> Self::Service {
+        MiddlewareService::new(self.clone(), next)
     }
 }
 
-/// The service of [`BreakerLayer`].
-#[derive(Clone)]
-pub struct BreakerService<S> {
-    inner: S,
-    breakers: KeyedRegistry<String, CircuitBreaker>,
-}
-
-impl<S> std::fmt::Debug for BreakerService<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BreakerService").finish_non_exhaustive()
+impl Middleware for BreakerLayer {
+    fn handle(&self, next: GraphService, request: GraphHttpRequest) -> GraphFuture {
+        let inner = next;
+        let host = request
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_ascii_lowercase())
+            .unwrap_or_default();
+        let breaker = self.breakers.get(&host);
+        Box::pin(async move {
+            let permit = breaker
+                .try_acquire_owned()
+                .map_err(GraphError::CircuitOpen)?;
+            let answer = inner.oneshot(request).await;
+            permit.record(outcome(&answer));
+            answer
+        })
     }
 }
 
@@ -88,40 +91,5 @@ fn outcome(answer: &Result<GraphHttpResponse, GraphError>) -> Outcome {
             ErrorClass::Transient => Outcome::Failure,
             _ => Outcome::Ignored,
         },
-    }
-}
-
-impl<S> Service<GraphHttpRequest> for BreakerService<S>
-where
-    S: Service<GraphHttpRequest, Response = GraphHttpResponse, Error = GraphError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
-    type Response = GraphHttpResponse;
-    type Error = GraphError;
-    type Future = Pin<Box<dyn Future<Output = Result<GraphHttpResponse, GraphError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GraphError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: GraphHttpRequest) -> Self::Future {
-        let inner = self.inner.clone();
-        let host = request
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_ascii_lowercase())
-            .unwrap_or_default();
-        let breaker = self.breakers.get(&host);
-        Box::pin(async move {
-            let permit = breaker
-                .try_acquire_owned()
-                .map_err(GraphError::CircuitOpen)?;
-            let answer = inner.oneshot(request).await;
-            permit.record(outcome(&answer));
-            answer
-        })
     }
 }

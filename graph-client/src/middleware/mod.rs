@@ -16,6 +16,10 @@
 //! [`CallContext`] in its extensions; every HTTP answer, error statuses included, is an
 //! `Ok` [`http::Response`] (so layers see Graph's errors as Graph sent them); `Err` is a
 //! call that got no answer (transport, timeout, token, open breaker).
+//!
+//! Each layer here is a [`Middleware`]: one `handle` given the rest of the pipeline,
+//! run by [`MiddlewareService`]. Yours can be written the same way, or be any tower
+//! layer over [`GraphService`].
 
 mod auth;
 mod breaker;
@@ -25,17 +29,20 @@ mod timeout;
 mod trace;
 mod transport;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use tower::util::BoxCloneSyncService;
 
-pub use auth::{AuthLayer, AuthService};
-pub use breaker::{BreakerLayer, BreakerService};
+pub use auth::AuthLayer;
+pub use breaker::BreakerLayer;
 pub(crate) use budget::BudgetLayer;
-pub use retry::{RetryLayer, RetryPolicy, RetryService};
-pub use timeout::{TimeoutLayer, TimeoutService};
-pub use trace::{TraceLayer, TraceService, route_template};
+pub use retry::{RetryLayer, RetryPolicy};
+pub use timeout::TimeoutLayer;
+pub use trace::{TraceLayer, route_template};
 pub(crate) use transport::Transport;
 
 use crate::error::GraphError;
@@ -74,6 +81,54 @@ pub(crate) fn copy_request(request: &GraphHttpRequest) -> GraphHttpRequest {
         copy.extensions_mut().insert(context.clone());
     }
     copy
+}
+
+/// The future of a call through the pipeline.
+pub type GraphFuture = Pin<Box<dyn Future<Output = Result<GraphHttpResponse, GraphError>> + Send>>;
+
+/// One step of the pipeline: what it does with a call, given the rest of the pipeline
+/// (`next`). Each of this module's layers is one; a [`MiddlewareService`] runs it.
+pub trait Middleware: Clone + Send + Sync + 'static {
+    /// Handles `request`, calling `next` (once, several times, or not at all).
+    fn handle(&self, next: GraphService, request: GraphHttpRequest) -> GraphFuture;
+}
+
+/// A [`Middleware`] in front of the rest of the pipeline: the service each of this
+/// module's layers makes.
+#[derive(Clone)]
+pub struct MiddlewareService<M> {
+    middleware: M,
+    next: GraphService,
+}
+
+impl<M> MiddlewareService<M> {
+    /// `middleware` in front of `next`.
+    pub fn new(middleware: M, next: GraphService) -> Self {
+        MiddlewareService { middleware, next }
+    }
+}
+
+impl<M: std::fmt::Debug> std::fmt::Debug for MiddlewareService<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("MiddlewareService")
+            .field(&self.middleware)
+            .finish()
+    }
+}
+
+impl<M: Middleware> tower::Service<GraphHttpRequest> for MiddlewareService<M> {
+    type Response = GraphHttpResponse;
+    type Error = GraphError;
+    type Future = GraphFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GraphError>> {
+        // Each call readies its own clone of `next` (`oneshot`), so this one always is.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: GraphHttpRequest) -> GraphFuture {
+        self.middleware.handle(self.next.clone(), request)
+    }
 }
 
 /// A user layer, kept until the pipeline is built.

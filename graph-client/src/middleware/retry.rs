@@ -1,16 +1,16 @@
 //! Retries: throttled answers after their `Retry-After` (or a backoff), transient
 //! failures of idempotent calls, within caps on attempts and total delay.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use keel_resilience::retry::Backoff;
 use keel_resilience::{Classify, ErrorClass};
-use tower::{Layer, Service, ServiceExt as _};
+use tower::{Layer, ServiceExt as _};
 
-use super::{CallContext, GraphHttpRequest, GraphHttpResponse, copy_request};
+use super::{
+    CallContext, GraphFuture, GraphHttpRequest, GraphHttpResponse, GraphService, Middleware,
+    MiddlewareService, copy_request,
+};
 use crate::error::GraphError;
 
 /// How calls are retried.
@@ -101,73 +101,17 @@ impl RetryLayer {
     }
 }
 
-impl<S> Layer<S> for RetryLayer {
-    type Service = RetryService<S>;
+impl Layer<GraphService> for RetryLayer {
+    type Service = MiddlewareService<Self>;
 
-    fn layer(&self, inner: S) -> Self::Service {
-        RetryService {
-            inner,
-            policy: self.policy.clone(),
-        }
+    fn layer(&self, next: GraphService) -> Self::Service {
+        MiddlewareService::new(self.clone(), next)
     }
 }
 
-/// The service of [`RetryLayer`].
-#[derive(Clone, Debug)]
-pub struct RetryService<S> {
-    inner: S,
-    policy: RetryPolicy,
-}
-
-/// Whether an answer is retried, and after what.
-fn verdict(
-    answer: &Result<GraphHttpResponse, GraphError>,
-    idempotent: bool,
-) -> Option<Option<Duration>> {
-    let class = match answer {
-        Ok(response) if response.status().is_success() => return None,
-        Ok(response) => {
-            let status = response.status();
-            if !(status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 409) {
-                return None;
-            }
-            GraphError::from_response(status, response.headers(), response.body()).class()
-        }
-        // No answer, or one cut short (a reset, a dropped connection): safe to repeat
-        // only when the call is idempotent.
-        Err(GraphError::Transport(e))
-            if e.is_timeout() || e.is_connect() || e.is_request() || e.is_body() =>
-        {
-            ErrorClass::Transient
-        }
-        Err(GraphError::Timeout(_)) => ErrorClass::Transient,
-        Err(_) => return None,
-    };
-    match class {
-        ErrorClass::Throttled { retry_after } => Some(retry_after),
-        ErrorClass::Transient if idempotent => Some(None),
-        _ => None,
-    }
-}
-
-impl<S> Service<GraphHttpRequest> for RetryService<S>
-where
-    S: Service<GraphHttpRequest, Response = GraphHttpResponse, Error = GraphError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
-    type Response = GraphHttpResponse;
-    type Error = GraphError;
-    type Future = Pin<Box<dyn Future<Output = Result<GraphHttpResponse, GraphError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GraphError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: GraphHttpRequest) -> Self::Future {
-        let inner = self.inner.clone();
+impl Middleware for RetryLayer {
+    fn handle(&self, next: GraphService, request: GraphHttpRequest) -> GraphFuture {
+        let inner = next;
         let policy = self.policy.clone();
         Box::pin(async move {
             let context = request.extensions().get::<CallContext>();
@@ -206,5 +150,36 @@ where
                 tokio::time::sleep(delay).await;
             }
         })
+    }
+}
+
+/// Whether an answer is retried, and after what.
+fn verdict(
+    answer: &Result<GraphHttpResponse, GraphError>,
+    idempotent: bool,
+) -> Option<Option<Duration>> {
+    let class = match answer {
+        Ok(response) if response.status().is_success() => return None,
+        Ok(response) => {
+            let status = response.status();
+            if !(status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 409) {
+                return None;
+            }
+            GraphError::from_response(status, response.headers(), response.body()).class()
+        }
+        // No answer, or one cut short (a reset, a dropped connection): safe to repeat
+        // only when the call is idempotent.
+        Err(GraphError::Transport(e))
+            if e.is_timeout() || e.is_connect() || e.is_request() || e.is_body() =>
+        {
+            ErrorClass::Transient
+        }
+        Err(GraphError::Timeout(_)) => ErrorClass::Transient,
+        Err(_) => return None,
+    };
+    match class {
+        ErrorClass::Throttled { retry_after } => Some(retry_after),
+        ErrorClass::Transient if idempotent => Some(None),
+        _ => None,
     }
 }

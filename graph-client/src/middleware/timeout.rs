@@ -1,13 +1,10 @@
 //! A time limit per attempt.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tower::{Layer, Service, ServiceExt as _};
+use tower::{Layer, ServiceExt as _};
 
-use super::{GraphHttpRequest, GraphHttpResponse};
+use super::{GraphFuture, GraphHttpRequest, GraphService, Middleware, MiddlewareService};
 use crate::error::GraphError;
 
 /// Fails an attempt that has not answered within `limit` with
@@ -25,42 +22,17 @@ impl TimeoutLayer {
     }
 }
 
-impl<S> Layer<S> for TimeoutLayer {
-    type Service = TimeoutService<S>;
+impl Layer<GraphService> for TimeoutLayer {
+    type Service = MiddlewareService<Self>;
 
-    fn layer(&self, inner: S) -> Self::Service {
-        TimeoutService {
-            inner,
-            limit: self.limit,
-        }
+    fn layer(&self, next: GraphService) -> Self::Service {
+        MiddlewareService::new(*self, next)
     }
 }
 
-/// The service of [`TimeoutLayer`].
-#[derive(Clone, Debug)]
-pub struct TimeoutService<S> {
-    inner: S,
-    limit: Duration,
-}
-
-impl<S> Service<GraphHttpRequest> for TimeoutService<S>
-where
-    S: Service<GraphHttpRequest, Response = GraphHttpResponse, Error = GraphError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
-    type Response = GraphHttpResponse;
-    type Error = GraphError;
-    type Future = Pin<Box<dyn Future<Output = Result<GraphHttpResponse, GraphError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GraphError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: GraphHttpRequest) -> Self::Future {
-        let inner = self.inner.clone();
+impl Middleware for TimeoutLayer {
+    fn handle(&self, next: GraphService, request: GraphHttpRequest) -> GraphFuture {
+        let inner = next;
         let limit = self.limit;
         Box::pin(async move {
             match tokio::time::timeout(limit, inner.oneshot(request)).await {

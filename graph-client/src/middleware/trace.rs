@@ -1,15 +1,15 @@
 //! A span per call and RED metrics: rate, errors, duration by method, route template
 //! and status (no ids in labels).
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
-use tower::{Layer, Service, ServiceExt as _};
+use tower::{Layer, ServiceExt as _};
 use tracing::Instrument as _;
 
-use super::{CallContext, GraphHttpRequest, GraphHttpResponse};
+use super::{
+    CallContext, GraphFuture, GraphHttpRequest, GraphHttpResponse, GraphService, Middleware,
+    MiddlewareService,
+};
 use crate::error::GraphError;
 
 /// A `graph.request` span per call (method, route template, tenant, status) and two
@@ -20,18 +20,72 @@ use crate::error::GraphError;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TraceLayer;
 
-impl<S> Layer<S> for TraceLayer {
-    type Service = TraceService<S>;
+impl Layer<GraphService> for TraceLayer {
+    type Service = MiddlewareService<Self>;
 
-    fn layer(&self, inner: S) -> Self::Service {
-        TraceService { inner }
+    fn layer(&self, next: GraphService) -> Self::Service {
+        MiddlewareService::new(*self, next)
     }
 }
 
-/// The service of [`TraceLayer`].
-#[derive(Clone, Debug)]
-pub struct TraceService<S> {
-    inner: S,
+impl Middleware for TraceLayer {
+    fn handle(&self, next: GraphService, request: GraphHttpRequest) -> GraphFuture {
+        let inner = next;
+        let method = request.method().as_str().to_owned();
+        let route = route_template(request.uri().path());
+        let tenant = request
+            .extensions()
+            .get::<CallContext>()
+            .map(|c| c.tenant.clone())
+            .unwrap_or_default();
+        let client_request_id = request
+            .headers()
+            .get("client-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let span = tracing::info_span!(
+            "graph.request",
+            http.request.method = %method,
+            url.template = %route,
+            tenant = %tenant,
+            client_request_id = %client_request_id,
+            http.response.status_code = tracing::field::Empty,
+            request_id = tracing::field::Empty,
+        );
+        Box::pin(
+            async move {
+                let started = Instant::now();
+                let answer = inner.oneshot(request).await;
+                let status = status_label(&answer);
+                let span = tracing::Span::current();
+                span.record("http.response.status_code", status.as_str());
+                if let Ok(response) = &answer
+                    && let Some(id) = response
+                        .headers()
+                        .get("request-id")
+                        .and_then(|v| v.to_str().ok())
+                {
+                    span.record("request_id", id);
+                }
+                metrics::counter!(
+                    "graph_requests_total",
+                    "method" => method.clone(),
+                    "route" => route.clone(),
+                    "status" => status,
+                )
+                .increment(1);
+                metrics::histogram!(
+                    "graph_request_duration_seconds",
+                    "method" => method,
+                    "route" => route,
+                )
+                .record(started.elapsed().as_secs_f64());
+                answer
+            }
+            .instrument(span),
+        )
+    }
 }
 
 /// The route of a Graph path with its ids replaced by `{id}`, for labels:
@@ -100,80 +154,5 @@ fn status_label(answer: &Result<GraphHttpResponse, GraphError>) -> String {
         Err(GraphError::CircuitOpen(_)) => "circuit_open".into(),
         Err(GraphError::Token(_)) => "token".into(),
         Err(_) => "other".into(),
-    }
-}
-
-impl<S> Service<GraphHttpRequest> for TraceService<S>
-where
-    S: Service<GraphHttpRequest, Response = GraphHttpResponse, Error = GraphError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
-    type Response = GraphHttpResponse;
-    type Error = GraphError;
-    type Future = Pin<Box<dyn Future<Output = Result<GraphHttpResponse, GraphError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GraphError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: GraphHttpRequest) -> Self::Future {
-        let inner = self.inner.clone();
-        let method = request.method().as_str().to_owned();
-        let route = route_template(request.uri().path());
-        let tenant = request
-            .extensions()
-            .get::<CallContext>()
-            .map(|c| c.tenant.clone())
-            .unwrap_or_default();
-        let client_request_id = request
-            .headers()
-            .get("client-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        let span = tracing::info_span!(
-            "graph.request",
-            http.request.method = %method,
-            url.template = %route,
-            tenant = %tenant,
-            client_request_id = %client_request_id,
-            http.response.status_code = tracing::field::Empty,
-            request_id = tracing::field::Empty,
-        );
-        Box::pin(
-            async move {
-                let started = Instant::now();
-                let answer = inner.oneshot(request).await;
-                let status = status_label(&answer);
-                let span = tracing::Span::current();
-                span.record("http.response.status_code", status.as_str());
-                if let Ok(response) = &answer
-                    && let Some(id) = response
-                        .headers()
-                        .get("request-id")
-                        .and_then(|v| v.to_str().ok())
-                {
-                    span.record("request_id", id);
-                }
-                metrics::counter!(
-                    "graph_requests_total",
-                    "method" => method.clone(),
-                    "route" => route.clone(),
-                    "status" => status,
-                )
-                .increment(1);
-                metrics::histogram!(
-                    "graph_request_duration_seconds",
-                    "method" => method,
-                    "route" => route,
-                )
-                .record(started.elapsed().as_secs_f64());
-                answer
-            }
-            .instrument(span),
-        )
     }
 }
