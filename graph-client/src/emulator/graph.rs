@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
-use axum::extract::{Path, RawQuery, State as Shared};
+use axum::extract::{Path, State as Shared};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -15,12 +15,16 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use keel_token_manager::{AccessTokenClaims, ValidationError};
 use serde_json::{Map, Value, json};
 
+use super::call::{Call, access};
 use super::directory::Tenant;
 use super::{State, percent_decode as decode};
 
 /// Graph's default page size for users, and its largest `$top`.
 const DEFAULT_TOP: usize = 100;
 const MAX_TOP: usize = 999;
+
+access!(Me, READ_ME, USER_FIELDS);
+access!(Users, READ_USERS, USER_FIELDS);
 
 pub(crate) fn routes() -> Router<Arc<State>> {
     Router::new()
@@ -195,48 +199,19 @@ async fn unknown(
     )
 }
 
-async fn get_user(
-    Shared(state): Shared<Arc<State>>,
-    Path((version, id)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    let (tenant, options) = match prepare(
-        &state,
-        &version,
-        &headers,
-        query.as_deref(),
-        READ_USERS,
-        USER_FIELDS,
-    ) {
-        Ok(ready) => ready,
-        Err(refused) => return *refused,
-    };
+async fn get_user(call: Call<Users>, Path((_, id)): Path<(String, String)>) -> Response {
+    let tenant = call.tenant();
     match tenant.user(&id) {
-        Some(user) => entity(&state, &headers, &version, "users", &options.project(user)),
-        None => not_found(&state, &headers, &id),
+        Some(user) => call.entity("users", user),
+        None => call.not_found(&id),
     }
 }
 
 /// The signed-in user of a delegated token; app-only tokens are refused as Graph
 /// refuses them.
-async fn get_me(
-    Shared(state): Shared<Arc<State>>,
-    Path(version): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    let (tenant, options) = match prepare(
-        &state,
-        &version,
-        &headers,
-        query.as_deref(),
-        READ_ME,
-        USER_FIELDS,
-    ) {
-        Ok(ready) => ready,
-        Err(refused) => return *refused,
-    };
+async fn get_me(call: Call<Me>) -> Response {
+    let Call { state, headers, .. } = &call;
+    let tenant = call.tenant();
     // The subject of a delegated token is the user; an app-only token's is the app.
     let subject = headers
         .get(header::AUTHORIZATION)
@@ -246,10 +221,10 @@ async fn get_me(
         .filter(|claims| claims.scope.is_some())
         .map(|claims| claims.sub);
     match subject.as_deref().and_then(|sub| tenant.user(sub)) {
-        Some(user) => entity(&state, &headers, &version, "users", &options.project(user)),
+        Some(user) => call.entity("users", user),
         None => bad_request(
-            &state,
-            &headers,
+            state,
+            headers,
             "/me request is only valid with delegated authentication flow.",
         ),
     }
@@ -289,25 +264,10 @@ async fn get_photo(
     response
 }
 
-async fn list_users(
-    Shared(state): Shared<Arc<State>>,
-    Path(version): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    let (tenant, options) = match prepare(
-        &state,
-        &version,
-        &headers,
-        query.as_deref(),
-        READ_USERS,
-        USER_FIELDS,
-    ) {
-        Ok(ready) => ready,
-        Err(refused) => return *refused,
-    };
+async fn list_users(call: Call<Users>) -> Response {
+    let tenant = call.tenant();
     let users: Vec<&Map<String, Value>> = tenant.users.iter().collect();
-    collection(&state, &headers, &version, "users", &options, &users)
+    call.collection("users", &users)
 }
 
 /// One entity, with its `@odata.context`.

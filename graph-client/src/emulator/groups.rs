@@ -3,14 +3,15 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, RawQuery, State as Shared};
+use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
 use serde_json::{Map, Value, json};
 
 use super::State;
-use super::graph::{USER_FIELDS, collection, entity, error, not_found, prepare};
+use super::call::{Call, access};
+use super::graph::{USER_FIELDS, error};
 
 const READ_GROUPS: &[&str] = &[
     "Group.Read.All",
@@ -37,6 +38,11 @@ const READ_CHANNELS: &[&str] = &[
 const GROUP_FIELDS: &[&str] = &["id", "displayName", "mailNickname", "mail", "mailEnabled"];
 const CHANNEL_FIELDS: &[&str] = &["id", "displayName", "membershipType"];
 
+access!(Channels, READ_CHANNELS, CHANNEL_FIELDS);
+access!(Groups, READ_GROUPS, GROUP_FIELDS);
+access!(Members, READ_MEMBERS, USER_FIELDS);
+access!(Teams, READ_TEAMS, GROUP_FIELDS);
+
 pub(crate) fn routes() -> Router<Arc<State>> {
     Router::new()
         .route("/{version}/groups", get(list_groups))
@@ -46,75 +52,24 @@ pub(crate) fn routes() -> Router<Arc<State>> {
         .route("/{version}/teams/{id}/channels", get(list_channels))
 }
 
-async fn list_groups(
-    Shared(state): Shared<Arc<State>>,
-    Path(version): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    let (tenant, options) = match prepare(
-        &state,
-        &version,
-        &headers,
-        query.as_deref(),
-        READ_GROUPS,
-        GROUP_FIELDS,
-    ) {
-        Ok(ready) => ready,
-        Err(refused) => return *refused,
-    };
+async fn list_groups(call: Call<Groups>) -> Response {
+    let tenant = call.tenant();
     let groups: Vec<&Map<String, Value>> = tenant.groups.iter().collect();
-    collection(&state, &headers, &version, "groups", &options, &groups)
+    call.collection("groups", &groups)
 }
 
-async fn get_group(
-    Shared(state): Shared<Arc<State>>,
-    Path((version, id)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    let (tenant, options) = match prepare(
-        &state,
-        &version,
-        &headers,
-        query.as_deref(),
-        READ_GROUPS,
-        GROUP_FIELDS,
-    ) {
-        Ok(ready) => ready,
-        Err(refused) => return *refused,
-    };
+async fn get_group(call: Call<Groups>, Path((_, id)): Path<(String, String)>) -> Response {
+    let tenant = call.tenant();
     match tenant.group(&id) {
-        Some(group) => entity(
-            &state,
-            &headers,
-            &version,
-            "groups",
-            &options.project(group),
-        ),
-        None => not_found(&state, &headers, &id),
+        Some(group) => call.entity("groups", group),
+        None => call.not_found(&id),
     }
 }
 
-async fn list_members(
-    Shared(state): Shared<Arc<State>>,
-    Path((version, id)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    let (tenant, options) = match prepare(
-        &state,
-        &version,
-        &headers,
-        query.as_deref(),
-        READ_MEMBERS,
-        USER_FIELDS,
-    ) {
-        Ok(ready) => ready,
-        Err(refused) => return *refused,
-    };
+async fn list_members(call: Call<Members>, Path((_, id)): Path<(String, String)>) -> Response {
+    let tenant = call.tenant();
     let Some(members) = tenant.members.get(&id) else {
-        return not_found(&state, &headers, &id);
+        return call.not_found(&id);
     };
     let members: Vec<Map<String, Value>> = members
         .iter()
@@ -127,14 +82,7 @@ async fn list_members(
         })
         .collect();
     let members: Vec<&Map<String, Value>> = members.iter().collect();
-    collection(
-        &state,
-        &headers,
-        &version,
-        &format!("groups/{id}/members"),
-        &options,
-        &members,
-    )
+    call.collection(&format!("groups/{id}/members"), &members)
 }
 
 fn team_not_found(state: &State, headers: &HeaderMap, id: &str) -> Response {
@@ -147,28 +95,14 @@ fn team_not_found(state: &State, headers: &HeaderMap, id: &str) -> Response {
     )
 }
 
-async fn get_team(
-    Shared(state): Shared<Arc<State>>,
-    Path((version, id)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    let (tenant, options) = match prepare(
-        &state,
-        &version,
-        &headers,
-        query.as_deref(),
-        READ_TEAMS,
-        GROUP_FIELDS,
-    ) {
-        Ok(ready) => ready,
-        Err(refused) => return *refused,
-    };
+async fn get_team(call: Call<Teams>, Path((_, id)): Path<(String, String)>) -> Response {
+    let Call { state, headers, .. } = &call;
+    let tenant = call.tenant();
     let Some(group) = tenant
         .group(&id)
         .filter(|_| tenant.channels.contains_key(&id))
     else {
-        return team_not_found(&state, &headers, &id);
+        return team_not_found(state, headers, &id);
     };
     let mut team = Map::new();
     team.insert("id".into(), json!(id));
@@ -179,36 +113,15 @@ async fn get_team(
     }
     team.insert("description".into(), json!("A team of the emulator."));
     team.insert("isArchived".into(), json!(false));
-    entity(&state, &headers, &version, "teams", &options.project(&team))
+    call.entity("teams", &team)
 }
 
-async fn list_channels(
-    Shared(state): Shared<Arc<State>>,
-    Path((version, id)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    let (tenant, options) = match prepare(
-        &state,
-        &version,
-        &headers,
-        query.as_deref(),
-        READ_CHANNELS,
-        CHANNEL_FIELDS,
-    ) {
-        Ok(ready) => ready,
-        Err(refused) => return *refused,
-    };
+async fn list_channels(call: Call<Channels>, Path((_, id)): Path<(String, String)>) -> Response {
+    let Call { state, headers, .. } = &call;
+    let tenant = call.tenant();
     let Some(channels) = tenant.channels.get(&id) else {
-        return team_not_found(&state, &headers, &id);
+        return team_not_found(state, headers, &id);
     };
     let channels: Vec<&Map<String, Value>> = channels.iter().collect();
-    collection(
-        &state,
-        &headers,
-        &version,
-        &format!("teams/{id}/channels"),
-        &options,
-        &channels,
-    )
+    call.collection(&format!("teams/{id}/channels"), &channels)
 }

@@ -8,15 +8,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{Path, RawQuery, Request, State as Shared};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{Path, Request, State as Shared};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::get;
 use serde_json::{Map, Value, json};
 
 use super::State;
-use super::graph::{collection, not_found, prepare};
+use super::call::{Call, access};
 
 /// Concurrent requests per app per mailbox.
 pub(crate) const CONCURRENCY: usize = 4;
@@ -180,29 +180,16 @@ pub(crate) async fn admit(
     next.run(request).await
 }
 
+access!(Mail, READ_MAIL, MESSAGE_FIELDS);
+
 pub(crate) fn routes() -> Router<Arc<State>> {
     Router::new().route("/{version}/users/{id}/messages", get(list_messages))
 }
 
-async fn list_messages(
-    Shared(state): Shared<Arc<State>>,
-    Path((version, id)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    let (tenant, options) = match prepare(
-        &state,
-        &version,
-        &headers,
-        query.as_deref(),
-        READ_MAIL,
-        MESSAGE_FIELDS,
-    ) {
-        Ok(ready) => ready,
-        Err(refused) => return *refused,
-    };
+async fn list_messages(call: Call<Mail>, Path((_, id)): Path<(String, String)>) -> Response {
+    let tenant = call.tenant();
     let Some(user) = tenant.user(&id) else {
-        return not_found(&state, &headers, &id);
+        return call.not_found(&id);
     };
     let user_id = user.get("id").and_then(Value::as_str).unwrap_or_default();
     let messages: Vec<Map<String, Value>> = (1..=3)
@@ -221,12 +208,5 @@ async fn list_messages(
         })
         .collect();
     let messages: Vec<&Map<String, Value>> = messages.iter().collect();
-    collection(
-        &state,
-        &headers,
-        &version,
-        &format!("users/{id}/messages"),
-        &options,
-        &messages,
-    )
+    call.collection(&format!("users/{id}/messages"), &messages)
 }

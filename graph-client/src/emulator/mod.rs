@@ -43,6 +43,7 @@
 //! ```
 
 mod batch;
+pub(crate) mod call;
 mod directory;
 mod faults;
 mod graph;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State as Shared};
+use axum::extract::{Path, State as Shared};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -16,9 +16,9 @@ use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
 use super::State;
+use super::call::{Call, access};
 use super::graph::{
-    authorize, bad_request, collection, entity, error, not_found, ok, prepare, unknown_version,
-    version_ok,
+    authorize, bad_request, entity, error, not_found, ok, unknown_version, version_ok,
 };
 
 const READ: &[&str] = &[
@@ -242,6 +242,10 @@ fn complete(data: &mut Map<String, Value>) {
     }
 }
 
+access!(Buckets, READ, BUCKET_FIELDS);
+access!(Plans, READ, PLAN_FIELDS);
+access!(Tasks, READ, TASK_FIELDS);
+
 pub(crate) fn routes() -> Router<Arc<State>> {
     Router::new()
         .route("/{version}/groups/{id}/planner/plans", get(group_plans))
@@ -260,227 +264,77 @@ pub(crate) fn routes() -> Router<Arc<State>> {
         )
 }
 
-async fn group_plans(
-    Shared(state): Shared<Arc<State>>,
-    Path((version, id)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    let (tenant, options) = match prepare(
-        &state,
-        &version,
-        &headers,
-        query.as_deref(),
-        READ,
-        PLAN_FIELDS,
-    ) {
-        Ok(ready) => ready,
-        Err(refused) => return *refused,
-    };
+async fn group_plans(call: Call<Plans>, Path((_, id)): Path<(String, String)>) -> Response {
+    let tenant = call.tenant();
     if tenant.group(&id).is_none() {
-        return not_found(&state, &headers, &id);
+        return call.not_found(&id);
     }
     let plans = tenant.planner().plans_of(&id);
     let plans: Vec<&Map<String, Value>> = plans.iter().collect();
-    collection(
-        &state,
-        &headers,
-        &version,
-        &format!("groups/{id}/planner/plans"),
-        &options,
-        &plans,
-    )
+    call.collection(&format!("groups/{id}/planner/plans"), &plans)
 }
 
-async fn get_plan(
-    Shared(state): Shared<Arc<State>>,
-    Path((version, id)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    let (tenant, options) = match prepare(
-        &state,
-        &version,
-        &headers,
-        query.as_deref(),
-        READ,
-        PLAN_FIELDS,
-    ) {
-        Ok(ready) => ready,
-        Err(refused) => return *refused,
-    };
+async fn get_plan(call: Call<Plans>, Path((_, id)): Path<(String, String)>) -> Response {
+    let tenant = call.tenant();
     let plan = tenant.planner().plans.get(&id).map(Item::view);
     match plan {
-        Some(plan) => entity(
-            &state,
-            &headers,
-            &version,
-            "planner/plans",
-            &options.project(&plan),
-        ),
-        None => not_found(&state, &headers, &id),
+        Some(plan) => call.entity("planner/plans", &plan),
+        None => call.not_found(&id),
     }
 }
 
-async fn plan_buckets(
-    Shared(state): Shared<Arc<State>>,
-    Path((version, id)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    let (tenant, options) = match prepare(
-        &state,
-        &version,
-        &headers,
-        query.as_deref(),
-        READ,
-        BUCKET_FIELDS,
-    ) {
-        Ok(ready) => ready,
-        Err(refused) => return *refused,
-    };
+async fn plan_buckets(call: Call<Buckets>, Path((_, id)): Path<(String, String)>) -> Response {
+    let tenant = call.tenant();
     let buckets = {
         let planner = tenant.planner();
         if !planner.plans.contains_key(&id) {
             drop(planner);
-            return not_found(&state, &headers, &id);
+            return call.not_found(&id);
         }
         PlannerStore::of_plan(&planner.buckets, &id)
     };
     let buckets: Vec<&Map<String, Value>> = buckets.iter().collect();
-    collection(
-        &state,
-        &headers,
-        &version,
-        &format!("planner/plans/{id}/buckets"),
-        &options,
-        &buckets,
-    )
+    call.collection(&format!("planner/plans/{id}/buckets"), &buckets)
 }
 
-async fn plan_tasks(
-    Shared(state): Shared<Arc<State>>,
-    Path((version, id)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    let (tenant, options) = match prepare(
-        &state,
-        &version,
-        &headers,
-        query.as_deref(),
-        READ,
-        TASK_FIELDS,
-    ) {
-        Ok(ready) => ready,
-        Err(refused) => return *refused,
-    };
+async fn plan_tasks(call: Call<Tasks>, Path((_, id)): Path<(String, String)>) -> Response {
+    let tenant = call.tenant();
     let tasks = {
         let planner = tenant.planner();
         if !planner.plans.contains_key(&id) {
             drop(planner);
-            return not_found(&state, &headers, &id);
+            return call.not_found(&id);
         }
         PlannerStore::of_plan(&planner.tasks, &id)
     };
     let tasks: Vec<&Map<String, Value>> = tasks.iter().collect();
-    collection(
-        &state,
-        &headers,
-        &version,
-        &format!("planner/plans/{id}/tasks"),
-        &options,
-        &tasks,
-    )
+    call.collection(&format!("planner/plans/{id}/tasks"), &tasks)
 }
 
-async fn get_bucket(
-    Shared(state): Shared<Arc<State>>,
-    Path((version, id)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    let (tenant, options) = match prepare(
-        &state,
-        &version,
-        &headers,
-        query.as_deref(),
-        READ,
-        BUCKET_FIELDS,
-    ) {
-        Ok(ready) => ready,
-        Err(refused) => return *refused,
-    };
+async fn get_bucket(call: Call<Buckets>, Path((_, id)): Path<(String, String)>) -> Response {
+    let tenant = call.tenant();
     let bucket = tenant.planner().buckets.get(&id).map(Item::view);
     match bucket {
-        Some(bucket) => entity(
-            &state,
-            &headers,
-            &version,
-            "planner/buckets",
-            &options.project(&bucket),
-        ),
-        None => not_found(&state, &headers, &id),
+        Some(bucket) => call.entity("planner/buckets", &bucket),
+        None => call.not_found(&id),
     }
 }
 
-async fn get_task(
-    Shared(state): Shared<Arc<State>>,
-    Path((version, id)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    let (tenant, options) = match prepare(
-        &state,
-        &version,
-        &headers,
-        query.as_deref(),
-        READ,
-        TASK_FIELDS,
-    ) {
-        Ok(ready) => ready,
-        Err(refused) => return *refused,
-    };
+async fn get_task(call: Call<Tasks>, Path((_, id)): Path<(String, String)>) -> Response {
+    let tenant = call.tenant();
     let task = tenant.planner().tasks.get(&id).map(Item::view);
     match task {
-        Some(task) => entity(
-            &state,
-            &headers,
-            &version,
-            "planner/tasks",
-            &options.project(&task),
-        ),
-        None => not_found(&state, &headers, &id),
+        Some(task) => call.entity("planner/tasks", &task),
+        None => call.not_found(&id),
     }
 }
 
-async fn get_details(
-    Shared(state): Shared<Arc<State>>,
-    Path((version, id)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    let (tenant, options) = match prepare(
-        &state,
-        &version,
-        &headers,
-        query.as_deref(),
-        READ,
-        TASK_FIELDS,
-    ) {
-        Ok(ready) => ready,
-        Err(refused) => return *refused,
-    };
+async fn get_details(call: Call<Tasks>, Path((_, id)): Path<(String, String)>) -> Response {
+    let tenant = call.tenant();
     let details = tenant.planner().details.get(&id).map(Item::view);
     match details {
-        Some(details) => entity(
-            &state,
-            &headers,
-            &version,
-            "planner/tasks/details",
-            &options.project(&details),
-        ),
-        None => not_found(&state, &headers, &id),
+        Some(details) => call.entity("planner/tasks/details", &details),
+        None => call.not_found(&id),
     }
 }
 
