@@ -298,24 +298,27 @@ impl Budgets {
     }
 }
 
+/// The path segments after `/users/{id}/` or `/me/` that are Outlook resources (lower
+/// case), held to Outlook's limits per mailbox.
+pub(crate) const OUTLOOK: &[&str] = &[
+    "messages",
+    "mailfolders",
+    "events",
+    "calendar",
+    "calendars",
+    "calendarview",
+    "contacts",
+    "contactfolders",
+    "mailboxsettings",
+    "outlook",
+    "inferenceclassification",
+];
+
 /// The mailbox an Outlook request addresses: `users/{id}` or `me`, followed by one of
 /// Outlook's resources; `None` for anything else. `path` is relative to the version;
 /// the id is percent-decoded and lower-cased, so one mailbox has one key however its
 /// path was spelt.
 pub(crate) fn mailbox_of(path: &str) -> Option<String> {
-    const OUTLOOK: &[&str] = &[
-        "messages",
-        "mailfolders",
-        "events",
-        "calendar",
-        "calendars",
-        "calendarview",
-        "contacts",
-        "contactfolders",
-        "mailboxsettings",
-        "outlook",
-        "inferenceclassification",
-    ];
     let path = path.split(['?', '#']).next().unwrap_or_default();
     let mut segments = path.trim_start_matches('/').split('/');
     let first = segments.next()?;

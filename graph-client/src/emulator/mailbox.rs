@@ -24,18 +24,8 @@ pub(crate) const CONCURRENCY: usize = 4;
 pub(crate) const REQUESTS: usize = 10_000;
 pub(crate) const WINDOW: Duration = Duration::from_secs(600);
 
-/// The path segments after `/users/{id}/` that are Outlook resources.
-const OUTLOOK: &[&str] = &[
-    "messages",
-    "mailfolders",
-    "events",
-    "calendar",
-    "calendars",
-    "calendarview",
-    "contacts",
-    "contactfolders",
-    "mailboxsettings",
-];
+/// The path segments after `/users/{id}/` that are Outlook resources: the client's list.
+use crate::budget::OUTLOOK;
 
 const READ_MAIL: &[&str] = &["Mail.Read", "Mail.ReadBasic.All", "Mail.ReadWrite"];
 const MESSAGE_FIELDS: &[&str] = &["id", "subject", "isRead"];

@@ -10,7 +10,7 @@ use keel_graph_client::{
     AutoBatch, Batch, BatchProblem, Concurrency, GraphClient, GraphError, GraphRequest, StepId,
 };
 
-use crate::client::{client, provider};
+use crate::client::{built, client, provider};
 
 async fn user_ids(client: &GraphClient, tenant: &str) -> Vec<String> {
     client
@@ -19,20 +19,6 @@ async fn user_ids(client: &GraphClient, tenant: &str) -> Vec<String> {
         .try_collect()
         .await
         .unwrap()
-}
-
-fn built(
-    graph: &Emulator,
-    configure: impl FnOnce(
-        keel_graph_client::GraphClientBuilder,
-    ) -> keel_graph_client::GraphClientBuilder,
-) -> GraphClient {
-    let contoso = graph.tenants()[0].clone();
-    configure(
-        GraphClient::builder(graph.cloud()).tenant("contoso", provider(graph, contoso.domain())),
-    )
-    .build()
-    .unwrap()
 }
 
 #[tokio::test]

@@ -225,3 +225,18 @@ async fn every_call_carries_a_client_request_id_that_graph_echoes() {
         .unwrap_err();
     assert!(matches!(error, GraphError::Decode { .. }), "{error:?}");
 }
+
+/// A client for contoso, configured by `configure`.
+pub(crate) fn built(
+    graph: &Emulator,
+    configure: impl FnOnce(
+        keel_graph_client::GraphClientBuilder,
+    ) -> keel_graph_client::GraphClientBuilder,
+) -> GraphClient {
+    let contoso = graph.tenants()[0].clone();
+    configure(
+        GraphClient::builder(graph.cloud()).tenant("contoso", provider(graph, contoso.domain())),
+    )
+    .build()
+    .unwrap()
+}

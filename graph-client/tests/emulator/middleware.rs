@@ -14,23 +14,11 @@ use keel_graph_client::middleware::{
     BreakerLayer, CallContext, GraphHttpRequest, GraphHttpResponse, GraphService,
 };
 use keel_graph_client::model::User;
-use keel_graph_client::{GraphClient, GraphClientBuilder, GraphError, GraphRequest};
+use keel_graph_client::{GraphClient, GraphError, GraphRequest};
 use keel_resilience::breaker::CircuitBreakerConfig;
 use keel_token_manager::client::{TokenFuture, TokenProvider, TokenRequest};
 
-use crate::client::provider;
-
-fn built(
-    graph: &Emulator,
-    configure: impl FnOnce(GraphClientBuilder) -> GraphClientBuilder,
-) -> GraphClient {
-    let contoso = graph.tenants()[0].clone();
-    configure(
-        GraphClient::builder(graph.cloud()).tenant("contoso", provider(graph, contoso.domain())),
-    )
-    .build()
-    .unwrap()
-}
+use crate::client::{built, provider};
 
 /// What a user layer saw of each attempt.
 #[derive(Clone, Debug)]
