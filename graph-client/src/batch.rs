@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use keel_resilience::retry::Idempotency;
 use keel_resilience::{Classify, ErrorClass};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
@@ -53,8 +52,8 @@ pub enum BatchError {
     /// A step may only depend on steps added before it.
     #[error("batch step depends on `{0}`, which is not an earlier step")]
     UnknownDependency(String),
-    /// Ids are 1 to 128 bytes.
-    #[error("batch step ids must have 1 to 128 bytes")]
+    /// Ids are 1 to 128 ASCII letters, digits, `-`, `_`, `.` or `~`.
+    #[error("batch step ids must be 1 to 128 ASCII letters, digits, -, _, . or ~")]
     InvalidId,
 }
 
@@ -122,7 +121,7 @@ impl Batch {
     pub fn add_after(&mut self, request: GraphRequest, after: &[&StepId]) -> StepId {
         let deps = after
             .iter()
-            .filter_map(|id| self.ids.get(&id.0.to_lowercase()).copied())
+            .filter_map(|id| self.ids.get(&id.0.to_ascii_lowercase()).copied())
             .collect();
         self.push(self.free_id(), request, deps)
     }
@@ -138,18 +137,24 @@ impl Batch {
         request: GraphRequest,
         depends_on: &[&str],
     ) -> Result<StepId, BatchError> {
-        if id.is_empty() || id.len() > 128 {
+        // ASCII only, so that comparing without case means one thing on both sides.
+        if id.is_empty()
+            || id.len() > 128
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
+        {
             return Err(BatchError::InvalidId);
         }
         // Graph compares ids without case.
-        if self.ids.contains_key(&id.to_lowercase()) {
+        if self.ids.contains_key(&id.to_ascii_lowercase()) {
             return Err(BatchError::DuplicateId(id.chars().take(128).collect()));
         }
         let deps = depends_on
             .iter()
             .map(|d| {
                 self.ids
-                    .get(&d.to_lowercase())
+                    .get(&d.to_ascii_lowercase())
                     .copied()
                     .ok_or_else(|| BatchError::UnknownDependency(d.chars().take(128).collect()))
             })
@@ -159,7 +164,7 @@ impl Batch {
 
     fn free_id(&self) -> String {
         let mut n = self.steps.len() + 1;
-        while self.ids.contains_key(&n.to_string().to_lowercase()) {
+        while self.ids.contains_key(&n.to_string().to_ascii_lowercase()) {
             n += 1;
         }
         n.to_string()
@@ -168,7 +173,7 @@ impl Batch {
     fn push(&mut self, id: String, request: GraphRequest, mut deps: Vec<usize>) -> StepId {
         deps.sort_unstable();
         deps.dedup();
-        self.ids.insert(id.to_lowercase(), self.steps.len());
+        self.ids.insert(id.to_ascii_lowercase(), self.steps.len());
         self.steps.push(Step {
             id: id.clone(),
             request,
@@ -369,9 +374,7 @@ impl GraphClient {
                 url: step.request.relative_url().map_err(GraphError::from),
                 version: step.request.own_version().unwrap_or(default_version),
                 mailbox: mailbox_of(step.request.path()),
-                idempotent: Idempotency::of_method(step.request.method())
-                    == Idempotency::Idempotent
-                    || step.request.headers().contains_key(http::header::IF_MATCH),
+                idempotent: step.request.is_idempotent(),
                 request: step.request,
                 deps: step.depends_on,
                 answer: None,
@@ -613,7 +616,7 @@ fn read_answers(response: &GraphResponse, ids: &[&str]) -> Vec<Result<GraphRespo
         // Graph compares ids without case.
         let Some(id) = answer.get("id").and_then(Value::as_str).and_then(|id| {
             ids.iter()
-                .find(|known| known.to_lowercase() == id.to_lowercase())
+                .find(|known| known.eq_ignore_ascii_case(id))
                 .copied()
         }) else {
             return all(BatchProblem::UnknownId);

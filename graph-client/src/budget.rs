@@ -188,9 +188,10 @@ struct Mailbox {
 }
 
 impl keel_resilience::keyed::Retain for Mailbox {
-    /// Kept through size eviction while requests are in flight or its rate is spent.
+    /// Kept through size eviction while requests are in flight or waiting (each holds
+    /// the semaphore), or while its rate is spent.
     fn retain(&self) -> bool {
-        self.in_flight.available_permits() < MAILBOX_CONCURRENCY
+        Arc::strong_count(&self.in_flight) > 1
             || self
                 .tat
                 .lock()
@@ -203,7 +204,11 @@ impl Mailbox {
     /// Waits until `n` more requests conform to the rate, then takes them. Nothing is
     /// taken while waiting, so a caller that gives up costs nothing.
     async fn pace(&self, n: u32) {
-        let interval = MAILBOX_WINDOW / (MAILBOX_REQUESTS - MAILBOX_BURST);
+        // Rounded up, so that the burst and the refill never add up past the limit.
+        let interval = Duration::from_nanos(
+            (MAILBOX_WINDOW.as_nanos() as u64)
+                .div_ceil(u64::from(MAILBOX_REQUESTS - MAILBOX_BURST)),
+        );
         let tolerance = interval * MAILBOX_BURST;
         loop {
             let wait = {
@@ -312,6 +317,11 @@ pub(crate) const OUTLOOK: &[&str] = &[
     "mailboxsettings",
     "outlook",
     "inferenceclassification",
+    "sendmail",
+    "calendargroups",
+    "findmeetingtimes",
+    "getmailtips",
+    "todo",
 ];
 
 /// The mailbox an Outlook request addresses: `users/{id}` or `me`, followed by one of

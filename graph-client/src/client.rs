@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::stream::BoxStream;
 use http::{HeaderMap, HeaderValue, StatusCode};
-use keel_resilience::retry::{Backoff, Idempotency};
+use keel_resilience::retry::Backoff;
 use keel_token_manager::client::TokenProvider;
 use serde::de::DeserializeOwned;
 use tower::{Layer, ServiceExt as _};
@@ -521,12 +521,7 @@ impl GraphClient {
         if !inner.tenants.contains_key(&tenant_key) {
             return Err(GraphError::UnknownTenant(tenant.chars().take(64).collect()));
         }
-        // Safe to repeat: by method (RFC 9110), or a write guarded by `If-Match` (a
-        // repeat after a lost answer meets a changed ETag: 412, never a second write).
-        let idempotent = request.idempotent.unwrap_or_else(|| {
-            Idempotency::of_method(request.method()) == Idempotency::Idempotent
-                || request.headers().contains_key(http::header::IF_MATCH)
-        });
+        let idempotent = request.is_idempotent();
         let mailboxes: Vec<String> = match &request.mailboxes {
             Some(list) => list.clone(),
             None => mailbox_of(self.relative_path(url)).into_iter().collect(),

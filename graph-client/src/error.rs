@@ -410,7 +410,9 @@ impl Classify for GraphError {
             GraphError::BatchFailed(e) => return e.class(),
             GraphError::CircuitOpen(e) => return e.class(),
             GraphError::Timeout(_) => return ErrorClass::Transient,
-            GraphError::Transport(e) if e.is_timeout() || e.is_connect() || e.is_request() => {
+            GraphError::Transport(e)
+                if e.is_timeout() || e.is_connect() || e.is_request() || e.is_body() =>
+            {
                 return ErrorClass::Transient;
             }
             _ => {}

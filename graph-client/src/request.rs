@@ -106,6 +106,28 @@ impl GraphRequest {
         &self.path
     }
 
+    /// Whether sending the request twice is safe: by its method (RFC 9110: GET, HEAD,
+    /// OPTIONS, PUT, DELETE), or a PATCH guarded by `If-Match` with an ETag (not `*`):
+    /// a repeat after a lost answer meets a changed ETag and gets 412, never a second
+    /// write. A POST never is, `If-Match` or not.
+    #[must_use]
+    pub(crate) fn is_idempotent(&self) -> bool {
+        if let Some(explicit) = self.idempotent {
+            return explicit;
+        }
+        if keel_resilience::retry::Idempotency::of_method(&self.method)
+            == keel_resilience::retry::Idempotency::Idempotent
+        {
+            return true;
+        }
+        self.method == Method::PATCH
+            && self
+                .headers
+                .get(http::header::IF_MATCH)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|etag| !etag.trim().is_empty() && etag.trim() != "*")
+    }
+
     /// `GET path`.
     pub fn get(path: &str) -> Self {
         Self::new(Method::GET, path)

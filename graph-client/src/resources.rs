@@ -168,6 +168,11 @@ impl GraphClient {
     /// `If-Match`. Graph answers 204, so nothing comes back: use
     /// [`update_task_returning`](Self::update_task_returning) for the new task and ETag.
     ///
+    /// The call is retried after a lost answer (the ETag makes a repeat harmless): when
+    /// the first attempt was applied, the repeat meets the new ETag and the call ends
+    /// with [`GraphError::PreconditionFailed`] although the change is in place — read the
+    /// task again to tell.
+    ///
     /// # Errors
     /// [`GraphError::PreconditionFailed`] when the task changed since it was read (read
     /// it again and reapply); a task without an ETag gives

@@ -52,6 +52,8 @@ pub(crate) struct Client {
     /// The public key of its certificate (PEM), for client assertions.
     pub(crate) public_key_pem: Option<String>,
     pub(crate) roles: Vec<String>,
+    /// Delegated permissions consented for it (what on-behalf-of tokens carry).
+    pub(crate) delegated: Vec<String>,
 }
 
 impl TenantSeed {
@@ -67,8 +69,9 @@ impl TenantSeed {
     }
 
     /// A client that may use the client-credentials grant with `secret`, granted these
-    /// application permissions (`User.Read.All`, …). On the on-behalf-of (jwt-bearer)
-    /// grant the same permissions are its consented delegated ones.
+    /// application permissions (`User.Read.All`, …). Its delegated permissions (what an
+    /// on-behalf-of token carries) are `User.Read` unless [`delegated`](Self::delegated)
+    /// says otherwise.
     pub fn client<I, S>(mut self, id: &str, secret: &str, roles: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -79,6 +82,7 @@ impl TenantSeed {
             secret: Some(secret.to_owned()),
             public_key_pem: None,
             roles: roles.into_iter().map(Into::into).collect(),
+            delegated: vec!["User.Read".to_owned()],
         });
         self
     }
@@ -97,7 +101,22 @@ impl TenantSeed {
             secret: None,
             public_key_pem: Some(public_key_pem.to_owned()),
             roles: roles.into_iter().map(Into::into).collect(),
+            delegated: vec!["User.Read".to_owned()],
         });
+        self
+    }
+
+    /// The delegated permissions consented for client `id` (added before): what an
+    /// on-behalf-of token for it carries as scopes. A delegated token reads only what
+    /// its user may: `/me`, and the user's own mailbox.
+    pub fn delegated<I, S>(mut self, id: &str, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        if let Some(client) = self.clients.iter_mut().find(|c| c.id == id) {
+            client.delegated = scopes.into_iter().map(Into::into).collect();
+        }
         self
     }
 

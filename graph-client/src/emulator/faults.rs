@@ -32,6 +32,9 @@ pub enum Fault {
     Malformed,
     /// The connection dropped before an answer: the client sees a transport error.
     Drop,
+    /// The request runs (a write is applied), then the connection drops before the
+    /// answer: the lost answer behind every "was my write applied?" question.
+    LoseAnswer,
     /// Answered with this status and this body, as JSON (a body of your own: a batch
     /// answer with unknown ids, an odd error).
     Body {
@@ -120,9 +123,15 @@ impl FaultRule {
         self
     }
 
-    /// Drop the connection without an answer.
+    /// Drop the connection without an answer (the request is not run).
     pub fn drop_connection(mut self) -> Self {
         self.fault = Fault::Drop;
+        self
+    }
+
+    /// Run the request, then drop the connection instead of answering.
+    pub fn lose_answer(mut self) -> Self {
+        self.fault = Fault::LoseAnswer;
         self
     }
 
@@ -238,27 +247,38 @@ pub(crate) async fn apply(
             }
             response
         }
-        Some(Fault::Drop) => {
-            // A body that fails at once: the server closes the connection with no
-            // answer sent.
-            let failing = futures_util::stream::once(async {
-                Err::<bytes::Bytes, std::io::Error>(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionReset,
-                    "the emulator dropped this connection",
-                ))
-            });
-            Response::new(axum::body::Body::from_stream(failing))
+        Some(Fault::LoseAnswer) => {
+            let _ = next.run(request).await;
+            dropped()
         }
+        Some(Fault::Drop) => dropped(),
         Some(Fault::Body { status, body }) => {
             (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
-        Some(Fault::Malformed) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json")],
-            r#"{"@odata.context":"x","value":[{"id":"1","displ"#,
-        )
-            .into_response(),
+        Some(Fault::Malformed) => malformed(),
     }
+}
+
+/// A response whose body fails at once: the server closes the connection with no
+/// answer sent.
+fn dropped() -> Response {
+    let failing = futures_util::stream::once(async {
+        Err::<bytes::Bytes, std::io::Error>(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "the emulator dropped this connection",
+        ))
+    });
+    Response::new(axum::body::Body::from_stream(failing))
+}
+
+/// 200 with a body cut in the middle of its JSON.
+fn malformed() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        r#"{"@odata.context":"x","value":[{"id":"1","displ"#,
+    )
+        .into_response()
 }
 
 /// The tenant a request is for: the `tid` of its bearer token (read without checking:

@@ -27,7 +27,12 @@ pub(crate) const WINDOW: Duration = Duration::from_secs(600);
 /// The path segments after `/users/{id}/` that are Outlook resources: the client's list.
 use crate::budget::OUTLOOK;
 
-const READ_MAIL: &[&str] = &["Mail.Read", "Mail.ReadBasic.All", "Mail.ReadWrite"];
+const READ_MAIL: &[&str] = &[
+    "Mail.Read",
+    "Mail.ReadBasic",
+    "Mail.ReadBasic.All",
+    "Mail.ReadWrite",
+];
 const MESSAGE_FIELDS: &[&str] = &["id", "subject", "isRead"];
 
 /// What the emulator has seen of each mailbox.
@@ -182,6 +187,25 @@ async fn list_messages(call: Call<Mail>, Path((_, id)): Path<(String, String)>) 
         return call.not_found(&id);
     };
     let user_id = user.get("id").and_then(Value::as_str).unwrap_or_default();
+    // A delegated token reads its own user's mailbox only (a shared mailbox needs a
+    // permission the emulator does not grant).
+    let delegated_user = call
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|t| call.state.validator.validate(t).ok())
+        .filter(|claims| claims.scope.is_some())
+        .map(|claims| claims.sub);
+    if delegated_user.is_some_and(|sub| sub != user_id) {
+        return super::graph::error(
+            &call.state,
+            &call.headers,
+            StatusCode::FORBIDDEN,
+            "ErrorAccessDenied",
+            "Access is denied. Check credentials and try again.",
+        );
+    }
     let messages: Vec<Map<String, Value>> = (1..=3)
         .map(|n| {
             let mut message = Map::new();

@@ -28,6 +28,12 @@
 //! Planner writes need `If-Match` with the item's `@odata.etag` (412 when stale) and
 //! answer 204, or 200 with the item under `Prefer: return=representation`.
 //!
+//! Known differences from Entra ID: tokens carry keel-token-manager's claim names
+//! (`scope` for delegated permissions, `client_id`, `sub` as the user's object id), not
+//! Entra's `scp`, `azp`, `oid` and pairwise `sub`; code that reads those claims itself
+//! sees them differently here. A delegated token reads `/me` and its own user's
+//! mailbox; Planner does not check group membership for delegated tokens.
+//!
 //! ```
 //! use keel_graph_client::emulator::{Emulator, FaultRule};
 //!
@@ -96,6 +102,7 @@ pub(crate) struct State {
     pub(crate) validator: Validator,
     pub(crate) faults: Faults,
     pub(crate) mailboxes: mailbox::Mailboxes,
+    pub(crate) assertions: token::SeenAssertions,
     pub(crate) graph_requests: AtomicU64,
     pub(crate) batch_requests: AtomicU64,
     pub(crate) token_requests: AtomicU64,
@@ -216,6 +223,7 @@ impl EmulatorBuilder {
             validator,
             faults: Faults::default(),
             mailboxes: mailbox::Mailboxes::default(),
+            assertions: token::SeenAssertions::default(),
             graph_requests: AtomicU64::new(0),
             batch_requests: AtomicU64::new(0),
             token_requests: AtomicU64::new(0),

@@ -87,6 +87,7 @@ async fn keys(Shared(state): Shared<Arc<State>>, Path(tenant): Path<String>) -> 
 async fn token(
     Shared(state): Shared<Arc<State>>,
     Path(tenant): Path<String>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     state.token_requests.fetch_add(1, Ordering::Relaxed);
@@ -98,7 +99,7 @@ async fn token(
             "AADSTS90002: Tenant not found.",
         );
     };
-    let form: HashMap<String, String> = match serde_urlencoded(&body) {
+    let mut form: HashMap<String, String> = match serde_urlencoded(&body) {
         Some(form) => form,
         None => {
             return oauth_error(
@@ -109,6 +110,43 @@ async fn token(
             );
         }
     };
+    // `client_secret_basic`: the client id and secret in `Authorization: Basic`.
+    if let Some(basic) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+    {
+        use base64::Engine as _;
+        let pair = base64::engine::general_purpose::STANDARD
+            .decode(basic.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|text| {
+                let (id, secret) = text.split_once(':')?;
+                Some((decode(id)?, decode(secret)?))
+            });
+        let Some((id, secret)) = pair else {
+            return oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                7000215,
+                "AADSTS7000215: Invalid client secret provided.",
+            );
+        };
+        let conflicting = form.get("client_id").is_some_and(|given| *given != id)
+            || form.contains_key("client_secret")
+            || form.contains_key("client_assertion");
+        if conflicting {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                900144,
+                "AADSTS900144: A request may use only one client authentication method.",
+            );
+        }
+        form.insert("client_id".into(), id);
+        form.insert("client_secret".into(), secret);
+    }
     let field = |name: &str| form.get(name).map(String::as_str).filter(|v| !v.is_empty());
     let on_behalf_of = match field("grant_type") {
         Some("client_credentials") => false,
@@ -138,7 +176,15 @@ async fn token(
             "AADSTS700016: Application not found in the directory.",
         );
     };
-    // The client proves itself with its secret or with a client assertion.
+    // The client proves itself with its secret or with a client assertion, not both.
+    if form.contains_key("client_secret") && form.contains_key("client_assertion") {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            900144,
+            "AADSTS900144: A request may use only one client authentication method.",
+        );
+    }
     match (
         field("client_secret"),
         field("client_assertion_type"),
@@ -162,7 +208,7 @@ async fn token(
         }
         (None, Some(CLIENT_ASSERTION), Some(assertion)) => {
             let endpoint = format!("{}/{tenant}/oauth2/v2.0/token", state.base);
-            if let Err(description) = client_assertion(client, &endpoint, assertion) {
+            if let Err(description) = client_assertion(&state, client, &endpoint, assertion) {
                 return oauth_error(
                     StatusCode::UNAUTHORIZED,
                     "invalid_client",
@@ -208,10 +254,10 @@ async fn token(
         }
         match user_assertion(&state, t, client, field("assertion").unwrap_or_default()) {
             // A delegated token: the user's, for this app, with the app's consented
-            // permissions as scopes.
+            // delegated permissions as scopes.
             Ok(user) => Grant::new(user, &client.id)
                 .tenant(t.seed.id.to_ascii_lowercase())
-                .scope(client.roles.join(" ")),
+                .scope(client.delegated.join(" ")),
             Err(description) => {
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", 50013, description);
             }
@@ -246,8 +292,14 @@ async fn token(
 }
 
 /// Checks a client assertion: a JWT signed PS256 or RS256 with the client's registered
-/// key, issuer and subject the client id, audience this token endpoint, not expired.
-fn client_assertion(client: &Client, endpoint: &str, assertion: &str) -> Result<(), &'static str> {
+/// key, issuer and subject the client id, audience this token endpoint, within its
+/// `nbf` and `exp`, with a `jti` never seen before.
+fn client_assertion(
+    state: &State,
+    client: &Client,
+    endpoint: &str,
+    assertion: &str,
+) -> Result<(), &'static str> {
     let Some(pem) = client.public_key_pem.as_deref() else {
         return Err("AADSTS700027: The client has no certificate registered.");
     };
@@ -261,13 +313,25 @@ fn client_assertion(client: &Client, endpoint: &str, assertion: &str) -> Result<
     validation.set_audience(&[endpoint]);
     validation.set_issuer(&[client.id.as_str()]);
     validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+    validation.validate_nbf = true;
     let claims = jsonwebtoken::decode::<serde_json::Value>(assertion, &key, &validation)
         .map_err(|_| "AADSTS700027: Client assertion failed signature validation.")?
         .claims;
     if claims.get("sub").and_then(serde_json::Value::as_str) != Some(client.id.as_str()) {
         return Err("AADSTS700023: Client assertion audience or subject is invalid.");
     }
-    Ok(())
+    let (Some(jti), Some(exp)) = (
+        claims
+            .get("jti")
+            .and_then(serde_json::Value::as_str)
+            .filter(|j| !j.is_empty() && j.len() <= 256),
+        claims.get("exp").and_then(serde_json::Value::as_u64),
+    ) else {
+        return Err("AADSTS700027: Client assertion contains no jti.");
+    };
+    state
+        .assertions
+        .first_use(&format!("{}/{jti}", client.id), exp)
 }
 
 /// Checks the user's token an on-behalf-of request brings: issued by this tenant, for
@@ -321,6 +385,40 @@ pub(crate) fn user_token(
     )
     .ok()
     .map(|issued| issued.token)
+}
+
+/// The client assertions used so far (by client and `jti`), each until its `exp`: an
+/// assertion is good for one token request.
+#[derive(Debug, Default)]
+pub(crate) struct SeenAssertions {
+    seen: std::sync::Mutex<HashMap<String, u64>>,
+}
+
+impl SeenAssertions {
+    /// The most remembered at once; past it, expired ones are forgotten first, then
+    /// requests are refused rather than memory grown.
+    const MAX: usize = 100_000;
+
+    fn first_use(&self, key: &str, exp: u64) -> Result<(), &'static str> {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.len() >= Self::MAX {
+            seen.retain(|_, until| *until >= now);
+            if seen.len() >= Self::MAX {
+                return Err("AADSTS700027: Too many client assertions in use; retry later.");
+            }
+        }
+        if seen.contains_key(key) {
+            return Err("AADSTS700027: The client assertion was already used.");
+        }
+        seen.insert(key.to_owned(), exp);
+        Ok(())
+    }
 }
 
 /// An `application/x-www-form-urlencoded` body, or `None` when it is not one.

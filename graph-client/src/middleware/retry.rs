@@ -167,14 +167,9 @@ fn verdict(
             }
             GraphError::from_response(status, response.headers(), response.body()).class()
         }
-        // No answer, or one cut short (a reset, a dropped connection): safe to repeat
-        // only when the call is idempotent.
-        Err(GraphError::Transport(e))
-            if e.is_timeout() || e.is_connect() || e.is_request() || e.is_body() =>
-        {
-            ErrorClass::Transient
-        }
-        Err(GraphError::Timeout(_)) => ErrorClass::Transient,
+        // No answer, or one cut short (a reset, a dropped connection): transient by the
+        // error's own class, repeated only when the call is idempotent.
+        Err(e @ (GraphError::Transport(_) | GraphError::Timeout(_))) => e.class(),
         Err(_) => return None,
     };
     match class {

@@ -88,10 +88,66 @@ impl Middleware for TraceLayer {
     }
 }
 
-/// The route of a Graph path with its ids replaced by `{id}`, for labels:
-/// segments holding a digit (other than the version), `@`, `'`, `=` or `%`, or longer
-/// than 24 characters, are ids; a path addressed by name (`root:/folder/file.docx:`)
-/// becomes `{path}`, whatever it holds.
+/// Segments after which the next one is a key (an id, a name, a user principal name):
+/// always `{id}` in a template, unless it is one of [`KEYWORDS`].
+const KEYED: &[&str] = &[
+    "applications",
+    "attachments",
+    "buckets",
+    "calendars",
+    "channels",
+    "chats",
+    "children",
+    "columns",
+    "contacts",
+    "contactfolders",
+    "devices",
+    "domains",
+    "drives",
+    "events",
+    "extensions",
+    "groups",
+    "items",
+    "lists",
+    "mailfolders",
+    "members",
+    "messages",
+    "names",
+    "owners",
+    "plans",
+    "rows",
+    "serviceprincipals",
+    "sites",
+    "subscriptions",
+    "tables",
+    "tasks",
+    "teams",
+    "users",
+    "worksheets",
+];
+
+/// Segments kept in a template wherever they stand.
+const KEYWORDS: &[&str] = &[
+    "$batch",
+    "$count",
+    "$ref",
+    "$value",
+    "delta()",
+    "delta",
+    "root",
+    "me",
+    "microsoft.graph.delta()",
+];
+
+/// The most segments and characters a template keeps.
+const MAX_SEGMENTS: usize = 16;
+const MAX_TEMPLATE: usize = 200;
+
+/// The route of a Graph path for metric labels, with no user data in it: the segment
+/// after a keyed collection (`users`, `groups`, `sites`, `items`, `worksheets`, …) is
+/// `{id}`; so is any segment holding a digit (other than the version), `@`, `'`, `=`,
+/// `%` or `:`, or longer than 24 characters; a path addressed by name
+/// (`root:/folder/file.docx:`) is `{path}`; at most 16 segments and 200 characters.
 ///
 /// ```
 /// use keel_graph_client::middleware::route_template;
@@ -100,41 +156,49 @@ impl Middleware for TraceLayer {
 /// assert_eq!(route_template("/v1.0/planner/tasks/oIx3zN98jEmVOM-4mUJzSGUANeje/details"), "/v1.0/planner/tasks/{id}/details");
 /// assert_eq!(route_template("/beta/groups/02bd9fd6-8f93-4758-87c3-1fb73740a315/members"), "/beta/groups/{id}/members");
 /// assert_eq!(route_template("/v1.0/me/drive/root:/HR/Dismissals/smith.docx:/content"), "/v1.0/me/drive/root:{path}:/content");
-/// assert_eq!(route_template("/v1.0/sites/root:/sites/ProjectFalcon"), "/v1.0/sites/root:{path}");
+/// assert_eq!(route_template("/v1.0/sites/contoso.sharepoint.com:/sites/Falcon:"), "/v1.0/sites/{id}:{path}:");
+/// assert_eq!(route_template("/v1.0/sites/x/lists/Payroll/items"), "/v1.0/sites/{id}/lists/{id}/items");
+/// assert_eq!(route_template("/v1.0/teams/t/channels/19:abc@thread.tacv2/messages"), "/v1.0/teams/{id}/channels/{id}/messages");
+/// assert_eq!(route_template("/v1.0/users/delta()"), "/v1.0/users/delta()");
 /// assert_eq!(route_template("/v1.0/$batch"), "/v1.0/$batch");
 /// ```
 #[must_use]
 pub fn route_template(path: &str) -> String {
     let path = path.split(['?', '#']).next().unwrap_or_default();
-    let mut out = String::with_capacity(path.len());
+    let mut out = String::with_capacity(path.len().min(MAX_TEMPLATE));
     let mut segments = path.split('/').enumerate();
+    let mut keyed = false;
+    let mut kept = 0;
     while let Some((i, segment)) = segments.next() {
         if i > 0 {
             out.push('/');
         }
-        // Path-based addressing: `name:` opens it, a segment ending in `:` closes it.
-        if let Some((name, rest)) = segment.split_once(':') {
-            out.push_str(if is_id(name) { "{id}" } else { name });
+        kept += 1;
+        if kept > MAX_SEGMENTS || out.len() > MAX_TEMPLATE {
+            out.push('…');
+            break;
+        }
+        let lower = segment.to_ascii_lowercase();
+        // Path-based addressing: a segment ending in `:` opens it, the next segment
+        // ending in `:` closes it.
+        if segment.len() > 1 && segment.ends_with(':') {
+            let name = &segment[..segment.len() - 1];
+            out.push_str(if name == "root" { "root" } else { "{id}" });
             out.push_str(":{path}");
-            let closed = !rest.is_empty() && rest.ends_with(':');
-            if !closed {
-                for (_, inner) in segments.by_ref() {
-                    if inner.ends_with(':') {
-                        out.push(':');
-                        break;
-                    }
+            for (_, inner) in segments.by_ref() {
+                if inner.ends_with(':') {
+                    out.push(':');
+                    break;
                 }
-            } else {
-                out.push(':');
             }
+            keyed = false;
             continue;
         }
         let version = i == 1 && (segment == "v1.0" || segment == "beta");
-        out.push_str(if !version && is_id(segment) {
-            "{id}"
-        } else {
-            segment
-        });
+        let keyword = KEYWORDS.contains(&lower.as_str());
+        let id = !version && !keyword && (keyed || is_id(segment));
+        out.push_str(if id { "{id}" } else { segment });
+        keyed = !id && KEYED.contains(&lower.as_str());
     }
     out
 }
@@ -143,7 +207,7 @@ fn is_id(segment: &str) -> bool {
     segment.len() > 24
         || segment
             .bytes()
-            .any(|b| b.is_ascii_digit() || matches!(b, b'@' | b'\'' | b'=' | b'%'))
+            .any(|b| b.is_ascii_digit() || matches!(b, b'@' | b'\'' | b'=' | b'%' | b':'))
 }
 
 fn status_label(answer: &Result<GraphHttpResponse, GraphError>) -> String {

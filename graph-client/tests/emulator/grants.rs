@@ -27,6 +27,7 @@ async fn emulator() -> Emulator {
         .tenant(
             TenantSeed::new(TENANT, "northwind.onmicrosoft.com")
                 .client("api", "api-secret", ["User.Read", "User.Read.All"])
+                .delegated("api", ["User.Read", "Mail.Read"])
                 .client("other", "other-secret", ["User.Read"])
                 .client_certificate("daemon", &fixture("rsa-2048.pub.pem"), ["User.Read.All"])
                 .users(12),
@@ -190,4 +191,168 @@ async fn on_behalf_of_trades_a_users_token_for_a_delegated_graph_token() {
     )
     .await;
     assert_eq!(status, 400);
+}
+
+/// A client assertion as a certificate credential makes one, with changes.
+fn assertion(graph: &Emulator, edit: impl FnOnce(&mut serde_json::Value)) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut claims = serde_json::json!({
+        "aud": graph.token_endpoint(TENANT),
+        "iss": "daemon",
+        "sub": "daemon",
+        "jti": format!("{now}-{}", std::process::id()),
+        "nbf": now,
+        "exp": now + 300,
+    });
+    edit(&mut claims);
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(fixture("rsa-2048.pem").as_bytes()).unwrap();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::PS256),
+        &claims,
+        &key,
+    )
+    .unwrap()
+}
+
+async fn with_assertion(graph: &Emulator, assertion: &str) -> (u16, serde_json::Value) {
+    token_form(
+        graph,
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", "daemon"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", assertion),
+            ("scope", "https://graph.microsoft.com/.default"),
+        ],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn an_assertion_is_good_once_within_its_times_and_with_a_jti() {
+    let graph = emulator().await;
+    let once = assertion(&graph, |_| {});
+    assert_eq!(with_assertion(&graph, &once).await.0, 200);
+    let (status, body) = with_assertion(&graph, &once).await;
+    assert_eq!(status, 401, "a replayed assertion was accepted: {body}");
+    let later = assertion(&graph, |c| {
+        c["nbf"] = serde_json::json!(c["nbf"].as_u64().unwrap() + 3_600)
+    });
+    assert_eq!(
+        with_assertion(&graph, &later).await.0,
+        401,
+        "an assertion before its nbf"
+    );
+    let no_jti = assertion(&graph, |c| {
+        c.as_object_mut().unwrap().remove("jti");
+    });
+    assert_eq!(
+        with_assertion(&graph, &no_jti).await.0,
+        401,
+        "an assertion without jti"
+    );
+    let other_endpoint = assertion(&graph, |c| {
+        c["aud"] = serde_json::json!("https://login.example/token")
+    });
+    assert_eq!(with_assertion(&graph, &other_endpoint).await.0, 401);
+}
+
+#[tokio::test]
+async fn client_secret_basic_works_and_two_methods_at_once_are_refused() {
+    use base64::Engine as _;
+    let graph = emulator().await;
+    let basic = base64::engine::general_purpose::STANDARD.encode("api:api-secret");
+    let send = |extra: &'static [(&'static str, &'static str)]| {
+        let graph = &graph;
+        let basic = basic.clone();
+        async move {
+            let mut form = vec![
+                ("grant_type", "client_credentials"),
+                ("scope", "https://graph.microsoft.com/.default"),
+            ];
+            form.extend_from_slice(extra);
+            reqwest::Client::new()
+                .post(graph.token_endpoint(TENANT))
+                .header("authorization", format!("Basic {basic}"))
+                .form(&form)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(send(&[]).await, 200);
+    assert_eq!(send(&[("client_secret", "api-secret")]).await, 400);
+    assert_eq!(send(&[("client_id", "other")]).await, 400);
+    let (status, _) = token_form(
+        &graph,
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", "daemon"),
+            ("client_secret", "x"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", &assertion(&graph, |_| {})),
+            ("scope", "https://graph.microsoft.com/.default"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn a_delegated_token_reads_its_users_mailbox_and_no_other() {
+    let graph = emulator().await;
+    let user_token = graph
+        .user_token(TENANT, "user0003@northwind.onmicrosoft.com", "api")
+        .unwrap();
+    let (status, body) = token_form(
+        &graph,
+        &[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+            ("client_id", "api"),
+            ("client_secret", "api-secret"),
+            ("assertion", &user_token),
+            ("scope", "https://graph.microsoft.com/.default"),
+            ("requested_token_use", "on_behalf_of"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let delegated = body["access_token"].as_str().unwrap().to_owned();
+    let read = |user: &'static str| {
+        let graph = &graph;
+        let delegated = delegated.clone();
+        async move {
+            reqwest::Client::new()
+                .get(format!("{}/v1.0/users/{user}/messages", graph.base_url()))
+                .bearer_auth(&delegated)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(read("user0003@northwind.onmicrosoft.com").await, 200);
+    assert_eq!(read("user0004@northwind.onmicrosoft.com").await, 403);
+    // Its scopes are the delegated ones: not the app's User.Read.All to list users.
+    let users = reqwest::Client::new()
+        .get(format!("{}/v1.0/users", graph.base_url()))
+        .bearer_auth(&delegated)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    assert_eq!(users, 403);
 }

@@ -227,3 +227,61 @@ async fn planner_collections_page_through_their_own_next_links() {
         .unwrap();
     assert_eq!(plans.len(), 1);
 }
+
+#[tokio::test]
+async fn a_write_whose_answer_is_lost_is_sent_again_only_when_a_repeat_is_harmless() {
+    let graph = Emulator::start_default().await.unwrap();
+    let client = crate::client::built(&graph, |b| {
+        b.retries(3, std::time::Duration::from_secs(5)).backoff(
+            keel_resilience::retry::Backoff::Constant(std::time::Duration::from_millis(5)),
+        )
+    });
+    let (_, plan) = first_plan(&client).await;
+    // A POST, even with `If-Match: *`: applied once, never sent again.
+    graph.faults().add(
+        keel_graph_client::emulator::FaultRule::path("/v1.0/planner/tasks")
+            .lose_answer()
+            .times(1),
+    );
+    let lost = client
+        .send(
+            "contoso",
+            &GraphRequest::post("/planner/tasks")
+                .if_match("*")
+                .json(&json!({"planId": plan, "title": "created once"})),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(lost, GraphError::Transport(_)), "{lost:?}");
+    let tasks: Vec<PlannerTask> = client.tasks("contoso", &plan).try_collect().await.unwrap();
+    let created = tasks
+        .iter()
+        .filter(|t| t.title.as_deref() == Some("created once"))
+        .count();
+    assert_eq!(created, 1, "the POST ran {created} times");
+
+    // A PATCH with the task's ETag: sent again, and the repeat meets the changed ETag
+    // (412): the write was applied once.
+    let task = tasks[0].clone();
+    graph.faults().add(
+        keel_graph_client::emulator::FaultRule::path(&format!("/v1.0/planner/tasks/{}", task.id))
+            .lose_answer()
+            .times(1),
+    );
+    let repeat = client
+        .update_task("contoso", &task, &json!({"percentComplete": 75}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(repeat, GraphError::PreconditionFailed(_)),
+        "{repeat:?}"
+    );
+    assert_eq!(
+        client
+            .task("contoso", &task.id)
+            .await
+            .unwrap()
+            .percent_complete,
+        Some(75)
+    );
+}
