@@ -242,7 +242,7 @@ async fn an_assertion_is_good_once_within_its_times_and_with_a_jti() {
     let (status, body) = with_assertion(&graph, &once).await;
     assert_eq!(status, 401, "a replayed assertion was accepted: {body}");
     let later = assertion(&graph, |c| {
-        c["nbf"] = serde_json::json!(c["nbf"].as_u64().unwrap() + 3_600)
+        c["nbf"] = serde_json::json!(c["nbf"].as_u64().unwrap() + 3_600);
     });
     assert_eq!(
         with_assertion(&graph, &later).await.0,
@@ -258,7 +258,7 @@ async fn an_assertion_is_good_once_within_its_times_and_with_a_jti() {
         "an assertion without jti"
     );
     let other_endpoint = assertion(&graph, |c| {
-        c["aud"] = serde_json::json!("https://login.example/token")
+        c["aud"] = serde_json::json!("https://login.example/token");
     });
     assert_eq!(with_assertion(&graph, &other_endpoint).await.0, 401);
 }
