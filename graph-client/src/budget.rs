@@ -336,7 +336,7 @@ pub(crate) fn mailbox_of(path: &str) -> Option<String> {
         ("me".to_owned(), segments.next()?)
     } else if first.eq_ignore_ascii_case("users") {
         (
-            percent_decoded(segments.next()?)?.to_lowercase(),
+            crate::request::percent_decode(segments.next()?, false)?.to_lowercase(),
             segments.next()?,
         )
     } else {
@@ -347,24 +347,6 @@ pub(crate) fn mailbox_of(path: &str) -> Option<String> {
         .contains(&resource.as_str())
         .then_some(mailbox)
         .filter(|m| !m.is_empty())
-}
-
-/// `%XX` decoded; `None` for a bad escape or bytes that are not UTF-8.
-fn percent_decoded(segment: &str) -> Option<String> {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

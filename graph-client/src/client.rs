@@ -593,7 +593,7 @@ impl GraphClient {
     pub(crate) fn client_request_id(&self) -> String {
         #[cfg(feature = "correlation")]
         if let Some(id) = keel_observability::CorrelationId::current()
-            && is_guid(id.as_str())
+            && crate::request::is_guid(id.as_str())
         {
             return id.as_str().to_owned();
         }
@@ -604,14 +604,4 @@ impl GraphClient {
         let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         format!("{}-4000-8000-{n:012x}", self.inner.id_prefix)
     }
-}
-
-/// Whether `id` has a GUID's shape (8-4-4-4-12 hex digits).
-#[cfg_attr(not(feature = "correlation"), allow(dead_code))]
-fn is_guid(id: &str) -> bool {
-    id.len() == 36
-        && id.bytes().enumerate().all(|(i, b)| match i {
-            8 | 13 | 18 | 23 => b == b'-',
-            _ => b.is_ascii_hexdigit(),
-        })
 }

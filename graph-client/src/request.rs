@@ -396,6 +396,37 @@ fn encode_path(path: &str) -> String {
     out
 }
 
+/// `%XX` decoded, and `+` as a space when `form` (a form body or a query string; in a
+/// path `+` is itself). `None` for a bad escape or bytes that are not UTF-8.
+pub(crate) fn percent_decode(text: &str, form: bool) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' if form => out.push(b' '),
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Whether `id` has a GUID's shape (8-4-4-4-12 hex digits).
+#[cfg(any(feature = "correlation", feature = "emulator"))]
+pub(crate) fn is_guid(id: &str) -> bool {
+    id.len() == 36
+        && id.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
 /// Percent-encodes a query option's value: everything but unreserved characters and
 /// what OData expressions use freely (`(`, `)`, `,`, `:`, `$`, `/`), so `&`, `=`, `+`,
 /// `#`, `%`, `'`, quotes and spaces can never change the query's structure.
@@ -442,6 +473,17 @@ mod tests {
         ] {
             assert!(!valid_path(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_plus_is_a_space_in_a_form_and_itself_in_a_path() {
+        assert_eq!(
+            percent_decode("ada+x%40contoso.com", false).as_deref(),
+            Some("ada+x@contoso.com")
+        );
+        assert_eq!(percent_decode("a+b%2B", true).as_deref(), Some("a b+"));
+        assert_eq!(percent_decode("%4", false), None);
+        assert_eq!(percent_decode("%ff", false), None);
     }
 
     #[test]

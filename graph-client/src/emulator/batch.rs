@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 use tower::ServiceExt as _;
 
 use super::State;
-use super::graph::{authorize, error, ok, unknown_version, version_ok};
+use super::graph::{authorize, error, ok, shorten, unknown_version, version_ok};
 
 /// The most requests in one batch.
 pub(crate) const MAX_REQUESTS: usize = 20;
@@ -124,17 +124,13 @@ fn parse(body: &[u8]) -> Result<Vec<Item>, String> {
             if *dep == item.id.to_ascii_lowercase() || !ids.contains(dep) {
                 return Err(format!(
                     "Request '{}' depends on '{}', which is not in the batch.",
-                    short(&item.id),
-                    short(dep)
+                    shorten(&item.id),
+                    shorten(dep)
                 ));
             }
         }
     }
     Ok(items)
-}
-
-fn short(text: &str) -> String {
-    text.chars().take(64).collect()
 }
 
 async fn batch(

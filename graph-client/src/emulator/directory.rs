@@ -302,12 +302,3 @@ impl Tenant {
         self.seed.clients.iter().find(|c| c.id == id)
     }
 }
-
-/// Whether `id` has a GUID's shape.
-pub(crate) fn is_guid(id: &str) -> bool {
-    id.len() == 36
-        && id.bytes().enumerate().all(|(i, b)| match i {
-            8 | 13 | 18 | 23 => b == b'-',
-            _ => b.is_ascii_hexdigit(),
-        })
-}

@@ -90,7 +90,7 @@ fn mailbox_of(state: &State, request: &Request) -> Option<String> {
     if !segments.next()?.eq_ignore_ascii_case("users") {
         return None;
     }
-    let user = super::percent_decode(segments.next()?)?;
+    let user = crate::request::percent_decode(segments.next()?, false)?;
     let resource = segments.next()?.to_ascii_lowercase();
     if !OUTLOOK.contains(&resource.as_str()) {
         return None;

@@ -186,7 +186,7 @@ impl EmulatorBuilder {
         domains.dedup();
         if ids.len() != self.tenants.len()
             || domains.len() != self.tenants.len()
-            || !self.tenants.iter().all(|t| directory::is_guid(&t.id))
+            || !self.tenants.iter().all(|t| crate::request::is_guid(&t.id))
         {
             return Err(EmulatorError::Tenants);
         }
@@ -416,22 +416,7 @@ pub(crate) fn app(state: Arc<State>) -> axum::Router {
 
 /// `%XX` and `+` decoded (a form or a query string); `None` for bad escapes or UTF-8.
 pub(crate) fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
+    crate::request::percent_decode(text, true)
 }
 
 impl Drop for Emulator {
