@@ -177,6 +177,49 @@ fn overhead(c: &mut Criterion) {
             assert_eq!(user.id, setup.ids[0]);
         });
     });
+    let next_id = std::sync::atomic::AtomicU64::new(0);
+    let next_id = &next_id;
+    // Bare reqwest sending what the client sends besides the token: a fresh
+    // `client-request-id` (which the emulator echoes) and `SdkVersion`.
+    group.bench_function("bare_reqwest_same_headers", |b| {
+        b.to_async(&rt).iter(|| async {
+            let response = bare
+                .get(&url)
+                .bearer_auth(token.secret())
+                .header("accept", "application/json")
+                .header(
+                    "client-request-id",
+                    format!(
+                        "6f1a2b3c-0d4e-4000-8000-{:012x}",
+                        next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    ),
+                )
+                .header("sdkversion", "graph-rust/0.1.0")
+                .send()
+                .await
+                .unwrap();
+            assert!(response.status().is_success());
+            let user: User = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+            assert_eq!(user.id, setup.ids[0]);
+        });
+    });
+    group.bench_function("bare_reqwest_in_timeout", |b| {
+        b.to_async(&rt).iter(|| async {
+            let response = tokio::time::timeout(
+                Duration::from_secs(30),
+                bare.get(&url)
+                    .bearer_auth(token.secret())
+                    .header("accept", "application/json")
+                    .send(),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+            assert!(response.status().is_success());
+            let user: User = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+            assert_eq!(user.id, setup.ids[0]);
+        });
+    });
     // The pipeline alone: a last layer answers in place of the network.
     let local = client(&setup.graph, &setup.tokens, |b| {
         b.layer(tower::layer::layer_fn(

@@ -149,6 +149,11 @@ const BENCHES: &[Bench] = &[
         peer: None,
         run: layers_bare,
     },
+    Bench {
+        name: "graph_pipeline/keel",
+        peer: None,
+        run: graph_pipeline,
+    },
 ];
 
 fn main() {
@@ -577,4 +582,47 @@ fn layers_keel(calls: u64, extra: &dyn Fn()) {
 fn layers_bare(calls: u64, extra: &dyn Fn()) {
     let runtime = current_thread();
     drive(&runtime, &orders(), orders_request, calls, extra);
+}
+
+// ---- keel-graph-client ----
+
+/// One GET through the client's whole pipeline (trace, retry, budgets, breaker, auth
+/// with a fixed token, time limit), a last layer answering in place of the network:
+/// what the client costs a call on top of the HTTP exchange.
+fn graph_pipeline(calls: u64, extra: &dyn Fn()) {
+    use keel_graph_client::middleware::{GraphHttpRequest, GraphService};
+    use keel_graph_client::model::User;
+    use keel_graph_client::{Cloud, GraphClient, GraphError, GraphRequest};
+    use keel_token_manager::client::{AccessToken, TokenFuture, TokenProvider, TokenRequest};
+
+    struct Fixed;
+    impl TokenProvider for Fixed {
+        fn token<'a>(&'a self, _request: &'a TokenRequest) -> TokenFuture<'a> {
+            Box::pin(async { Ok(AccessToken::new("token", Duration::from_secs(3600))) })
+        }
+    }
+    let runtime = current_thread();
+    let _guard = runtime.enter();
+    let client = GraphClient::builder(Cloud::Global)
+        .tenant("contoso", Arc::new(Fixed))
+        .layer(tower::layer::layer_fn(|_inner: GraphService| {
+            tower::service_fn(|_request: GraphHttpRequest| async {
+                let mut answer = http::Response::new(bytes::Bytes::from_static(br#"{"id":"x"}"#));
+                answer.headers_mut().insert(
+                    "content-type",
+                    http::HeaderValue::from_static("application/json"),
+                );
+                Ok::<_, GraphError>(answer)
+            })
+        }))
+        .build()
+        .expect("client");
+    let request = GraphRequest::get("/users/4f0e2a1c-8d3b-4c2a-9e1f-0b7d6c5a4e3d");
+    measured(calls, &mut |_| {
+        let user: User = runtime
+            .block_on(client.get("contoso", &request))
+            .expect("answered");
+        assert_eq!(black_box(user).id, "x");
+        extra();
+    });
 }

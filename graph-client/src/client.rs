@@ -12,7 +12,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use keel_resilience::retry::Backoff;
 use keel_token_manager::client::TokenProvider;
 use serde::de::DeserializeOwned;
-use tower::{Layer, ServiceExt as _};
+use tower::Layer;
 
 use crate::autobatch::{AutoBatch, AutoBatcher};
 use crate::budget::{Budgets, Concurrency, mailbox_of};
@@ -271,11 +271,11 @@ impl GraphClientBuilder {
         };
         let auth = AuthLayer::new(self.tenants.clone(), &self.cloud.default_scope());
         let service = TimeoutLayer::new(self.attempt_timeout).layer(service);
-        let service = auth.layer(GraphService::new(service));
-        let service = self.breaker.layer(GraphService::new(service));
-        let service = budget.layer(GraphService::new(service));
-        let service = RetryLayer::new(self.retry.clone()).layer(GraphService::new(service));
-        let service = GraphService::new(TraceLayer.layer(GraphService::new(service)));
+        let service = auth.layer(service.into());
+        let service = self.breaker.layer(service.into());
+        let service = budget.layer(service.into());
+        let service = RetryLayer::new(self.retry.clone()).layer(service.into());
+        let service: GraphService = TraceLayer.layer(service.into()).into();
         Ok(GraphClient {
             inner: Arc::new(Inner {
                 cloud: self.cloud,
@@ -561,7 +561,7 @@ impl GraphClient {
             attempt: 0,
             deadline: request.deadline,
         });
-        let answer = inner.service.clone().oneshot(call).await?;
+        let answer = inner.service.send(call).await?;
         let (parts, body) = answer.into_parts();
         if parts.status.is_success() {
             Ok(GraphResponse {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use http::{HeaderValue, StatusCode};
 use keel_token_manager::client::{TokenProvider, TokenRequest, claims_challenge};
-use tower::{Layer, ServiceExt as _};
+use tower::Layer;
 
 use super::{
     CallContext, GraphFuture, GraphHttpRequest, GraphService, Middleware, MiddlewareService,
@@ -90,7 +90,7 @@ impl Middleware for AuthLayer {
                 attempt
                     .headers_mut()
                     .insert(http::header::AUTHORIZATION, bearer);
-                let answer = inner.clone().oneshot(attempt).await?;
+                let answer = inner.send(attempt).await?;
                 if answer.status() == StatusCode::UNAUTHORIZED
                     && !challenged
                     && let Some(claims) = answer

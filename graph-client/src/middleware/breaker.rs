@@ -5,7 +5,7 @@ use std::time::Duration;
 use keel_resilience::breaker::{CircuitBreaker, CircuitBreakerConfig, Outcome};
 use keel_resilience::keyed::KeyedRegistry;
 use keel_resilience::{Classify, ErrorClass};
-use tower::{Layer, ServiceExt as _};
+use tower::Layer;
 
 use super::{
     GraphFuture, GraphHttpRequest, GraphHttpResponse, GraphService, Middleware, MiddlewareService,
@@ -68,7 +68,7 @@ impl Middleware for BreakerLayer {
             let permit = breaker
                 .try_acquire_owned()
                 .map_err(GraphError::CircuitOpen)?;
-            let answer = inner.oneshot(request).await;
+            let answer = inner.send(request).await;
             permit.record(outcome(&answer));
             answer
         })

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use tower::{Layer, ServiceExt as _};
+use tower::Layer;
 
 use super::{
     CallContext, GraphFuture, GraphHttpRequest, GraphService, Middleware, MiddlewareService,
@@ -34,7 +34,7 @@ impl Middleware for BudgetLayer {
                 .map(|c| (c.tenant.clone(), c.mailboxes.clone()))
                 .unwrap_or_default();
             let held = budgets.acquire(&tenant, &mailboxes).await;
-            let answer = inner.oneshot(request).await;
+            let answer = inner.send(request).await;
             if let Ok(response) = &answer {
                 if matches!(response.status().as_u16(), 429 | 503) {
                     held.tenant.throttled();

@@ -35,7 +35,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use tower::util::BoxCloneSyncService;
 
 pub use auth::AuthLayer;
 pub use breaker::BreakerLayer;
@@ -52,7 +51,108 @@ pub type GraphHttpRequest = http::Request<Bytes>;
 /// An answer inside the pipeline (any status).
 pub type GraphHttpResponse = http::Response<Bytes>;
 /// The pipeline as one service: what your layers wrap.
-pub type GraphService = BoxCloneSyncService<GraphHttpRequest, GraphHttpResponse, GraphError>;
+///
+/// Cloning one is a reference count, whatever it wraps: a layer hands the rest of the
+/// pipeline to each call without copying it. [`GraphService::new`] takes any tower
+/// service (each call goes to a clone of it, made ready first, so a layer's
+/// backpressure is kept); a [`MiddlewareService`] converts with `From` and is called in
+/// place.
+///
+/// ```
+/// use keel_graph_client::middleware::{GraphHttpRequest, GraphService};
+/// use keel_graph_client::GraphError;
+/// use tower::ServiceExt;
+///
+/// # tokio_test_block_on(async {
+/// let answer_ok = GraphService::new(tower::service_fn(|_request: GraphHttpRequest| async {
+///     Ok::<_, GraphError>(http::Response::new(bytes::Bytes::from_static(b"{}")))
+/// }));
+/// let response = answer_ok
+///     .oneshot(http::Request::new(bytes::Bytes::new()))
+///     .await
+///     .unwrap();
+/// assert_eq!(response.status(), 200);
+/// # });
+/// # fn tokio_test_block_on(f: impl std::future::Future<Output = ()>) {
+/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct GraphService(Arc<dyn Call>);
+
+/// A service called through a shared reference.
+trait Call: Send + Sync {
+    fn call(&self, request: GraphHttpRequest) -> GraphFuture;
+}
+
+/// Any tower service: each call goes to a clone, made ready first.
+struct Cloned<S>(S);
+
+impl<S> Call for Cloned<S>
+where
+    S: tower::Service<GraphHttpRequest, Response = GraphHttpResponse, Error = GraphError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    fn call(&self, request: GraphHttpRequest) -> GraphFuture {
+        Box::pin(tower::ServiceExt::oneshot(self.0.clone(), request))
+    }
+}
+
+impl<M: Middleware> Call for MiddlewareService<M> {
+    fn call(&self, request: GraphHttpRequest) -> GraphFuture {
+        self.middleware.handle(self.next.clone(), request)
+    }
+}
+
+impl GraphService {
+    /// Any tower service over the pipeline's calls.
+    pub fn new<S>(service: S) -> Self
+    where
+        S: tower::Service<GraphHttpRequest, Response = GraphHttpResponse, Error = GraphError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        GraphService(Arc::new(Cloned(service)))
+    }
+
+    /// Sends `request` through the service.
+    pub(crate) fn send(&self, request: GraphHttpRequest) -> GraphFuture {
+        self.0.call(request)
+    }
+}
+
+impl<M: Middleware> From<MiddlewareService<M>> for GraphService {
+    fn from(service: MiddlewareService<M>) -> Self {
+        GraphService(Arc::new(service))
+    }
+}
+
+impl std::fmt::Debug for GraphService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GraphService")
+    }
+}
+
+impl tower::Service<GraphHttpRequest> for GraphService {
+    type Response = GraphHttpResponse;
+    type Error = GraphError;
+    type Future = GraphFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GraphError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: GraphHttpRequest) -> GraphFuture {
+        self.send(request)
+    }
+}
 
 /// What the layers know of a call, in its request's extensions.
 #[derive(Clone, Debug)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use keel_resilience::retry::Backoff;
 use keel_resilience::{Classify, ErrorClass};
-use tower::{Layer, ServiceExt as _};
+use tower::Layer;
 
 use super::{
     CallContext, GraphFuture, GraphHttpRequest, GraphHttpResponse, GraphService, Middleware,
@@ -126,7 +126,7 @@ impl Middleware for RetryLayer {
                 if let Some(context) = this.extensions_mut().get_mut::<CallContext>() {
                     context.attempt = attempt;
                 }
-                let answer = inner.clone().oneshot(this).await;
+                let answer = inner.send(this).await;
                 let Some(after) = verdict(&answer, idempotent) else {
                     return answer;
                 };

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use tower::{Layer, ServiceExt as _};
+use tower::Layer;
 
 use super::{GraphFuture, GraphHttpRequest, GraphService, Middleware, MiddlewareService};
 use crate::error::GraphError;
@@ -35,7 +35,7 @@ impl Middleware for TimeoutLayer {
         let inner = next;
         let limit = self.limit;
         Box::pin(async move {
-            match tokio::time::timeout(limit, inner.oneshot(request)).await {
+            match tokio::time::timeout(limit, inner.send(request)).await {
                 Ok(answer) => answer,
                 Err(_) => Err(GraphError::Timeout(limit)),
             }

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use tower::{Layer, ServiceExt as _};
+use tower::Layer;
 use tracing::Instrument as _;
 
 use super::{
@@ -56,7 +56,7 @@ impl Middleware for TraceLayer {
         Box::pin(
             async move {
                 let started = Instant::now();
-                let answer = inner.oneshot(request).await;
+                let answer = inner.send(request).await;
                 let status = status_label(&answer);
                 let span = tracing::Span::current();
                 span.record("http.response.status_code", status.as_str());
