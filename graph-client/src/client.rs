@@ -347,6 +347,11 @@ impl GraphClient {
         }
     }
 
+    /// The API version of calls that do not set their own.
+    pub(crate) fn api_version(&self) -> ApiVersion {
+        self.inner.version
+    }
+
     /// The cloud.
     #[must_use]
     pub fn cloud(&self) -> &Cloud {

@@ -18,6 +18,8 @@ use serde_json::Value;
 const MAX_MESSAGE: usize = 512;
 /// The longest code or id kept from a response, in characters.
 const MAX_FIELD: usize = 128;
+/// The longest `Location` kept.
+const MAX_LOCATION: usize = 8 << 10;
 /// How many nested `innerError`s are walked.
 const MAX_DEPTH: usize = 16;
 /// How many codes are kept from `innerError`s and `details`.
@@ -49,6 +51,7 @@ pub struct ApiError {
     date: Option<String>,
     retry_after: Option<Duration>,
     etag: Option<String>,
+    location: Option<String>,
 }
 
 impl fmt::Debug for ApiError {
@@ -132,6 +135,14 @@ impl ApiError {
     #[must_use]
     pub fn etag(&self) -> Option<&str> {
         self.etag.as_deref()
+    }
+
+    /// The `Location` header when the response carried one (at most 8 KiB; a longer
+    /// one is dropped, not cut): where a `410 Gone` on a delta link says to synchronize
+    /// again.
+    #[must_use]
+    pub fn location(&self) -> Option<&str> {
+        self.location.as_deref()
     }
 }
 
@@ -328,6 +339,12 @@ impl GraphError {
             date: None,
             retry_after,
             etag: header("etag"),
+            // Whole or not at all: a cut URL names something else.
+            location: headers
+                .get(http::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| v.len() <= MAX_LOCATION)
+                .map(str::to_owned),
         };
         let mut inner = inner_of(error);
         for _ in 0..MAX_DEPTH {

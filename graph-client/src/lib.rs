@@ -61,6 +61,7 @@ mod batch;
 mod budget;
 mod client;
 mod cloud;
+pub mod delta;
 #[cfg(feature = "emulator")]
 #[cfg_attr(docsrs, doc(cfg(feature = "emulator")))]
 pub mod emulator;

@@ -314,6 +314,11 @@ impl GraphRequest {
         ))
     }
 
+    /// `$deltatoken=latest`: a delta query that starts from now.
+    pub(crate) fn delta_from_now(self) -> Self {
+        self.option("$deltatoken", "latest".to_owned())
+    }
+
     fn option(mut self, key: &'static str, value: String) -> Self {
         match self.query.iter_mut().find(|(k, _)| *k == key) {
             Some(slot) => slot.1 = value,

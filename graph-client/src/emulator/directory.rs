@@ -2,7 +2,7 @@
 //! teams and channels, and the groups' Planner plans.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde_json::{Map, Value, json};
 
@@ -152,8 +152,8 @@ impl TenantSeed {
 #[derive(Debug)]
 pub(crate) struct Tenant {
     pub(crate) seed: TenantSeed,
-    /// Users as Graph shows them, ordered by id.
-    pub(crate) users: Vec<Map<String, Value>>,
+    /// Users as Graph shows them, ordered by id, with their change history.
+    users: RwLock<Users>,
     /// Groups as Graph shows them, ordered by id.
     pub(crate) groups: Vec<Map<String, Value>>,
     /// Each group's members (indexes into `users`).
@@ -268,7 +268,7 @@ impl Tenant {
         }
         Tenant {
             seed,
-            users,
+            users: RwLock::new(Users::seeded(users)),
             groups,
             members,
             channels,
@@ -281,14 +281,19 @@ impl Tenant {
         self.planner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A user by id or user principal name.
-    pub(crate) fn user(&self, id_or_upn: &str) -> Option<&Map<String, Value>> {
-        self.users.iter().find(|u| {
-            u.get("id").and_then(Value::as_str) == Some(id_or_upn)
-                || u.get("userPrincipalName")
-                    .and_then(Value::as_str)
-                    .is_some_and(|upn| upn.eq_ignore_ascii_case(id_or_upn))
-        })
+    /// The users, read-locked.
+    pub(crate) fn users(&self) -> RwLockReadGuard<'_, Users> {
+        self.users.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The users, write-locked.
+    pub(crate) fn users_mut(&self) -> RwLockWriteGuard<'_, Users> {
+        self.users.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A user (not deleted) by id or user principal name.
+    pub(crate) fn user(&self, id_or_upn: &str) -> Option<Map<String, Value>> {
+        self.users().find(id_or_upn).cloned()
     }
 
     /// A group by id.
@@ -300,5 +305,184 @@ impl Tenant {
 
     pub(crate) fn client(&self, id: &str) -> Option<&Client> {
         self.seed.clients.iter().find(|c| c.id == id)
+    }
+}
+
+/// Why a user left the collection, as delta reports it in `@removed`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Removal {
+    /// Deleted, and restorable for 30 days: `"changed"`.
+    Soft,
+    /// Deleted for good: `"deleted"`.
+    Permanent,
+}
+
+impl Removal {
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Removal::Soft => "changed",
+            Removal::Permanent => "deleted",
+        }
+    }
+}
+
+/// A user and the history delta needs: the change that last touched it.
+#[derive(Debug)]
+pub(crate) struct UserEntry {
+    pub(crate) user: Map<String, Value>,
+    /// The sequence number of its last change (seeded users: 1).
+    pub(crate) version: u64,
+    pub(crate) removed: Option<Removal>,
+}
+
+/// A tenant's users: entries ordered by id, never removed (a deleted user stays as a
+/// tombstone, so that delta reports it and group members keep their indexes).
+#[derive(Debug)]
+pub(crate) struct Users {
+    pub(crate) entries: Vec<UserEntry>,
+    /// The last change's sequence number.
+    pub(crate) seq: u64,
+    /// Bumped when delta state is reset: tokens of an older epoch are refused.
+    pub(crate) epoch: u64,
+    /// How tokens of older epochs are refused.
+    pub(crate) reset: DeltaReset,
+    /// Items that the next delta page repeats from the page before (Graph may return an
+    /// item more than once in a round).
+    pub(crate) replays: usize,
+}
+
+/// How the emulator refuses delta links from before a reset
+/// ([`Emulator::reset_delta`](super::Emulator::reset_delta)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeltaReset {
+    /// `410 Gone` with a `Location` header naming a fresh delta request (what Graph
+    /// answers when it needs the client to resynchronize).
+    Gone,
+    /// `400 Bad Request` with the code `syncStateNotFound` (an expired delta token).
+    Expired,
+}
+
+impl Users {
+    fn seeded(users: Vec<Map<String, Value>>) -> Self {
+        Users {
+            entries: users
+                .into_iter()
+                .map(|user| UserEntry {
+                    user,
+                    version: 1,
+                    removed: None,
+                })
+                .collect(),
+            seq: 1,
+            epoch: 1,
+            reset: DeltaReset::Gone,
+            replays: 0,
+        }
+    }
+
+    /// The users not deleted, in order.
+    pub(crate) fn live(&self) -> impl Iterator<Item = &Map<String, Value>> {
+        self.entries
+            .iter()
+            .filter(|e| e.removed.is_none())
+            .map(|e| &e.user)
+    }
+
+    /// A user not deleted, by id or user principal name.
+    pub(crate) fn find(&self, id_or_upn: &str) -> Option<&Map<String, Value>> {
+        self.position(id_or_upn)
+            .and_then(|i| self.entries.get(i))
+            .filter(|e| e.removed.is_none())
+            .map(|e| &e.user)
+    }
+
+    /// The entry of a user (deleted or not), by id or user principal name.
+    pub(crate) fn position(&self, id_or_upn: &str) -> Option<usize> {
+        if let Ok(i) = self.entries.binary_search_by(|e| {
+            e.user
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .cmp(id_or_upn)
+        }) {
+            return Some(i);
+        }
+        self.entries.iter().position(|e| {
+            e.user
+                .get("userPrincipalName")
+                .and_then(Value::as_str)
+                .is_some_and(|upn| upn.eq_ignore_ascii_case(id_or_upn))
+        })
+    }
+
+    /// The next sequence number.
+    fn next(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// Sets `fields` on a user (restoring it when soft-deleted). False when there is no
+    /// such user, or it was deleted for good.
+    pub(crate) fn update(&mut self, id: &str, fields: &Map<String, Value>) -> bool {
+        let Some(i) = self.position(id) else {
+            return false;
+        };
+        if self.entries[i].removed == Some(Removal::Permanent) {
+            return false;
+        }
+        let version = self.next();
+        let entry = &mut self.entries[i];
+        for (key, value) in fields {
+            if key != "id" {
+                entry.user.insert(key.clone(), value.clone());
+            }
+        }
+        entry.removed = None;
+        entry.version = version;
+        true
+    }
+
+    /// A new user, after every other in id order; its id.
+    pub(crate) fn add(&mut self, tenant_index: usize, domain: &str, display_name: &str) -> String {
+        let n = self.entries.len() + 1;
+        let id = format!("{:08x}-0000-4000-8000-{n:012x}", tenant_index + 1);
+        let upn = format!("user{n:04}@{domain}");
+        let user = serde_json::json!({
+            "id": id,
+            "displayName": display_name,
+            "givenName": "User",
+            "surname": format!("{n:04}"),
+            "userPrincipalName": upn,
+            "mail": upn,
+            "jobTitle": "Analyst",
+            "accountEnabled": true,
+            "businessPhones": [],
+        });
+        let version = self.next();
+        if let Value::Object(user) = user {
+            self.entries.push(UserEntry {
+                user,
+                version,
+                removed: None,
+            });
+        }
+        id
+    }
+
+    /// Deletes a user, softly or for good. False when there is no such user (or it is
+    /// already deleted for good).
+    pub(crate) fn remove(&mut self, id: &str, how: Removal) -> bool {
+        let Some(i) = self.position(id) else {
+            return false;
+        };
+        if self.entries[i].removed == Some(Removal::Permanent) {
+            return false;
+        }
+        let version = self.next();
+        let entry = &mut self.entries[i];
+        entry.removed = Some(how);
+        entry.version = version;
+        true
     }
 }

@@ -163,7 +163,8 @@ pub(crate) fn authorize<'s>(
     Ok(tenant)
 }
 
-const READ_USERS: &[&str] = &["User.Read.All", "User.ReadWrite.All", "Directory.Read.All"];
+pub(crate) const READ_USERS: &[&str] =
+    &["User.Read.All", "User.ReadWrite.All", "Directory.Read.All"];
 /// `/me`: any of these delegated permissions.
 const READ_ME: &[&str] = &[
     "User.Read",
@@ -202,7 +203,7 @@ async fn unknown(
 async fn get_user(call: Call<Users>, Path((_, id)): Path<(String, String)>) -> Response {
     let tenant = call.tenant();
     match tenant.user(&id) {
-        Some(user) => call.entity("users", user),
+        Some(user) => call.entity("users", &user),
         None => call.not_found(&id),
     }
 }
@@ -221,7 +222,7 @@ async fn get_me(call: Call<Me>) -> Response {
         .filter(|claims| claims.scope.is_some())
         .map(|claims| claims.sub);
     match subject.as_deref().and_then(|sub| tenant.user(sub)) {
-        Some(user) => call.entity("users", user),
+        Some(user) => call.entity("users", &user),
         None => bad_request(
             state,
             headers,
@@ -266,7 +267,8 @@ async fn get_photo(
 
 async fn list_users(call: Call<Users>) -> Response {
     let tenant = call.tenant();
-    let users: Vec<&Map<String, Value>> = tenant.users.iter().collect();
+    let table = tenant.users();
+    let users: Vec<&Map<String, Value>> = table.live().collect();
     call.collection("users", &users)
 }
 

@@ -71,9 +71,12 @@ async fn list_members(call: Call<Members>, Path((_, id)): Path<(String, String)>
     let Some(members) = tenant.members.get(&id) else {
         return call.not_found(&id);
     };
+    let table = tenant.users();
     let members: Vec<Map<String, Value>> = members
         .iter()
-        .filter_map(|&i| tenant.users.get(i))
+        .filter_map(|&i| table.entries.get(i))
+        .filter(|entry| entry.removed.is_none())
+        .map(|entry| &entry.user)
         .map(|user| {
             let mut member = Map::new();
             member.insert("@odata.type".into(), json!("#microsoft.graph.user"));

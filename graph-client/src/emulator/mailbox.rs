@@ -105,9 +105,8 @@ fn mailbox_of(state: &State, request: &Request) -> Option<String> {
     let tenant = state.tenant(&tid)?;
     let id = tenant
         .user(&user)
-        .and_then(|u| u.get("id"))
-        .and_then(Value::as_str)
-        .map_or_else(|| user.to_ascii_lowercase(), str::to_owned);
+        .and_then(|u| u.get("id").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_else(|| user.to_ascii_lowercase());
     Some(format!("{tid}/{}/{id}", claims.client_id))
 }
 

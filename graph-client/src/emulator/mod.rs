@@ -19,6 +19,7 @@
 //! | resource | routes | permissions (any of) |
 //! |---|---|---|
 //! | users | `/users`, `/users/{id or upn}`, `/me` (delegated tokens) | `User.Read.All`, `Directory.Read.All` |
+//! | delta | `/users/delta` (also `microsoft.graph.delta`): rounds of `$skiptoken` pages ending in a `$deltatoken` link, `@removed` with `changed` / `deleted`, `$deltatoken=latest`, `$select` carried in the tokens, `Prefer: odata.maxpagesize`; changes made with [`Emulator::update_user`], [`Emulator::add_user`], [`Emulator::delete_user`]; [`Emulator::reset_delta`] makes older links fail (410 with `Location`, or 400 `syncStateNotFound`), [`Emulator::replay_delta_items`] repeats items across pages | `User.Read.All`, `Directory.Read.All` |
 //! | groups | `/groups`, `/groups/{id}`, `/groups/{id}/members` | `Group.Read.All`, `GroupMember.Read.All` |
 //! | teams | `/teams/{id}`, `/teams/{id}/channels` | `Team.ReadBasic.All`, `Channel.ReadBasic.All`, `Group.Read.All` |
 //! | Planner | `/groups/{id}/planner/plans`, `/planner/plans/{id}` (`/buckets`, `/tasks`), `/planner/buckets/{id}`, `POST /planner/tasks`, `/planner/tasks/{id}` (GET, PATCH, DELETE), `/planner/tasks/{id}/details` (GET, PATCH) | `Tasks.ReadWrite.All` (`Tasks.Read.All` to read) |
@@ -50,6 +51,7 @@
 
 mod batch;
 pub(crate) mod call;
+mod delta;
 mod directory;
 mod faults;
 mod graph;
@@ -66,7 +68,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use keel_token_manager::{Algorithm, KeyRing, SigningKey, Validator};
 
 use crate::cloud::Cloud;
-pub use directory::TenantSeed;
+pub use directory::{DeltaReset, TenantSeed};
 pub use faults::{Fault, FaultRule, Faults};
 pub use mailbox::MailboxStats;
 
@@ -368,9 +370,12 @@ impl Emulator {
         };
         let id = t
             .user(user)
-            .and_then(|u| u.get("id"))
-            .and_then(serde_json::Value::as_str)
-            .map_or_else(|| user.to_ascii_lowercase(), str::to_owned);
+            .and_then(|u| {
+                u.get("id")
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| user.to_ascii_lowercase());
         self.state
             .mailboxes
             .stats(&t.seed.id.to_ascii_lowercase(), &id)
@@ -392,12 +397,80 @@ impl Emulator {
     pub fn token_requests(&self) -> u64 {
         self.state.token_requests.load(Ordering::Relaxed)
     }
+
+    /// Sets properties of a user of `tenant` (its id or domain), found by id or user
+    /// principal name; a softly deleted user is restored. Delta reports the change.
+    /// False when there is no such user.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use keel_graph_client::emulator::Emulator;
+    ///
+    /// let graph = Emulator::start_default().await.unwrap();
+    /// let id = graph.add_user("contoso.onmicrosoft.com", "Ada Lovelace").unwrap();
+    /// assert!(graph.update_user("contoso.onmicrosoft.com", &id, serde_json::json!({"jobTitle": "Analyst"})));
+    /// assert!(graph.delete_user("contoso.onmicrosoft.com", &id, false));
+    /// assert!(!graph.update_user("contoso.onmicrosoft.com", "no-such-user", serde_json::json!({})));
+    /// # });
+    /// ```
+    #[must_use]
+    pub fn update_user(&self, tenant: &str, id: &str, fields: serde_json::Value) -> bool {
+        let (Some(t), serde_json::Value::Object(fields)) = (self.state.tenant(tenant), fields)
+        else {
+            return false;
+        };
+        t.users_mut().update(id, &fields)
+    }
+
+    /// Adds a user to `tenant` (after every other in id order); its id, or `None` when
+    /// there is no such tenant.
+    #[must_use]
+    pub fn add_user(&self, tenant: &str, display_name: &str) -> Option<String> {
+        let index = self.state.tenants.iter().position(|t| {
+            t.seed.id.eq_ignore_ascii_case(tenant) || t.seed.domain.eq_ignore_ascii_case(tenant)
+        })?;
+        let t = &self.state.tenants[index];
+        Some(t.users_mut().add(index, &t.seed.domain, display_name))
+    }
+
+    /// Deletes a user: softly (restorable; delta says `"reason": "changed"`) or for good
+    /// (`"deleted"`). False when there is no such user.
+    #[must_use]
+    pub fn delete_user(&self, tenant: &str, id: &str, permanently: bool) -> bool {
+        let how = if permanently {
+            directory::Removal::Permanent
+        } else {
+            directory::Removal::Soft
+        };
+        self.state
+            .tenant(tenant)
+            .is_some_and(|t| t.users_mut().remove(id, how))
+    }
+
+    /// Invalidates every delta link of `tenant` given so far: they are refused from now
+    /// on as `how` says, and the client must synchronize again from the start.
+    pub fn reset_delta(&self, tenant: &str, how: DeltaReset) {
+        if let Some(t) = self.state.tenant(tenant) {
+            let mut users = t.users_mut();
+            users.epoch += 1;
+            users.reset = how;
+        }
+    }
+
+    /// Makes each delta page of `tenant` after the first of a round repeat the last `n`
+    /// items of the page before, as Graph may return an item more than once in a round.
+    pub fn replay_delta_items(&self, tenant: &str, n: usize) {
+        if let Some(t) = self.state.tenant(tenant) {
+            t.users_mut().replays = n;
+        }
+    }
 }
 
 /// Every route, behind the faults and the mailbox limits (outermost, so that injected
 /// latency counts as time in flight).
 pub(crate) fn app(state: Arc<State>) -> axum::Router {
     token::routes()
+        .merge(delta::routes())
         .merge(graph::routes())
         .merge(groups::routes())
         .merge(planner::routes())

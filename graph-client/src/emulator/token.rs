@@ -356,9 +356,11 @@ fn user_assertion(
         .ok_or("AADSTS50013: Assertion failed signature validation.")?;
     tenant
         .user(&claims.sub)
-        .and_then(|u| u.get("id"))
-        .and_then(serde_json::Value::as_str)
-        .map(str::to_owned)
+        .and_then(|u| {
+            u.get("id")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        })
         .ok_or("AADSTS50013: The assertion's user is not in the tenant.")
 }
 

@@ -4,6 +4,7 @@
 
 mod batch;
 mod client;
+mod delta;
 mod grants;
 mod independent;
 mod middleware;

@@ -1,0 +1,561 @@
+//! Delta queries: keep a local copy of a Graph collection current without reading it
+//! whole each time.
+//!
+//! A [`DeltaTracker`] runs rounds. A round follows `@odata.nextLink` page after page to
+//! the `@odata.deltaLink`, using each link verbatim (and only on the client's Graph
+//! origin). Each page goes to your handler as a [`DeltaPage`]: the items changed and the
+//! items removed (`@removed`, with Graph's reason kept as an open string), an item that
+//! appears twice in a page given once (its last occurrence, as Graph documents). The
+//! tracker stores its place in a [`DeltaStore`] only after your handler has returned
+//! `Ok` for the page: a crash between pages resumes from the first page not processed,
+//! never skipping one.
+//!
+//! When Graph cannot go on from a link — `410 Gone` (the tracker follows its
+//! `Location`) or `syncStateNotFound` (it starts the query again) — the tracker
+//! resynchronizes: the pages that follow list the whole collection again, marked
+//! [`DeltaPage::full`], with [`DeltaPage::resync`] on the first of them, so that you can
+//! drop whatever the full listing does not name once the round ends.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use keel_graph_client::delta::{DeltaQuery, DeltaTracker, FileDeltaStore};
+//! use keel_graph_client::model::User;
+//! # async fn run(client: keel_graph_client::GraphClient) -> Result<(), Box<dyn std::error::Error>> {
+//! let store = Arc::new(FileDeltaStore::new("/var/lib/my-service/delta")?);
+//! let tracker = DeltaTracker::new(
+//!     client,
+//!     "contoso",
+//!     DeltaQuery::users().select(["displayName", "mail"]),
+//!     store,
+//!     "contoso/users",
+//! );
+//! let mut local = std::collections::HashMap::new();
+//! let round = tracker
+//!     .round(|page: keel_graph_client::delta::DeltaPage<User>| {
+//!         for user in page.changed {
+//!             local.insert(user.id.clone(), user);
+//!         }
+//!         for gone in page.removed {
+//!             local.remove(&gone.id);
+//!         }
+//!         async { Ok::<(), std::io::Error>(()) }
+//!     })
+//!     .await?;
+//! println!("{} changed, {} removed", round.changed, round.removed);
+//! # Ok(()) }
+//! ```
+
+mod store;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+pub use store::{DeltaStore, FileDeltaStore, MemoryDeltaStore, StoreError, StoreFuture};
+
+use crate::GraphClient;
+use crate::error::GraphError;
+use crate::request::GraphRequest;
+
+/// The longest item id accepted, and the longest `@removed` reason kept.
+const MAX_ID: usize = 256;
+const MAX_REASON: usize = 64;
+/// Resynchronizations one round may start before it gives up.
+const MAX_RESYNCS: u32 = 3;
+
+/// The first request of a delta query: which collection, which properties, and whether
+/// to list it whole first or start from now.
+///
+/// ```
+/// use keel_graph_client::delta::DeltaQuery;
+///
+/// let query = DeltaQuery::users().select(["displayName", "jobTitle"]).page_size(500);
+/// # drop(query);
+/// let from_now = DeltaQuery::groups().from_now();
+/// # drop(from_now);
+/// ```
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct DeltaQuery {
+    path: String,
+    select: Vec<String>,
+    latest: bool,
+    page_size: Option<u16>,
+}
+
+impl DeltaQuery {
+    /// `/users/delta`.
+    pub fn users() -> Self {
+        Self::path("/users/delta")
+    }
+
+    /// `/groups/delta` (with `members@delta` when members are selected).
+    pub fn groups() -> Self {
+        Self::path("/groups/delta")
+    }
+
+    /// Any delta function, by its path after the version (`/me/mailFolders/delta`).
+    pub fn path(path: &str) -> Self {
+        DeltaQuery {
+            path: path.to_owned(),
+            select: Vec::new(),
+            latest: false,
+            page_size: None,
+        }
+    }
+
+    /// Only these properties (changes to others are not tracked, as Graph documents).
+    pub fn select<I, S>(mut self, fields: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.select = fields.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Skip the full listing: the first round ends at once with a delta link from now
+    /// (`$deltatoken=latest`, which Graph supports for directory objects).
+    pub fn from_now(mut self) -> Self {
+        self.latest = true;
+        self
+    }
+
+    /// At most `n` items a page (`Prefer: odata.maxpagesize`; Graph may send fewer).
+    pub fn page_size(mut self, n: u16) -> Self {
+        self.page_size = Some(n.max(1));
+        self
+    }
+
+    /// The request of each page: the first one's query options, and the page size
+    /// preference that every page repeats.
+    fn request(&self, first: bool) -> GraphRequest {
+        let mut request = GraphRequest::get(&self.path);
+        if first && !self.select.is_empty() {
+            request = request.select(&self.select);
+        }
+        if first && self.latest {
+            request = request.delta_from_now();
+        }
+        if let Some(n) = self.page_size {
+            request = request.header("prefer", &format!("odata.maxpagesize={n}"));
+        }
+        request
+    }
+}
+
+/// One page of a round, for your handler.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct DeltaPage<T> {
+    /// Items created or changed (restored ones too), each once.
+    pub changed: Vec<T>,
+    /// Items removed, each once.
+    pub removed: Vec<Removed>,
+    /// The page belongs to a full listing (the first round, or a resynchronization):
+    /// what the round's pages do not name is gone.
+    pub full: bool,
+    /// The first page of a resynchronization: Graph could not go on from the stored
+    /// link, and the whole collection follows.
+    pub resync: bool,
+    /// The last page of the round.
+    pub last: bool,
+}
+
+/// An item Graph reports removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Removed {
+    /// Its id.
+    pub id: String,
+    /// Graph's reason: `changed` (deleted, restorable) or `deleted` (gone for good) for
+    /// directory objects; kept as sent (at most 64 characters) for others.
+    pub reason: String,
+}
+
+/// What a round did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RoundSummary {
+    /// Pages processed.
+    pub pages: u64,
+    /// Changed items given to the handler.
+    pub changed: u64,
+    /// Removed items given to the handler.
+    pub removed: u64,
+    /// Resynchronizations started in the round.
+    pub resyncs: u32,
+    /// The round was a full listing.
+    pub full: bool,
+}
+
+/// Why a round stopped. The stored link is where the next round resumes: the page
+/// that failed is read again.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeltaError {
+    /// Graph failed the request (after the client's retries).
+    #[error("delta: {0}")]
+    Graph(#[from] GraphError),
+    /// The store failed: the page was processed but the tracker's place was not saved,
+    /// so the page will be given again.
+    #[error("delta: {0}")]
+    Store(#[from] StoreError),
+    /// Your handler failed the page: it will be given again.
+    #[error("delta: the handler failed a page: {0}")]
+    Handler(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A page was not a delta page (no `value` array, an item without a string `id`, an
+    /// item that does not fit your type, a malformed `@removed`).
+    #[error("delta: malformed page: {0}; the page will be read again on the next round")]
+    Malformed(String),
+    /// Graph asked for more resynchronizations in one round than the tracker starts
+    /// (three); try again later.
+    #[error("delta: Graph asked to resynchronize {0} times in one round; try again later")]
+    TooManyResyncs(u32),
+}
+
+/// The tracker's place, as stored: the next link, and whether the round it belongs to
+/// is a full listing.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Place {
+    link: String,
+    full: bool,
+}
+
+/// Runs the rounds of one delta query for one tenant, keeping its place in a store.
+#[derive(Clone)]
+pub struct DeltaTracker {
+    client: GraphClient,
+    tenant: String,
+    query: DeltaQuery,
+    store: Arc<dyn DeltaStore>,
+    key: String,
+}
+
+impl std::fmt::Debug for DeltaTracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeltaTracker")
+            .field("tenant", &self.tenant)
+            .field("query", &self.query)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeltaTracker {
+    /// A tracker of `query` for `tenant`, keeping its place under `key` in `store`
+    /// (one key per tenant and query: two trackers sharing a key share a place).
+    pub fn new(
+        client: GraphClient,
+        tenant: &str,
+        query: DeltaQuery,
+        store: Arc<dyn DeltaStore>,
+        key: &str,
+    ) -> Self {
+        DeltaTracker {
+            client,
+            tenant: tenant.to_owned(),
+            query,
+            store,
+            key: key.to_owned(),
+        }
+    }
+
+    /// Forgets the stored place: the next round lists the collection whole.
+    ///
+    /// # Errors
+    /// [`DeltaError::Store`].
+    pub async fn reset(&self) -> Result<(), DeltaError> {
+        Ok(self.store.remove(&self.key).await?)
+    }
+
+    /// Runs one round: from the stored place (or the query's start), each page to
+    /// `apply`, the place saved after each page `apply` accepted, until the delta link.
+    ///
+    /// # Errors
+    /// [`DeltaError`]; the stored place is the first page not processed.
+    pub async fn round<T, F, Fut, E>(&self, mut apply: F) -> Result<RoundSummary, DeltaError>
+    where
+        T: DeserializeOwned,
+        F: FnMut(DeltaPage<T>) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let cloud = self.client.cloud();
+        let start = self
+            .query
+            .request(true)
+            .url(cloud, self.client.api_version())
+            .map_err(GraphError::from)?;
+        let (mut link, mut full) = match self.store.load(&self.key).await? {
+            Some(stored) => {
+                let place: Place =
+                    serde_json::from_str(&stored).map_err(|_| StoreError::Corrupt {
+                        key: self.key.chars().take(64).collect(),
+                    })?;
+                (place.link, place.full)
+            }
+            None => (start.clone(), !self.query.latest),
+        };
+        let request = self.query.request(false);
+        let mut summary = RoundSummary::default();
+        let mut resync = false;
+        loop {
+            if !cloud.is_graph_url(&link) {
+                return Err(GraphError::ForeignUrl.into());
+            }
+            let response = match self.client.send_url(&self.tenant, &request, &link).await {
+                Ok(response) => response,
+                Err(error) => match restart_from(&error) {
+                    Some(location) => {
+                        summary.resyncs += 1;
+                        metrics::counter!("graph_delta_resyncs_total").increment(1);
+                        if summary.resyncs > MAX_RESYNCS {
+                            return Err(DeltaError::TooManyResyncs(summary.resyncs));
+                        }
+                        tracing::warn!(
+                            key = %self.key,
+                            status = error.status().map_or(0, |s| s.as_u16()),
+                            "delta: Graph cannot go on from the stored link; listing the collection again"
+                        );
+                        link = location
+                            .filter(|l| cloud.is_graph_url(l))
+                            .map_or_else(|| start.clone(), str::to_owned);
+                        full = true;
+                        resync = true;
+                        self.save(&link, true).await?;
+                        continue;
+                    }
+                    None => return Err(error.into()),
+                },
+            };
+            let page = parse::<T>(&response.body)?;
+            let last = page.delta_link.is_some();
+            summary.pages += 1;
+            summary.changed += page.changed.len() as u64;
+            summary.removed += page.removed.len() as u64;
+            summary.full |= full;
+            metrics::counter!("graph_delta_pages_total").increment(1);
+            apply(DeltaPage {
+                changed: page.changed,
+                removed: page.removed,
+                full,
+                resync,
+                last,
+            })
+            .await
+            .map_err(|e| DeltaError::Handler(e.into()))?;
+            resync = false;
+            match (page.next_link, page.delta_link) {
+                (_, Some(delta)) => {
+                    if !cloud.is_graph_url(&delta) {
+                        return Err(GraphError::ForeignUrl.into());
+                    }
+                    self.save(&delta, false).await?;
+                    return Ok(summary);
+                }
+                (Some(next), None) => {
+                    self.save(&next, full).await?;
+                    link = next;
+                }
+                (None, None) => {
+                    return Err(DeltaError::Malformed(
+                        "a page with neither @odata.nextLink nor @odata.deltaLink".into(),
+                    ));
+                }
+            }
+        }
+    }
+
+    async fn save(&self, link: &str, full: bool) -> Result<(), StoreError> {
+        let place = serde_json::to_string(&Place {
+            link: link.to_owned(),
+            full,
+        })
+        .unwrap_or_default();
+        self.store.save(&self.key, &place).await
+    }
+}
+
+/// Where to start again when `error` says Graph cannot go on from a link: `Some` with
+/// the `Location` of a `410 Gone` (or `None` inside: the query's start), `None` when
+/// the error is not one of those.
+fn restart_from(error: &GraphError) -> Option<Option<&str>> {
+    let api = error.api()?;
+    let sync_state_lost = api.code().eq_ignore_ascii_case("syncStateNotFound")
+        || api.code().eq_ignore_ascii_case("resyncRequired")
+        || api
+            .inner_codes()
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case("syncStateNotFound"));
+    if api.status() == http::StatusCode::GONE {
+        Some(api.location())
+    } else if sync_state_lost {
+        Some(None)
+    } else {
+        None
+    }
+}
+
+/// A delta page, checked.
+struct Parsed<T> {
+    changed: Vec<T>,
+    removed: Vec<Removed>,
+    next_link: Option<String>,
+    delta_link: Option<String>,
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<Parsed<T>, DeltaError> {
+    let malformed = |what: &str| DeltaError::Malformed(what.to_owned());
+    let Value::Object(mut page) =
+        serde_json::from_slice::<Value>(body).map_err(|_| malformed("not JSON"))?
+    else {
+        return Err(malformed("not a JSON object"));
+    };
+    let link = |page: &mut serde_json::Map<String, Value>, name: &str| match page.remove(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(link)) => Ok(Some(link)),
+        Some(_) => Err(DeltaError::Malformed(format!("{name} is not a string"))),
+    };
+    let next_link = link(&mut page, "@odata.nextLink")?;
+    let delta_link = link(&mut page, "@odata.deltaLink")?;
+    let Some(Value::Array(items)) = page.remove("value") else {
+        return Err(malformed("no value array"));
+    };
+    // The last occurrence of each id wins.
+    let mut last: HashMap<String, usize> = HashMap::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let id = match item.get("id") {
+            Some(Value::String(id)) if !id.is_empty() && id.len() <= MAX_ID => id,
+            _ => {
+                return Err(DeltaError::Malformed(format!(
+                    "item {i} has no string id (of at most {MAX_ID} bytes)"
+                )));
+            }
+        };
+        last.insert(id.clone(), i);
+    }
+    let mut changed = Vec::with_capacity(items.len());
+    let mut removed = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let id = item.get("id").and_then(Value::as_str).unwrap_or_default();
+        if last.get(id) != Some(&i) {
+            continue;
+        }
+        match item.get("@removed") {
+            None => {
+                let typed = serde_json::from_value::<T>(item).map_err(|e| {
+                    DeltaError::Malformed(format!(
+                        "item {i} does not fit the type: {}",
+                        e.to_string().chars().take(200).collect::<String>()
+                    ))
+                })?;
+                changed.push(typed);
+            }
+            Some(Value::Object(annotation)) => {
+                let reason = match annotation.get("reason") {
+                    Some(Value::String(r)) => r.chars().take(MAX_REASON).collect(),
+                    None | Some(Value::Null) => String::new(),
+                    Some(_) => {
+                        return Err(DeltaError::Malformed(format!(
+                            "item {i}: @removed.reason is not a string"
+                        )));
+                    }
+                };
+                removed.push(Removed {
+                    id: id.to_owned(),
+                    reason,
+                });
+            }
+            Some(_) => {
+                return Err(DeltaError::Malformed(format!(
+                    "item {i}: @removed is not an object"
+                )));
+            }
+        }
+    }
+    Ok(Parsed {
+        changed,
+        removed,
+        next_link,
+        delta_link,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct Item {
+        id: String,
+        #[serde(rename = "displayName")]
+        name: Option<String>,
+    }
+
+    #[test]
+    fn the_last_occurrence_of_an_id_wins_across_changes_and_removals() {
+        let page = br#"{"value":[
+            {"id":"a","displayName":"first"},
+            {"id":"b","displayName":"kept"},
+            {"id":"a","displayName":"second"},
+            {"id":"c","displayName":"then removed"},
+            {"id":"c","@removed":{"reason":"changed"}}
+        ],"@odata.nextLink":"https://graph.microsoft.com/v1.0/users/delta?$skiptoken=x"}"#;
+        let parsed = parse::<Item>(page).unwrap();
+        assert_eq!(
+            parsed.changed,
+            vec![
+                Item {
+                    id: "b".into(),
+                    name: Some("kept".into())
+                },
+                Item {
+                    id: "a".into(),
+                    name: Some("second".into())
+                },
+            ]
+        );
+        assert_eq!(
+            parsed.removed,
+            vec![Removed {
+                id: "c".into(),
+                reason: "changed".into()
+            }]
+        );
+        assert!(parsed.delta_link.is_none());
+    }
+
+    #[test]
+    fn hostile_pages_are_typed_errors() {
+        for body in [
+            &b"not json"[..],
+            b"[]",
+            br#"{"value":{}}"#,
+            br#"{"value":[{"displayName":"no id"}]}"#,
+            br#"{"value":[{"id":7}]}"#,
+            br#"{"value":[{"id":""}]}"#,
+            br#"{"value":[{"id":"a","@removed":"gone"}]}"#,
+            br#"{"value":[{"id":"a","@removed":{"reason":5}}]}"#,
+            br#"{"value":[{"id":"a","displayName":12}]}"#,
+            br#"{"value":[],"@odata.nextLink":5}"#,
+        ] {
+            assert!(
+                matches!(parse::<Item>(body), Err(DeltaError::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let long_id = format!(r#"{{"value":[{{"id":"{}"}}]}}"#, "x".repeat(MAX_ID + 1));
+        assert!(parse::<Item>(long_id.as_bytes()).is_err());
+        // An unknown reason is kept, cut to 64 characters.
+        let odd = format!(
+            r#"{{"value":[{{"id":"a","@removed":{{"reason":"{}"}}}}]}}"#,
+            "r".repeat(500)
+        );
+        let parsed = parse::<Item>(odd.as_bytes()).unwrap();
+        assert_eq!(parsed.removed[0].reason.len(), MAX_REASON);
+    }
+}

@@ -1,0 +1,225 @@
+//! Where a delta tracker keeps its place: a store of small values by key.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Mutex, PoisonError};
+
+/// The future a [`DeltaStore`] returns.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Where a [`DeltaTracker`](super::DeltaTracker) keeps its link between pages and
+/// between runs. Object-safe: hold it as `Arc<dyn DeltaStore>`. A value is written
+/// whole or not at all: a crash never leaves half a link.
+///
+/// ```
+/// use keel_graph_client::delta::{DeltaStore, MemoryDeltaStore};
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let store = MemoryDeltaStore::new();
+/// store.save("users", "https://graph.microsoft.com/v1.0/users/delta?$deltatoken=abc").await.unwrap();
+/// assert!(store.load("users").await.unwrap().is_some());
+/// store.remove("users").await.unwrap();
+/// assert_eq!(store.load("users").await.unwrap(), None);
+/// # });
+/// ```
+pub trait DeltaStore: Send + Sync {
+    /// The value saved under `key`, if any.
+    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<String>>;
+    /// Saves `value` under `key`, replacing what was there; done when this returns.
+    fn save<'a>(&'a self, key: &'a str, value: &'a str) -> StoreFuture<'a, ()>;
+    /// Forgets `key`.
+    fn remove<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()>;
+}
+
+/// A store that failed: what it was doing and why.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A file store could not read or write its file.
+    #[error("delta store: {action} {path}: {source}; check the directory exists and is writable")]
+    Io {
+        /// What it was doing.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A stored value is not a tracker's state (written by something else, or damaged).
+    #[error(
+        "delta store: the value under {key:?} is not a delta tracker's state; remove it to start again"
+    )]
+    Corrupt {
+        /// The key (at most 64 characters of it).
+        key: String,
+    },
+}
+
+/// An in-memory store: a process's links, gone when it stops (the next run starts a
+/// full round).
+#[derive(Debug, Default)]
+pub struct MemoryDeltaStore {
+    values: Mutex<HashMap<String, String>>,
+}
+
+impl MemoryDeltaStore {
+    /// An empty store.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl DeltaStore for MemoryDeltaStore {
+    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<String>> {
+        let value = self
+            .values
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned();
+        Box::pin(async move { Ok(value) })
+    }
+
+    fn save<'a>(&'a self, key: &'a str, value: &'a str) -> StoreFuture<'a, ()> {
+        self.values
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.to_owned(), value.to_owned());
+        Box::pin(async { Ok(()) })
+    }
+
+    fn remove<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+        self.values
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A store of one file per key in a directory, each written atomically: the new value
+/// goes to a temporary file, is synced to disk, then renamed over the old one (and the
+/// directory synced), so a crash leaves the old value or the new, never a mix.
+///
+/// ```
+/// use keel_graph_client::delta::{DeltaStore, FileDeltaStore};
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let dir = std::env::temp_dir().join(format!("keel-delta-doc-{}", std::process::id()));
+/// let store = FileDeltaStore::new(&dir).unwrap();
+/// store.save("contoso/users", "https://graph.microsoft.com/v1.0/users/delta?$deltatoken=abc").await.unwrap();
+/// let again = FileDeltaStore::new(&dir).unwrap();
+/// assert!(again.load("contoso/users").await.unwrap().is_some());
+/// # std::fs::remove_dir_all(&dir).unwrap();
+/// # });
+/// ```
+#[derive(Debug, Clone)]
+pub struct FileDeltaStore {
+    dir: PathBuf,
+}
+
+impl FileDeltaStore {
+    /// A store in `dir`, created if missing.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] when the directory cannot be created.
+    pub fn new(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+            action: "create",
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(FileDeltaStore { dir })
+    }
+
+    /// The file of `key`: its bytes in hex, so that any key is one safe file name.
+    fn path(&self, key: &str) -> PathBuf {
+        use std::fmt::Write as _;
+        let mut name = String::with_capacity(key.len() * 2 + 6);
+        for byte in key.as_bytes() {
+            let _ = write!(name, "{byte:02x}");
+        }
+        name.push_str(".delta");
+        self.dir.join(name)
+    }
+}
+
+fn io<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> StoreError + 'p {
+    move |source| StoreError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl DeltaStore for FileDeltaStore {
+    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<String>> {
+        let path = self.path(key);
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || match std::fs::read(&path) {
+                Ok(bytes) => String::from_utf8(bytes)
+                    .map(Some)
+                    .map_err(|_| StoreError::Corrupt {
+                        key: path.display().to_string().chars().take(64).collect(),
+                    }),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(io("read", &path)(e)),
+            })
+            .await
+            .map_err(|e| StoreError::Io {
+                action: "read",
+                path: PathBuf::new(),
+                source: std::io::Error::other(e),
+            })?
+        })
+    }
+
+    fn save<'a>(&'a self, key: &'a str, value: &'a str) -> StoreFuture<'a, ()> {
+        let path = self.path(key);
+        let dir = self.dir.clone();
+        let value = value.to_owned();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut temp = tempfile::NamedTempFile::new_in(&dir).map_err(io("create", &dir))?;
+                temp.write_all(value.as_bytes())
+                    .map_err(io("write", &path))?;
+                temp.as_file().sync_all().map_err(io("sync", &path))?;
+                temp.persist(&path)
+                    .map_err(|e| io("rename", &path)(e.error))?;
+                // The rename itself is durable once the directory is synced.
+                std::fs::File::open(&dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io("sync", &dir))
+            })
+            .await
+            .map_err(|e| StoreError::Io {
+                action: "write",
+                path: PathBuf::new(),
+                source: std::io::Error::other(e),
+            })?
+        })
+    }
+
+    fn remove<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+        let path = self.path(key);
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || match std::fs::remove_file(&path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io("remove", &path)(e)),
+            })
+            .await
+            .map_err(|e| StoreError::Io {
+                action: "remove",
+                path: PathBuf::new(),
+                source: std::io::Error::other(e),
+            })?
+        })
+    }
+}

@@ -1,0 +1,344 @@
+//! Delta queries on users (`/users/delta`), as Graph documents them: a round of pages
+//! joined by `@odata.nextLink` (a `$skiptoken`) that ends with an `@odata.deltaLink`
+//! (a `$deltatoken`); the first round lists the users that exist, later rounds what
+//! changed since, deleted users with `@removed` (`changed` when restorable, `deleted`
+//! when gone for good); `$deltatoken=latest` starts from now; query options are given
+//! once and carried inside the tokens. After [`Emulator::reset_delta`](super::Emulator::reset_delta)
+//! older links are refused: `410 Gone` with a `Location` to start again, or
+//! `400 syncStateNotFound`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, RawQuery, State as Shared};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use axum::routing::get;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use super::State;
+use super::directory::{DeltaReset, Users};
+use super::graph::{READ_USERS, USER_FIELDS, bad_request, error, ok, prepare, shorten};
+use super::percent_decode as decode;
+
+/// Items per page unless `Prefer: odata.maxpagesize` asks for fewer or more.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 999;
+/// The most properties a `$select` may name, and the longest token accepted.
+const MAX_SELECT: usize = 64;
+const MAX_TOKEN: usize = 4096;
+
+pub(crate) fn routes() -> Router<Arc<State>> {
+    Router::new()
+        .route("/{version}/users/delta", get(users_delta))
+        .route("/{version}/users/delta()", get(users_delta))
+        .route("/{version}/users/microsoft.graph.delta", get(users_delta))
+        .route("/{version}/users/microsoft.graph.delta()", get(users_delta))
+}
+
+/// What a delta or skip token carries (opaque to clients: base64 of this JSON).
+#[derive(Debug, Serialize, Deserialize)]
+struct Position {
+    /// The delta epoch it belongs to.
+    e: u64,
+    /// Changes after this sequence number are reported (0: the first round).
+    s: u64,
+    /// The round's snapshot: where its delta link will start the next round.
+    u: u64,
+    /// The next entry to look at.
+    c: usize,
+    /// The `$select` of the first request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sel: Option<Vec<String>>,
+}
+
+impl Position {
+    fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    fn decode(token: &str) -> Option<Position> {
+        if token.len() > MAX_TOKEN {
+            return None;
+        }
+        let bytes = URL_SAFE_NO_PAD.decode(token.as_bytes()).ok()?;
+        let position: Position = serde_json::from_slice(&bytes).ok()?;
+        let select_ok = position
+            .sel
+            .as_ref()
+            .is_none_or(|s| s.len() <= MAX_SELECT && s.iter().all(|f| f.len() <= 64));
+        select_ok.then_some(position)
+    }
+}
+
+/// The request's query: a fresh round, `latest`, or a position.
+enum Start {
+    Fresh(Option<Vec<String>>),
+    Latest(Option<Vec<String>>),
+    Delta(Position),
+    Skip(Position),
+}
+
+fn parse(query: Option<&str>) -> Result<Start, String> {
+    let mut select = None;
+    let mut delta = None;
+    let mut skip = None;
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = decode(key).ok_or("Invalid query string.")?;
+        let value = decode(value).ok_or("Invalid query string.")?;
+        match key.to_ascii_lowercase().as_str() {
+            "$select" => {
+                let fields: Vec<String> = value.split(',').map(|s| s.trim().to_owned()).collect();
+                if fields.len() > MAX_SELECT {
+                    return Err("Too many properties in $select.".into());
+                }
+                if let Some(bad) = fields.iter().find(|f| !USER_FIELDS.contains(&f.as_str())) {
+                    return Err(format!(
+                        "Could not find a property named '{}' on type 'microsoft.graph.user'.",
+                        shorten(bad)
+                    ));
+                }
+                select = Some(fields);
+            }
+            "$deltatoken" => delta = Some(value),
+            "$skiptoken" => skip = Some(value),
+            _ => {
+                return Err(format!(
+                    "Query option '{}' is not supported with delta.",
+                    shorten(&key)
+                ));
+            }
+        }
+    }
+    match (delta, skip) {
+        (Some(_), Some(_)) => Err("Specify $deltatoken or $skiptoken, not both.".into()),
+        (Some(token), None) if token == "latest" => Ok(Start::Latest(select)),
+        (Some(token), None) => Position::decode(&token)
+            .map(Start::Delta)
+            .ok_or_else(|| "Invalid delta token.".into()),
+        (None, Some(token)) => Position::decode(&token)
+            .map(Start::Skip)
+            .ok_or_else(|| "Invalid skip token.".into()),
+        (None, None) => Ok(Start::Fresh(select)),
+    }
+}
+
+async fn users_delta(
+    Shared(state): Shared<Arc<State>>,
+    Path(version): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let tenant = match prepare(&state, &version, &headers, None, READ_USERS, USER_FIELDS) {
+        Ok((tenant, _)) => tenant,
+        Err(refused) => return *refused,
+    };
+    let start = match parse(query.as_deref()) {
+        Ok(start) => start,
+        Err(message) => return bad_request(&state, &headers, &message),
+    };
+    let page_size = page_size(&headers);
+    let users = tenant.users();
+    let link = |kind: &str, position: &Position| {
+        format!(
+            "{}/{version}/users/delta?{kind}={}",
+            state.base,
+            position.encode()
+        )
+    };
+    let position = match start {
+        Start::Fresh(sel) => Position {
+            e: users.epoch,
+            s: 0,
+            u: users.seq,
+            c: 0,
+            sel,
+        },
+        Start::Latest(sel) => {
+            let now = Position {
+                e: users.epoch,
+                s: users.seq,
+                u: users.seq,
+                c: 0,
+                sel,
+            };
+            let body = json!({
+                "@odata.context": context(&state.base, &version, now.sel.as_deref()),
+                "@odata.deltaLink": link("$deltatoken", &now),
+                "value": [],
+            });
+            return ok(&state, &headers, &body);
+        }
+        Start::Delta(p) | Start::Skip(p) if p.e != users.epoch => {
+            return refuse_old(&state, &headers, &version, &users, p.sel.as_deref());
+        }
+        // A new round: changes since the last one's snapshot, up to now.
+        Start::Delta(p) => Position {
+            e: p.e,
+            s: p.u,
+            u: users.seq,
+            c: 0,
+            sel: p.sel,
+        },
+        Start::Skip(p) => p,
+    };
+    let (items, next) = page(&users, &position, page_size);
+    let mut body = Map::new();
+    body.insert(
+        "@odata.context".into(),
+        json!(context(&state.base, &version, position.sel.as_deref())),
+    );
+    match next {
+        Some(c) => {
+            let next = Position {
+                c,
+                sel: position.sel.clone(),
+                ..position
+            };
+            body.insert("@odata.nextLink".into(), json!(link("$skiptoken", &next)));
+        }
+        None => {
+            let done = Position {
+                e: position.e,
+                s: position.u,
+                u: position.u,
+                c: 0,
+                sel: position.sel,
+            };
+            body.insert("@odata.deltaLink".into(), json!(link("$deltatoken", &done)));
+        }
+    }
+    body.insert("value".into(), Value::Array(items));
+    let mut response = ok(&state, &headers, &Value::Object(body));
+    if headers.contains_key("prefer")
+        && page_size != DEFAULT_PAGE
+        && let Ok(value) = HeaderValue::from_str(&format!("odata.maxpagesize={page_size}"))
+    {
+        response.headers_mut().insert("preference-applied", value);
+    }
+    response
+}
+
+/// `Prefer: odata.maxpagesize=N`, within 1..=999.
+fn page_size(headers: &HeaderMap) -> usize {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|p| p.trim().strip_prefix("odata.maxpagesize="))
+        .filter_map(|n| n.trim().parse::<usize>().ok())
+        .next()
+        .map_or(DEFAULT_PAGE, |n| n.clamp(1, MAX_PAGE))
+}
+
+fn context(base: &str, version: &str, select: Option<&[String]>) -> String {
+    match select {
+        Some(fields) => format!("{base}/{version}/$metadata#users({})", fields.join(",")),
+        None => format!("{base}/{version}/$metadata#users"),
+    }
+}
+
+/// One page from `position`: the items, and the next entry to look at when more are
+/// left. The first round (`s == 0`) lists users that exist; later rounds every entry
+/// changed after `s`, deleted ones with `@removed`. With replays set, a page repeats the
+/// last items of the page before it.
+fn page(users: &Users, position: &Position, size: usize) -> (Vec<Value>, Option<usize>) {
+    let first_round = position.s == 0;
+    let wanted = |i: usize| {
+        users
+            .entries
+            .get(i)
+            .is_some_and(|e| e.version > position.s && (!first_round || e.removed.is_none()))
+    };
+    let mut items = Vec::new();
+    if users.replays > 0 && position.c > 0 {
+        let mut replayed: Vec<usize> = (0..position.c.min(users.entries.len()))
+            .rev()
+            .filter(|&i| wanted(i))
+            .take(users.replays)
+            .collect();
+        replayed.reverse();
+        items.extend(replayed.into_iter().map(|i| item(users, i, position)));
+    }
+    let mut i = position.c;
+    let mut taken = 0;
+    while i < users.entries.len() && taken < size {
+        if wanted(i) {
+            items.push(item(users, i, position));
+            taken += 1;
+        }
+        i += 1;
+    }
+    let more = (i..users.entries.len()).any(wanted);
+    (items, more.then_some(i))
+}
+
+/// An entry as delta shows it: the user (its `id` and the selected properties), or its
+/// id with `@removed`.
+fn item(users: &Users, i: usize, position: &Position) -> Value {
+    let entry = &users.entries[i];
+    let id = entry.user.get("id").cloned().unwrap_or(Value::Null);
+    if let Some(removal) = entry.removed {
+        return json!({ "id": id, "@removed": { "reason": removal.reason() } });
+    }
+    match &position.sel {
+        None => Value::Object(entry.user.clone()),
+        Some(fields) => {
+            let mut projected = Map::new();
+            projected.insert("id".into(), id);
+            for field in fields {
+                if let Some(value) = entry.user.get(field) {
+                    projected.insert(field.clone(), value.clone());
+                }
+            }
+            Value::Object(projected)
+        }
+    }
+}
+
+/// A link from before a reset: `410 Gone` with where to start again, or
+/// `400 syncStateNotFound`.
+fn refuse_old(
+    state: &State,
+    headers: &HeaderMap,
+    version: &str,
+    users: &Users,
+    select: Option<&[String]>,
+) -> Response {
+    match users.reset {
+        DeltaReset::Gone => {
+            let mut fresh = format!("{}/{version}/users/delta", state.base);
+            if let Some(fields) = select {
+                fresh.push_str("?$select=");
+                crate::request::encode_query_value(&fields.join(","), &mut fresh);
+            }
+            let mut response = error(
+                state,
+                headers,
+                StatusCode::GONE,
+                "resyncRequired",
+                "The delta state is no longer valid: synchronize again from the link in the Location header.",
+            );
+            if let Ok(location) = HeaderValue::from_str(&fresh) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            response
+        }
+        DeltaReset::Expired => error(
+            state,
+            headers,
+            StatusCode::BAD_REQUEST,
+            "syncStateNotFound",
+            "The sync state generation is not found. The delta token is expired and data must be synchronized again.",
+        ),
+    }
+}

@@ -1,0 +1,320 @@
+//! Delta tracking of users against the emulator: full and incremental rounds, removals
+//! with their reasons, replays, `$deltatoken=latest`, resynchronization after a `410
+//! Gone` or `syncStateNotFound` in the middle of a round, and a handler that fails
+//! between pages resuming where it stopped. Each ends in the same local copy as a plain
+//! read of `/users`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use futures_util::TryStreamExt as _;
+use keel_graph_client::delta::{
+    DeltaError, DeltaPage, DeltaQuery, DeltaStore, DeltaTracker, FileDeltaStore, MemoryDeltaStore,
+};
+use keel_graph_client::emulator::{DeltaReset, Emulator, FaultRule};
+use keel_graph_client::model::User;
+use keel_graph_client::{GraphClient, GraphRequest};
+
+use super::client::built;
+
+const TENANT: &str = "contoso.onmicrosoft.com";
+
+/// A local copy kept by delta: names by id, and what a full listing saw.
+#[derive(Default)]
+struct Mirror {
+    users: BTreeMap<String, Option<String>>,
+    seen: HashSet<String>,
+    reasons: Vec<String>,
+    resyncs: u32,
+}
+
+impl Mirror {
+    fn apply(&mut self, page: DeltaPage<User>) {
+        if page.resync {
+            self.resyncs += 1;
+            self.seen.clear();
+        }
+        for user in page.changed {
+            if page.full {
+                self.seen.insert(user.id.clone());
+            }
+            self.users.insert(user.id, user.display_name);
+        }
+        for gone in page.removed {
+            self.users.remove(&gone.id);
+            self.reasons.push(gone.reason);
+        }
+        // A full listing ends: what it did not name is gone.
+        if page.full && page.last {
+            let seen = std::mem::take(&mut self.seen);
+            self.users.retain(|id, _| seen.contains(id));
+        }
+    }
+}
+
+async fn truth(client: &GraphClient) -> BTreeMap<String, Option<String>> {
+    client
+        .items::<User>("contoso", GraphRequest::get("/users").top(999))
+        .map_ok(|u| (u.id, u.display_name))
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+async fn round(
+    tracker: &DeltaTracker,
+    mirror: &mut Mirror,
+) -> keel_graph_client::delta::RoundSummary {
+    tracker
+        .round(|page: DeltaPage<User>| {
+            mirror.apply(page);
+            async { Ok::<(), std::io::Error>(()) }
+        })
+        .await
+        .unwrap()
+}
+
+fn tracker(client: &GraphClient, store: Arc<dyn DeltaStore>, query: DeltaQuery) -> DeltaTracker {
+    DeltaTracker::new(client.clone(), "contoso", query, store, "contoso/users")
+}
+
+#[tokio::test]
+async fn rounds_follow_changes_removals_and_replays_to_the_same_copy_as_a_full_read() {
+    let graph = Emulator::start_default().await.unwrap();
+    let client = built(&graph, |b| b);
+    let store: Arc<dyn DeltaStore> = Arc::new(MemoryDeltaStore::new());
+    let tracker = tracker(
+        &client,
+        store,
+        DeltaQuery::users().select(["displayName"]).page_size(40),
+    );
+    let mut mirror = Mirror::default();
+
+    let first = round(&tracker, &mut mirror).await;
+    assert_eq!((first.pages, first.changed, first.full), (7, 250, true));
+    assert_eq!(mirror.users, truth(&client).await);
+
+    // Nothing changed: one page, nothing in it.
+    let quiet = round(&tracker, &mut mirror).await;
+    assert_eq!(
+        (quiet.pages, quiet.changed, quiet.removed, quiet.full),
+        (1, 0, 0, false)
+    );
+
+    let ids: Vec<String> = mirror.users.keys().cloned().collect();
+    assert!(graph.update_user(
+        TENANT,
+        &ids[3],
+        serde_json::json!({"displayName": "Renamed 3"})
+    ));
+    assert!(graph.update_user(
+        TENANT,
+        &ids[200],
+        serde_json::json!({"displayName": "Renamed 200"})
+    ));
+    assert!(graph.delete_user(TENANT, &ids[10], false));
+    assert!(graph.delete_user(TENANT, &ids[11], true));
+    let added = graph.add_user(TENANT, "Newcomer").unwrap();
+    // Changed twice: seen once, as it is now.
+    assert!(graph.update_user(
+        TENANT,
+        &ids[3],
+        serde_json::json!({"displayName": "Renamed 3 again"})
+    ));
+    let changes = round(&tracker, &mut mirror).await;
+    assert_eq!(
+        (changes.changed, changes.removed, changes.full),
+        (3, 2, false)
+    );
+    let mut reasons = mirror.reasons.clone();
+    reasons.sort();
+    assert_eq!(reasons, ["changed", "deleted"]);
+    assert_eq!(
+        mirror.users.get(&ids[3]),
+        Some(&Some("Renamed 3 again".to_owned()))
+    );
+    assert_eq!(mirror.users.get(&added), Some(&Some("Newcomer".to_owned())));
+    assert_eq!(mirror.users, truth(&client).await);
+
+    // A restored user comes back as a change; replays repeat items across pages.
+    graph.replay_delta_items(TENANT, 3);
+    assert!(graph.update_user(
+        TENANT,
+        &ids[10],
+        serde_json::json!({"displayName": "Restored"})
+    ));
+    for i in (20..220).step_by(2) {
+        assert!(graph.update_user(
+            TENANT,
+            &ids[i],
+            serde_json::json!({"displayName": format!("Batch {i}")})
+        ));
+    }
+    let replayed = round(&tracker, &mut mirror).await;
+    assert!(replayed.pages >= 3, "{replayed:?}");
+    assert!(
+        replayed.changed > 101,
+        "replays were given again: {replayed:?}"
+    );
+    assert_eq!(
+        mirror.users.get(&ids[10]),
+        Some(&Some("Restored".to_owned()))
+    );
+    assert_eq!(mirror.users, truth(&client).await);
+}
+
+#[tokio::test]
+async fn a_410_in_the_middle_of_a_round_resynchronizes_from_its_location() {
+    let graph = Emulator::start_default().await.unwrap();
+    let client = built(&graph, |b| b);
+    let store: Arc<dyn DeltaStore> = Arc::new(MemoryDeltaStore::new());
+    let tracker = tracker(
+        &client,
+        store,
+        DeltaQuery::users().select(["displayName"]).page_size(50),
+    );
+    let mut mirror = Mirror::default();
+    round(&tracker, &mut mirror).await;
+    // A user the mirror will hold but Graph will forget while the mirror is not looking:
+    // only the full listing after the resync can tell.
+    let ids: Vec<String> = mirror.users.keys().cloned().collect();
+    for (i, id) in ids.iter().take(120).enumerate() {
+        assert!(graph.update_user(
+            TENANT,
+            id,
+            serde_json::json!({"displayName": format!("Moved {i}")})
+        ));
+    }
+    let mut pages = 0;
+    let summary = tracker
+        .round(|page: DeltaPage<User>| {
+            pages += 1;
+            if pages == 1 {
+                // Graph loses the round's state after its first page, and a user is
+                // deleted for good meanwhile.
+                graph.reset_delta(TENANT, DeltaReset::Gone);
+                assert!(graph.delete_user(TENANT, &ids[249], true));
+            }
+            mirror.apply(page);
+            async { Ok::<(), std::io::Error>(()) }
+        })
+        .await
+        .unwrap();
+    assert_eq!(summary.resyncs, 1);
+    assert!(summary.full);
+    assert_eq!(mirror.resyncs, 1);
+    assert!(!mirror.users.contains_key(&ids[249]));
+    assert_eq!(mirror.users, truth(&client).await);
+    // The stored link is good again: the next round is incremental.
+    let next = round(&tracker, &mut mirror).await;
+    assert_eq!((next.full, next.resyncs), (false, 0));
+}
+
+#[tokio::test]
+async fn an_expired_delta_link_starts_the_query_again() {
+    let graph = Emulator::start_default().await.unwrap();
+    let client = built(&graph, |b| b);
+    let store: Arc<dyn DeltaStore> = Arc::new(MemoryDeltaStore::new());
+    let tracker = tracker(&client, store, DeltaQuery::users().page_size(100));
+    let mut mirror = Mirror::default();
+    round(&tracker, &mut mirror).await;
+    graph.reset_delta(TENANT, DeltaReset::Expired);
+    let ids: Vec<String> = mirror.users.keys().cloned().collect();
+    assert!(graph.delete_user(TENANT, &ids[0], true));
+    let again = round(&tracker, &mut mirror).await;
+    assert_eq!((again.resyncs, again.full, again.changed), (1, true, 249));
+    assert_eq!(mirror.users, truth(&client).await);
+}
+
+#[tokio::test]
+async fn a_handler_failing_between_pages_resumes_at_the_page_it_failed() {
+    let graph = Emulator::start_default().await.unwrap();
+    let client = built(&graph, |b| b);
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn DeltaStore> = Arc::new(FileDeltaStore::new(dir.path()).unwrap());
+    let query = DeltaQuery::users().select(["displayName"]).page_size(60);
+    let mut mirror = Mirror::default();
+    let mut given = 0;
+    let failed = tracker(&client, store, query.clone())
+        .round(|page: DeltaPage<User>| {
+            given += 1;
+            let fail = given == 3;
+            if !fail {
+                mirror.apply(page);
+            }
+            async move {
+                if fail {
+                    Err(std::io::Error::other("the local database is down"))
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(failed, DeltaError::Handler(_)), "{failed:?}");
+    assert_eq!(mirror.users.len(), 120);
+    // Another process, the same directory: it starts at the third page.
+    let store: Arc<dyn DeltaStore> = Arc::new(FileDeltaStore::new(dir.path()).unwrap());
+    let resumed = round(&tracker(&client, store, query), &mut mirror).await;
+    assert_eq!(
+        (resumed.pages, resumed.changed, resumed.full),
+        (3, 130, true)
+    );
+    assert_eq!(mirror.users, truth(&client).await);
+}
+
+#[tokio::test]
+async fn from_now_skips_the_listing_and_a_failed_page_is_read_again() {
+    let graph = Emulator::start_default().await.unwrap();
+    let client = built(&graph, |b| b);
+    let store: Arc<dyn DeltaStore> = Arc::new(MemoryDeltaStore::new());
+    let tracker = tracker(&client, store, DeltaQuery::users().from_now());
+    let mut mirror = Mirror::default();
+    let start = round(&tracker, &mut mirror).await;
+    assert_eq!((start.pages, start.changed, start.full), (1, 0, false));
+    let added = graph.add_user(TENANT, "After the start").unwrap();
+    // Graph fails the next delta request once (after the client's retries): the round
+    // fails, and the next one reads the same changes.
+    graph.faults().add(
+        FaultRule::path("/v1.0/users/delta")
+            .status(reqwest::StatusCode::BAD_REQUEST)
+            .times(1),
+    );
+    assert!(matches!(
+        tracker
+            .round(|page: DeltaPage<User>| {
+                mirror.apply(page);
+                async { Ok::<(), std::io::Error>(()) }
+            })
+            .await,
+        Err(DeltaError::Graph(_))
+    ));
+    let next = round(&tracker, &mut mirror).await;
+    assert_eq!(next.changed, 1);
+    assert_eq!(mirror.users.keys().collect::<Vec<_>>(), [&added]);
+}
+
+#[tokio::test]
+async fn hostile_delta_tokens_are_refused_with_graph_errors() {
+    let graph = Emulator::start_default().await.unwrap();
+    let token = super::token(&graph, TENANT, "secret").await.unwrap();
+    let http = reqwest::Client::new();
+    for query in [
+        "$deltatoken=not-base64!",
+        "$skiptoken=eyJ9",
+        "$deltatoken=latest&$skiptoken=x",
+        "$top=5",
+        "$select=password",
+    ] {
+        let response = http
+            .get(format!("{}/v1.0/users/delta?{query}", graph.base_url()))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{query}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert!(body["error"]["message"].is_string(), "{query}: {body}");
+    }
+}
