@@ -347,6 +347,11 @@ impl GraphClient {
         }
     }
 
+    /// The most pages one paged read (or delta round) follows.
+    pub(crate) fn max_pages(&self) -> usize {
+        self.inner.max_pages
+    }
+
     /// The API version of calls that do not set their own.
     pub(crate) fn api_version(&self) -> ApiVersion {
         self.inner.version

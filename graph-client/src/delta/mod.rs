@@ -10,11 +10,18 @@
 //! `Ok` for the page: a crash between pages resumes from the first page not processed,
 //! never skipping one.
 //!
-//! When Graph cannot go on from a link — `410 Gone` (the tracker follows its
-//! `Location`) or `syncStateNotFound` (it starts the query again) — the tracker
-//! resynchronizes: the pages that follow list the whole collection again, marked
-//! [`DeltaPage::full`], with [`DeltaPage::resync`] on the first of them, so that you can
-//! drop whatever the full listing does not name once the round ends.
+//! A full listing — the first round, and each resynchronization — is marked
+//! [`DeltaPage::full`], with [`DeltaPage::resync`] on its first page: mark what it
+//! names, and drop the rest of your copy at its last page. The tracker resynchronizes
+//! when Graph cannot go on from a link — `410 Gone` (it follows the `Location`) or
+//! `syncStateNotFound` (it starts the query again) — or when the stored link is not on
+//! the client's Graph origin. A full listing that stops half-way (a crash, a failed
+//! page) is started again from its beginning, so the marks always cover one whole
+//! listing; an incremental round resumes at the page that failed.
+//!
+//! An item Graph repeats within a round (it may) is given again only when it changed:
+//! an identical repeat is dropped. Within a page, each id comes once (its last
+//! occurrence).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -150,15 +157,16 @@ impl DeltaQuery {
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct DeltaPage<T> {
-    /// Items created or changed (restored ones too), each once.
+    /// Items created or changed (restored ones too), each id once in the page (its last
+    /// occurrence); an identical repeat of an item given earlier in the round is dropped.
     pub changed: Vec<T>,
-    /// Items removed, each once.
+    /// Items removed, each id once in the page.
     pub removed: Vec<Removed>,
     /// The page belongs to a full listing (the first round, or a resynchronization):
     /// what the round's pages do not name is gone.
     pub full: bool,
-    /// The first page of a resynchronization: Graph could not go on from the stored
-    /// link, and the whole collection follows.
+    /// The first page of a full listing (the first round, a resynchronization, or a
+    /// full listing started again after it stopped half-way): start marking here.
     pub resync: bool,
     /// The last page of the round.
     pub last: bool,
@@ -217,7 +225,8 @@ pub enum DeltaError {
 }
 
 /// The tracker's place, as stored: the next link, and whether the round it belongs to
-/// is a full listing.
+/// is a full listing (then `link` is that listing's first page: a listing that stopped
+/// half-way starts again).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Place {
     link: String,
@@ -232,6 +241,8 @@ pub struct DeltaTracker {
     query: DeltaQuery,
     store: Arc<dyn DeltaStore>,
     key: String,
+    /// One round at a time among this tracker and its clones.
+    running: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for DeltaTracker {
@@ -260,6 +271,7 @@ impl DeltaTracker {
             query,
             store,
             key: key.to_owned(),
+            running: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -283,28 +295,51 @@ impl DeltaTracker {
         Fut: Future<Output = Result<(), E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let _one_at_a_time = self.running.lock().await;
         let cloud = self.client.cloud();
-        let start = self
-            .query
-            .request(true)
-            .url(cloud, self.client.api_version())
-            .map_err(GraphError::from)?;
-        let (mut link, mut full) = match self.store.load(&self.key).await? {
+        // A full listing's start: the query without `$deltatoken=latest`.
+        let listing = DeltaQuery {
+            latest: false,
+            ..self.query.clone()
+        }
+        .request(true)
+        .url(cloud, self.client.api_version())
+        .map_err(GraphError::from)?;
+        let (mut link, mut full, mut resync) = match self.store.load(&self.key).await? {
             Some(stored) => {
                 let place: Place =
                     serde_json::from_str(&stored).map_err(|_| StoreError::Corrupt {
                         key: self.key.chars().take(64).collect(),
                     })?;
-                (place.link, place.full)
+                if !cloud.is_graph_url(&place.link) {
+                    // Stored for another origin (or damaged): list again.
+                    tracing::warn!(key = %self.key, "delta: the stored link is not on this client's Graph origin; listing the collection again");
+                    (listing.clone(), true, true)
+                } else {
+                    // A full listing stored is started again from its first page.
+                    (place.link, place.full, place.full)
+                }
             }
-            None => (start.clone(), !self.query.latest),
+            None if self.query.latest => (
+                self.query
+                    .request(true)
+                    .url(cloud, self.client.api_version())
+                    .map_err(GraphError::from)?,
+                false,
+                false,
+            ),
+            None => (listing.clone(), true, true),
         };
+        if full {
+            self.save(&link, true).await?;
+        }
         let request = self.query.request(false);
         let mut summary = RoundSummary::default();
-        let mut resync = false;
+        let mut given = std::collections::HashSet::new();
+        let max_pages = self.client.max_pages();
         loop {
-            if !cloud.is_graph_url(&link) {
-                return Err(GraphError::ForeignUrl.into());
+            if summary.pages >= max_pages as u64 {
+                return Err(GraphError::TooManyPages(max_pages).into());
             }
             let response = match self.client.send_url(&self.tenant, &request, &link).await {
                 Ok(response) => response,
@@ -322,16 +357,22 @@ impl DeltaTracker {
                         );
                         link = location
                             .filter(|l| cloud.is_graph_url(l))
-                            .map_or_else(|| start.clone(), str::to_owned);
+                            .map_or_else(|| listing.clone(), str::to_owned);
                         full = true;
                         resync = true;
+                        given.clear();
                         self.save(&link, true).await?;
                         continue;
                     }
                     None => return Err(error.into()),
                 },
             };
-            let page = parse::<T>(&response.body)?;
+            let page = parse::<T>(&response.body, &mut given)?;
+            for next in page.next_link.iter().chain(page.delta_link.iter()) {
+                if !cloud.is_graph_url(next) {
+                    return Err(GraphError::ForeignUrl.into());
+                }
+            }
             let last = page.delta_link.is_some();
             summary.pages += 1;
             summary.changed += page.changed.len() as u64;
@@ -349,20 +390,20 @@ impl DeltaTracker {
             .map_err(|e| DeltaError::Handler(e.into()))?;
             resync = false;
             match (page.next_link, page.delta_link) {
-                (_, Some(delta)) => {
-                    if !cloud.is_graph_url(&delta) {
-                        return Err(GraphError::ForeignUrl.into());
-                    }
+                (None, Some(delta)) => {
                     self.save(&delta, false).await?;
                     return Ok(summary);
                 }
                 (Some(next), None) => {
-                    self.save(&next, full).await?;
+                    // A full listing keeps its first page stored until it ends.
+                    if !full {
+                        self.save(&next, false).await?;
+                    }
                     link = next;
                 }
-                (None, None) => {
+                _ => {
                     return Err(DeltaError::Malformed(
-                        "a page with neither @odata.nextLink nor @odata.deltaLink".into(),
+                        "a page needs either @odata.nextLink or @odata.deltaLink, not both or neither".into(),
                     ));
                 }
             }
@@ -407,7 +448,12 @@ struct Parsed<T> {
     delta_link: Option<String>,
 }
 
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<Parsed<T>, DeltaError> {
+/// Checks a page; drops items identical to one given earlier in the round (`given`
+/// holds a hash of each item given).
+fn parse<T: DeserializeOwned>(
+    body: &[u8],
+    given: &mut std::collections::HashSet<u64>,
+) -> Result<Parsed<T>, DeltaError> {
     let malformed = |what: &str| DeltaError::Malformed(what.to_owned());
     let Value::Object(mut page) =
         serde_json::from_slice::<Value>(body).map_err(|_| malformed("not JSON"))?
@@ -442,6 +488,9 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<Parsed<T>, DeltaError> {
     for (i, item) in items.into_iter().enumerate() {
         let id = item.get("id").and_then(Value::as_str).unwrap_or_default();
         if last.get(id) != Some(&i) {
+            continue;
+        }
+        if !given.insert(fingerprint(&item)) {
             continue;
         }
         match item.get("@removed") {
@@ -484,6 +533,16 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<Parsed<T>, DeltaError> {
     })
 }
 
+/// A hash of an item as sent (a fixed hasher: the same item, the same hash).
+fn fingerprint(item: &Value) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::hash::DefaultHasher::new();
+    serde_json::to_vec(item)
+        .unwrap_or_default()
+        .hash(&mut hasher);
+    hasher.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -504,7 +563,8 @@ mod tests {
             {"id":"c","displayName":"then removed"},
             {"id":"c","@removed":{"reason":"changed"}}
         ],"@odata.nextLink":"https://graph.microsoft.com/v1.0/users/delta?$skiptoken=x"}"#;
-        let parsed = parse::<Item>(page).unwrap();
+        let mut given = std::collections::HashSet::new();
+        let parsed = parse::<Item>(page, &mut given).unwrap();
         assert_eq!(
             parsed.changed,
             vec![
@@ -526,6 +586,11 @@ mod tests {
             }]
         );
         assert!(parsed.delta_link.is_none());
+        // The same page again in the round: nothing new; a changed item is given.
+        let again = parse::<Item>(page, &mut given).unwrap();
+        assert!(again.changed.is_empty() && again.removed.is_empty());
+        let changed = br#"{"value":[{"id":"b","displayName":"changed"}]}"#;
+        assert_eq!(parse::<Item>(changed, &mut given).unwrap().changed.len(), 1);
     }
 
     #[test]
@@ -543,19 +608,22 @@ mod tests {
             br#"{"value":[],"@odata.nextLink":5}"#,
         ] {
             assert!(
-                matches!(parse::<Item>(body), Err(DeltaError::Malformed(_))),
+                matches!(
+                    parse::<Item>(body, &mut Default::default()),
+                    Err(DeltaError::Malformed(_))
+                ),
                 "{}",
                 String::from_utf8_lossy(body)
             );
         }
         let long_id = format!(r#"{{"value":[{{"id":"{}"}}]}}"#, "x".repeat(MAX_ID + 1));
-        assert!(parse::<Item>(long_id.as_bytes()).is_err());
+        assert!(parse::<Item>(long_id.as_bytes(), &mut Default::default()).is_err());
         // An unknown reason is kept, cut to 64 characters.
         let odd = format!(
             r#"{{"value":[{{"id":"a","@removed":{{"reason":"{}"}}}}]}}"#,
             "r".repeat(500)
         );
-        let parsed = parse::<Item>(odd.as_bytes()).unwrap();
+        let parsed = parse::<Item>(odd.as_bytes(), &mut Default::default()).unwrap();
         assert_eq!(parsed.removed[0].reason.len(), MAX_REASON);
     }
 }

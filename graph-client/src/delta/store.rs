@@ -49,6 +49,11 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// A key too long for a file store (at most 100 bytes: a file name holds its hex).
+    #[error(
+        "delta store: a key of {0} bytes is too long for a file store (at most 100); use a shorter key"
+    )]
+    KeyTooLong(usize),
     /// A stored value is not a tracker's state (written by something else, or damaged).
     #[error(
         "delta store: the value under {key:?} is not a delta tracker's state; remove it to start again"
@@ -58,6 +63,9 @@ pub enum StoreError {
         key: String,
     },
 }
+
+/// The longest key a file store takes (its hex, 200 characters, is the file name).
+const MAX_KEY: usize = 100;
 
 /// An in-memory store: a process's links, gone when it stops (the next run starts a
 /// full round).
@@ -139,14 +147,17 @@ impl FileDeltaStore {
     }
 
     /// The file of `key`: its bytes in hex, so that any key is one safe file name.
-    fn path(&self, key: &str) -> PathBuf {
+    fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
         use std::fmt::Write as _;
+        if key.len() > MAX_KEY {
+            return Err(StoreError::KeyTooLong(key.len()));
+        }
         let mut name = String::with_capacity(key.len() * 2 + 6);
         for byte in key.as_bytes() {
             let _ = write!(name, "{byte:02x}");
         }
         name.push_str(".delta");
-        self.dir.join(name)
+        Ok(self.dir.join(name))
     }
 }
 
@@ -162,6 +173,7 @@ impl DeltaStore for FileDeltaStore {
     fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<String>> {
         let path = self.path(key);
         Box::pin(async move {
+            let path = path?;
             tokio::task::spawn_blocking(move || match std::fs::read(&path) {
                 Ok(bytes) => String::from_utf8(bytes)
                     .map(Some)
@@ -185,6 +197,7 @@ impl DeltaStore for FileDeltaStore {
         let dir = self.dir.clone();
         let value = value.to_owned();
         Box::pin(async move {
+            let path = path?;
             tokio::task::spawn_blocking(move || {
                 let mut temp = tempfile::NamedTempFile::new_in(&dir).map_err(io("create", &dir))?;
                 temp.write_all(value.as_bytes())
@@ -208,11 +221,20 @@ impl DeltaStore for FileDeltaStore {
 
     fn remove<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
         let path = self.path(key);
+        let dir = self.dir.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || match std::fs::remove_file(&path) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(io("remove", &path)(e)),
+            let path = path?;
+            tokio::task::spawn_blocking(move || {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                    Err(e) => return Err(io("remove", &path)(e)),
+                }
+                // The removal is durable once the directory is synced: a crash must
+                // not bring the old link back.
+                std::fs::File::open(&dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io("sync", &dir))
             })
             .await
             .map_err(|e| StoreError::Io {
