@@ -70,6 +70,8 @@ pub mod middleware;
 pub mod model;
 mod request;
 mod resources;
+#[cfg(feature = "webhooks")]
+pub mod webhook;
 
 pub use autobatch::AutoBatch;
 pub use batch::{Batch, BatchError, BatchResponses, MAX_BATCH, StepId};

@@ -1,0 +1,38 @@
+//! Change notifications (webhooks): the receiver Graph posts to, the queue between the
+//! acknowledgement and the processing, and the worker that hands notifications to your
+//! handler (feature `webhooks`).
+//!
+//! Graph wants the validation handshake answered within 10 seconds and each
+//! notification acknowledged within 3: the [`WebhookReceiver`] answers at once, after
+//! checking each notification's `clientState` (in constant time), dropping duplicates
+//! and queueing what it believed; the [`NotificationWorker`] takes them from the queue
+//! to your handler with retries, and what keeps failing goes to keel-resilience's
+//! dead-letter queue.
+//!
+//! Refusals, each counted in `graph_webhook_rejected_total` by `reason`:
+//!
+//! | request | answer | reason |
+//! |---|---|---|
+//! | a body over the limit (4 MiB by default) | 413 | `too_large` |
+//! | not Graph's notifications (not JSON, wrong types, an unknown `changeType`, over 1,000 items) | 400 | `malformed`, `bad_item`, `too_many` |
+//! | every notification with a wrong `clientState` | 403 | `client_state` (each) |
+//! | a queue that cannot take them | 503 with `Retry-After` | `queue` |
+//!
+//! Duplicates (the same notification again within 15 minutes) are acknowledged and
+//! dropped (`graph_webhook_duplicates_total`).
+
+mod notification;
+mod queue;
+mod receiver;
+mod worker;
+
+pub use notification::{
+    ChangeType, EncryptedContent, LifecycleEvent, Notification, NotificationBatch,
+    NotificationError, NotificationKind, parse_notifications,
+};
+pub use queue::{Delivery, MemoryQueue, NotificationQueue, QueueError, QueueFuture};
+pub use receiver::{
+    ClientStates, DEFAULT_BODY_LIMIT, SharedClientState, WebhookReceiver, WebhookReceiverBuilder,
+    constant_time_eq,
+};
+pub use worker::NotificationWorker;
