@@ -20,8 +20,9 @@
 //! listing; an incremental round resumes at the page that failed.
 //!
 //! An item Graph repeats within a round (it may) is given again only when it changed:
-//! an identical repeat is dropped. Within a page, each id comes once (its last
-//! occurrence).
+//! an identical repeat of one of the round's last 10,000 items is dropped (memory stays
+//! bounded; an older repeat is given again, the same state applied twice). Within a
+//! page, each id comes once (its last occurrence).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -69,6 +70,9 @@ use crate::request::GraphRequest;
 /// The longest item id accepted, and the longest `@removed` reason kept.
 const MAX_ID: usize = 256;
 const MAX_REASON: usize = 64;
+/// How many items a round remembers to drop identical repeats (a bounded window: an
+/// older repeat is given again, which only applies the same state twice).
+const REPEAT_WINDOW: usize = 10_000;
 /// Resynchronizations one round may start before it gives up.
 const MAX_RESYNCS: u32 = 3;
 
@@ -158,7 +162,8 @@ impl DeltaQuery {
 #[non_exhaustive]
 pub struct DeltaPage<T> {
     /// Items created or changed (restored ones too), each id once in the page (its last
-    /// occurrence); an identical repeat of an item given earlier in the round is dropped.
+    /// occurrence); an identical repeat of an item given earlier in the round (within
+    /// its last 10,000 items) is dropped.
     pub changed: Vec<T>,
     /// Items removed, each id once in the page.
     pub removed: Vec<Removed>,
@@ -335,7 +340,7 @@ impl DeltaTracker {
         }
         let request = self.query.request(false);
         let mut summary = RoundSummary::default();
-        let mut given = std::collections::HashSet::new();
+        let mut given = Given::default();
         let max_pages = self.client.max_pages();
         loop {
             if summary.pages >= max_pages as u64 {
@@ -450,10 +455,7 @@ struct Parsed<T> {
 
 /// Checks a page; drops items identical to one given earlier in the round (`given`
 /// holds a hash of each item given).
-fn parse<T: DeserializeOwned>(
-    body: &[u8],
-    given: &mut std::collections::HashSet<u64>,
-) -> Result<Parsed<T>, DeltaError> {
+fn parse<T: DeserializeOwned>(body: &[u8], given: &mut Given) -> Result<Parsed<T>, DeltaError> {
     let malformed = |what: &str| DeltaError::Malformed(what.to_owned());
     let Value::Object(mut page) =
         serde_json::from_slice::<Value>(body).map_err(|_| malformed("not JSON"))?
@@ -533,6 +535,34 @@ fn parse<T: DeserializeOwned>(
     })
 }
 
+/// The items given lately in a round, by fingerprint: at most [`REPEAT_WINDOW`].
+#[derive(Default)]
+struct Given {
+    seen: std::collections::HashSet<u64>,
+    order: std::collections::VecDeque<u64>,
+}
+
+impl Given {
+    /// False when `item` was given lately.
+    fn insert(&mut self, fingerprint: u64) -> bool {
+        if !self.seen.insert(fingerprint) {
+            return false;
+        }
+        self.order.push_back(fingerprint);
+        if self.order.len() > REPEAT_WINDOW
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.seen.remove(&oldest);
+        }
+        true
+    }
+
+    fn clear(&mut self) {
+        self.seen.clear();
+        self.order.clear();
+    }
+}
+
 /// A hash of an item as sent (a fixed hasher: the same item, the same hash).
 fn fingerprint(item: &Value) -> u64 {
     use std::hash::{Hash as _, Hasher as _};
@@ -563,7 +593,7 @@ mod tests {
             {"id":"c","displayName":"then removed"},
             {"id":"c","@removed":{"reason":"changed"}}
         ],"@odata.nextLink":"https://graph.microsoft.com/v1.0/users/delta?$skiptoken=x"}"#;
-        let mut given = std::collections::HashSet::new();
+        let mut given = Given::default();
         let parsed = parse::<Item>(page, &mut given).unwrap();
         assert_eq!(
             parsed.changed,
