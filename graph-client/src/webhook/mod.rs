@@ -21,11 +21,13 @@
 //! Duplicates (the same notification again within 15 minutes) are acknowledged and
 //! dropped (`graph_webhook_duplicates_total`).
 
+mod decrypt;
 mod notification;
 mod queue;
 mod receiver;
 mod worker;
 
+pub use decrypt::{DecryptError, NotificationDecryptor};
 pub use notification::{
     ChangeType, EncryptedContent, LifecycleEvent, Notification, NotificationBatch,
     NotificationError, NotificationKind, parse_notifications,
