@@ -58,6 +58,7 @@ mod graph;
 mod groups;
 mod mailbox;
 mod planner;
+mod subscriptions;
 mod tls;
 mod token;
 
@@ -109,6 +110,8 @@ pub(crate) struct State {
     pub(crate) batch_requests: AtomicU64,
     pub(crate) token_requests: AtomicU64,
     pub(crate) next_request_id: AtomicU64,
+    pub(crate) subscriptions: subscriptions::Subscriptions,
+    pub(crate) clock: Arc<dyn keel_resilience::clock::WallClock>,
 }
 
 impl State {
@@ -149,6 +152,7 @@ pub enum EmulatorError {
 pub struct EmulatorBuilder {
     tenants: Vec<TenantSeed>,
     https: bool,
+    clock: Option<Arc<dyn keel_resilience::clock::WallClock>>,
 }
 
 impl EmulatorBuilder {
@@ -163,6 +167,14 @@ impl EmulatorBuilder {
     /// [`Emulator::certificate_pem`] in the client ([`Emulator::http_client`] does).
     pub fn https(mut self) -> Self {
         self.https = true;
+        self
+    }
+
+    /// The wall clock subscriptions expire by (the system's unless set): share a
+    /// `ManualClock` with the code under test to see renewals and expiries without
+    /// waiting days.
+    pub fn clock(mut self, clock: Arc<dyn keel_resilience::clock::WallClock>) -> Self {
+        self.clock = Some(clock);
         self
     }
 
@@ -230,6 +242,11 @@ impl EmulatorBuilder {
             batch_requests: AtomicU64::new(0),
             token_requests: AtomicU64::new(0),
             next_request_id: AtomicU64::new(1),
+            subscriptions: subscriptions::Subscriptions::default(),
+            clock: self
+                .clock
+                .clone()
+                .unwrap_or_else(|| Arc::new(keel_resilience::clock::SystemClock)),
         });
         let app = app(state.clone());
         let certificate = tls.as_ref().map(|t| t.certificate_pem.clone());
@@ -419,7 +436,20 @@ impl Emulator {
         else {
             return false;
         };
-        t.users_mut().update(id, &fields)
+        let Some(user_id) = t.users().position(id).and_then(|i| {
+            t.users().entries[i]
+                .user
+                .get("id")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        }) else {
+            return false;
+        };
+        let updated = t.users_mut().update(id, &fields);
+        if updated {
+            subscriptions::notify(&self.state, &t.seed.id, "users", "updated", &user_id);
+        }
+        updated
     }
 
     /// Adds a user to `tenant` (after every other in id order); its id, or `None` when
@@ -430,7 +460,9 @@ impl Emulator {
             t.seed.id.eq_ignore_ascii_case(tenant) || t.seed.domain.eq_ignore_ascii_case(tenant)
         })?;
         let t = &self.state.tenants[index];
-        Some(t.users_mut().add(index, &t.seed.domain, display_name))
+        let id = t.users_mut().add(index, &t.seed.domain, display_name);
+        subscriptions::notify(&self.state, &t.seed.id, "users", "created", &id);
+        Some(id)
     }
 
     /// Deletes a user: softly (restorable; delta says `"reason": "changed"`) or for good
@@ -442,9 +474,52 @@ impl Emulator {
         } else {
             directory::Removal::Soft
         };
+        let Some(t) = self.state.tenant(tenant) else {
+            return false;
+        };
+        let user_id = t.users().position(id).and_then(|i| {
+            t.users().entries[i]
+                .user
+                .get("id")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        });
+        let removed = t.users_mut().remove(id, how);
+        if removed && let Some(user_id) = user_id {
+            subscriptions::notify(&self.state, &t.seed.id, "users", "deleted", &user_id);
+        }
+        removed
+    }
+
+    /// Posts a lifecycle event (`reauthorizationRequired`, `subscriptionRemoved`,
+    /// `missed`) for subscription `id` to its `lifecycleNotificationUrl`;
+    /// `subscriptionRemoved` also removes the subscription. False when there is no such
+    /// subscription or it has no lifecycle URL.
+    #[must_use]
+    pub fn send_lifecycle_event(&self, id: &str, event: &str) -> bool {
+        subscriptions::lifecycle(&self.state, id, event)
+    }
+
+    /// Notifications posted and answered 2xx so far, and those given up on after
+    /// their retries.
+    #[must_use]
+    pub fn notifications(&self) -> (u64, u64) {
+        (
+            self.state.subscriptions.delivered.load(Ordering::Relaxed),
+            self.state.subscriptions.failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Live subscriptions of all tenants.
+    #[must_use]
+    pub fn subscription_count(&self) -> usize {
+        let now = self.state.clock.now();
         self.state
-            .tenant(tenant)
-            .is_some_and(|t| t.users_mut().remove(id, how))
+            .subscriptions
+            .lock()
+            .iter()
+            .filter(|s| s.expires > now)
+            .count()
     }
 
     /// Invalidates every delta link of `tenant` given so far: they are refused from now
@@ -471,6 +546,7 @@ impl Emulator {
 pub(crate) fn app(state: Arc<State>) -> axum::Router {
     token::routes()
         .merge(delta::routes())
+        .merge(subscriptions::routes())
         .merge(graph::routes())
         .merge(groups::routes())
         .merge(planner::routes())

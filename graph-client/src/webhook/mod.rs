@@ -25,6 +25,7 @@ mod decrypt;
 mod notification;
 mod queue;
 mod receiver;
+mod subscriptions;
 mod worker;
 
 pub use decrypt::{DecryptError, NotificationDecryptor};
@@ -36,5 +37,8 @@ pub use queue::{Delivery, MemoryQueue, NotificationQueue, QueueError, QueueFutur
 pub use receiver::{
     ClientStates, DEFAULT_BODY_LIMIT, SharedClientState, WebhookReceiver, WebhookReceiverBuilder,
     constant_time_eq,
+};
+pub use subscriptions::{
+    ManagedSubscription, SubscriptionError, SubscriptionManager, SubscriptionSpec, max_lifetime,
 };
 pub use worker::NotificationWorker;

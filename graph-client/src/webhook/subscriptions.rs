@@ -1,0 +1,728 @@
+//! Subscriptions that renew themselves: created with a random `clientState` and the
+//! longest expiry the resource allows (less a margin), renewed at half their life,
+//! created again when Graph forgot them, and kept in a store so that a restarted
+//! service goes on with them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use keel_resilience::clock::WallClock;
+
+use super::notification::ChangeType;
+use super::receiver::{ClientStates, constant_time_eq};
+use crate::GraphClient;
+use crate::delta::{DeltaStore, StoreError};
+use crate::error::GraphError;
+use crate::request::GraphRequest;
+
+/// Graph's maximum subscription lifetimes, in minutes, by kind of resource (and with
+/// resource data where it is shorter), as Microsoft documents them: kept as data.
+const LIFETIMES: &[(Kind, u64, u64)] = &[
+    (Kind::Directory, 41_760, 41_760),
+    (Kind::Outlook, 10_080, 1_440),
+    (Kind::Drive, 42_300, 42_300),
+    (Kind::Teams, 4_320, 4_320),
+    (Kind::Presence, 60, 60),
+    (Kind::SecurityAlert, 43_200, 43_200),
+    (Kind::Other, 4_230, 4_230),
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Directory,
+    Outlook,
+    Drive,
+    Teams,
+    Presence,
+    SecurityAlert,
+    Other,
+}
+
+fn kind_of(resource: &str) -> Kind {
+    let lower = resource.to_ascii_lowercase();
+    let segments: Vec<&str> = lower
+        .trim_start_matches('/')
+        .split(['/', '?'])
+        .filter(|s| !s.is_empty())
+        .collect();
+    let has = |name: &str| segments.iter().any(|s| s.starts_with(name));
+    if has("messages") || has("events") || has("contacts") || has("mailfolders") {
+        if has("chats") || has("channels") || has("teams") {
+            Kind::Teams
+        } else {
+            Kind::Outlook
+        }
+    } else if has("presences") {
+        Kind::Presence
+    } else if has("chats") || has("teams") || has("channels") {
+        Kind::Teams
+    } else if has("drive") || has("lists") || has("sites") {
+        Kind::Drive
+    } else if segments.first() == Some(&"security") && has("alerts") {
+        Kind::SecurityAlert
+    } else if matches!(
+        segments.as_slice(),
+        ["users"] | ["groups"] | ["contacts"] | ["directory", ..] | ["users", _] | ["groups", _]
+    ) {
+        Kind::Directory
+    } else {
+        Kind::Other
+    }
+}
+
+/// The longest lifetime Graph gives a subscription on `resource`.
+///
+/// ```
+/// use std::time::Duration;
+/// use keel_graph_client::webhook::max_lifetime;
+///
+/// assert_eq!(max_lifetime("users", false), Duration::from_secs(41_760 * 60));
+/// assert_eq!(max_lifetime("me/mailFolders('Inbox')/messages", true), Duration::from_secs(1_440 * 60));
+/// ```
+#[must_use]
+pub fn max_lifetime(resource: &str, with_resource_data: bool) -> Duration {
+    let kind = kind_of(resource);
+    let (_, plain, rich) = LIFETIMES
+        .iter()
+        .find(|(k, _, _)| *k == kind)
+        .copied()
+        .unwrap_or((Kind::Other, 4_230, 4_230));
+    Duration::from_secs(if with_resource_data { rich } else { plain } * 60)
+}
+
+/// What to subscribe to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[must_use]
+pub struct SubscriptionSpec {
+    resource: String,
+    changes: Vec<ChangeType>,
+    notification_url: String,
+    lifecycle_url: Option<String>,
+}
+
+impl SubscriptionSpec {
+    /// Changes of every type to `resource` (`users`, `groups`,
+    /// `users/{id}/messages`, …), posted to `notification_url` (HTTPS, where a
+    /// [`WebhookReceiver`](super::WebhookReceiver) serves); lifecycle events to the same
+    /// URL unless [`lifecycle_url`](Self::lifecycle_url) says otherwise.
+    pub fn new(resource: &str, notification_url: &str) -> Self {
+        SubscriptionSpec {
+            resource: resource.to_owned(),
+            changes: vec![
+                ChangeType::Created,
+                ChangeType::Updated,
+                ChangeType::Deleted,
+            ],
+            notification_url: notification_url.to_owned(),
+            lifecycle_url: Some(notification_url.to_owned()),
+        }
+    }
+
+    /// Only these change types.
+    pub fn changes(mut self, changes: &[ChangeType]) -> Self {
+        self.changes = changes.to_vec();
+        self
+    }
+
+    /// Lifecycle events to `url`.
+    pub fn lifecycle_url(mut self, url: &str) -> Self {
+        self.lifecycle_url = Some(url.to_owned());
+        self
+    }
+}
+
+/// A subscription the manager keeps.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ManagedSubscription {
+    /// Graph's id of it.
+    pub id: String,
+    /// What it is for.
+    pub spec: SubscriptionSpec,
+    /// When it expires.
+    pub expires: SystemTime,
+    client_state: String,
+}
+
+impl std::fmt::Debug for ManagedSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagedSubscription")
+            .field("id", &self.id)
+            .field("resource", &self.spec.resource)
+            .field("expires", &self.expires)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ManagedSubscription {
+    /// When the manager renews it: at half its life.
+    #[must_use]
+    pub fn renew_at(&self, lifetime: Duration) -> SystemTime {
+        self.expires - lifetime / 2
+    }
+}
+
+/// Why a subscription operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubscriptionError {
+    /// Graph refused or failed the call.
+    #[error("subscription: {0}")]
+    Graph(#[from] GraphError),
+    /// The store failed.
+    #[error("subscription: {0}")]
+    Store(#[from] StoreError),
+    /// Graph's answer was not a subscription.
+    #[error("subscription: Graph's answer is not a subscription ({0})")]
+    Answer(&'static str),
+}
+
+/// Creates, renews, deletes and remembers a service's subscriptions for one tenant,
+/// and tells a [`WebhookReceiver`](super::WebhookReceiver) their `clientState`s (it is
+/// a [`ClientStates`]).
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use keel_graph_client::delta::FileDeltaStore;
+/// use keel_graph_client::webhook::{SubscriptionManager, SubscriptionSpec};
+/// # async fn demo(client: keel_graph_client::GraphClient) -> Result<(), Box<dyn std::error::Error>> {
+/// let manager = SubscriptionManager::new(client, "contoso", Arc::new(FileDeltaStore::new("/var/lib/svc/subscriptions")?));
+/// manager.ensure("users", &SubscriptionSpec::new("users", "https://svc.example.com/graph/notify")).await?;
+/// // In the background: renew what is due, sleeping in between.
+/// tokio::spawn(async move { manager.run().await });
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct SubscriptionManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    clock: Arc<dyn WallClock>,
+    client: GraphClient,
+    tenant: String,
+    store: Arc<dyn DeltaStore>,
+    /// Subscriptions by name, as last stored.
+    known: RwLock<HashMap<String, ManagedSubscription>>,
+}
+
+impl std::fmt::Debug for SubscriptionManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubscriptionManager")
+            .field("tenant", &self.inner.tenant)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A random `clientState`: 128 bits, base64url.
+fn random_state() -> String {
+    let mut bytes = [0u8; 16];
+    // aws-lc-rs's generator; it fails only if the OS has no randomness at all.
+    aws_lc_rs::rand::fill(&mut bytes).expect("the system's random number generator");
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn rfc3339(at: SystemTime) -> String {
+    let secs = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60
+    )
+}
+
+impl SubscriptionManager {
+    /// A manager of `tenant`'s subscriptions, remembering them in `store` (under keys
+    /// `subscriptions/{tenant}/{name}`).
+    pub fn new(client: GraphClient, tenant: &str, store: Arc<dyn DeltaStore>) -> Self {
+        SubscriptionManager {
+            inner: Arc::new(Inner {
+                clock: Arc::new(keel_resilience::clock::SystemClock),
+                client,
+                tenant: tenant.to_owned(),
+                store,
+                known: RwLock::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Reads the time from `clock` instead of the system's (a `ManualClock` in tests).
+    #[must_use]
+    pub fn with_clock(self, clock: Arc<dyn WallClock>) -> Self {
+        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
+            clock: shared.clock.clone(),
+            client: shared.client.clone(),
+            tenant: shared.tenant.clone(),
+            store: shared.store.clone(),
+            known: RwLock::new(
+                shared
+                    .known
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone(),
+            ),
+        });
+        SubscriptionManager {
+            inner: Arc::new(Inner { clock, ..inner }),
+        }
+    }
+
+    fn now(&self) -> SystemTime {
+        self.inner.clock.now()
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("subscriptions/{}/{name}", self.inner.tenant)
+    }
+
+    /// The expiry to ask for: the resource's maximum, less a margin (a tenth, at most an
+    /// hour) for clocks and delays.
+    fn expiry_for(&self, spec: &SubscriptionSpec) -> (SystemTime, Duration) {
+        let lifetime = max_lifetime(&spec.resource, false);
+        let margin = (lifetime / 10).min(Duration::from_secs(3_600));
+        (self.now() + lifetime - margin, lifetime)
+    }
+
+    async fn remember(
+        &self,
+        name: &str,
+        subscription: ManagedSubscription,
+    ) -> Result<ManagedSubscription, SubscriptionError> {
+        let text = serde_json::to_string(&subscription).unwrap_or_default();
+        self.inner.store.save(&self.key(name), &text).await?;
+        self.inner
+            .known
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_owned(), subscription.clone());
+        Ok(subscription)
+    }
+
+    /// The subscription `name` as stored (loaded from the store if not yet known).
+    ///
+    /// # Errors
+    /// [`SubscriptionError::Store`].
+    pub async fn get(&self, name: &str) -> Result<Option<ManagedSubscription>, SubscriptionError> {
+        if let Some(known) = self
+            .inner
+            .known
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+        {
+            return Ok(Some(known.clone()));
+        }
+        let Some(text) = self.inner.store.load(&self.key(name)).await? else {
+            return Ok(None);
+        };
+        let subscription: ManagedSubscription =
+            serde_json::from_str(&text).map_err(|_| StoreError::Corrupt {
+                key: self.key(name).chars().take(64).collect(),
+            })?;
+        self.inner
+            .known
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_owned(), subscription.clone());
+        Ok(Some(subscription))
+    }
+
+    /// Creates subscription `name` for `spec` (Graph runs the validation handshake
+    /// against the notification URL first), with a new random `clientState`.
+    ///
+    /// # Errors
+    /// [`SubscriptionError`].
+    pub async fn create(
+        &self,
+        name: &str,
+        spec: &SubscriptionSpec,
+    ) -> Result<ManagedSubscription, SubscriptionError> {
+        let (expires, _) = self.expiry_for(spec);
+        let client_state = random_state();
+        let changes: Vec<&str> = spec
+            .changes
+            .iter()
+            .map(|c| match c {
+                ChangeType::Created => "created",
+                ChangeType::Updated => "updated",
+                ChangeType::Deleted => "deleted",
+            })
+            .collect();
+        let mut body = json!({
+            "changeType": changes.join(","),
+            "notificationUrl": spec.notification_url,
+            "resource": spec.resource,
+            "expirationDateTime": rfc3339(expires),
+            "clientState": client_state,
+        });
+        if let Some(url) = &spec.lifecycle_url {
+            body["lifecycleNotificationUrl"] = json!(url);
+        }
+        let answer: Value = self
+            .inner
+            .client
+            .send(
+                &self.inner.tenant,
+                &GraphRequest::post("/subscriptions").json(&body),
+            )
+            .await?
+            .json()?;
+        let id = answer
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|id| !id.is_empty() && id.len() <= 256)
+            .ok_or(SubscriptionError::Answer("no id"))?;
+        metrics::counter!("graph_subscriptions_created_total").increment(1);
+        self.remember(
+            name,
+            ManagedSubscription {
+                id: id.to_owned(),
+                spec: spec.clone(),
+                expires: answer
+                    .get("expirationDateTime")
+                    .and_then(Value::as_str)
+                    .and_then(parse_time)
+                    .unwrap_or(expires),
+                client_state,
+            },
+        )
+        .await
+    }
+
+    /// Renews subscription `name` to the longest expiry again; creates it again when
+    /// Graph no longer knows it (it expired, or Graph removed it).
+    ///
+    /// # Errors
+    /// [`SubscriptionError`]; `Store` with nothing stored under `name`… as a missing
+    /// subscription is not an error here: use [`ensure`](Self::ensure).
+    pub async fn renew(&self, name: &str) -> Result<ManagedSubscription, SubscriptionError> {
+        let Some(current) = self.get(name).await? else {
+            return Err(SubscriptionError::Answer("nothing stored under this name"));
+        };
+        let (expires, _) = self.expiry_for(&current.spec);
+        let request = GraphRequest::patch(&format!("/subscriptions/{}", current.id))
+            .json(&json!({ "expirationDateTime": rfc3339(expires) }));
+        match self.inner.client.send(&self.inner.tenant, &request).await {
+            Ok(response) => {
+                let answer: Value = response.json()?;
+                metrics::counter!("graph_subscriptions_renewed_total").increment(1);
+                self.remember(
+                    name,
+                    ManagedSubscription {
+                        expires: answer
+                            .get("expirationDateTime")
+                            .and_then(Value::as_str)
+                            .and_then(parse_time)
+                            .unwrap_or(expires),
+                        ..current
+                    },
+                )
+                .await
+            }
+            Err(error) if error.status() == Some(http::StatusCode::NOT_FOUND) => {
+                tracing::warn!(
+                    name,
+                    "subscription: Graph no longer knows it; creating it again"
+                );
+                self.create(name, &current.spec).await
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// The subscription `name` for `spec`, alive: as stored if it is not due for
+    /// renewal, renewed if it is, created if there is none (or its spec changed).
+    ///
+    /// # Errors
+    /// [`SubscriptionError`].
+    pub async fn ensure(
+        &self,
+        name: &str,
+        spec: &SubscriptionSpec,
+    ) -> Result<ManagedSubscription, SubscriptionError> {
+        match self.get(name).await? {
+            Some(current) if current.spec == *spec => {
+                let lifetime = max_lifetime(&spec.resource, false);
+                if self.now() < current.renew_at(lifetime) {
+                    Ok(current)
+                } else {
+                    self.renew(name).await
+                }
+            }
+            Some(stale) => {
+                let _ = self.delete_remote(&stale.id).await;
+                self.create(name, spec).await
+            }
+            None => self.create(name, spec).await,
+        }
+    }
+
+    async fn delete_remote(&self, id: &str) -> Result<(), GraphError> {
+        match self
+            .inner
+            .client
+            .send(
+                &self.inner.tenant,
+                &GraphRequest::delete(&format!("/subscriptions/{id}")),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) if error.status() == Some(http::StatusCode::NOT_FOUND) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Deletes subscription `name` at Graph and forgets it.
+    ///
+    /// # Errors
+    /// [`SubscriptionError`].
+    pub async fn delete(&self, name: &str) -> Result<(), SubscriptionError> {
+        if let Some(current) = self.get(name).await? {
+            self.delete_remote(&current.id).await?;
+        }
+        self.inner.store.remove(&self.key(name)).await?;
+        self.inner
+            .known
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
+        Ok(())
+    }
+
+    /// Acts on a lifecycle notification for one of its subscriptions:
+    /// `reauthorizationRequired` reauthorizes and renews it, `subscriptionRemoved`
+    /// creates it again; `missed` needs nothing here (run a delta round, as after any
+    /// lifecycle event). Returns the subscription's name, or `None` when the
+    /// notification is not a lifecycle event of a subscription it keeps.
+    ///
+    /// # Errors
+    /// [`SubscriptionError`].
+    pub async fn on_lifecycle(
+        &self,
+        notification: &super::Notification,
+    ) -> Result<Option<String>, SubscriptionError> {
+        let super::NotificationKind::Lifecycle(event) = notification.kind else {
+            return Ok(None);
+        };
+        let name = self
+            .inner
+            .known
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|(_, s)| s.id == notification.subscription_id)
+            .map(|(name, _)| name.clone());
+        let Some(name) = name else {
+            return Ok(None);
+        };
+        metrics::counter!("graph_subscription_lifecycle_events_total").increment(1);
+        match event {
+            super::LifecycleEvent::ReauthorizationRequired => {
+                let reauthorize = GraphRequest::post(&format!(
+                    "/subscriptions/{}/reauthorize",
+                    notification.subscription_id
+                ));
+                // Renewing reauthorizes too; a failed reauthorize is renewed anyway.
+                if let Err(error) = self
+                    .inner
+                    .client
+                    .send(&self.inner.tenant, &reauthorize)
+                    .await
+                {
+                    tracing::warn!(%error, name, "subscription: reauthorize failed; renewing");
+                }
+                self.renew(&name).await?;
+            }
+            super::LifecycleEvent::SubscriptionRemoved => {
+                let spec = self.get(&name).await?.map(|s| s.spec);
+                if let Some(spec) = spec {
+                    self.create(&name, &spec).await?;
+                }
+            }
+            super::LifecycleEvent::Missed => {}
+        }
+        Ok(Some(name))
+    }
+
+    /// The app's subscriptions as Graph lists them (`GET /subscriptions`).
+    ///
+    /// # Errors
+    /// [`SubscriptionError::Graph`].
+    pub async fn list_remote(&self) -> Result<Vec<Value>, SubscriptionError> {
+        let answer: Value = self
+            .inner
+            .client
+            .send(&self.inner.tenant, &GraphRequest::get("/subscriptions"))
+            .await?
+            .json()?;
+        Ok(answer
+            .get("value")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// Renews every known subscription due for renewal; returns when the next one is
+    /// due. A failure is logged and retried at the next pass (within a minute).
+    pub async fn renew_due(&self) -> SystemTime {
+        let known: Vec<(String, ManagedSubscription)> = self
+            .inner
+            .known
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect();
+        let now = self.now();
+        let mut next = now + Duration::from_secs(3_600);
+        for (name, subscription) in known {
+            let lifetime = max_lifetime(&subscription.spec.resource, false);
+            let due = subscription.renew_at(lifetime);
+            let after = if due <= now {
+                match self.renew(&name).await {
+                    Ok(renewed) => renewed.renew_at(lifetime),
+                    Err(error) => {
+                        metrics::counter!("graph_subscriptions_renewal_failures_total")
+                            .increment(1);
+                        tracing::error!(name, %error, "subscription: renewal failed; trying again within a minute");
+                        now + Duration::from_secs(60)
+                    }
+                }
+            } else {
+                due
+            };
+            next = next.min(after);
+        }
+        next
+    }
+
+    /// Renews subscriptions as they fall due, for as long as it runs.
+    pub async fn run(&self) {
+        loop {
+            let next = self.renew_due().await;
+            let wait = next
+                .duration_since(self.now())
+                .unwrap_or_default()
+                .max(Duration::from_secs(1));
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+impl ClientStates for SubscriptionManager {
+    fn accepts(&self, subscription_id: &str, presented: &str) -> bool {
+        self.inner
+            .known
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|s| s.id == subscription_id)
+            .any(|s| constant_time_eq(s.client_state.as_bytes(), presented.as_bytes()))
+    }
+}
+
+fn parse_time(text: &str) -> Option<SystemTime> {
+    // `2026-12-01T00:00:00Z`, `2026-12-01T00:00:00.123Z`, `…+00:00`.
+    let text = text.trim();
+    let (date, time) = text.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (d.next()??, d.next()??, d.next()??);
+    let time = time.trim_end_matches('Z');
+    let time = time.split(['+']).next()?;
+    let mut t = time.splitn(3, ':');
+    let hour: u64 = t.next()?.parse().ok()?;
+    let minute: u64 = t.next()?.parse().ok()?;
+    let second: u64 = t.next()?.split('.').next()?.parse().ok()?;
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = u64::try_from(days).ok()? * 86_400 + hour * 3_600 + minute * 60 + second;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes_follow_the_resource() {
+        let minutes = |r: &str, rich: bool| max_lifetime(r, rich).as_secs() / 60;
+        assert_eq!(minutes("users", false), 41_760);
+        assert_eq!(minutes("/groups", false), 41_760);
+        assert_eq!(minutes("users/42/messages", false), 10_080);
+        assert_eq!(minutes("me/events", true), 1_440);
+        assert_eq!(minutes("chats/getAllMessages", false), 4_320);
+        assert_eq!(minutes("teams/1/channels/2/messages", false), 4_320);
+        assert_eq!(
+            minutes("communications/presences?$filter=id in ('1')", false),
+            60
+        );
+        assert_eq!(minutes("drives/1/root", false), 42_300);
+        assert_eq!(
+            minutes("security/alerts?$filter=status eq 'New'", false),
+            43_200
+        );
+        assert_eq!(minutes("todo/lists/1/tasks", false), 4_230);
+    }
+
+    #[test]
+    fn dates_round_trip() {
+        for secs in [0u64, 951_782_400, 1_764_547_200, 4_102_444_799] {
+            let at = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+            assert_eq!(parse_time(&rfc3339(at)), Some(at), "{}", rfc3339(at));
+        }
+        assert_eq!(
+            rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
+        let fraction = parse_time("2026-12-01T10:20:30.1234567Z").unwrap();
+        assert_eq!(fraction, parse_time("2026-12-01T10:20:30Z").unwrap());
+        for bad in [
+            "",
+            "2026-13-01T00:00:00Z",
+            "yesterday",
+            "2026-12-01",
+            "2026-12-01T25:00:00Z",
+        ] {
+            assert_eq!(parse_time(bad), None, "{bad}");
+        }
+        assert_eq!(random_state().len(), 22);
+        assert_ne!(random_state(), random_state());
+    }
+}

@@ -1,0 +1,283 @@
+//! Subscriptions and notifications end to end against the emulator: the subscription
+//! manager creates a subscription (the emulator runs the validation handshake against
+//! our receiver on loopback), the emulator posts changes with the subscription's
+//! `clientState`, the receiver believes them and queues them, the worker runs a delta
+//! round for each, and the local copy follows; renewal on a shared manual clock; a
+//! `subscriptionRemoved` lifecycle event leading to re-creation and a delta round; a
+//! restarted manager going on with the stored subscription.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keel_graph_client::GraphClient;
+use keel_graph_client::delta::{
+    DeltaPage, DeltaQuery, DeltaStore, DeltaTracker, FileDeltaStore, MemoryDeltaStore,
+};
+use keel_graph_client::emulator::Emulator;
+use keel_graph_client::model::User;
+use keel_graph_client::webhook::{
+    ClientStates, LifecycleEvent, MemoryQueue, Notification, NotificationKind, NotificationQueue,
+    NotificationWorker, SubscriptionManager, SubscriptionSpec, WebhookReceiver,
+};
+use keel_resilience::clock::{ManualClock, WallClock};
+use keel_resilience::dead_letter::{DeadLetterQueue, MemoryDeadLetters};
+use keel_resilience::{Classified, ErrorClass};
+use keel_token_manager::client::{Authority, CachingProvider, ClientSecretCredential};
+
+const TENANT: &str = "contoso.onmicrosoft.com";
+
+fn client(graph: &Emulator) -> GraphClient {
+    let credential = ClientSecretCredential::new(
+        Authority::Custom(graph.base_url().to_owned()),
+        TENANT,
+        "app",
+        "secret",
+    )
+    .unwrap();
+    GraphClient::builder(graph.cloud())
+        .tenant("contoso", Arc::new(CachingProvider::new(credential)))
+        .build()
+        .unwrap()
+}
+
+/// Serves a receiver believing `states`; its URL and queue.
+async fn receive(states: Arc<dyn ClientStates>) -> (String, Arc<MemoryQueue>) {
+    let queue = Arc::new(MemoryQueue::new(1_000));
+    let receiver =
+        WebhookReceiver::builder(states, queue.clone() as Arc<dyn NotificationQueue>).build();
+    let app: axum::Router = receiver.router("/graph/notify");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/graph/notify"), queue)
+}
+
+async fn wait_for(mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < Duration::from_secs(10), "waited 10 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn notifications_drive_delta_rounds_that_keep_a_local_copy_current() {
+    let clock = ManualClock::starting_now();
+    let graph = Emulator::builder()
+        .tenant(
+            keel_graph_client::emulator::TenantSeed::new(
+                "7b1c2a4e-0f1d-4c55-9a3e-2d6f1b0c0001",
+                TENANT,
+            )
+            .client("app", "secret", ["User.Read.All"])
+            .users(30),
+        )
+        .clock(Arc::new(clock.clone()))
+        .start()
+        .await
+        .unwrap();
+    let client = client(&graph);
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn DeltaStore> = Arc::new(FileDeltaStore::new(dir.path()).unwrap());
+    let manager = SubscriptionManager::new(client.clone(), "contoso", store.clone())
+        .with_clock(Arc::new(clock.clone()));
+    let (url, queue) = receive(Arc::new(manager.clone())).await;
+
+    // The local copy, kept by delta; the first round lists everyone.
+    let mirror: Arc<Mutex<BTreeMap<String, Option<String>>>> = Arc::default();
+    let tracker = DeltaTracker::new(
+        client.clone(),
+        "contoso",
+        DeltaQuery::users().select(["displayName"]),
+        Arc::new(MemoryDeltaStore::new()),
+        "contoso/users",
+    );
+    let apply = |mirror: Arc<Mutex<BTreeMap<String, Option<String>>>>| {
+        move |page: DeltaPage<User>| {
+            let mut copy = mirror.lock().unwrap();
+            if page.resync {
+                copy.clear();
+            }
+            for user in page.changed {
+                copy.insert(user.id, user.display_name);
+            }
+            for gone in page.removed {
+                copy.remove(&gone.id);
+            }
+            async { Ok::<(), std::io::Error>(()) }
+        }
+    };
+    tracker.round(apply(mirror.clone())).await.unwrap();
+    assert_eq!(mirror.lock().unwrap().len(), 30);
+
+    let spec = SubscriptionSpec::new("users", &url);
+    let subscription = manager.ensure("users", &spec).await.unwrap();
+    assert_eq!(graph.subscription_count(), 1);
+    // Ensured again: the same one, not another.
+    assert_eq!(
+        manager.ensure("users", &spec).await.unwrap().id,
+        subscription.id
+    );
+    assert_eq!(manager.list_remote().await.unwrap().len(), 1);
+
+    // Each notification leads to a delta round (what the notification names is only a
+    // hint: the round says what changed).
+    let lifecycle: Arc<Mutex<Vec<LifecycleEvent>>> = Arc::default();
+    let worker = NotificationWorker::new(
+        queue.clone(),
+        DeadLetterQueue::new("notifications", MemoryDeadLetters::new()),
+    );
+    let handler = {
+        let (tracker, mirror, lifecycle, manager) = (
+            tracker.clone(),
+            mirror.clone(),
+            lifecycle.clone(),
+            manager.clone(),
+        );
+        move |n: Notification| {
+            let (tracker, mirror, lifecycle, manager) = (
+                tracker.clone(),
+                mirror.clone(),
+                lifecycle.clone(),
+                manager.clone(),
+            );
+            async move {
+                if let NotificationKind::Lifecycle(event) = n.kind {
+                    lifecycle.lock().unwrap().push(event);
+                    let acted = manager
+                        .on_lifecycle(&n)
+                        .await
+                        .map_err(|e| Classified::new(ErrorClass::Transient, e))?;
+                    assert_eq!(acted.as_deref(), Some("users"));
+                }
+                tracker
+                    .round(apply(mirror))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| Classified::new(ErrorClass::Transient, e))
+            }
+        }
+    };
+    let users: Vec<String> = mirror.lock().unwrap().keys().cloned().collect();
+    assert!(graph.update_user(
+        TENANT,
+        &users[4],
+        serde_json::json!({"displayName": "Renamed"})
+    ));
+    assert!(graph.delete_user(TENANT, &users[5], true));
+    wait_for(|| queue.len() == 2).await;
+    worker.handle_one(&handler).await.unwrap();
+    worker.handle_one(&handler).await.unwrap();
+    {
+        let copy = mirror.lock().unwrap();
+        assert_eq!(copy.get(&users[4]), Some(&Some("Renamed".to_owned())));
+        assert!(!copy.contains_key(&users[5]));
+        assert_eq!(copy.len(), 29);
+    }
+    assert_eq!(graph.notifications(), (2, 0));
+
+    // A forged notification for the same subscription is refused.
+    let forged = reqwest::Client::new()
+        .post(&url)
+        .json(&serde_json::json!({"value": [{
+            "subscriptionId": subscription.id, "changeType": "deleted",
+            "clientState": "guessed", "resource": format!("Users/{}", users[0]),
+        }]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    assert!(queue.is_empty());
+
+    // Renewal at half the lifetime, on the shared clock: the subscription outlives
+    // its first expiry.
+    let first_expiry = subscription.expires;
+    clock.advance(Duration::from_secs(15 * 86_400));
+    manager.renew_due().await;
+    let renewed = manager.get("users").await.unwrap().unwrap();
+    assert_eq!(renewed.id, subscription.id);
+    assert!(renewed.expires > first_expiry);
+    clock.advance(Duration::from_secs(20 * 86_400));
+    assert!(clock.now() > first_expiry);
+    assert_eq!(graph.subscription_count(), 1);
+
+    // Graph removes the subscription: the lifecycle event re-creates it and a delta
+    // round catches up with what happened meanwhile.
+    assert!(graph.update_user(
+        TENANT,
+        &users[7],
+        serde_json::json!({"displayName": "While removed"})
+    ));
+    wait_for(|| queue.len() == 1).await;
+    worker.handle_one(&handler).await.unwrap();
+    assert!(graph.send_lifecycle_event(&subscription.id, "subscriptionRemoved"));
+    wait_for(|| queue.len() == 1).await;
+    worker.handle_one(&handler).await.unwrap();
+    assert_eq!(
+        *lifecycle.lock().unwrap(),
+        [LifecycleEvent::SubscriptionRemoved]
+    );
+    let recreated = manager.get("users").await.unwrap().unwrap();
+    assert_ne!(recreated.id, subscription.id);
+    assert_eq!(graph.subscription_count(), 1);
+    assert_eq!(
+        mirror.lock().unwrap().get(&users[7]),
+        Some(&Some("While removed".to_owned()))
+    );
+
+    // Reauthorization asked for: reauthorized and renewed. Notifications missed: a
+    // delta round catches up.
+    clock.advance(Duration::from_secs(60));
+    assert!(graph.send_lifecycle_event(&recreated.id, "reauthorizationRequired"));
+    wait_for(|| queue.len() == 1).await;
+    worker.handle_one(&handler).await.unwrap();
+    let reauthorized = manager.get("users").await.unwrap().unwrap();
+    assert_eq!(reauthorized.id, recreated.id);
+    assert!(reauthorized.expires > recreated.expires);
+    assert!(graph.update_user(
+        TENANT,
+        &users[9],
+        serde_json::json!({"displayName": "Missed"})
+    ));
+    wait_for(|| queue.len() == 1).await;
+    let _dropped = queue.next().await.unwrap().unwrap(); // as if Graph had not sent it
+    assert!(graph.send_lifecycle_event(&recreated.id, "missed"));
+    wait_for(|| queue.len() == 1).await;
+    worker.handle_one(&handler).await.unwrap();
+    assert_eq!(
+        *lifecycle.lock().unwrap(),
+        [
+            LifecycleEvent::SubscriptionRemoved,
+            LifecycleEvent::ReauthorizationRequired,
+            LifecycleEvent::Missed
+        ]
+    );
+    assert_eq!(
+        mirror.lock().unwrap().get(&users[9]),
+        Some(&Some("Missed".to_owned()))
+    );
+
+    // A restarted service: a new manager over the same store goes on with it, and its
+    // receiver believes the subscription's notifications.
+    let restarted = SubscriptionManager::new(client.clone(), "contoso", store)
+        .with_clock(Arc::new(clock.clone()));
+    let stored = restarted.get("users").await.unwrap().unwrap();
+    assert_eq!(stored.id, recreated.id);
+    assert_eq!(
+        restarted.ensure("users", &spec).await.unwrap().id,
+        recreated.id
+    );
+    assert!(!restarted.accepts(&recreated.id, "guessed"));
+
+    // Not renewed any more: it expires.
+    clock.advance(Duration::from_secs(40 * 86_400));
+    assert_eq!(graph.subscription_count(), 0);
+    assert!(graph.update_user(
+        TENANT,
+        &users[8],
+        serde_json::json!({"displayName": "Unheard"})
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(queue.is_empty());
+}
