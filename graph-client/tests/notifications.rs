@@ -53,6 +53,12 @@ async fn receive(states: Arc<dyn ClientStates>) -> (String, Arc<MemoryQueue>) {
     (format!("http://{addr}/graph/notify"), queue)
 }
 
+/// The clientState of the app's subscription, as Graph lists it.
+async fn graphs_state(manager: &SubscriptionManager) -> String {
+    let listed = manager.list_remote().await.unwrap();
+    listed[0]["clientState"].as_str().unwrap().to_owned()
+}
+
 async fn wait_for(mut done: impl FnMut() -> bool) {
     let started = Instant::now();
     while !done() {
@@ -166,16 +172,20 @@ async fn notifications_drive_delta_rounds_that_keep_a_local_copy_current() {
         serde_json::json!({"displayName": "Renamed"})
     ));
     assert!(graph.delete_user(TENANT, &users[5], true));
-    wait_for(|| queue.len() == 2).await;
-    worker.handle_one(&handler).await.unwrap();
-    worker.handle_one(&handler).await.unwrap();
+    // The same user changed twice: two notifications, both taken.
+    assert!(graph.update_user(TENANT, &users[6], serde_json::json!({"jobTitle": "Lead"})));
+    assert!(graph.update_user(TENANT, &users[6], serde_json::json!({"jobTitle": "Lead"})));
+    wait_for(|| queue.len() == 4).await;
+    for _ in 0..4 {
+        worker.handle_one(&handler).await.unwrap();
+    }
     {
         let copy = mirror.lock().unwrap();
         assert_eq!(copy.get(&users[4]), Some(&Some("Renamed".to_owned())));
         assert!(!copy.contains_key(&users[5]));
         assert_eq!(copy.len(), 29);
     }
-    assert_eq!(graph.notifications(), (2, 0));
+    assert_eq!(graph.notifications(), (4, 0));
 
     // A forged notification for the same subscription is refused.
     let forged = reqwest::Client::new()
@@ -221,6 +231,8 @@ async fn notifications_drive_delta_rounds_that_keep_a_local_copy_current() {
     let recreated = manager.get("users").await.unwrap().unwrap();
     assert_ne!(recreated.id, subscription.id);
     assert_eq!(graph.subscription_count(), 1);
+    // Created again with the name's clientState: every instance believes it at once.
+    assert!(manager.accepts("any", &graphs_state(&manager).await));
     assert_eq!(
         mirror.lock().unwrap().get(&users[7]),
         Some(&Some("While removed".to_owned()))
@@ -262,6 +274,9 @@ async fn notifications_drive_delta_rounds_that_keep_a_local_copy_current() {
     // receiver believes the subscription's notifications.
     let restarted = SubscriptionManager::new(client.clone(), "contoso", store)
         .with_clock(Arc::new(clock.clone()));
+    assert!(!restarted.accepts(&recreated.id, &graphs_state(&manager).await));
+    assert_eq!(restarted.resume().await.unwrap(), 1);
+    assert!(restarted.accepts(&recreated.id, &graphs_state(&manager).await));
     let stored = restarted.get("users").await.unwrap().unwrap();
     assert_eq!(stored.id, recreated.id);
     assert_eq!(

@@ -45,6 +45,7 @@ async fn serve(capacity: usize, body_limit: usize) -> Served {
 
 fn change(resource: &str, state: &str) -> serde_json::Value {
     serde_json::json!({
+        "id": format!("n-{resource}"),
         "subscriptionId": "7f1a0b2c-3d4e-4f50-8a1b-2c3d4e5f6a7b",
         "subscriptionExpirationDateTime": "2026-12-01T00:00:00Z",
         "clientState": state,
@@ -125,6 +126,14 @@ async fn notifications_are_believed_by_client_state_and_duplicates_dropped() {
         serde_json::json!({"value": [change("users/5", "guessed"), change("users/6", SECRET)]});
     assert_eq!(post(&served, &mixed).await.status(), 202);
     assert_eq!(served.queue.len(), 2);
+    // Two genuine changes to one resource without Graph's notification id look alike:
+    // both are taken.
+    let mut twice = change("users/7", SECRET);
+    twice.as_object_mut().unwrap().remove("id");
+    let twice = serde_json::json!({"value": [twice]});
+    assert_eq!(post(&served, &twice).await.status(), 202);
+    assert_eq!(post(&served, &twice).await.status(), 202);
+    assert_eq!(served.queue.len(), 4);
     let first = served.queue.next().await.unwrap().unwrap();
     let second = served.queue.next().await.unwrap().unwrap();
     assert_eq!(first.notification.resource.as_deref(), Some("users/1"));
@@ -198,6 +207,39 @@ fn quick_pipeline() -> Pipeline {
 }
 
 #[tokio::test]
+async fn an_outage_of_the_handlers_store_retries_each_notification_and_drains_with_run() {
+    let served = serve(100, 1 << 20).await;
+    let dead = DeadLetterQueue::new("graph-notifications", MemoryDeadLetters::new());
+    // The default pipeline: no breaker to open and dead-letter the backlog at once.
+    let worker = NotificationWorker::new(served.queue.clone(), dead.clone());
+    let calls = Arc::new(AtomicU32::new(0));
+    let body = serde_json::json!({"value": (0..8).map(|i| change(&format!("users/{i}"), SECRET)).collect::<Vec<_>>()});
+    assert_eq!(post(&served, &body).await.status(), 202);
+    served.queue.close().await;
+    let counted = calls.clone();
+    tokio::time::pause();
+    worker
+        .run(move |_n: Notification| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async {
+                Err::<(), _>(Classified::new(
+                    ErrorClass::Transient,
+                    "the database is down",
+                ))
+            }
+        })
+        .await;
+    let letters = dead.list(None, 20).await.unwrap();
+    assert_eq!(letters.len(), 8);
+    assert!(
+        letters.iter().all(|l| l.attempts() == 3),
+        "{:?}",
+        letters.iter().map(|l| l.attempts()).collect::<Vec<_>>()
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 24);
+}
+
+#[tokio::test]
 async fn the_worker_retries_then_dead_letters_and_the_receiver_stays_fast() {
     let served = serve(100, 1 << 20).await;
     let dead = DeadLetterQueue::new("graph-notifications", MemoryDeadLetters::new());
@@ -245,6 +287,11 @@ async fn the_worker_retries_then_dead_letters_and_the_receiver_stays_fast() {
     assert_eq!(*handled.lock().unwrap(), ["users/flaky", "users/ok"]);
     let letters = dead.list(None, 10).await.unwrap();
     assert_eq!(letters.len(), 1);
+    assert_eq!(
+        letters[0].attempts(),
+        1,
+        "a permanent failure is not retried"
+    );
     assert_eq!(letters[0].key(), "7f1a0b2c-3d4e-4f50-8a1b-2c3d4e5f6a7b");
     let kept: Notification = serde_json::from_slice(letters[0].payload()).unwrap();
     assert_eq!(kept.resource.as_deref(), Some("users/poison"));

@@ -245,3 +245,91 @@ impl DeltaStore for FileDeltaStore {
         })
     }
 }
+
+/// A store in Redis (feature `redis`; single node or cluster): each value one key,
+/// `{prefix}{key}`, written whole by `SET`. As durable as the Redis behind it: with
+/// persistence off, a Redis restart forgets the links and the next round lists the
+/// collection again.
+///
+/// ```no_run
+/// use keel_graph_client::delta::RedisDeltaStore;
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let redis = keel_resilience::RedisConnection::single("redis://127.0.0.1:6379").await?;
+/// let store = RedisDeltaStore::new(redis, "svc:delta:");
+/// # drop(store); Ok(()) }
+/// ```
+#[cfg(feature = "redis")]
+#[derive(Clone)]
+pub struct RedisDeltaStore {
+    connection: keel_resilience::RedisConnection,
+    prefix: String,
+}
+
+#[cfg(feature = "redis")]
+impl std::fmt::Debug for RedisDeltaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisDeltaStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "redis")]
+impl RedisDeltaStore {
+    /// A store of keys starting with `prefix`.
+    #[must_use]
+    pub fn new(connection: keel_resilience::RedisConnection, prefix: &str) -> Self {
+        RedisDeltaStore {
+            connection,
+            prefix: prefix.to_owned(),
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+fn redis_failed(
+    action: &'static str,
+) -> impl FnOnce(keel_resilience::redis::RedisError) -> StoreError {
+    move |e| StoreError::Io {
+        action,
+        path: PathBuf::from("redis"),
+        source: std::io::Error::other(e.to_string().chars().take(200).collect::<String>()),
+    }
+}
+
+#[cfg(feature = "redis")]
+impl DeltaStore for RedisDeltaStore {
+    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<String>> {
+        Box::pin(async move {
+            let mut c = self.connection.clone();
+            keel_resilience::redis::cmd("GET")
+                .arg(format!("{}{key}", self.prefix))
+                .query_async::<Option<String>>(&mut c)
+                .await
+                .map_err(redis_failed("read"))
+        })
+    }
+
+    fn save<'a>(&'a self, key: &'a str, value: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut c = self.connection.clone();
+            keel_resilience::redis::cmd("SET")
+                .arg(format!("{}{key}", self.prefix))
+                .arg(value)
+                .query_async::<()>(&mut c)
+                .await
+                .map_err(redis_failed("write"))
+        })
+    }
+
+    fn remove<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut c = self.connection.clone();
+            keel_resilience::redis::cmd("DEL")
+                .arg(format!("{}{key}", self.prefix))
+                .query_async::<()>(&mut c)
+                .await
+                .map_err(redis_failed("remove"))
+        })
+    }
+}

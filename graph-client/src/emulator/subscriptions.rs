@@ -428,7 +428,9 @@ pub(crate) fn notify(
             &collection[..1].to_ascii_uppercase(),
             &collection[1..]
         );
+        let n = state.subscriptions.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let body = json!({"value": [{
+            "id": format!("{n:016x}"),
             "subscriptionId": s.id,
             "subscriptionExpirationDateTime": rfc3339(s.expires),
             "clientState": s.client_state,

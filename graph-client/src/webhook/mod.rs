@@ -18,13 +18,20 @@
 //! | every notification with a wrong `clientState` | 403 | `client_state` (each) |
 //! | a queue that cannot take them | 503 with `Retry-After` | `queue` |
 //!
-//! Duplicates (the same notification again within 15 minutes) are acknowledged and
-//! dropped (`graph_webhook_duplicates_total`).
+//! | more than 64 POSTs at once | 503 with `Retry-After` | `busy` |
+//!
+//! Duplicates — a notification delivered again, known by its subscription and Graph's
+//! notification `id`, within 15 minutes — are acknowledged and dropped
+//! (`graph_webhook_duplicates_total`). A notification without an `id` is never taken
+//! for a duplicate: two genuine changes to one resource can look byte for byte alike,
+//! and a handler that runs a delta round is idempotent anyway.
 
 mod decrypt;
 mod notification;
 mod queue;
 mod receiver;
+#[cfg(feature = "redis")]
+mod redis_queue;
 mod subscriptions;
 mod worker;
 
@@ -38,6 +45,8 @@ pub use receiver::{
     ClientStates, DEFAULT_BODY_LIMIT, SharedClientState, WebhookReceiver, WebhookReceiverBuilder,
     constant_time_eq,
 };
+#[cfg(feature = "redis")]
+pub use redis_queue::RedisQueue;
 pub use subscriptions::{
     ManagedSubscription, SubscriptionError, SubscriptionManager, SubscriptionSpec, max_lifetime,
 };

@@ -70,6 +70,9 @@ pub struct EncryptedContent {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Notification {
+    /// Graph's id of this notification, when it sends one: a delivery made again
+    /// carries the same id.
+    pub id: Option<String>,
     /// The subscription it belongs to.
     pub subscription_id: String,
     /// When the subscription expires (ISO 8601, as sent).
@@ -263,6 +266,7 @@ fn item_of(item: Value) -> Result<Notification, String> {
         Some(_) => return Err("encryptedContent is not an object".into()),
     };
     Ok(Notification {
+        id: text(&item, "id", MAX_ID)?,
         subscription_id,
         subscription_expiration: text(&item, "subscriptionExpirationDateTime", MAX_DATE)?,
         kind,

@@ -21,6 +21,9 @@ pub trait NotificationQueue: Send + Sync {
     fn next<'a>(&'a self) -> QueueFuture<'a, Option<Delivery>>;
     /// Marks a delivery handled: it will not be given again.
     fn ack<'a>(&'a self, delivery: &'a Delivery) -> QueueFuture<'a, ()>;
+    /// Gives a delivery back, not handled: it will be given again (a Redis stream keeps
+    /// it pending until another worker claims it; memory puts it back).
+    fn release<'a>(&'a self, delivery: &'a Delivery) -> QueueFuture<'a, ()>;
 }
 
 /// A notification taken from a queue, to acknowledge once handled.
@@ -117,5 +120,17 @@ impl NotificationQueue for MemoryQueue {
 
     fn ack<'a>(&'a self, _delivery: &'a Delivery) -> QueueFuture<'a, ()> {
         Box::pin(async { Ok(()) })
+    }
+
+    fn release<'a>(&'a self, delivery: &'a Delivery) -> QueueFuture<'a, ()> {
+        self.push(vec![delivery.notification.clone()])
+    }
+}
+
+impl MemoryQueue {
+    /// Stops taking notifications (pushes fail, the receiver answers 503): a worker
+    /// drains what is left, then `next` gives `None`. For an orderly shutdown.
+    pub async fn close(&self) {
+        self.receiver.lock().await.close();
     }
 }

@@ -20,6 +20,8 @@ use super::queue::NotificationQueue;
 pub const DEFAULT_BODY_LIMIT: usize = 4 << 20;
 /// The longest `validationToken` echoed.
 const MAX_VALIDATION_TOKEN: usize = 4 << 10;
+/// POSTs handled at once; more get 503 (Graph delivers again).
+const MAX_CONCURRENT: usize = 64;
 /// How long, and how many, notifications are remembered to drop duplicates.
 const DEDUP_WINDOW: Duration = Duration::from_secs(15 * 60);
 const DEDUP_CAPACITY: usize = 100_000;
@@ -90,6 +92,7 @@ impl WebhookReceiverBuilder {
                 queue: self.queue,
                 body_limit: self.body_limit,
                 recent: Mutex::new(Recent::default()),
+                admitted: tokio::sync::Semaphore::new(MAX_CONCURRENT),
             }),
         }
     }
@@ -130,6 +133,7 @@ struct Inner {
     queue: Arc<dyn NotificationQueue>,
     body_limit: usize,
     recent: Mutex<Recent>,
+    admitted: tokio::sync::Semaphore,
 }
 
 impl WebhookReceiver {
@@ -192,6 +196,9 @@ async fn receive(
         )
             .into_response();
     }
+    let Ok(_admitted) = receiver.inner.admitted.try_acquire() else {
+        return rejected_with_retry("busy");
+    };
     let body = match body {
         Ok(body) => body,
         Err(rejection) => {
@@ -230,24 +237,32 @@ async fn receive(
     if believed.is_empty() && total > 0 {
         return StatusCode::FORBIDDEN.into_response();
     }
-    let fresh = {
+    // Duplicates are known by Graph's notification id: without one, two genuine
+    // changes may look alike, so nothing is dropped (handlers are idempotent).
+    let keyed: Vec<(Option<u128>, Notification)> =
+        believed.into_iter().map(|n| (fingerprint(&n), n)).collect();
+    let (fresh, keys) = {
         let mut recent = inner.recent.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
-        believed
-            .into_iter()
-            .filter(|n| {
-                let new = recent.insert(fingerprint(n), now);
-                if !new {
+        let mut fresh = Vec::with_capacity(keyed.len());
+        let mut keys = Vec::new();
+        for (key, notification) in keyed {
+            match key {
+                Some(key) if !recent.insert(key, now) => {
                     metrics::counter!("graph_webhook_duplicates_total").increment(1);
                 }
-                new
-            })
-            .collect::<Vec<_>>()
+                Some(key) => {
+                    keys.push(key);
+                    fresh.push(notification);
+                }
+                None => fresh.push(notification),
+            }
+        }
+        (fresh, keys)
     };
     if fresh.is_empty() {
         return StatusCode::ACCEPTED.into_response();
     }
-    let keys: Vec<u128> = fresh.iter().map(fingerprint).collect();
     let count = fresh.len() as u64;
     match inner.queue.push(fresh).await {
         Ok(()) => {
@@ -271,21 +286,36 @@ async fn receive(
     }
 }
 
+fn rejected_with_retry(reason: &'static str) -> Response {
+    metrics::counter!("graph_webhook_rejected_total", "reason" => reason).increment(1);
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, HeaderValue::from_static("5"))],
+    )
+        .into_response()
+}
+
 fn rejected(reason: &'static str, status: StatusCode) -> Response {
     metrics::counter!("graph_webhook_rejected_total", "reason" => reason).increment(1);
     status.into_response()
 }
 
-/// A notification's identity for duplicates: everything Graph sent but the
-/// `clientState`.
-fn fingerprint(notification: &Notification) -> u128 {
-    let bytes = serde_json::to_vec(notification).unwrap_or_default();
+/// A notification's identity for duplicates: its subscription and Graph's id of it;
+/// `None` without an id.
+fn fingerprint(notification: &Notification) -> Option<u128> {
+    let id = notification.id.as_deref()?;
+    let bytes = [
+        notification.subscription_id.as_bytes(),
+        b"\0",
+        id.as_bytes(),
+    ]
+    .concat();
     let mut low = std::hash::DefaultHasher::new();
     bytes.hash(&mut low);
     let mut high = std::hash::DefaultHasher::new();
     0xA5u8.hash(&mut high);
     bytes.hash(&mut high);
-    (u128::from(high.finish()) << 64) | u128::from(low.finish())
+    Some((u128::from(high.finish()) << 64) | u128::from(low.finish()))
 }
 
 /// Recently seen notifications, bounded in time and number.
@@ -313,10 +343,10 @@ impl Recent {
         true
     }
 
+    /// Forgets `key` (its place in the order stays; evicting it later removes nothing
+    /// that matters: at worst a duplicate is taken once more).
     fn forget(&mut self, key: u128) {
-        if self.seen.remove(&key) {
-            self.order.retain(|(k, _)| *k != key);
-        }
+        self.seen.remove(&key);
     }
 }
 

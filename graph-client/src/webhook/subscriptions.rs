@@ -46,12 +46,15 @@ enum Kind {
 
 fn kind_of(resource: &str) -> Kind {
     let lower = resource.to_ascii_lowercase();
-    let segments: Vec<&str> = lower
+    let path = lower.split('?').next().unwrap_or_default();
+    // Segments without their key syntax: `mailfolders('inbox')` is `mailfolders`.
+    let segments: Vec<&str> = path
         .trim_start_matches('/')
-        .split(['/', '?'])
+        .split('/')
         .filter(|s| !s.is_empty())
+        .map(|s| s.split('(').next().unwrap_or(s))
         .collect();
-    let has = |name: &str| segments.iter().any(|s| s.starts_with(name));
+    let has = |name: &str| segments.contains(&name);
     if has("messages") || has("events") || has("contacts") || has("mailfolders") {
         if has("chats") || has("channels") || has("teams") {
             Kind::Teams
@@ -60,11 +63,11 @@ fn kind_of(resource: &str) -> Kind {
         }
     } else if has("presences") {
         Kind::Presence
-    } else if has("chats") || has("teams") || has("channels") {
+    } else if has("chats") || has("teams") || has("channels") || has("getallmessages") {
         Kind::Teams
-    } else if has("drive") || has("lists") || has("sites") {
+    } else if has("drive") || has("drives") || has("root") || (has("sites") && has("lists")) {
         Kind::Drive
-    } else if segments.first() == Some(&"security") && has("alerts") {
+    } else if segments.first() == Some(&"security") && (has("alerts") || has("alerts_v2")) {
         Kind::SecurityAlert
     } else if matches!(
         segments.as_slice(),
@@ -137,8 +140,9 @@ impl SubscriptionSpec {
     }
 }
 
-/// A subscription the manager keeps.
-#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// A subscription the manager keeps. Its `clientState` stays inside (not in `Debug`,
+/// not serializable).
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ManagedSubscription {
     /// Graph's id of it.
@@ -157,6 +161,37 @@ impl std::fmt::Debug for ManagedSubscription {
             .field("resource", &self.spec.resource)
             .field("expires", &self.expires)
             .finish_non_exhaustive()
+    }
+}
+
+/// What the store holds of a subscription.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    id: String,
+    spec: SubscriptionSpec,
+    expires: SystemTime,
+    client_state: String,
+}
+
+impl From<&ManagedSubscription> for Stored {
+    fn from(s: &ManagedSubscription) -> Self {
+        Stored {
+            id: s.id.clone(),
+            spec: s.spec.clone(),
+            expires: s.expires,
+            client_state: s.client_state.clone(),
+        }
+    }
+}
+
+impl From<Stored> for ManagedSubscription {
+    fn from(s: Stored) -> Self {
+        ManagedSubscription {
+            id: s.id,
+            spec: s.spec,
+            expires: s.expires,
+            client_state: s.client_state,
+        }
     }
 }
 
@@ -204,6 +239,11 @@ pub struct SubscriptionManager {
 }
 
 struct Inner {
+    /// One create, renew or delete at a time.
+    operating: tokio::sync::Mutex<()>,
+    /// `clientState`s of subscriptions being created (Graph may notify before the
+    /// creation's answer is stored).
+    pending: RwLock<Vec<String>>,
     clock: Arc<dyn WallClock>,
     client: GraphClient,
     tenant: String,
@@ -259,6 +299,8 @@ impl SubscriptionManager {
     pub fn new(client: GraphClient, tenant: &str, store: Arc<dyn DeltaStore>) -> Self {
         SubscriptionManager {
             inner: Arc::new(Inner {
+                operating: tokio::sync::Mutex::new(()),
+                pending: RwLock::new(Vec::new()),
                 clock: Arc::new(keel_resilience::clock::SystemClock),
                 client,
                 tenant: tenant.to_owned(),
@@ -272,6 +314,8 @@ impl SubscriptionManager {
     #[must_use]
     pub fn with_clock(self, clock: Arc<dyn WallClock>) -> Self {
         let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
+            operating: tokio::sync::Mutex::new(()),
+            pending: RwLock::new(Vec::new()),
             clock: shared.clock.clone(),
             client: shared.client.clone(),
             tenant: shared.tenant.clone(),
@@ -297,6 +341,58 @@ impl SubscriptionManager {
         format!("subscriptions/{}/{name}", self.inner.tenant)
     }
 
+    fn index_key(&self) -> String {
+        format!("subscriptions/{}", self.inner.tenant)
+    }
+
+    /// The names stored, from the store's index.
+    async fn names(&self) -> Result<Vec<String>, SubscriptionError> {
+        Ok(match self.inner.store.load(&self.index_key()).await? {
+            Some(text) => serde_json::from_str(&text).map_err(|_| StoreError::Corrupt {
+                key: self.index_key().chars().take(64).collect(),
+            })?,
+            None => Vec::new(),
+        })
+    }
+
+    /// Adds `name` to (or removes it from) the store's index of names.
+    async fn index(&self, name: &str, present: bool) -> Result<(), SubscriptionError> {
+        let mut names = self.names().await?;
+        let had = names.iter().any(|n| n == name);
+        if had == present {
+            return Ok(());
+        }
+        if present {
+            names.push(name.to_owned());
+        } else {
+            names.retain(|n| n != name);
+        }
+        let text = serde_json::to_string(&names).unwrap_or_default();
+        Ok(self.inner.store.save(&self.index_key(), &text).await?)
+    }
+
+    /// Loads every subscription the store holds for this tenant (what a restarted
+    /// service calls first, before its receiver serves: until then, it does not know
+    /// their `clientState`s). Returns how many.
+    ///
+    /// # Errors
+    /// [`SubscriptionError::Store`].
+    pub async fn resume(&self) -> Result<usize, SubscriptionError> {
+        let names = self.names().await?;
+        let mut loaded = 0;
+        for name in names {
+            self.inner
+                .known
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&name);
+            if self.get(&name).await?.is_some() {
+                loaded += 1;
+            }
+        }
+        Ok(loaded)
+    }
+
     /// The expiry to ask for: the resource's maximum, less a margin (a tenth, at most an
     /// hour) for clocks and delays.
     fn expiry_for(&self, spec: &SubscriptionSpec) -> (SystemTime, Duration) {
@@ -310,8 +406,9 @@ impl SubscriptionManager {
         name: &str,
         subscription: ManagedSubscription,
     ) -> Result<ManagedSubscription, SubscriptionError> {
-        let text = serde_json::to_string(&subscription).unwrap_or_default();
+        let text = serde_json::to_string(&Stored::from(&subscription)).unwrap_or_default();
         self.inner.store.save(&self.key(name), &text).await?;
+        self.index(name, true).await?;
         self.inner
             .known
             .write()
@@ -337,10 +434,11 @@ impl SubscriptionManager {
         let Some(text) = self.inner.store.load(&self.key(name)).await? else {
             return Ok(None);
         };
-        let subscription: ManagedSubscription =
-            serde_json::from_str(&text).map_err(|_| StoreError::Corrupt {
+        let subscription: ManagedSubscription = serde_json::from_str::<Stored>(&text)
+            .map_err(|_| StoreError::Corrupt {
                 key: self.key(name).chars().take(64).collect(),
-            })?;
+            })?
+            .into();
         self.inner
             .known
             .write()
@@ -350,7 +448,8 @@ impl SubscriptionManager {
     }
 
     /// Creates subscription `name` for `spec` (Graph runs the validation handshake
-    /// against the notification URL first), with a new random `clientState`.
+    /// against the notification URL first), with a random `clientState` (128 bits) —
+    /// the name's previous one when it had a subscription before.
     ///
     /// # Errors
     /// [`SubscriptionError`].
@@ -359,8 +458,27 @@ impl SubscriptionManager {
         name: &str,
         spec: &SubscriptionSpec,
     ) -> Result<ManagedSubscription, SubscriptionError> {
+        let _one = self.inner.operating.lock().await;
+        self.create_locked(name, spec).await
+    }
+
+    async fn create_locked(
+        &self,
+        name: &str,
+        spec: &SubscriptionSpec,
+    ) -> Result<ManagedSubscription, SubscriptionError> {
         let (expires, _) = self.expiry_for(spec);
-        let client_state = random_state();
+        // A subscription created again keeps its name's clientState, so that every
+        // instance sharing the store believes its notifications at once.
+        let client_state = match self.get(name).await? {
+            Some(previous) => previous.client_state,
+            None => random_state(),
+        };
+        self.inner
+            .pending
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(client_state.clone());
         let changes: Vec<&str> = spec
             .changes
             .iter()
@@ -418,6 +536,11 @@ impl SubscriptionManager {
     /// [`SubscriptionError`]; `Store` with nothing stored under `name`… as a missing
     /// subscription is not an error here: use [`ensure`](Self::ensure).
     pub async fn renew(&self, name: &str) -> Result<ManagedSubscription, SubscriptionError> {
+        let _one = self.inner.operating.lock().await;
+        self.renew_locked(name).await
+    }
+
+    async fn renew_locked(&self, name: &str) -> Result<ManagedSubscription, SubscriptionError> {
         let Some(current) = self.get(name).await? else {
             return Err(SubscriptionError::Answer("nothing stored under this name"));
         };
@@ -462,20 +585,23 @@ impl SubscriptionManager {
         name: &str,
         spec: &SubscriptionSpec,
     ) -> Result<ManagedSubscription, SubscriptionError> {
+        let _one = self.inner.operating.lock().await;
         match self.get(name).await? {
             Some(current) if current.spec == *spec => {
                 let lifetime = max_lifetime(&spec.resource, false);
                 if self.now() < current.renew_at(lifetime) {
                     Ok(current)
                 } else {
-                    self.renew(name).await
+                    self.renew_locked(name).await
                 }
             }
             Some(stale) => {
-                let _ = self.delete_remote(&stale.id).await;
-                self.create(name, spec).await
+                if let Err(error) = self.delete_remote(&stale.id).await {
+                    tracing::warn!(%error, name, "subscription: could not delete the one it replaces");
+                }
+                self.create_locked(name, spec).await
             }
-            None => self.create(name, spec).await,
+            None => self.create_locked(name, spec).await,
         }
     }
 
@@ -500,10 +626,12 @@ impl SubscriptionManager {
     /// # Errors
     /// [`SubscriptionError`].
     pub async fn delete(&self, name: &str) -> Result<(), SubscriptionError> {
+        let _one = self.inner.operating.lock().await;
         if let Some(current) = self.get(name).await? {
             self.delete_remote(&current.id).await?;
         }
         self.inner.store.remove(&self.key(name)).await?;
+        self.index(name, false).await?;
         self.inner
             .known
             .write()
@@ -619,28 +747,48 @@ impl SubscriptionManager {
         next
     }
 
-    /// Renews subscriptions as they fall due, for as long as it runs.
+    /// Renews subscriptions as they fall due (looking at least once a minute), for as
+    /// long as it runs; loads the stored ones first.
     pub async fn run(&self) {
+        if let Err(error) = self.resume().await {
+            tracing::error!(%error, "subscription: could not load the stored subscriptions");
+        }
         loop {
             let next = self.renew_due().await;
             let wait = next
                 .duration_since(self.now())
                 .unwrap_or_default()
-                .max(Duration::from_secs(1));
+                .clamp(Duration::from_secs(1), Duration::from_secs(60));
             tokio::time::sleep(wait).await;
         }
     }
 }
 
 impl ClientStates for SubscriptionManager {
-    fn accepts(&self, subscription_id: &str, presented: &str) -> bool {
-        self.inner
+    /// Whether `presented` is the `clientState` of one of its subscriptions. Not tied
+    /// to the subscription id: a subscription created again (by this instance or
+    /// another sharing the store) keeps its name's `clientState`, and its new id may
+    /// not be known here yet.
+    fn accepts(&self, _subscription_id: &str, presented: &str) -> bool {
+        let known = self
+            .inner
             .known
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
-            .filter(|s| s.id == subscription_id)
-            .any(|s| constant_time_eq(s.client_state.as_bytes(), presented.as_bytes()))
+            .fold(false, |hit, s| {
+                constant_time_eq(s.client_state.as_bytes(), presented.as_bytes()) | hit
+            });
+        let pending = self
+            .inner
+            .pending
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .fold(false, |hit, s| {
+                constant_time_eq(s.as_bytes(), presented.as_bytes()) | hit
+            });
+        known | pending
     }
 }
 
@@ -650,8 +798,14 @@ fn parse_time(text: &str) -> Option<SystemTime> {
     let (date, time) = text.split_once('T')?;
     let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
     let (year, month, day) = (d.next()??, d.next()??, d.next()??);
-    let time = time.trim_end_matches('Z');
-    let time = time.split(['+']).next()?;
+    // UTC only: `Z` or `+00:00` (Graph answers in UTC).
+    let time = time
+        .strip_suffix('Z')
+        .or_else(|| time.strip_suffix("+00:00"))
+        .unwrap_or(time);
+    if time.contains(['+', 'Z']) || time.matches('-').count() > 0 {
+        return None;
+    }
     let mut t = time.splitn(3, ':');
     let hour: u64 = t.next()?.parse().ok()?;
     let minute: u64 = t.next()?.parse().ok()?;
@@ -699,6 +853,11 @@ mod tests {
             43_200
         );
         assert_eq!(minutes("todo/lists/1/tasks", false), 4_230);
+        assert_eq!(minutes("me/todo/lists/1/tasks", false), 4_230);
+        assert_eq!(minutes("users/drive.admin@contoso.com", false), 41_760);
+        assert_eq!(minutes("me/mailFolders('Inbox')/messages", false), 10_080);
+        assert_eq!(minutes("sites/1/lists/2", false), 42_300);
+        assert_eq!(minutes("me/drive/root", false), 42_300);
     }
 
     #[test]

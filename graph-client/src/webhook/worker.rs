@@ -8,7 +8,7 @@ use std::sync::Arc;
 use keel_resilience::Classify;
 use keel_resilience::dead_letter::{DeadLetterQueue, KeepOnFailure};
 use keel_resilience::pipeline::Pipeline;
-use keel_resilience::retry::Idempotency;
+use keel_resilience::retry::{Idempotency, Retry, RetryConfig};
 
 use super::notification::Notification;
 use super::queue::{NotificationQueue, QueueError};
@@ -44,13 +44,21 @@ impl fmt::Debug for NotificationWorker {
 
 impl NotificationWorker {
     /// A worker taking from `queue`, dead-lettering into `dead_letters`, with
-    /// keel-resilience's standard pipeline (3 attempts, 10 s each, 30 s in all).
+    /// keel-resilience's standard retry (3 attempts), 10 s an attempt and 30 s in all —
+    /// and no circuit breaker: an open breaker refuses at once, which would send the
+    /// whole backlog to the dead-letter queue during a short outage of what the
+    /// handler writes to.
     #[must_use]
     pub fn new(queue: Arc<dyn NotificationQueue>, dead_letters: DeadLetterQueue) -> Self {
+        let pipeline = Pipeline::builder("graph-notifications")
+            .total_timeout(std::time::Duration::from_secs(30))
+            .retry(Retry::new(RetryConfig::standard("graph-notifications")))
+            .attempt_timeout(std::time::Duration::from_secs(10))
+            .build();
         NotificationWorker {
             queue,
             dead_letters,
-            pipeline: Pipeline::standard("graph-notifications"),
+            pipeline,
         }
     }
 
@@ -101,23 +109,31 @@ impl NotificationWorker {
             Err(failed) => {
                 metrics::counter!("graph_webhook_handled_total", "outcome" => "not_kept")
                     .increment(1);
-                tracing::error!(error = %failed, "webhook: a notification's handler failed and the dead-letter queue did not take it; it stays in the queue");
+                tracing::error!(error = %failed, "webhook: a notification's handler failed and the dead-letter queue did not take it; it goes back to the queue");
+                self.queue.release(&delivery).await?;
             }
         }
         Ok(true)
     }
 
-    /// Handles notifications until the queue is closed and empty.
-    ///
-    /// # Errors
-    /// [`QueueError`] when the queue fails.
-    pub async fn run<F, Fut, E>(&self, handler: F) -> Result<(), QueueError>
+    /// Handles notifications until the queue is closed and empty; a failing queue is
+    /// logged and tried again a second later.
+    pub async fn run<F, Fut, E>(&self, handler: F)
     where
         F: Fn(Notification) -> Fut,
         Fut: Future<Output = Result<(), E>>,
         E: Classify + fmt::Display + fmt::Debug + 'static,
     {
-        while self.handle_one(&handler).await? {}
-        Ok(())
+        loop {
+            match self.handle_one(&handler).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(error) => {
+                    metrics::counter!("graph_webhook_queue_failures_total").increment(1);
+                    tracing::error!(%error, "webhook: the notification queue failed; trying again in a second");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
     }
 }
