@@ -81,7 +81,7 @@ pub use cloud::{ApiVersion, Cloud, CloudError, CustomCloud};
 pub use error::{ApiError, BatchProblem, BodyProblem, GraphError};
 pub use request::{GraphRequest, RequestError};
 
-/// The README's example, compiled as a doctest.
-#[cfg(doctest)]
+/// The README's examples, compiled as doctests (they use the emulator and webhooks).
+#[cfg(all(doctest, feature = "emulator", feature = "webhooks"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
