@@ -27,6 +27,7 @@
 //! and a handler that runs a delta round is idempotent anyway.
 
 mod decrypt;
+mod lease;
 mod notification;
 mod queue;
 mod receiver;
@@ -36,6 +37,9 @@ mod subscriptions;
 mod worker;
 
 pub use decrypt::{DecryptError, NotificationDecryptor};
+#[cfg(feature = "redis")]
+pub use lease::RedisLease;
+pub use lease::{Lease, LeaseError, LeaseFuture, SoleLease};
 pub use notification::{
     ChangeType, EncryptedContent, LifecycleEvent, Notification, NotificationBatch,
     NotificationError, NotificationKind, parse_notifications,

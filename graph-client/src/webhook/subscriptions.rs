@@ -239,6 +239,7 @@ pub struct SubscriptionManager {
 }
 
 struct Inner {
+    renewals: std::sync::atomic::AtomicU64,
     /// One create, renew or delete at a time.
     operating: tokio::sync::Mutex<()>,
     /// `clientState`s of subscriptions being created (Graph may notify before the
@@ -299,6 +300,7 @@ impl SubscriptionManager {
     pub fn new(client: GraphClient, tenant: &str, store: Arc<dyn DeltaStore>) -> Self {
         SubscriptionManager {
             inner: Arc::new(Inner {
+                renewals: std::sync::atomic::AtomicU64::new(0),
                 operating: tokio::sync::Mutex::new(()),
                 pending: RwLock::new(Vec::new()),
                 clock: Arc::new(keel_resilience::clock::SystemClock),
@@ -314,6 +316,7 @@ impl SubscriptionManager {
     #[must_use]
     pub fn with_clock(self, clock: Arc<dyn WallClock>) -> Self {
         let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
+            renewals: std::sync::atomic::AtomicU64::new(0),
             operating: tokio::sync::Mutex::new(()),
             pending: RwLock::new(Vec::new()),
             clock: shared.clock.clone(),
@@ -381,12 +384,13 @@ impl SubscriptionManager {
         let names = self.names().await?;
         let mut loaded = 0;
         for name in names {
-            self.inner
-                .known
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&name);
-            if self.get(&name).await?.is_some() {
+            // Replaced in place: the receiver never sees the name missing meanwhile.
+            if let Some(stored) = self.load_stored(&name).await? {
+                self.inner
+                    .known
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(name, stored);
                 loaded += 1;
             }
         }
@@ -431,20 +435,32 @@ impl SubscriptionManager {
         {
             return Ok(Some(known.clone()));
         }
-        let Some(text) = self.inner.store.load(&self.key(name)).await? else {
+        let Some(subscription) = self.load_stored(name).await? else {
             return Ok(None);
         };
-        let subscription: ManagedSubscription = serde_json::from_str::<Stored>(&text)
-            .map_err(|_| StoreError::Corrupt {
-                key: self.key(name).chars().take(64).collect(),
-            })?
-            .into();
         self.inner
             .known
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(name.to_owned(), subscription.clone());
         Ok(Some(subscription))
+    }
+
+    /// The subscription `name` as the store holds it.
+    async fn load_stored(
+        &self,
+        name: &str,
+    ) -> Result<Option<ManagedSubscription>, SubscriptionError> {
+        let Some(text) = self.inner.store.load(&self.key(name)).await? else {
+            return Ok(None);
+        };
+        Ok(Some(
+            serde_json::from_str::<Stored>(&text)
+                .map_err(|_| StoreError::Corrupt {
+                    key: self.key(name).chars().take(64).collect(),
+                })?
+                .into(),
+        ))
     }
 
     /// Creates subscription `name` for `spec` (Graph runs the validation handshake
@@ -731,7 +747,12 @@ impl SubscriptionManager {
             let due = subscription.renew_at(lifetime);
             let after = if due <= now {
                 match self.renew(&name).await {
-                    Ok(renewed) => renewed.renew_at(lifetime),
+                    Ok(renewed) => {
+                        self.inner
+                            .renewals
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        renewed.renew_at(lifetime)
+                    }
                     Err(error) => {
                         metrics::counter!("graph_subscriptions_renewal_failures_total")
                             .increment(1);
@@ -747,20 +768,45 @@ impl SubscriptionManager {
         next
     }
 
-    /// Renews subscriptions as they fall due (looking at least once a minute), for as
-    /// long as it runs; loads the stored ones first.
+    /// Renews subscriptions as they fall due, for as long as it runs: a service of one
+    /// instance ([`run_with`](Self::run_with) with a [`SoleLease`](super::SoleLease),
+    /// looking every 10 seconds).
     pub async fn run(&self) {
-        if let Err(error) = self.resume().await {
-            tracing::error!(%error, "subscription: could not load the stored subscriptions");
-        }
+        self.run_with(Arc::new(super::SoleLease), Duration::from_secs(10))
+            .await;
+    }
+
+    /// Renews subscriptions as they fall due while this instance holds `lease` (one
+    /// renewer per fleet), looking `every` so often: each pass takes or extends the
+    /// lease for three periods, loads the stored subscriptions (another instance may
+    /// have created or renewed them: their `clientState`s are believed here too), and,
+    /// holding the lease, renews what is due. A holder that dies stops extending; the
+    /// lease expires and another instance takes over within three periods.
+    pub async fn run_with(&self, lease: Arc<dyn super::Lease>, every: Duration) {
+        let every = every.max(Duration::from_millis(10));
         loop {
-            let next = self.renew_due().await;
-            let wait = next
-                .duration_since(self.now())
-                .unwrap_or_default()
-                .clamp(Duration::from_secs(1), Duration::from_secs(60));
-            tokio::time::sleep(wait).await;
+            if let Err(error) = self.resume().await {
+                tracing::error!(%error, "subscription: could not load the stored subscriptions");
+            }
+            match lease.acquire(every * 3).await {
+                Ok(true) => {
+                    self.renew_due().await;
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "subscription: the renewal lease is unavailable; not renewing this time");
+                }
+            }
+            tokio::time::sleep(every).await;
         }
+    }
+
+    /// Subscriptions this manager renewed (or created again while renewing).
+    #[must_use]
+    pub fn renewals(&self) -> u64 {
+        self.inner
+            .renewals
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
