@@ -510,6 +510,17 @@ impl Emulator {
         )
     }
 
+    /// The validation token sent with the last rich notification, if any.
+    #[must_use]
+    pub fn last_validation_token(&self) -> Option<String> {
+        self.state
+            .subscriptions
+            .last_token
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// Live subscriptions of all tenants.
     #[must_use]
     pub fn subscription_count(&self) -> usize {

@@ -40,6 +40,9 @@ pub(crate) struct Subscription {
     pub(crate) lifecycle_url: Option<String>,
     pub(crate) client_state: Option<String>,
     pub(crate) expires: SystemTime,
+    /// For rich notifications: the certificate's public key (DER SubjectPublicKeyInfo)
+    /// and the id the subscriber gave it.
+    pub(crate) encryption: Option<(Vec<u8>, String)>,
 }
 
 impl Subscription {
@@ -54,6 +57,8 @@ impl Subscription {
             "lifecycleNotificationUrl": self.lifecycle_url,
             "expirationDateTime": rfc3339(self.expires),
             "latestSupportedTlsVersion": "v1_2",
+            "includeResourceData": self.encryption.is_some(),
+            "encryptionCertificateId": self.encryption.as_ref().map(|(_, id)| id),
         })
     }
 }
@@ -69,6 +74,8 @@ pub(crate) struct Subscriptions {
     pub(crate) delivered: std::sync::atomic::AtomicU64,
     pub(crate) failed: std::sync::atomic::AtomicU64,
     pub(crate) next_id: std::sync::atomic::AtomicU64,
+    /// The last validation token sent with a rich notification.
+    pub(crate) last_token: Mutex<Option<String>>,
 }
 
 impl Subscriptions {
@@ -245,6 +252,24 @@ async fn create(
         Ok(at) => at,
         Err(message) => return bad_request(&state, &headers, &message),
     };
+    let encryption = if body.get("includeResourceData").and_then(Value::as_bool) == Some(true) {
+        let key = field(&body, "encryptionCertificate")
+            .and_then(|c| {
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, c).ok()
+            })
+            .and_then(|der| subject_public_key_info(&der).map(<[u8]>::to_vec))
+            .filter(|spki| aws_lc_rs::rsa::PublicEncryptingKey::from_der(spki).is_ok());
+        let (Some(key), Some(id)) = (key, field(&body, "encryptionCertificateId")) else {
+            return bad_request(
+                &state,
+                &headers,
+                "A subscription with resource data needs encryptionCertificate (a base64 X.509 certificate with an RSA key) and encryptionCertificateId.",
+            );
+        };
+        Some((key, id.to_owned()))
+    } else {
+        None
+    };
     for url in std::iter::once(notification_url).chain(lifecycle_url.as_deref()) {
         if !handshake(url).await {
             return bad_request(
@@ -265,6 +290,7 @@ async fn create(
         lifecycle_url,
         client_state,
         expires,
+        encryption,
     };
     let answer = subscription.json();
     state.subscriptions.lock().push(subscription);
@@ -429,7 +455,7 @@ pub(crate) fn notify(
             &collection[1..]
         );
         let n = state.subscriptions.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let body = json!({"value": [{
+        let mut body = json!({"value": [{
             "id": format!("{n:016x}"),
             "subscriptionId": s.id,
             "subscriptionExpirationDateTime": rfc3339(s.expires),
@@ -444,8 +470,136 @@ pub(crate) fn notify(
             },
             "tenantId": s.tenant,
         }]});
+        if let Some((key, certificate_id)) = &s.encryption {
+            let data = state
+                .tenant(&s.tenant)
+                .and_then(|t| t.users().find(resource_id).cloned())
+                .map_or_else(|| json!({"id": resource_id}), Value::Object);
+            if let Some(content) = encrypt(key, certificate_id, &data.to_string()) {
+                body["value"][0]["encryptedContent"] = content;
+                let token = validation_token(state, &s);
+                state
+                    .subscriptions
+                    .last_token
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone_from(&token);
+                body["validationTokens"] = json!(token.into_iter().collect::<Vec<_>>());
+            }
+        }
         runtime.spawn(deliver(state.clone(), s.notification_url.clone(), body));
     }
+}
+
+/// The change-tracking publisher, in `azp` / `appid` of validation tokens.
+pub(crate) const PUBLISHER: &str = "0bf30f3b-4a52-48df-9a82-234910c4a086";
+
+/// A validation token for a rich notification: issued by the tenant's issuer, for the
+/// subscribing app, to the change-tracking publisher, signed by the emulator's keys.
+fn validation_token(state: &State, s: &Subscription) -> Option<String> {
+    keel_token_manager::AccessTokenIssuer::new(
+        state.keys.clone(),
+        format!("{}/{}/v2.0", state.base, s.tenant),
+        s.app.clone(),
+    )
+    .ttl(Duration::from_secs(3_600))
+    .issue(
+        &keel_token_manager::Grant::new(PUBLISHER, PUBLISHER).tenant(s.tenant.to_ascii_lowercase()),
+    )
+    .ok()
+    .map(|issued| issued.token)
+}
+
+/// `data` encrypted as Graph encrypts resource data: a random AES-256 key, RSA-OAEP
+/// (SHA-1) wrapped with the subscriber's public key; AES-CBC with PKCS7, the IV the
+/// key's first 16 bytes; HMAC-SHA256 of the encrypted data.
+fn encrypt(spki: &[u8], certificate_id: &str, data: &str) -> Option<Value> {
+    use aws_lc_rs::cipher::{
+        AES_256, EncryptionContext, PaddedBlockEncryptingKey, UnboundCipherKey,
+    };
+    use aws_lc_rs::rsa::{OAEP_SHA1_MGF1SHA1, OaepPublicEncryptingKey, PublicEncryptingKey};
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    let public = OaepPublicEncryptingKey::new(PublicEncryptingKey::from_der(spki).ok()?).ok()?;
+    let mut key = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut key).ok()?;
+    let mut wrapped = vec![0u8; public.ciphertext_size()];
+    let wrapped = public
+        .encrypt(&OAEP_SHA1_MGF1SHA1, &key, &mut wrapped, None)
+        .ok()?
+        .to_vec();
+    let mut iv = [0u8; 16];
+    iv.copy_from_slice(&key[..16]);
+    let mut encrypted = data.as_bytes().to_vec();
+    PaddedBlockEncryptingKey::cbc_pkcs7(UnboundCipherKey::new(&AES_256, &key).ok()?)
+        .ok()?
+        .less_safe_encrypt(&mut encrypted, EncryptionContext::Iv128(iv.into()))
+        .ok()?;
+    let mac = aws_lc_rs::hmac::sign(
+        &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key),
+        &encrypted,
+    );
+    Some(json!({
+        "data": STANDARD.encode(&encrypted),
+        "dataSignature": STANDARD.encode(mac.as_ref()),
+        "dataKey": STANDARD.encode(&wrapped),
+        "encryptionCertificateId": certificate_id,
+        "encryptionCertificateThumbprint": "",
+    }))
+}
+
+/// One DER element: its tag, its contents, its whole encoding, and what follows.
+type Element<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
+fn der(input: &[u8]) -> Option<Element<'_>> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (length, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let length = rest[..n]
+            .iter()
+            .fold(0usize, |l, b| (l << 8) | usize::from(*b));
+        (length, &rest[n..])
+    };
+    if rest.len() < length {
+        return None;
+    }
+    let header = input.len() - rest.len();
+    Some((
+        tag,
+        &rest[..length],
+        &input[..header + length],
+        &rest[length..],
+    ))
+}
+
+/// The SubjectPublicKeyInfo of an X.509 certificate (DER).
+fn subject_public_key_info(certificate: &[u8]) -> Option<&[u8]> {
+    let (0x30, body, _, _) = der(certificate)? else {
+        return None;
+    };
+    let (0x30, tbs, _, _) = der(body)? else {
+        return None;
+    };
+    let mut rest = tbs;
+    // An explicit version first, if any.
+    let (tag, _, _, after) = der(rest)?;
+    if tag == 0xA0 {
+        rest = after;
+    }
+    // serialNumber, signature, issuer, validity, subject.
+    for _ in 0..5 {
+        rest = der(rest)?.3;
+    }
+    let (0x30, _, whole, _) = der(rest)? else {
+        return None;
+    };
+    Some(whole)
 }
 
 /// Posts a lifecycle event to a subscription's lifecycle URL; `subscriptionRemoved`

@@ -37,6 +37,19 @@ pub(crate) fn routes() -> Router<Arc<State>> {
 }
 
 async fn discovery(Shared(state): Shared<Arc<State>>, Path(tenant): Path<String>) -> Response {
+    // The multi-tenant document: its issuer is a template, its keys every tenant's.
+    if tenant.eq_ignore_ascii_case("common") || tenant.eq_ignore_ascii_case("organizations") {
+        let base = &state.base;
+        return axum::Json(json!({
+            "jwks_uri": format!("{base}/{tenant}/discovery/v2.0/keys"),
+            "issuer": format!("{base}/{{tenantid}}/v2.0"),
+            "id_token_signing_alg_values_supported": ["ES256"],
+            "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+            "subject_types_supported": ["pairwise"],
+            "token_endpoint": format!("{base}/{tenant}/oauth2/v2.0/token"),
+        }))
+        .into_response();
+    }
     let Some(t) = state.tenant(&tenant) else {
         return oauth_error(
             StatusCode::BAD_REQUEST,
@@ -69,7 +82,9 @@ async fn discovery(Shared(state): Shared<Arc<State>>, Path(tenant): Path<String>
 }
 
 async fn keys(Shared(state): Shared<Arc<State>>, Path(tenant): Path<String>) -> Response {
-    if state.tenant(&tenant).is_none() {
+    let multi =
+        tenant.eq_ignore_ascii_case("common") || tenant.eq_ignore_ascii_case("organizations");
+    if !multi && state.tenant(&tenant).is_none() {
         return oauth_error(
             StatusCode::BAD_REQUEST,
             "invalid_tenant",

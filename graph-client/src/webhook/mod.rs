@@ -34,6 +34,7 @@ mod receiver;
 #[cfg(feature = "redis")]
 mod redis_queue;
 mod subscriptions;
+mod validation;
 mod worker;
 
 pub use decrypt::{DecryptError, NotificationDecryptor};
@@ -54,4 +55,5 @@ pub use redis_queue::RedisQueue;
 pub use subscriptions::{
     ManagedSubscription, SubscriptionError, SubscriptionManager, SubscriptionSpec, max_lifetime,
 };
+pub use validation::{CHANGE_TRACKING_PUBLISHER, ValidationTokenError, ValidationTokenValidator};
 pub use worker::NotificationWorker;

@@ -74,12 +74,21 @@ pub struct WebhookReceiverBuilder {
     states: Arc<dyn ClientStates>,
     queue: Arc<dyn NotificationQueue>,
     body_limit: usize,
+    validation: Option<Arc<super::ValidationTokenValidator>>,
 }
 
 impl WebhookReceiverBuilder {
     /// The largest body accepted (larger ones get 413).
     pub fn body_limit(mut self, bytes: usize) -> Self {
         self.body_limit = bytes.max(1_024);
+        self
+    }
+
+    /// Checks the `validationTokens` of POSTs that carry rich notifications (resource
+    /// data): refused with 403 unless Microsoft Graph signed them for this app. Without
+    /// it, rich notifications are believed on their `clientState` alone.
+    pub fn validation_tokens(mut self, validator: Arc<super::ValidationTokenValidator>) -> Self {
+        self.validation = Some(validator);
         self
     }
 
@@ -91,6 +100,7 @@ impl WebhookReceiverBuilder {
                 states: self.states,
                 queue: self.queue,
                 body_limit: self.body_limit,
+                validation: self.validation,
                 recent: Mutex::new(Recent::default()),
                 admitted: tokio::sync::Semaphore::new(MAX_CONCURRENT),
             }),
@@ -132,6 +142,7 @@ struct Inner {
     states: Arc<dyn ClientStates>,
     queue: Arc<dyn NotificationQueue>,
     body_limit: usize,
+    validation: Option<Arc<super::ValidationTokenValidator>>,
     recent: Mutex<Recent>,
     admitted: tokio::sync::Semaphore,
 }
@@ -147,6 +158,7 @@ impl WebhookReceiver {
             states,
             queue,
             body_limit: DEFAULT_BODY_LIMIT,
+            validation: None,
         }
     }
 
@@ -236,6 +248,13 @@ async fn receive(
     }
     if believed.is_empty() && total > 0 {
         return StatusCode::FORBIDDEN.into_response();
+    }
+    if let Some(validator) = &inner.validation
+        && believed.iter().any(|n| n.encrypted_content.is_some())
+        && let Err(error) = validator.check(&batch.validation_tokens).await
+    {
+        tracing::warn!(%error, "webhook: rich notifications refused");
+        return rejected("validation_token", StatusCode::FORBIDDEN);
     }
     // Duplicates are known by Graph's notification id: without one, two genuine
     // changes may look alike, so nothing is dropped (handlers are idempotent).
