@@ -179,7 +179,9 @@ async fn rich_notifications_are_believed_on_their_validation_tokens_and_decrypte
             .await
             .unwrap();
     assert!(matches!(
-        graphs_audience.check(std::slice::from_ref(&app_token)).await,
+        graphs_audience
+            .check(std::slice::from_ref(&app_token))
+            .await,
         Err(ValidationTokenError::WrongPublisher)
     ));
     assert_eq!(post(vec![app_token]).await, 403);
@@ -216,6 +218,34 @@ async fn rich_notifications_are_believed_on_their_validation_tokens_and_decrypte
         other_tenant.check(std::slice::from_ref(&genuine)).await,
         Err(ValidationTokenError::Invalid(_))
     ));
+    // PyJWT, an independent library, verifies the emulator's validation token with
+    // the keys its discovery document names.
+    let script = r#"
+import json, sys, urllib.request, jwt
+jwks = json.load(urllib.request.urlopen(sys.argv[1]))
+token = sys.argv[2]
+kid = jwt.get_unverified_header(token)["kid"]
+key = next(k for k in jwks["keys"] if k["kid"] == kid)
+claims = jwt.decode(token, jwt.PyJWK(key).key, algorithms=[key["alg"]], audience="app", issuer=sys.argv[3])
+print(claims.get("azp") or claims.get("client_id"))
+"#;
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .arg(format!("{}/common/discovery/v2.0/keys", graph.base_url()))
+        .arg(&genuine)
+        .arg(format!("{}/{TENANT_ID}/v2.0", graph.base_url()))
+        .output()
+        .expect("python3 with PyJWT (apt-get install python3-jwt python3-cryptography)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        keel_graph_client::webhook::CHANGE_TRACKING_PUBLISHER
+    );
     let mut forged = genuine.clone();
     let last = forged.pop().unwrap();
     forged.push(if last == 'A' { 'B' } else { 'A' });
