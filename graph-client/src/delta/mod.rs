@@ -61,6 +61,8 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+#[cfg(feature = "postgres")]
+pub use store::PostgresDeltaStore;
 #[cfg(feature = "redis")]
 pub use store::RedisDeltaStore;
 pub use store::{DeltaStore, FileDeltaStore, MemoryDeltaStore, StoreError, StoreFuture};

@@ -333,3 +333,140 @@ impl DeltaStore for RedisDeltaStore {
         })
     }
 }
+
+/// The migrations of [`PostgresDeltaStore`], in order: (version, SQL).
+#[cfg(feature = "postgres")]
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/0001_graph_state.sql"))];
+
+/// Serializes migrations across instances (`pg_advisory_xact_lock`).
+#[cfg(feature = "postgres")]
+const MIGRATION_LOCK: i64 = 0x6b65_656c_6772_6170; // "keelgrap"
+
+/// A store in PostgreSQL (feature `postgres`): one row per key in `keel_graph_state`,
+/// written whole by one statement (`INSERT … ON CONFLICT DO UPDATE`), durable once it
+/// returns. The schema ships with the crate (`migrations/`); run
+/// [`migrate`](Self::migrate) at start.
+///
+/// ```no_run
+/// use keel_graph_client::delta::PostgresDeltaStore;
+/// # async fn demo(pool: deadpool_postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {
+/// let store = PostgresDeltaStore::new(pool);
+/// store.migrate().await?;
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "postgres")]
+#[derive(Clone)]
+pub struct PostgresDeltaStore {
+    pool: deadpool_postgres::Pool,
+}
+
+#[cfg(feature = "postgres")]
+impl std::fmt::Debug for PostgresDeltaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresDeltaStore").finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "postgres")]
+fn postgres_failed<E: std::fmt::Display>(action: &'static str) -> impl FnOnce(E) -> StoreError {
+    move |e| StoreError::Io {
+        action,
+        path: PathBuf::from("postgres"),
+        source: std::io::Error::other(e.to_string().chars().take(200).collect::<String>()),
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl PostgresDeltaStore {
+    /// A store on `pool`.
+    #[must_use]
+    pub fn new(pool: deadpool_postgres::Pool) -> Self {
+        PostgresDeltaStore { pool }
+    }
+
+    /// Applies the migrations this version ships that the database lacks, in one
+    /// transaction, one instance at a time. Returns how many ran.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the database refuses; nothing is half-applied.
+    pub async fn migrate(&self) -> Result<usize, StoreError> {
+        let mut client = self.pool.get().await.map_err(postgres_failed("connect"))?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(postgres_failed("migrate"))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(postgres_failed("migrate"))?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS keel_graph_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        )
+        .await
+        .map_err(postgres_failed("migrate"))?;
+        let done: Vec<i32> = tx
+            .query("SELECT version FROM keel_graph_migrations", &[])
+            .await
+            .map_err(postgres_failed("migrate"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut ran = 0;
+        for (version, sql) in MIGRATIONS {
+            if done.contains(version) {
+                continue;
+            }
+            tx.batch_execute(sql)
+                .await
+                .map_err(postgres_failed("migrate"))?;
+            tx.execute(
+                "INSERT INTO keel_graph_migrations (version) VALUES ($1)",
+                &[version],
+            )
+            .await
+            .map_err(postgres_failed("migrate"))?;
+            ran += 1;
+        }
+        tx.commit().await.map_err(postgres_failed("migrate"))?;
+        Ok(ran)
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl DeltaStore for PostgresDeltaStore {
+    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<String>> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(postgres_failed("connect"))?;
+            let row = client
+                .query_opt("SELECT value FROM keel_graph_state WHERE key = $1", &[&key])
+                .await
+                .map_err(postgres_failed("read"))?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    fn save<'a>(&'a self, key: &'a str, value: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(postgres_failed("connect"))?;
+            client
+                .execute(
+                    "INSERT INTO keel_graph_state (key, value) VALUES ($1, $2) \
+                     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
+                    &[&key, &value],
+                )
+                .await
+                .map_err(postgres_failed("write"))?;
+            Ok(())
+        })
+    }
+
+    fn remove<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(postgres_failed("connect"))?;
+            client
+                .execute("DELETE FROM keel_graph_state WHERE key = $1", &[&key])
+                .await
+                .map_err(postgres_failed("remove"))?;
+            Ok(())
+        })
+    }
+}
