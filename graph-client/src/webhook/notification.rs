@@ -163,6 +163,18 @@ impl NotificationError {
 /// wrong type or too long, an unknown `changeType` or `lifecycleEvent`, bad encrypted
 /// content.
 pub fn parse_notifications(body: &[u8]) -> Result<NotificationBatch, NotificationError> {
+    // The usual body, read straight into borrowed fields; anything unusual (a wrong
+    // type, a duplicate key) goes the slow way, which says what is wrong and where.
+    if let Ok(fast) = serde_json::from_slice::<FastBody<'_>>(body)
+        && let Some(batch) = fast.checked()
+    {
+        return batch;
+    }
+    parse_slowly(body)
+}
+
+/// Through a `serde_json::Value`: says what is wrong and where.
+fn parse_slowly(body: &[u8]) -> Result<NotificationBatch, NotificationError> {
     let Ok(Value::Object(mut root)) = serde_json::from_slice::<Value>(body) else {
         return Err(NotificationError::Body("not a JSON object"));
     };
@@ -202,61 +214,166 @@ pub fn parse_notifications(body: &[u8]) -> Result<NotificationBatch, Notificatio
     })
 }
 
-fn text(item: &Map<String, Value>, name: &str, max: usize) -> Result<Option<String>, String> {
-    match item.get(name) {
+/// The usual body, borrowed from the bytes.
+#[derive(Deserialize)]
+struct FastBody<'a> {
+    #[serde(borrow)]
+    value: Vec<FastItem<'a>>,
+    #[serde(default, rename = "validationTokens")]
+    validation_tokens: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FastItem<'a> {
+    #[serde(borrow, default)]
+    id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    subscription_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    subscription_expiration_date_time: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    change_type: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    lifecycle_event: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    resource: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    tenant_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    organization_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    client_state: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    resource_data: Option<Map<String, Value>>,
+    #[serde(default)]
+    encrypted_content: Option<Map<String, Value>>,
+}
+
+impl FastBody<'_> {
+    /// The batch when every bound holds; `None` to let the slow way say what is wrong.
+    fn checked(self) -> Option<Result<NotificationBatch, NotificationError>> {
+        if self.value.len() > MAX_ITEMS {
+            return Some(Err(NotificationError::TooMany));
+        }
+        let tokens = self.validation_tokens.unwrap_or_default();
+        if tokens.len() > MAX_TOKENS || tokens.iter().any(|t| t.len() > MAX_TOKEN) {
+            return None;
+        }
+        let short = |s: &Option<std::borrow::Cow<'_, str>>, max: usize| {
+            s.as_ref().is_none_or(|s| s.len() <= max)
+        };
+        let mut notifications = Vec::with_capacity(self.value.len());
+        for item in self.value {
+            let fits = short(&item.id, MAX_ID)
+                && short(&item.subscription_id, MAX_ID)
+                && short(&item.subscription_expiration_date_time, MAX_DATE)
+                && short(&item.resource, MAX_RESOURCE)
+                && short(&item.tenant_id, MAX_ID)
+                && short(&item.organization_id, MAX_ID)
+                && short(&item.client_state, MAX_CLIENT_STATE)
+                && item.encrypted_content.is_none()
+                && item
+                    .resource_data
+                    .as_ref()
+                    .is_none_or(|d| d.len() <= MAX_RESOURCE_DATA);
+            let kind = match (item.change_type.as_deref(), item.lifecycle_event.as_deref()) {
+                (_, Some(event)) => lifecycle_of(event).map(NotificationKind::Lifecycle),
+                (Some(change), None) => change_of(change).map(NotificationKind::Change),
+                (None, None) => None,
+            };
+            let (true, Some(kind), Some(subscription_id)) =
+                (fits, kind, item.subscription_id.filter(|s| !s.is_empty()))
+            else {
+                return None;
+            };
+            notifications.push(Notification {
+                id: item.id.map(Into::into),
+                subscription_id: subscription_id.into_owned(),
+                subscription_expiration: item.subscription_expiration_date_time.map(Into::into),
+                kind,
+                resource: item.resource.map(Into::into),
+                resource_data: item.resource_data,
+                tenant_id: item.tenant_id.or(item.organization_id).map(Into::into),
+                encrypted_content: None,
+                client_state: item.client_state.map(Into::into),
+            });
+        }
+        Some(Ok(NotificationBatch {
+            notifications,
+            validation_tokens: tokens,
+        }))
+    }
+}
+
+fn lifecycle_of(event: &str) -> Option<LifecycleEvent> {
+    match event {
+        "reauthorizationRequired" => Some(LifecycleEvent::ReauthorizationRequired),
+        "subscriptionRemoved" => Some(LifecycleEvent::SubscriptionRemoved),
+        "missed" => Some(LifecycleEvent::Missed),
+        _ => None,
+    }
+}
+
+fn change_of(change: &str) -> Option<ChangeType> {
+    match change {
+        "created" => Some(ChangeType::Created),
+        "updated" => Some(ChangeType::Updated),
+        "deleted" => Some(ChangeType::Deleted),
+        _ => None,
+    }
+}
+
+/// Takes field `name` out of `item`: a string of at most `max` bytes, or absent.
+fn take(item: &mut Map<String, Value>, name: &str, max: usize) -> Result<Option<String>, String> {
+    match item.remove(name) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.len() <= max => Ok(Some(s.clone())),
+        Some(Value::String(s)) if s.len() <= max => Ok(Some(s)),
         Some(Value::String(_)) => Err(format!("{name} is longer than {max} bytes")),
         Some(_) => Err(format!("{name} is not a string")),
     }
 }
 
+/// The most properties `resourceData` may hold.
+const MAX_RESOURCE_DATA: usize = 64;
+
 fn item_of(item: Value) -> Result<Notification, String> {
-    let Value::Object(item) = item else {
+    let Value::Object(mut item) = item else {
         return Err("not an object".into());
     };
-    let subscription_id = text(&item, "subscriptionId", MAX_ID)?
+    let subscription_id = take(&mut item, "subscriptionId", MAX_ID)?
         .filter(|s| !s.is_empty())
         .ok_or("no subscriptionId")?;
-    let change = text(&item, "changeType", 32)?;
-    let lifecycle = text(&item, "lifecycleEvent", 64)?;
+    let change = take(&mut item, "changeType", 32)?;
+    let lifecycle = take(&mut item, "lifecycleEvent", 64)?;
     let kind = match (change.as_deref(), lifecycle.as_deref()) {
-        (_, Some(event)) => NotificationKind::Lifecycle(match event {
-            "reauthorizationRequired" => LifecycleEvent::ReauthorizationRequired,
-            "subscriptionRemoved" => LifecycleEvent::SubscriptionRemoved,
-            "missed" => LifecycleEvent::Missed,
-            _ => return Err("unknown lifecycleEvent".into()),
-        }),
-        (Some(change), None) => NotificationKind::Change(match change {
-            "created" => ChangeType::Created,
-            "updated" => ChangeType::Updated,
-            "deleted" => ChangeType::Deleted,
-            _ => return Err("unknown changeType".into()),
-        }),
+        (_, Some(event)) => {
+            NotificationKind::Lifecycle(lifecycle_of(event).ok_or("unknown lifecycleEvent")?)
+        }
+        (Some(change), None) => {
+            NotificationKind::Change(change_of(change).ok_or("unknown changeType")?)
+        }
         (None, None) => return Err("neither changeType nor lifecycleEvent".into()),
     };
-    let resource_data = match item.get("resourceData") {
+    let resource_data = match item.remove("resourceData") {
         None | Some(Value::Null) => None,
-        Some(Value::Object(data))
-            if serde_json::to_vec(data).map_or(0, |v| v.len()) <= MAX_RESOURCE * 4 =>
-        {
-            Some(data.clone())
-        }
+        Some(Value::Object(data)) if data.len() <= MAX_RESOURCE_DATA => Some(data),
         Some(_) => return Err("resourceData is not a small object".into()),
     };
-    let encrypted_content = match item.get("encryptedContent") {
+    let encrypted_content = match item.remove("encryptedContent") {
         None | Some(Value::Null) => None,
-        Some(Value::Object(content)) => {
-            let field = |name: &str, max: usize| -> Result<String, String> {
-                text(content, name, max)?.ok_or_else(|| format!("encryptedContent has no {name}"))
+        Some(Value::Object(mut content)) => {
+            let mut field = |name: &str, max: usize| -> Result<String, String> {
+                take(&mut content, name, max)?
+                    .ok_or_else(|| format!("encryptedContent has no {name}"))
             };
             Some(EncryptedContent {
                 data: field("data", MAX_ENCRYPTED)?,
                 data_signature: field("dataSignature", 1_024)?,
                 data_key: field("dataKey", 4_096)?,
                 encryption_certificate_id: field("encryptionCertificateId", MAX_ID)?,
-                encryption_certificate_thumbprint: text(
-                    content,
+                encryption_certificate_thumbprint: take(
+                    &mut content,
                     "encryptionCertificateThumbprint",
                     MAX_ID,
                 )?
@@ -265,19 +382,20 @@ fn item_of(item: Value) -> Result<Notification, String> {
         }
         Some(_) => return Err("encryptedContent is not an object".into()),
     };
+    let tenant_id = match take(&mut item, "tenantId", MAX_ID)? {
+        Some(t) => Some(t),
+        None => take(&mut item, "organizationId", MAX_ID)?,
+    };
     Ok(Notification {
-        id: text(&item, "id", MAX_ID)?,
+        id: take(&mut item, "id", MAX_ID)?,
         subscription_id,
-        subscription_expiration: text(&item, "subscriptionExpirationDateTime", MAX_DATE)?,
+        subscription_expiration: take(&mut item, "subscriptionExpirationDateTime", MAX_DATE)?,
         kind,
-        resource: text(&item, "resource", MAX_RESOURCE)?,
+        resource: take(&mut item, "resource", MAX_RESOURCE)?,
         resource_data,
-        tenant_id: match text(&item, "tenantId", MAX_ID)? {
-            Some(t) => Some(t),
-            None => text(&item, "organizationId", MAX_ID)?,
-        },
+        tenant_id,
         encrypted_content,
-        client_state: text(&item, "clientState", MAX_CLIENT_STATE)?,
+        client_state: take(&mut item, "clientState", MAX_CLIENT_STATE)?,
     })
 }
 
@@ -327,7 +445,56 @@ mod tests {
         })
     }
 
+    /// Bodies shaped like Graph's, with odd values here and there.
+    fn notification_body() -> impl Strategy<Value = Value> {
+        let text = prop_oneof![
+            Just(Value::Null),
+            "[a-z0-9]{0,8}".prop_map(Value::String),
+            Just(Value::String("created".into())),
+            Just(Value::String("updated".into())),
+            Just(Value::String("missed".into())),
+            Just(Value::from(3)),
+        ];
+        let item = prop::collection::btree_map(
+            prop_oneof![
+                Just("subscriptionId".to_owned()),
+                Just("changeType".to_owned()),
+                Just("lifecycleEvent".to_owned()),
+                Just("clientState".to_owned()),
+                Just("resource".to_owned()),
+                Just("tenantId".to_owned()),
+                Just("organizationId".to_owned()),
+                Just("id".to_owned()),
+                Just("subscriptionExpirationDateTime".to_owned()),
+            ],
+            text,
+            0..9,
+        )
+        .prop_map(|m| {
+            let mut m: Map<String, Value> = m.into_iter().collect();
+            m.entry("subscriptionId".to_owned())
+                .or_insert(Value::String("sub".into()));
+            m.entry("changeType".to_owned())
+                .or_insert(Value::String("updated".into()));
+            Value::Object(m)
+        });
+        prop::collection::vec(item, 0..4).prop_map(|items| serde_json::json!({ "value": items }))
+    }
+
     proptest! {
+        /// Graph-shaped bodies: the fast path and the slow one agree.
+        #[test]
+        fn graph_shaped_bodies_parse_the_same_both_ways(value in notification_body()) {
+            let body = serde_json::to_vec(&value).unwrap();
+            let slow = parse_slowly(&body);
+            let both = parse_notifications(&body);
+            match (both, slow) {
+                (Ok(f), Ok(s)) => prop_assert_eq!(&f.notifications, &s.notifications),
+                (Err(f), Err(s)) => prop_assert_eq!(f, s),
+                (f, s) => prop_assert!(false, "fast {:?} slow {:?}", f.map(|b| b.notifications), s.map(|b| b.notifications)),
+            }
+        }
+
         /// Any JSON, however shaped: a batch or a typed error, never a panic; what
         /// parses satisfies the bounds.
         #[test]
@@ -337,6 +504,27 @@ mod tests {
                 prop_assert!(batch.notifications.len() <= MAX_ITEMS);
                 for n in &batch.notifications {
                     prop_assert!(!n.subscription_id.is_empty());
+                }
+            }
+        }
+
+        /// The fast path and the slow one agree wherever the fast one answers.
+        #[test]
+        fn the_fast_path_agrees_with_the_slow_one(value in json_value()) {
+            let body = serde_json::to_vec(&value).unwrap();
+            if let Ok(fast) = serde_json::from_slice::<FastBody<'_>>(&body)
+                && let Some(fast) = fast.checked()
+            {
+                let slow = parse_slowly(&body);
+                match (fast, slow) {
+                    (Ok(f), Ok(s)) => {
+                        prop_assert_eq!(&f.notifications, &s.notifications);
+                        prop_assert_eq!(f.notifications.iter().map(|n| &n.client_state).collect::<Vec<_>>(),
+                            s.notifications.iter().map(|n| &n.client_state).collect::<Vec<_>>());
+                        prop_assert_eq!(f.validation_tokens, s.validation_tokens);
+                    }
+                    (Err(f), Err(s)) => prop_assert_eq!(f, s),
+                    (f, s) => prop_assert!(false, "fast {:?} slow {:?}", f.map(|b| b.notifications), s.map(|b| b.notifications)),
                 }
             }
         }
