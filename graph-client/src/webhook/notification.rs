@@ -165,7 +165,7 @@ impl NotificationError {
 pub fn parse_notifications(body: &[u8]) -> Result<NotificationBatch, NotificationError> {
     // The usual body, read straight into borrowed fields; anything unusual (a wrong
     // type, a duplicate key) goes the slow way, which says what is wrong and where.
-    if let Ok(fast) = serde_json::from_slice::<FastBody<'_>>(body)
+    if let Ok(MapOnly(fast)) = serde_json::from_slice::<MapOnly<FastBody<'_>>>(body)
         && let Some(batch) = fast.checked()
     {
         return batch;
@@ -214,11 +214,33 @@ fn parse_slowly(body: &[u8]) -> Result<NotificationBatch, NotificationError> {
     })
 }
 
+/// A struct read from a JSON object only (serde's derive also takes an array, field by
+/// field in order: Graph never sends one, and the slow path refuses it).
+struct MapOnly<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for MapOnly<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Objects<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Objects<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer
+            .deserialize_map(Objects(std::marker::PhantomData))
+            .map(MapOnly)
+    }
+}
+
 /// The usual body, borrowed from the bytes.
 #[derive(Deserialize)]
 struct FastBody<'a> {
     #[serde(borrow)]
-    value: Vec<FastItem<'a>>,
+    value: Vec<MapOnly<FastItem<'a>>>,
     #[serde(default, rename = "validationTokens")]
     validation_tokens: Option<Vec<String>>,
 }
@@ -264,7 +286,7 @@ impl FastBody<'_> {
             s.as_ref().is_none_or(|s| s.len() <= max)
         };
         let mut notifications = Vec::with_capacity(self.value.len());
-        for item in self.value {
+        for MapOnly(item) in self.value {
             let fits = short(&item.id, MAX_ID)
                 && short(&item.subscription_id, MAX_ID)
                 && short(&item.subscription_expiration_date_time, MAX_DATE)
@@ -512,7 +534,7 @@ mod tests {
         #[test]
         fn the_fast_path_agrees_with_the_slow_one(value in json_value()) {
             let body = serde_json::to_vec(&value).unwrap();
-            if let Ok(fast) = serde_json::from_slice::<FastBody<'_>>(&body)
+            if let Ok(MapOnly(fast)) = serde_json::from_slice::<MapOnly<FastBody<'_>>>(&body)
                 && let Some(fast) = fast.checked()
             {
                 let slow = parse_slowly(&body);
