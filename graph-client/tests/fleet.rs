@@ -93,7 +93,7 @@ async fn one_instance_renews_and_another_takes_over_when_it_dies() {
 
     // A starts first and holds the lease; B follows, and learns the subscription
     // (and its clientState) from the store.
-    let period = Duration::from_millis(100);
+    let period = Duration::from_millis(400);
     let running_a = {
         let (a, lease) = (a.clone(), lease_a.clone());
         tokio::spawn(async move { a.run_with(lease, period).await })

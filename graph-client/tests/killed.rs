@@ -114,14 +114,14 @@ fn child_sync() {
         let cloud = keel_graph_client::Cloud::custom(base_url, base_url).unwrap();
         let tracker = tracker(client(base_url, cloud), store(kind, place).await);
         tracker
-            .round(|page: DeltaPage<User>| {
+            .round(|page: DeltaPage<User>| async move {
+                // Slow work, then the page kept: a kill lands before or after either.
+                tokio::time::sleep(Duration::from_millis(150)).await;
                 keep(copy, &page);
                 println!("page");
                 std::io::stdout().flush().unwrap();
-                async {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    Ok::<(), std::io::Error>(())
-                }
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                Ok::<(), std::io::Error>(())
             })
             .await
             .unwrap();

@@ -288,6 +288,22 @@ async fn notifications_drive_delta_rounds_that_keep_a_local_copy_current() {
     // Not renewed any more: it expires.
     clock.advance(Duration::from_secs(40 * 86_400));
     assert_eq!(graph.subscription_count(), 0);
+    // Renewing what Graph let expire creates it again (once: no lock held twice).
+    let again = tokio::time::timeout(Duration::from_secs(10), restarted.renew("users"))
+        .await
+        .expect("renewing an expired subscription finished")
+        .unwrap();
+    assert_ne!(again.id, recreated.id);
+    assert_eq!(graph.subscription_count(), 1);
+    // Graph removes it: the lifecycle event arrives; after that, changes are unheard.
+    assert!(graph.send_lifecycle_event(&again.id, "subscriptionRemoved"));
+    assert_eq!(graph.subscription_count(), 0);
+    wait_for(|| queue.len() == 1).await;
+    let removal = queue.next().await.unwrap().unwrap();
+    assert_eq!(
+        removal.notification.kind,
+        NotificationKind::Lifecycle(LifecycleEvent::SubscriptionRemoved)
+    );
     assert!(graph.update_user(
         TENANT,
         &users[8],

@@ -28,8 +28,8 @@ pub(crate) const MAX_LIFETIME_MINUTES: &[(&str, u64)] = &[("users", 41_760), ("g
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DELIVERY_ATTEMPTS: u32 = 4;
 
-/// A subscription the emulator holds.
-#[derive(Clone, Debug)]
+/// A subscription the emulator holds (its `Debug` leaves the `clientState` out).
+#[derive(Clone)]
 pub(crate) struct Subscription {
     pub(crate) id: String,
     pub(crate) tenant: String,
@@ -43,6 +43,15 @@ pub(crate) struct Subscription {
     /// For rich notifications: the certificate's public key (DER SubjectPublicKeyInfo)
     /// and the id the subscriber gave it.
     pub(crate) encryption: Option<(Vec<u8>, String)>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .field("resource", &self.resource)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Subscription {
@@ -120,10 +129,21 @@ fn field<'a>(body: &'a Value, name: &str) -> Option<&'a str> {
 
 /// A URL the emulator will post to: HTTPS, or HTTP on loopback (for tests).
 fn url_ok(url: &str) -> bool {
-    url.starts_with("https://")
-        || url.starts_with("http://127.0.0.1")
-        || url.starts_with("http://localhost")
-        || url.starts_with("http://[::1]")
+    if url.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    matches!(host, "127.0.0.1" | "localhost" | "[::1]")
 }
 
 fn parse_time(text: &str) -> Option<SystemTime> {

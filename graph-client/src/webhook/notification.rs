@@ -236,8 +236,10 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for MapOnly<T> {
     }
 }
 
-/// The usual body, borrowed from the bytes.
+/// The usual body, borrowed from the bytes. Unknown fields send the body the slow way
+/// (skipping them here would not check them as the slow path does).
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FastBody<'a> {
     #[serde(borrow)]
     value: Vec<MapOnly<FastItem<'a>>>,
@@ -246,7 +248,7 @@ struct FastBody<'a> {
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct FastItem<'a> {
     #[serde(borrow, default)]
     id: Option<std::borrow::Cow<'a, str>>,
@@ -294,6 +296,8 @@ impl FastBody<'_> {
                 && short(&item.tenant_id, MAX_ID)
                 && short(&item.organization_id, MAX_ID)
                 && short(&item.client_state, MAX_CLIENT_STATE)
+                && short(&item.change_type, 32)
+                && short(&item.lifecycle_event, 64)
                 && item.encrypted_content.is_none()
                 && item
                     .resource_data
@@ -589,6 +593,29 @@ mod tests {
             "x".repeat(MAX_CLIENT_STATE + 1)
         );
         assert!(parse_notifications(long_state.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn odd_bodies_get_the_same_answer_both_ways() {
+        for body in [
+            format!(
+                r#"{{"value":[{{"subscriptionId":"s","lifecycleEvent":"missed","changeType":"{}"}}]}}"#,
+                "c".repeat(40)
+            ),
+            r#"{"value":[{"subscriptionId":"s","changeType":"created","extra":1e400}]}"#.to_owned(),
+            r#"{"value":[{"subscriptionId":"s","changeType":"created","extra":"\ud800"}]}"#
+                .to_owned(),
+            r#"{"value":[],"odd":1e400}"#.to_owned(),
+            r#"{"value":[{"subscriptionId":"s","changeType":"created","subscriptionId":"t"}]}"#
+                .to_owned(),
+            r#"[[]]"#.to_owned(),
+        ] {
+            assert_eq!(
+                parse_notifications(body.as_bytes()).map(|b| b.notifications),
+                parse_slowly(body.as_bytes()).map(|b| b.notifications),
+                "{body}"
+            );
+        }
     }
 
     #[test]

@@ -382,18 +382,20 @@ impl SubscriptionManager {
     /// [`SubscriptionError::Store`].
     pub async fn resume(&self) -> Result<usize, SubscriptionError> {
         let names = self.names().await?;
-        let mut loaded = 0;
+        let mut stored = HashMap::new();
         for name in names {
-            // Replaced in place: the receiver never sees the name missing meanwhile.
-            if let Some(stored) = self.load_stored(&name).await? {
-                self.inner
-                    .known
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(name, stored);
-                loaded += 1;
+            if let Some(subscription) = self.load_stored(&name).await? {
+                stored.insert(name, subscription);
             }
         }
+        let loaded = stored.len();
+        // Swapped whole: exactly what the store holds (a name another instance deleted
+        // is no longer believed), and never a moment without the others.
+        *self
+            .inner
+            .known
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = stored;
         Ok(loaded)
     }
 
@@ -585,7 +587,7 @@ impl SubscriptionManager {
                     name,
                     "subscription: Graph no longer knows it; creating it again"
                 );
-                self.create(name, &current.spec).await
+                self.create_locked(name, &current.spec).await
             }
             Err(error) => Err(error.into()),
         }
