@@ -256,7 +256,12 @@ print(claims.get("azp") or claims.get("client_id"))
         'A'
     };
     let forged: String = forged.into_iter().collect();
-    assert!(validator.check(std::slice::from_ref(&forged)).await.is_err());
+    assert!(
+        validator
+            .check(std::slice::from_ref(&forged))
+            .await
+            .is_err()
+    );
     assert_eq!(post(vec![forged]).await, 403);
     assert_eq!(post(vec![genuine]).await, 202);
 }
