@@ -270,28 +270,7 @@ fn random_state() -> String {
 }
 
 fn rfc3339(at: SystemTime) -> String {
-    let secs = at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3_600,
-        rem % 3_600 / 60,
-        rem % 60
-    )
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 impl SubscriptionManager {
@@ -841,40 +820,9 @@ impl ClientStates for SubscriptionManager {
 }
 
 fn parse_time(text: &str) -> Option<SystemTime> {
-    // `2026-12-01T00:00:00Z`, `2026-12-01T00:00:00.123Z`, `…+00:00`.
-    let text = text.trim();
-    let (date, time) = text.split_once('T')?;
-    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (year, month, day) = (d.next()??, d.next()??, d.next()??);
-    // UTC only: `Z` or `+00:00` (Graph answers in UTC).
-    let time = time
-        .strip_suffix('Z')
-        .or_else(|| time.strip_suffix("+00:00"))
-        .unwrap_or(time);
-    if time.contains(['+', 'Z']) || time.matches('-').count() > 0 {
-        return None;
-    }
-    let mut t = time.splitn(3, ':');
-    let hour: u64 = t.next()?.parse().ok()?;
-    let minute: u64 = t.next()?.parse().ok()?;
-    let second: u64 = t.next()?.split('.').next()?.parse().ok()?;
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
-    }
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = u64::try_from(days).ok()? * 86_400 + hour * 3_600 + minute * 60 + second;
+    // RFC 3339 in UTC (`Z`), as Graph answers; a fraction of a second is dropped.
+    let at = humantime::parse_rfc3339(text.trim()).ok()?;
+    let secs = at.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs();
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
