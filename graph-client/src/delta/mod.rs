@@ -53,6 +53,7 @@
 //! # Ok(()) }
 //! ```
 
+mod feed;
 mod store;
 
 use std::collections::HashMap;
@@ -61,6 +62,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+pub use feed::{ChangeFeed, ChangeFeedBuilder, FeedError, FeedStatus};
 #[cfg(feature = "postgres")]
 pub use store::PostgresDeltaStore;
 #[cfg(feature = "redis")]
@@ -98,6 +100,7 @@ pub struct DeltaQuery {
     select: Vec<String>,
     latest: bool,
     page_size: Option<u16>,
+    version: Option<crate::ApiVersion>,
 }
 
 impl DeltaQuery {
@@ -111,6 +114,25 @@ impl DeltaQuery {
         Self::path("/groups/delta")
     }
 
+    /// The tasks of a Planner plan (`/planner/plans/{id}/tasks/delta`), on Graph's
+    /// `beta`, the only version that serves it, whatever the client's version. Planner
+    /// takes no `$select` and no `$deltatoken=latest` on delta: leave them out. Graph
+    /// sends no change notifications for Planner, so run its rounds on a timer
+    /// ([`ChangeFeed::poll_every`](crate::webhook::ChangeFeed::poll_every) with feature
+    /// `webhooks`).
+    ///
+    /// ```
+    /// use keel_graph_client::delta::DeltaQuery;
+    ///
+    /// let tasks = DeltaQuery::plan_tasks("xqQg5FS2LkCp935s-FIFm2QAFkHM").page_size(200);
+    /// # drop(tasks);
+    /// ```
+    pub fn plan_tasks(plan_id: &str) -> Self {
+        let mut query = Self::path(&format!("/planner/plans/{plan_id}/tasks/delta"));
+        query.version = Some(crate::ApiVersion::Beta);
+        query
+    }
+
     /// Any delta function, by its path after the version (`/me/mailFolders/delta`).
     pub fn path(path: &str) -> Self {
         DeltaQuery {
@@ -118,7 +140,14 @@ impl DeltaQuery {
             select: Vec::new(),
             latest: false,
             page_size: None,
+            version: None,
         }
+    }
+
+    /// On this API version instead of the client's.
+    pub fn version(mut self, version: crate::ApiVersion) -> Self {
+        self.version = Some(version);
+        self
     }
 
     /// Only these properties (changes to others are not tracked, as Graph documents).
@@ -148,6 +177,9 @@ impl DeltaQuery {
     /// preference that every page repeats.
     fn request(&self, first: bool) -> GraphRequest {
         let mut request = GraphRequest::get(&self.path);
+        if let Some(version) = self.version {
+            request = request.version(version);
+        }
         if first && !self.select.is_empty() {
             request = request.select(&self.select);
         }

@@ -6,6 +6,10 @@
 //! once and carried inside the tokens. After [`Emulator::reset_delta`](super::Emulator::reset_delta)
 //! older links are refused: `410 Gone` with a `Location` to start again, or
 //! `400 syncStateNotFound`.
+//!
+//! Planner tasks of a plan (`/planner/plans/{id}/tasks/delta`) the same way, on `beta`
+//! only, as Graph serves them: no query options but the tokens, removed tasks with
+//! `"reason": "deleted"`, each page in the order the tasks last changed.
 
 use std::sync::Arc;
 
@@ -37,6 +41,10 @@ pub(crate) fn routes() -> Router<Arc<State>> {
         .route("/{version}/users/delta()", get(users_delta))
         .route("/{version}/users/microsoft.graph.delta", get(users_delta))
         .route("/{version}/users/microsoft.graph.delta()", get(users_delta))
+        .route(
+            "/{version}/planner/plans/{id}/tasks/delta",
+            get(tasks_delta),
+        )
 }
 
 /// What a delta or skip token carries (opaque to clients: base64 of this JSON).
@@ -314,13 +322,149 @@ fn refuse_old(
     users: &Users,
     select: Option<&[String]>,
 ) -> Response {
-    match users.reset {
+    let mut fresh = format!("{}/{version}/users/delta", state.base);
+    if let Some(fields) = select {
+        fresh.push_str("?$select=");
+        crate::request::encode_query_value(&fields.join(","), &mut fresh);
+    }
+    refuse(state, headers, users.reset, &fresh)
+}
+
+/// Planner's read permissions.
+const READ_TASKS: &[&str] = &[
+    "Tasks.Read.All",
+    "Tasks.ReadWrite.All",
+    "Group.Read.All",
+    "Group.ReadWrite.All",
+];
+
+/// `/planner/plans/{id}/tasks/delta` (beta). A position's `s` is the version the round
+/// reports changes after (0: the first round, which lists the plan's tasks), `u` the
+/// last version when the round started (the first round reports deletions after it),
+/// and `c` the version of the last task given.
+async fn tasks_delta(
+    Shared(state): Shared<Arc<State>>,
+    Path((version, plan)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let tenant = match prepare(&state, &version, &headers, None, READ_TASKS, &[]) {
+        Ok((tenant, _)) => tenant,
+        Err(refused) => return *refused,
+    };
+    if version != "beta" {
+        return bad_request(
+            &state,
+            &headers,
+            "Resource not found for the segment 'delta'.",
+        );
+    }
+    let start = match parse_tokens(query.as_deref()) {
+        Ok(start) => start,
+        Err(message) => return bad_request(&state, &headers, &message),
+    };
+    let size = page_size(&headers);
+    let planner = tenant.planner();
+    if !planner.has_plan(&plan) {
+        drop(planner);
+        return super::graph::not_found(&state, &headers, &plan);
+    }
+    let base = format!("{}/{version}/planner/plans/{plan}/tasks/delta", state.base);
+    let link = |kind: &str, position: &Position| format!("{base}?{kind}={}", position.encode());
+    let now = planner.current();
+    let position = match start {
+        Start::Fresh(_) => Position {
+            e: planner.delta_epoch,
+            s: 0,
+            u: now,
+            c: 0,
+            sel: None,
+        },
+        Start::Latest(_) => {
+            return bad_request(&state, &headers, "Invalid delta token.");
+        }
+        Start::Delta(p) | Start::Skip(p) if p.e != planner.delta_epoch => {
+            let how = planner.delta_reset;
+            drop(planner);
+            return refuse(&state, &headers, how, &base);
+        }
+        Start::Delta(p) => Position {
+            e: p.e,
+            s: p.s,
+            u: p.u,
+            c: usize::try_from(p.s).unwrap_or(usize::MAX),
+            sel: None,
+        },
+        Start::Skip(p) => p,
+    };
+    let removed_after = if position.s == 0 { position.u } else { 0 };
+    let (changes, more) = planner.task_changes(
+        &plan,
+        u64::try_from(position.c).unwrap_or(u64::MAX),
+        removed_after,
+        size,
+    );
+    let last = changes
+        .last()
+        .map_or(u64::try_from(position.c).unwrap_or(u64::MAX), |(v, _)| *v);
+    drop(planner);
+    let mut body = Map::new();
+    body.insert(
+        "@odata.context".into(),
+        json!(format!(
+            "{}/{version}/$metadata#Collection(microsoft.graph.plannerTask)",
+            state.base
+        )),
+    );
+    if more {
+        let next = Position {
+            c: usize::try_from(last).unwrap_or(usize::MAX),
+            ..position
+        };
+        body.insert("@odata.nextLink".into(), json!(link("$skiptoken", &next)));
+    } else {
+        // Nothing in the plan changed after `last` up to `now`: the next round starts there.
+        let done = Position {
+            e: position.e,
+            s: now,
+            u: now,
+            c: 0,
+            sel: None,
+        };
+        body.insert("@odata.deltaLink".into(), json!(link("$deltatoken", &done)));
+    }
+    body.insert(
+        "value".into(),
+        Value::Array(changes.into_iter().map(|(_, item)| item).collect()),
+    );
+    ok(&state, &headers, &Value::Object(body))
+}
+
+/// A query of delta tokens only (Planner takes no other option).
+fn parse_tokens(query: Option<&str>) -> Result<Start, String> {
+    let has_other = query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .any(|pair| {
+            let key = decode(pair.split_once('=').map_or(pair, |(k, _)| k)).unwrap_or_default();
+            !matches!(
+                key.to_ascii_lowercase().as_str(),
+                "$deltatoken" | "$skiptoken"
+            )
+        });
+    if has_other {
+        return Err(
+            "Planner's delta takes no query options but $deltatoken and $skiptoken.".into(),
+        );
+    }
+    parse(query)
+}
+
+/// A link from before a reset, on a Planner delta.
+fn refuse(state: &State, headers: &HeaderMap, how: DeltaReset, fresh: &str) -> Response {
+    match how {
         DeltaReset::Gone => {
-            let mut fresh = format!("{}/{version}/users/delta", state.base);
-            if let Some(fields) = select {
-                fresh.push_str("?$select=");
-                crate::request::encode_query_value(&fields.join(","), &mut fresh);
-            }
             let mut response = error(
                 state,
                 headers,
@@ -328,7 +472,7 @@ fn refuse_old(
                 "resyncRequired",
                 "The delta state is no longer valid: synchronize again from the link in the Location header.",
             );
-            if let Ok(location) = HeaderValue::from_str(&fresh) {
+            if let Ok(location) = HeaderValue::from_str(fresh) {
                 response.headers_mut().insert(header::LOCATION, location);
             }
             response

@@ -26,6 +26,7 @@ pub struct TenantSeed {
     pub(crate) clients: Vec<Client>,
     pub(crate) users: usize,
     pub(crate) groups: usize,
+    pub(crate) extra_tasks: usize,
 }
 
 impl std::fmt::Debug for TenantSeed {
@@ -40,6 +41,7 @@ impl std::fmt::Debug for TenantSeed {
             )
             .field("users", &self.users)
             .field("groups", &self.groups)
+            .field("extra_tasks", &self.extra_tasks)
             .finish()
     }
 }
@@ -65,6 +67,7 @@ impl TenantSeed {
             clients: Vec::new(),
             users: 0,
             groups: 0,
+            extra_tasks: 0,
         }
     }
 
@@ -132,6 +135,21 @@ impl TenantSeed {
     /// `Announcements`.
     pub fn groups(mut self, n: usize) -> Self {
         self.groups = n;
+        self
+    }
+
+    /// `n` more tasks in each group's plan (`Backlog item 1`, …, in its `To do` bucket),
+    /// besides the four every plan has.
+    ///
+    /// ```
+    /// use keel_graph_client::emulator::TenantSeed;
+    ///
+    /// // 20 plans of 4 + 16 tasks: 400 tasks.
+    /// let seed = TenantSeed::new("contoso", "contoso.onmicrosoft.com").groups(20).extra_tasks(16);
+    /// # drop(seed);
+    /// ```
+    pub fn extra_tasks(mut self, n: usize) -> Self {
+        self.extra_tasks = n;
         self
     }
 
@@ -266,6 +284,7 @@ impl Tenant {
             members.insert(id, chosen);
             groups.push(group);
         }
+        planner.add_tasks(seed.extra_tasks);
         Tenant {
             seed,
             users: RwLock::new(Users::seeded(users)),

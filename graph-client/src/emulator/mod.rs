@@ -533,13 +533,17 @@ impl Emulator {
             .count()
     }
 
-    /// Invalidates every delta link of `tenant` given so far: they are refused from now
+    /// Invalidates every delta link of `tenant` given so far (users and Planner tasks): they are refused from now
     /// on as `how` says, and the client must synchronize again from the start.
     pub fn reset_delta(&self, tenant: &str, how: DeltaReset) {
         if let Some(t) = self.state.tenant(tenant) {
             let mut users = t.users_mut();
             users.epoch += 1;
             users.reset = how;
+            drop(users);
+            let mut planner = t.planner();
+            planner.delta_epoch += 1;
+            planner.delta_reset = how;
         }
     }
 

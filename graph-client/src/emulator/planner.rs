@@ -72,6 +72,12 @@ pub(crate) struct PlannerStore {
     buckets: BTreeMap<String, Item>,
     tasks: BTreeMap<String, Item>,
     details: HashMap<String, Item>,
+    /// Deleted tasks, for delta: each id's plan and the version of its deletion.
+    removed: HashMap<String, (String, u64)>,
+    /// Bumped when delta state is reset: tokens of an older epoch are refused.
+    pub(crate) delta_epoch: u64,
+    /// How tokens of older epochs are refused.
+    pub(crate) delta_reset: super::directory::DeltaReset,
 }
 
 impl PlannerStore {
@@ -83,6 +89,77 @@ impl PlannerStore {
             buckets: BTreeMap::new(),
             tasks: BTreeMap::new(),
             details: HashMap::new(),
+            removed: HashMap::new(),
+            delta_epoch: 1,
+            delta_reset: super::directory::DeltaReset::Gone,
+        }
+    }
+
+    /// Whether `plan` exists.
+    pub(crate) fn has_plan(&self, plan: &str) -> bool {
+        self.plans.contains_key(plan)
+    }
+
+    /// The last version given to any Planner item: a delta round's snapshot.
+    pub(crate) fn current(&self) -> u64 {
+        self.next
+    }
+
+    /// The tasks of `plan` changed after version `after` (with their ETags), and those
+    /// deleted after `removed_after`, in version order: at most `size` of them, each
+    /// with its version, and whether more are left.
+    pub(crate) fn task_changes(
+        &self,
+        plan: &str,
+        after: u64,
+        removed_after: u64,
+        size: usize,
+    ) -> (Vec<(u64, Value)>, bool) {
+        let in_plan = |item: &Item| item.data.get("planId").and_then(Value::as_str) == Some(plan);
+        let mut changes: Vec<(u64, Value)> = self
+            .tasks
+            .values()
+            .filter(|t| t.version > after && in_plan(t))
+            .map(|t| (t.version, Value::Object(t.view())))
+            .chain(
+                self.removed
+                    .iter()
+                    .filter(|(_, (p, v))| p == plan && *v > after.max(removed_after))
+                    .map(|(id, (_, v))| (*v, json!({"id": id, "@removed": {"reason": "deleted"}}))),
+            )
+            .collect();
+        changes.sort_unstable_by_key(|(v, _)| *v);
+        let more = changes.len() > size;
+        changes.truncate(size);
+        (changes, more)
+    }
+
+    /// Test data: `n` more tasks in each plan (in its first bucket), for tenants that
+    /// need more than the four seeded.
+    pub(crate) fn add_tasks(&mut self, n: usize) {
+        let plans: Vec<(String, Option<String>)> = self
+            .plans
+            .keys()
+            .map(|plan| {
+                let bucket = self
+                    .buckets
+                    .iter()
+                    .find(|(_, b)| b.data.get("planId").and_then(Value::as_str) == Some(plan))
+                    .map(|(id, _)| id.clone());
+                (plan.clone(), bucket)
+            })
+            .collect();
+        for (plan, bucket) in plans {
+            for k in 0..n {
+                let mut body = Map::new();
+                body.insert("planId".into(), json!(plan));
+                if let Some(bucket) = &bucket {
+                    body.insert("bucketId".into(), json!(bucket));
+                }
+                body.insert("title".into(), json!(format!("Backlog item {}", k + 1)));
+                body.insert("percentComplete".into(), json!((k * 10) % 100));
+                self.create_task(body, None);
+            }
         }
     }
 
@@ -565,7 +642,16 @@ async fn write(
         return *refused;
     }
     if delete {
-        store.tasks.remove(id);
+        if let Some(task) = store.tasks.remove(id) {
+            let plan = task
+                .data
+                .get("planId")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let version = store.version();
+            store.removed.insert(id.to_owned(), (plan, version));
+        }
         store.details.remove(id);
         drop(planner);
         let mut plain = headers.clone();

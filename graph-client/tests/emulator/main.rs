@@ -9,6 +9,7 @@ mod grants;
 mod independent;
 mod middleware;
 mod planner;
+mod planner_delta;
 
 use std::time::Duration;
 
