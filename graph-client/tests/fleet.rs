@@ -1,21 +1,22 @@
-//! Two instances of a service sharing Redis: one renews the subscriptions (it holds the
-//! lease), the other believes their notifications too; the renewer dies (its task
-//! stops, the lease is not given back) and the other takes over before the
-//! subscription expires. Against the emulator and a real redis-server.
+//! Two instances of a service sharing Redis, then PostgreSQL: one renews the
+//! subscriptions (it holds the lease), the other believes their notifications too; the
+//! renewer dies (its task stops, the lease is not given back) and the other takes over
+//! before the subscription expires. Against the emulator and a real redis-server and
+//! PostgreSQL; and the leases' own rules on each.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_graph_client::GraphClient;
-use keel_graph_client::delta::{DeltaStore, RedisDeltaStore};
+use keel_graph_client::delta::{DeltaStore, PostgresDeltaStore, RedisDeltaStore};
 use keel_graph_client::emulator::{Emulator, TenantSeed};
 use keel_graph_client::webhook::{
-    ClientStates, Lease, MemoryQueue, NotificationQueue, RedisLease, SubscriptionManager,
-    SubscriptionSpec, WebhookReceiver,
+    ClientStates, Lease, MemoryQueue, NotificationQueue, PostgresLease, RedisLease,
+    SubscriptionManager, SubscriptionSpec, WebhookReceiver,
 };
 use keel_resilience::RedisConnection;
 use keel_resilience::clock::{ManualClock, WallClock};
-use keel_testkit::RedisServer;
+use keel_testkit::{PostgresServer, RedisServer};
 use keel_token_manager::client::{Authority, CachingProvider, ClientSecretCredential};
 
 const TENANT: &str = "contoso.onmicrosoft.com";
@@ -45,9 +46,95 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+fn pool(url: &str) -> deadpool_postgres::Pool {
+    let mut config = deadpool_postgres::Config::new();
+    config.url = Some(url.to_owned());
+    config.connect_timeout = Some(Duration::from_secs(2));
+    config
+        .create_pool(
+            Some(deadpool_postgres::Runtime::Tokio1),
+            tokio_postgres::NoTls,
+        )
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_instance_renews_and_another_takes_over_when_it_dies() {
+async fn on_redis_one_instance_renews_and_another_takes_over_when_it_dies() {
     let redis = RedisServer::start().unwrap();
+    let connection = RedisConnection::single(&redis.url()).await.unwrap();
+    let store: Arc<dyn DeltaStore> = Arc::new(RedisDeltaStore::new(connection.clone(), "svc:"));
+    let lease = move |name: &str| -> Arc<dyn Lease> {
+        Arc::new(RedisLease::new(connection.clone(), "svc:renewer", name))
+    };
+    fleet(store, &lease).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_one_instance_renews_and_another_takes_over_when_it_dies() {
+    let server = tokio::task::spawn_blocking(|| PostgresServer::start().unwrap())
+        .await
+        .unwrap();
+    let pool = pool(&server.url());
+    let store = PostgresDeltaStore::new(pool.clone());
+    store.migrate().await.unwrap();
+    let lease = move |name: &str| -> Arc<dyn Lease> {
+        Arc::new(PostgresLease::new(pool.clone(), "svc:renewer", name))
+    };
+    fleet(Arc::new(store), &lease).await;
+}
+
+/// A lease's rules: one holder; the holder extends; another takes it only once it
+/// expired; only the holder releases it.
+async fn lease_rules(lease: &dyn Fn(&str) -> Arc<dyn Lease>) {
+    let (a, b) = (lease("a"), lease("b"));
+    assert!(a.acquire(Duration::from_millis(400)).await.unwrap());
+    assert!(!b.acquire(Duration::from_millis(400)).await.unwrap());
+    assert!(
+        a.acquire(Duration::from_millis(400)).await.unwrap(),
+        "extended"
+    );
+    assert!(!b.release().await.unwrap(), "not B's to release");
+    assert!(!b.acquire(Duration::from_millis(400)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        b.acquire(Duration::from_secs(5)).await.unwrap(),
+        "expired: B takes it"
+    );
+    assert!(
+        !a.acquire(Duration::from_secs(5)).await.unwrap(),
+        "A lost it"
+    );
+    assert!(b.release().await.unwrap());
+    assert!(a.acquire(Duration::from_secs(5)).await.unwrap());
+}
+
+#[tokio::test]
+async fn leases_hold_one_holder_on_redis_and_postgres() {
+    let (redis, postgres) = tokio::task::spawn_blocking(|| {
+        (
+            RedisServer::start().unwrap(),
+            PostgresServer::start().unwrap(),
+        )
+    })
+    .await
+    .unwrap();
+    let connection = RedisConnection::single(&redis.url()).await.unwrap();
+    lease_rules(&move |name: &str| -> Arc<dyn Lease> {
+        Arc::new(RedisLease::new(connection.clone(), "rules", name))
+    })
+    .await;
+    let pool = pool(&postgres.url());
+    PostgresDeltaStore::new(pool.clone())
+        .migrate()
+        .await
+        .unwrap();
+    lease_rules(&move |name: &str| -> Arc<dyn Lease> {
+        Arc::new(PostgresLease::new(pool.clone(), "rules", name))
+    })
+    .await;
+}
+
+async fn fleet(store: Arc<dyn DeltaStore>, lease: &dyn Fn(&str) -> Arc<dyn Lease>) {
     let clock = ManualClock::starting_now();
     let graph = Emulator::builder()
         .tenant(
@@ -59,14 +146,10 @@ async fn one_instance_renews_and_another_takes_over_when_it_dies() {
         .start()
         .await
         .unwrap();
-    let connection = RedisConnection::single(&redis.url()).await.unwrap();
-    let store: Arc<dyn DeltaStore> = Arc::new(RedisDeltaStore::new(connection.clone(), "svc:"));
     let instance = |name: &str| {
         let manager = SubscriptionManager::new(client(&graph), "contoso", store.clone())
             .with_clock(Arc::new(clock.clone()));
-        let lease: Arc<dyn Lease> =
-            Arc::new(RedisLease::new(connection.clone(), "svc:renewer", name));
-        (manager, lease)
+        (manager, lease(name))
     };
     let (a, lease_a) = instance("instance-a");
     let (b, lease_b) = instance("instance-b");

@@ -248,7 +248,7 @@ async fn postgres_migrations_run_once_and_values_are_replaced_whole() {
         .await
         .unwrap();
     let store = PostgresDeltaStore::new(pool(&server.url()));
-    assert_eq!(store.migrate().await.unwrap(), 1);
+    assert_eq!(store.migrate().await.unwrap(), 2);
     assert_eq!(store.migrate().await.unwrap(), 0);
     assert_eq!(store.load("k").await.unwrap(), None);
     store.save("k", "one").await.unwrap();

@@ -312,3 +312,96 @@ async fn notifications_drive_delta_rounds_that_keep_a_local_copy_current() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(queue.is_empty());
 }
+
+/// The ready-made pattern: the worker runs `KeepCurrent`, notifications wait for a
+/// change feed's rounds, and lifecycle events reach the subscription manager first.
+#[tokio::test]
+async fn keep_current_applies_each_notified_change_before_acknowledging_it() {
+    let graph = Emulator::builder()
+        .tenant(
+            keel_graph_client::emulator::TenantSeed::new(
+                "7b1c2a4e-0f1d-4c55-9a3e-2d6f1b0c0001",
+                TENANT,
+            )
+            .client("app", "secret", ["User.Read.All"])
+            .users(12),
+        )
+        .start()
+        .await
+        .unwrap();
+    let client = client(&graph);
+    let store: Arc<dyn DeltaStore> = Arc::new(MemoryDeltaStore::new());
+    let manager = SubscriptionManager::new(client.clone(), "contoso", store.clone());
+    let (url, queue) = receive(Arc::new(manager.clone())).await;
+    let mirror: Arc<Mutex<BTreeMap<String, Option<String>>>> = Arc::default();
+    let local = mirror.clone();
+    let feed = keel_graph_client::delta::ChangeFeed::builder(DeltaTracker::new(
+        client.clone(),
+        "contoso",
+        DeltaQuery::users().select(["displayName"]),
+        store,
+        "contoso/users",
+    ))
+    .spawn(move |page: DeltaPage<User>| {
+        let mut copy = local.lock().unwrap();
+        for user in page.changed {
+            copy.insert(user.id, user.display_name);
+        }
+        for gone in page.removed {
+            copy.remove(&gone.id);
+        }
+        async { Ok::<(), std::io::Error>(()) }
+    });
+    let subscription = manager
+        .ensure(
+            "users",
+            &SubscriptionSpec::new("users", &url).lifecycle_url(&url),
+        )
+        .await
+        .unwrap();
+    let worker = NotificationWorker::new(
+        queue.clone(),
+        DeadLetterQueue::new("notifications", MemoryDeadLetters::new()),
+    );
+    let keep =
+        keel_graph_client::webhook::KeepCurrent::new(feed.clone()).subscriptions(manager.clone());
+    tokio::spawn(async move { worker.run(move |n| keep.handle(n)).await });
+    wait_for(|| mirror.lock().unwrap().len() == 12).await;
+
+    let users: Vec<String> = mirror.lock().unwrap().keys().cloned().collect();
+    assert!(graph.update_user(
+        TENANT,
+        &users[2],
+        serde_json::json!({"displayName": "Notified"})
+    ));
+    assert!(graph.delete_user(TENANT, &users[3], false));
+    wait_for(|| {
+        let copy = mirror.lock().unwrap();
+        copy.get(&users[2]) == Some(&Some("Notified".to_owned())) && !copy.contains_key(&users[3])
+    })
+    .await;
+    wait_for(|| queue.is_empty()).await;
+
+    // Graph removes the subscription: re-created, and the round catches up.
+    assert!(graph.update_user(
+        TENANT,
+        &users[4],
+        serde_json::json!({"displayName": "Meanwhile"})
+    ));
+    assert!(graph.send_lifecycle_event(&subscription.id, "subscriptionRemoved"));
+    wait_for(|| mirror.lock().unwrap().get(&users[4]) == Some(&Some("Meanwhile".to_owned()))).await;
+    let started = Instant::now();
+    loop {
+        let current = manager.get("users").await.unwrap().unwrap();
+        if current.id != subscription.id {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not re-created"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(graph.subscription_count(), 1);
+    feed.stop().await;
+}

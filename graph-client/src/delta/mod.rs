@@ -54,6 +54,7 @@
 //! ```
 
 mod feed;
+mod group;
 mod store;
 
 use std::collections::HashMap;
@@ -63,6 +64,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub use feed::{ChangeFeed, ChangeFeedBuilder, FeedError, FeedStatus};
+pub use group::{GroupChange, MemberChange, MemberRemoved};
 #[cfg(feature = "postgres")]
 pub use store::PostgresDeltaStore;
 #[cfg(feature = "redis")]
@@ -505,7 +507,7 @@ fn parse<T: DeserializeOwned>(body: &[u8], given: &mut Given) -> Result<Parsed<T
     };
     let next_link = link(&mut page, "@odata.nextLink")?;
     let delta_link = link(&mut page, "@odata.deltaLink")?;
-    let Some(Value::Array(items)) = page.remove("value") else {
+    let Some(Value::Array(mut items)) = page.remove("value") else {
         return Err(malformed("no value array"));
     };
     // The last occurrence of each id wins.
@@ -521,6 +523,7 @@ fn parse<T: DeserializeOwned>(body: &[u8], given: &mut Given) -> Result<Parsed<T
         };
         last.insert(id.clone(), i);
     }
+    merge_annotations(&mut items, &last);
     let mut changed = Vec::with_capacity(items.len());
     let mut removed = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
@@ -569,6 +572,52 @@ fn parse<T: DeserializeOwned>(body: &[u8], given: &mut Given) -> Result<Parsed<T
         next_link,
         delta_link,
     })
+}
+
+/// An id's earlier occurrences in a page give their `…@delta` arrays (a group's
+/// `members@delta`, which Graph may spread over several occurrences) to its last
+/// occurrence, in order: nothing of them is lost when the last occurrence wins.
+fn merge_annotations(items: &mut [Value], last: &HashMap<String, usize>) {
+    if items.len() == last.len() {
+        return; // No id twice.
+    }
+    let mut carried: HashMap<String, serde_json::Map<String, Value>> = HashMap::new();
+    for (i, item) in items.iter_mut().enumerate() {
+        let Value::Object(fields) = item else {
+            continue;
+        };
+        let Some(id) = fields.get("id").and_then(Value::as_str).map(str::to_owned) else {
+            continue;
+        };
+        let is_last = last.get(&id) == Some(&i);
+        let pending = carried.entry(id.clone()).or_default();
+        if is_last {
+            for (key, earlier) in std::mem::take(pending) {
+                let Value::Array(mut merged) = earlier else {
+                    continue;
+                };
+                if let Some(Value::Array(own)) = fields.remove(&key) {
+                    merged.extend(own);
+                }
+                fields.insert(key, Value::Array(merged));
+            }
+        } else {
+            let keys: Vec<String> = fields
+                .keys()
+                .filter(|k| k.ends_with("@delta"))
+                .cloned()
+                .collect();
+            for key in keys {
+                if let Some(Value::Array(values)) = fields.remove(&key)
+                    && let Value::Array(so_far) = pending
+                        .entry(key)
+                        .or_insert_with(|| Value::Array(Vec::new()))
+                {
+                    so_far.extend(values);
+                }
+            }
+        }
+    }
 }
 
 /// The items given lately in a round, by fingerprint: at most [`REPEAT_WINDOW`].
@@ -657,6 +706,29 @@ mod tests {
         assert!(again.changed.is_empty() && again.removed.is_empty());
         let changed = br#"{"value":[{"id":"b","displayName":"changed"}]}"#;
         assert_eq!(parse::<Item>(changed, &mut given).unwrap().changed.len(), 1);
+    }
+
+    #[test]
+    fn a_groups_members_spread_over_occurrences_in_a_page_are_all_kept() {
+        let page = br#"{"value":[
+            {"id":"g","displayName":"old","members@delta":[{"id":"u1"},{"id":"u2"}]},
+            {"id":"h","members@delta":[{"id":"u9"}]},
+            {"id":"g","displayName":"new","members@delta":[{"id":"u3","@removed":{"reason":"deleted"}}]}
+        ],"@odata.deltaLink":"https://graph.microsoft.com/v1.0/groups/delta?$deltatoken=x"}"#;
+        let parsed = parse::<GroupChange>(page, &mut Given::default()).unwrap();
+        assert_eq!(parsed.changed.len(), 2);
+        let g = parsed.changed.iter().find(|c| c.group.id == "g").unwrap();
+        assert_eq!(
+            g.group.display_name.as_deref(),
+            Some("new"),
+            "the last occurrence wins"
+        );
+        let members: Vec<(&str, bool)> = g
+            .members
+            .iter()
+            .map(|m| (m.id.as_str(), m.is_removed()))
+            .collect();
+        assert_eq!(members, [("u1", false), ("u2", false), ("u3", true)]);
     }
 
     #[test]

@@ -336,7 +336,10 @@ impl DeltaStore for RedisDeltaStore {
 
 /// The migrations of [`PostgresDeltaStore`], in order: (version, SQL).
 #[cfg(feature = "postgres")]
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/0001_graph_state.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../migrations/0001_graph_state.sql")),
+    (2, include_str!("../../migrations/0002_graph_leases.sql")),
+];
 
 /// Serializes migrations across instances (`pg_advisory_xact_lock`).
 #[cfg(feature = "postgres")]

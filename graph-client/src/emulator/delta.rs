@@ -7,6 +7,9 @@
 //! older links are refused: `410 Gone` with a `Location` to start again, or
 //! `400 syncStateNotFound`.
 //!
+//! Groups (`/groups/delta`) with `members@delta`, their members spread over pages as
+//! Graph spreads a large group's.
+//!
 //! Planner tasks of a plan (`/planner/plans/{id}/tasks/delta`) the same way, on `beta`
 //! only, as Graph serves them: no query options but the tokens, removed tasks with
 //! `"reason": "deleted"`, each page in the order the tasks last changed.
@@ -45,6 +48,13 @@ pub(crate) fn routes() -> Router<Arc<State>> {
             "/{version}/planner/plans/{id}/tasks/delta",
             get(tasks_delta),
         )
+        .route("/{version}/groups/delta", get(groups_delta))
+        .route("/{version}/groups/delta()", get(groups_delta))
+        .route("/{version}/groups/microsoft.graph.delta", get(groups_delta))
+        .route(
+            "/{version}/groups/microsoft.graph.delta()",
+            get(groups_delta),
+        )
 }
 
 /// What a delta or skip token carries (opaque to clients: base64 of this JSON).
@@ -61,6 +71,13 @@ struct Position {
     /// The `$select` of the first request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sel: Option<Vec<String>>,
+    /// Groups: the members of group `c` already given in this round.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    m: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Position {
@@ -91,7 +108,19 @@ enum Start {
 }
 
 fn parse(query: Option<&str>) -> Result<Start, String> {
-    let mut select = None;
+    parse_for(query, USER_FIELDS, "user", false)
+}
+
+/// A delta query's options: `$select` of `fields`, `$expand=members` when `expand`
+/// (kept as `members` in the selection), and the tokens.
+fn parse_for(
+    query: Option<&str>,
+    fields_known: &[&str],
+    type_name: &str,
+    expand: bool,
+) -> Result<Start, String> {
+    let mut select: Option<Vec<String>> = None;
+    let mut expand_members = false;
     let mut delta = None;
     let mut skip = None;
     for pair in query
@@ -108,14 +137,15 @@ fn parse(query: Option<&str>) -> Result<Start, String> {
                 if fields.len() > MAX_SELECT {
                     return Err("Too many properties in $select.".into());
                 }
-                if let Some(bad) = fields.iter().find(|f| !USER_FIELDS.contains(&f.as_str())) {
+                if let Some(bad) = fields.iter().find(|f| !fields_known.contains(&f.as_str())) {
                     return Err(format!(
-                        "Could not find a property named '{}' on type 'microsoft.graph.user'.",
+                        "Could not find a property named '{}' on type 'microsoft.graph.{type_name}'.",
                         shorten(bad)
                     ));
                 }
                 select = Some(fields);
             }
+            "$expand" if expand && value == "members" => expand_members = true,
             "$deltatoken" => delta = Some(value),
             "$skiptoken" => skip = Some(value),
             _ => {
@@ -125,6 +155,12 @@ fn parse(query: Option<&str>) -> Result<Start, String> {
                 ));
             }
         }
+    }
+    if expand_members
+        && let Some(fields) = select.as_mut()
+        && !fields.iter().any(|f| f == "members")
+    {
+        fields.push("members".into());
     }
     match (delta, skip) {
         (Some(_), Some(_)) => Err("Specify $deltatoken or $skiptoken, not both.".into()),
@@ -169,6 +205,7 @@ async fn users_delta(
             u: users.seq,
             c: 0,
             sel,
+            m: 0,
         },
         Start::Latest(sel) => {
             let now = Position {
@@ -177,6 +214,7 @@ async fn users_delta(
                 u: users.seq,
                 c: 0,
                 sel,
+                m: 0,
             };
             let body = json!({
                 "@odata.context": context(&state.base, &version, now.sel.as_deref()),
@@ -195,6 +233,7 @@ async fn users_delta(
             u: users.seq,
             c: 0,
             sel: p.sel,
+            m: 0,
         },
         Start::Skip(p) => p,
     };
@@ -220,6 +259,7 @@ async fn users_delta(
                 u: position.u,
                 c: 0,
                 sel: position.sel,
+                m: 0,
             };
             body.insert("@odata.deltaLink".into(), json!(link("$deltatoken", &done)));
         }
@@ -379,6 +419,7 @@ async fn tasks_delta(
             u: now,
             c: 0,
             sel: None,
+            m: 0,
         },
         Start::Latest(_) => {
             return bad_request(&state, &headers, "Invalid delta token.");
@@ -394,6 +435,7 @@ async fn tasks_delta(
             u: p.u,
             c: usize::try_from(p.s).unwrap_or(usize::MAX),
             sel: None,
+            m: 0,
         },
         Start::Skip(p) => p,
     };
@@ -430,6 +472,7 @@ async fn tasks_delta(
             u: now,
             c: 0,
             sel: None,
+            m: 0,
         };
         body.insert("@odata.deltaLink".into(), json!(link("$deltatoken", &done)));
     }
@@ -485,4 +528,226 @@ fn refuse(state: &State, headers: &HeaderMap, how: DeltaReset, fresh: &str) -> R
             "The sync state generation is not found. The delta token is expired and data must be synchronized again.",
         ),
     }
+}
+
+/// The group properties a groups delta may select (and `members`).
+const GROUP_DELTA_FIELDS: &[&str] = &[
+    "id",
+    "displayName",
+    "description",
+    "mailNickname",
+    "mail",
+    "mailEnabled",
+    "securityEnabled",
+    "groupTypes",
+    "visibility",
+    "members",
+];
+
+/// `/groups/delta`, as Graph documents it: each group changed (or every group, in the
+/// first round) with `members@delta` — every member in the first round, the members
+/// added and removed (`@removed`) since in later ones — when members are selected
+/// (no `$select`, `members` in it, or `$expand=members`). A group's members are given
+/// at most a page's size at a time: a group with more comes back on the next page with
+/// the rest, as Graph spreads a large group's members.
+async fn groups_delta(
+    Shared(state): Shared<Arc<State>>,
+    Path(version): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let tenant = match prepare(
+        &state,
+        &version,
+        &headers,
+        None,
+        super::groups::READ_GROUPS,
+        &[],
+    ) {
+        Ok((tenant, _)) => tenant,
+        Err(refused) => return *refused,
+    };
+    let start = match parse_for(query.as_deref(), GROUP_DELTA_FIELDS, "group", true) {
+        Ok(start) => start,
+        Err(message) => return bad_request(&state, &headers, &message),
+    };
+    let size = page_size(&headers);
+    let base = format!("{}/{version}/groups/delta", state.base);
+    let link = |kind: &str, position: &Position| format!("{base}?{kind}={}", position.encode());
+    let groups = tenant.groups();
+    let position = match start {
+        Start::Fresh(sel) => Position {
+            e: groups.epoch,
+            s: 0,
+            u: groups.seq,
+            c: 0,
+            sel,
+            m: 0,
+        },
+        Start::Latest(sel) => {
+            let now = Position {
+                e: groups.epoch,
+                s: groups.seq,
+                u: groups.seq,
+                c: 0,
+                sel,
+                m: 0,
+            };
+            drop(groups);
+            let body = json!({"@odata.deltaLink": link("$deltatoken", &now), "value": []});
+            return ok(&state, &headers, &body);
+        }
+        Start::Delta(p) | Start::Skip(p) if p.e != groups.epoch => {
+            let how = groups.reset;
+            drop(groups);
+            let mut fresh = base.clone();
+            if let Some(fields) = &p.sel {
+                fresh.push_str("?$select=");
+                crate::request::encode_query_value(&fields.join(","), &mut fresh);
+            }
+            return refuse(&state, &headers, how, &fresh);
+        }
+        Start::Delta(p) => Position {
+            e: p.e,
+            s: p.u,
+            u: groups.seq,
+            c: 0,
+            sel: p.sel,
+            m: 0,
+        },
+        Start::Skip(p) => p,
+    };
+    let users = tenant.users();
+    let with_members = position
+        .sel
+        .as_ref()
+        .is_none_or(|s| s.iter().any(|f| f == "members"));
+    let first_round = position.s == 0;
+    // What each group's members@delta holds in this round.
+    let member_delta = |i: usize| -> Vec<Value> {
+        if !with_members {
+            return Vec::new();
+        }
+        let user = |u: usize, added: bool| {
+            let id = users
+                .entries
+                .get(u)
+                .and_then(|e| e.user.get("id"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            if added {
+                json!({"@odata.type": "#microsoft.graph.user", "id": id})
+            } else {
+                json!({"@odata.type": "#microsoft.graph.user", "id": id, "@removed": {"reason": "deleted"}})
+            }
+        };
+        if first_round {
+            let id = groups.list[i]
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            groups
+                .members
+                .get(id)
+                .into_iter()
+                .flatten()
+                .filter(|&&u| users.entries.get(u).is_some_and(|e| e.removed.is_none()))
+                .map(|&u| user(u, true))
+                .collect()
+        } else {
+            // The net change of each member in (s, u]: the last one wins.
+            let mut net: std::collections::BTreeMap<usize, bool> =
+                std::collections::BTreeMap::new();
+            for &(seq, g, u, added) in &groups.log {
+                if g == i && seq > position.s && seq <= position.u {
+                    net.insert(u, added);
+                }
+            }
+            net.into_iter().map(|(u, added)| user(u, added)).collect()
+        }
+    };
+    let wanted = |i: usize| {
+        first_round
+            || groups.versions[i] > position.s
+            || groups
+                .log
+                .iter()
+                .any(|&(seq, g, _, _)| g == i && seq > position.s && seq <= position.u)
+    };
+    let mut items = Vec::new();
+    let (mut i, mut offset) = (position.c, position.m);
+    let mut next = None;
+    while i < groups.list.len() && items.len() < size {
+        if !wanted(i) {
+            i += 1;
+            offset = 0;
+            continue;
+        }
+        let mut group = match &position.sel {
+            None => groups.list[i].clone(),
+            Some(fields) => {
+                let mut projected = Map::new();
+                projected.insert(
+                    "id".into(),
+                    groups.list[i].get("id").cloned().unwrap_or(Value::Null),
+                );
+                for field in fields {
+                    if let Some(value) = groups.list[i].get(field) {
+                        projected.insert(field.clone(), value.clone());
+                    }
+                }
+                projected
+            }
+        };
+        let members = member_delta(i);
+        let end = (offset + size).min(members.len());
+        if offset < end {
+            group.insert(
+                "members@delta".into(),
+                Value::Array(members[offset..end].to_vec()),
+            );
+        }
+        items.push(Value::Object(group));
+        if end < members.len() {
+            // The rest of this group's members on the next page.
+            next = Some((i, end));
+            break;
+        }
+        i += 1;
+        offset = 0;
+    }
+    if next.is_none() && (i..groups.list.len()).any(wanted) {
+        next = Some((i, 0));
+    }
+    let mut body = Map::new();
+    body.insert(
+        "@odata.context".into(),
+        json!(format!("{}/{version}/$metadata#groups", state.base)),
+    );
+    match next {
+        Some((c, m)) => {
+            let next = Position {
+                c,
+                m,
+                sel: position.sel.clone(),
+                ..position
+            };
+            body.insert("@odata.nextLink".into(), json!(link("$skiptoken", &next)));
+        }
+        None => {
+            let done = Position {
+                e: position.e,
+                s: position.u,
+                u: position.u,
+                c: 0,
+                sel: position.sel,
+                m: 0,
+            };
+            body.insert("@odata.deltaLink".into(), json!(link("$deltatoken", &done)));
+        }
+    }
+    drop(users);
+    drop(groups);
+    body.insert("value".into(), Value::Array(items));
+    ok(&state, &headers, &Value::Object(body))
 }

@@ -172,10 +172,8 @@ pub(crate) struct Tenant {
     pub(crate) seed: TenantSeed,
     /// Users as Graph shows them, ordered by id, with their change history.
     users: RwLock<Users>,
-    /// Groups as Graph shows them, ordered by id.
-    pub(crate) groups: Vec<Map<String, Value>>,
-    /// Each group's members (indexes into `users`).
-    pub(crate) members: HashMap<String, Vec<usize>>,
+    /// Groups as Graph shows them, ordered by id, with their members and history.
+    groups: RwLock<Groups>,
     /// Each team's channels.
     pub(crate) channels: HashMap<String, Vec<Map<String, Value>>>,
     /// Plans, buckets, tasks and details: the writable part.
@@ -285,11 +283,19 @@ impl Tenant {
             groups.push(group);
         }
         planner.add_tasks(seed.extra_tasks);
+        let versions = vec![1; groups.len()];
         Tenant {
             seed,
             users: RwLock::new(Users::seeded(users)),
-            groups,
-            members,
+            groups: RwLock::new(Groups {
+                list: groups,
+                members,
+                versions,
+                log: Vec::new(),
+                seq: 1,
+                epoch: 1,
+                reset: DeltaReset::Gone,
+            }),
             channels,
             planner: Mutex::new(planner),
         }
@@ -316,10 +322,19 @@ impl Tenant {
     }
 
     /// A group by id.
-    pub(crate) fn group(&self, id: &str) -> Option<&Map<String, Value>> {
-        self.groups
-            .iter()
-            .find(|g| g.get("id").and_then(Value::as_str) == Some(id))
+    pub(crate) fn group(&self, id: &str) -> Option<Map<String, Value>> {
+        let groups = self.groups();
+        groups.find(id).map(|i| groups.list[i].clone())
+    }
+
+    /// The groups, read-locked.
+    pub(crate) fn groups(&self) -> RwLockReadGuard<'_, Groups> {
+        self.groups.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The groups, write-locked.
+    pub(crate) fn groups_mut(&self) -> RwLockWriteGuard<'_, Groups> {
+        self.groups.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn client(&self, id: &str) -> Option<&Client> {
@@ -503,5 +518,77 @@ impl Users {
         entry.removed = Some(how);
         entry.version = version;
         true
+    }
+}
+
+/// A tenant's groups, their members and what delta needs of their history.
+#[derive(Debug)]
+pub(crate) struct Groups {
+    /// The groups, ordered by id.
+    pub(crate) list: Vec<Map<String, Value>>,
+    /// Each group's members (indexes into the users).
+    pub(crate) members: HashMap<String, Vec<usize>>,
+    /// The sequence number of each group's last property change (seeded: 1).
+    pub(crate) versions: Vec<u64>,
+    /// Membership changes: (sequence number, group index, user index, added).
+    pub(crate) log: Vec<(u64, usize, usize, bool)>,
+    /// The last change's sequence number.
+    pub(crate) seq: u64,
+    /// Bumped when delta state is reset.
+    pub(crate) epoch: u64,
+    /// How tokens of older epochs are refused.
+    pub(crate) reset: DeltaReset,
+}
+
+impl Groups {
+    /// A group's index, by id.
+    pub(crate) fn find(&self, id: &str) -> Option<usize> {
+        self.list
+            .iter()
+            .position(|g| g.get("id").and_then(Value::as_str) == Some(id))
+    }
+
+    /// Sets properties of a group (not its id); false when there is no such group.
+    pub(crate) fn update(&mut self, id: &str, fields: &Map<String, Value>) -> bool {
+        let Some(i) = self.find(id) else {
+            return false;
+        };
+        for (key, value) in fields {
+            if key != "id" {
+                self.list[i].insert(key.clone(), value.clone());
+            }
+        }
+        self.seq += 1;
+        self.versions[i] = self.seq;
+        true
+    }
+
+    /// Adds (or removes) user `user` to (from) group `id`; false when nothing changed.
+    pub(crate) fn set_member(&mut self, id: &str, user: usize, member: bool) -> bool {
+        let Some(i) = self.find(id) else {
+            return false;
+        };
+        let members = self.members.entry(id.to_owned()).or_default();
+        let present = members.contains(&user);
+        if present == member {
+            return false;
+        }
+        if member {
+            members.push(user);
+        } else {
+            members.retain(|&u| u != user);
+        }
+        self.seq += 1;
+        self.log.push((self.seq, i, user, member));
+        true
+    }
+
+    /// The groups user `user` belongs to, by id.
+    pub(crate) fn of_user(&self, user: usize) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.contains(&user))
+            .map(|(g, _)| g.clone())
+            .collect()
     }
 }

@@ -1,4 +1,5 @@
-//! Groups, their members, teams and channels: read-only, from the seeded directory.
+//! Groups, their members, teams and channels, from the seeded directory (groups and
+//! their members change through [`Emulator`](super::Emulator)'s methods).
 
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use super::State;
 use super::call::{Call, access};
 use super::graph::{USER_FIELDS, error};
 
-const READ_GROUPS: &[&str] = &[
+pub(crate) const READ_GROUPS: &[&str] = &[
     "Group.Read.All",
     "Group.ReadWrite.All",
     "Directory.Read.All",
@@ -54,21 +55,22 @@ pub(crate) fn routes() -> Router<Arc<State>> {
 
 async fn list_groups(call: Call<Groups>) -> Response {
     let tenant = call.tenant();
-    let groups: Vec<&Map<String, Value>> = tenant.groups.iter().collect();
+    let table = tenant.groups();
+    let groups: Vec<&Map<String, Value>> = table.list.iter().collect();
     call.collection("groups", &groups)
 }
 
 async fn get_group(call: Call<Groups>, Path((_, id)): Path<(String, String)>) -> Response {
     let tenant = call.tenant();
     match tenant.group(&id) {
-        Some(group) => call.entity("groups", group),
+        Some(group) => call.entity("groups", &group),
         None => call.not_found(&id),
     }
 }
 
 async fn list_members(call: Call<Members>, Path((_, id)): Path<(String, String)>) -> Response {
     let tenant = call.tenant();
-    let Some(members) = tenant.members.get(&id) else {
+    let Some(members) = tenant.groups().members.get(&id).cloned() else {
         return call.not_found(&id);
     };
     let table = tenant.users();

@@ -484,11 +484,73 @@ impl Emulator {
                 .and_then(serde_json::Value::as_str)
                 .map(str::to_owned)
         });
+        let index = t.users().position(id);
         let removed = t.users_mut().remove(id, how);
+        if removed && let Some(index) = index {
+            // Graph drops a deleted user from its groups: members@delta says so.
+            let mut groups = t.groups_mut();
+            for group in groups.of_user(index) {
+                groups.set_member(&group, index, false);
+            }
+        }
         if removed && let Some(user_id) = user_id {
             subscriptions::notify(&self.state, &t.seed.id, "users", "deleted", &user_id);
         }
         removed
+    }
+
+    /// Sets properties of group `id` (`{"displayName": …}`); its subscribers are
+    /// notified. False when there is no such tenant or group.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use keel_graph_client::emulator::Emulator;
+    ///
+    /// let graph = Emulator::start_default().await.unwrap();
+    /// let tenant = "contoso.onmicrosoft.com";
+    /// let group = "00000001-0000-4000-9000-000000000001";
+    /// let user = graph.add_user(tenant, "Ada Lovelace").unwrap();
+    /// assert!(graph.update_group(tenant, group, serde_json::json!({"description": "Engineers"})));
+    /// assert!(graph.set_group_member(tenant, group, &user, true));
+    /// assert!(!graph.set_group_member(tenant, group, &user, true), "already a member");
+    /// assert!(graph.set_group_member(tenant, group, &user, false));
+    /// # });
+    /// ```
+    #[must_use]
+    pub fn update_group(&self, tenant: &str, id: &str, fields: serde_json::Value) -> bool {
+        let (Some(t), serde_json::Value::Object(fields)) = (self.state.tenant(tenant), fields)
+        else {
+            return false;
+        };
+        let updated = t.groups_mut().update(id, &fields);
+        if updated {
+            subscriptions::notify(&self.state, &t.seed.id, "groups", "updated", id);
+        }
+        updated
+    }
+
+    /// Adds user `user` (an id) to group `group` (`member` true) or removes it; its
+    /// subscribers are notified. False when nothing changed (no such tenant, group or
+    /// user; already so).
+    #[must_use]
+    pub fn set_group_member(&self, tenant: &str, group: &str, user: &str, member: bool) -> bool {
+        let Some(t) = self.state.tenant(tenant) else {
+            return false;
+        };
+        let index = {
+            let users = t.users();
+            users
+                .position(user)
+                .filter(|&i| users.entries.get(i).is_some_and(|e| e.removed.is_none()))
+        };
+        let Some(index) = index else {
+            return false;
+        };
+        let changed = t.groups_mut().set_member(group, index, member);
+        if changed {
+            subscriptions::notify(&self.state, &t.seed.id, "groups", "updated", group);
+        }
+        changed
     }
 
     /// Posts a lifecycle event (`reauthorizationRequired`, `subscriptionRemoved`,
@@ -544,6 +606,10 @@ impl Emulator {
             let mut planner = t.planner();
             planner.delta_epoch += 1;
             planner.delta_reset = how;
+            drop(planner);
+            let mut groups = t.groups_mut();
+            groups.epoch += 1;
+            groups.reset = how;
         }
     }
 

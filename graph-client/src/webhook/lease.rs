@@ -130,3 +130,80 @@ impl Lease for RedisLease {
         Box::pin(self.run(RELEASE, 0))
     }
 }
+
+/// A lease in PostgreSQL (feature `postgres`): one row of `keel_graph_leases` (shipped
+/// in the crate's migrations: run [`PostgresDeltaStore::migrate`](crate::delta::PostgresDeltaStore::migrate)
+/// first), taken or extended by one statement that succeeds only when the row is this
+/// holder's or has expired, on the database's clock (the holders' clocks may
+/// disagree); released only by its holder.
+///
+/// ```no_run
+/// use keel_graph_client::webhook::PostgresLease;
+/// # fn demo(pool: deadpool_postgres::Pool) {
+/// let lease = PostgresLease::new(pool, "svc:graph:subscriptions:renewer", "instance-a");
+/// # drop(lease); }
+/// ```
+#[cfg(feature = "postgres")]
+#[derive(Clone)]
+pub struct PostgresLease {
+    pool: deadpool_postgres::Pool,
+    name: String,
+    holder: String,
+}
+
+#[cfg(feature = "postgres")]
+impl std::fmt::Debug for PostgresLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresLease")
+            .field("name", &self.name)
+            .field("holder", &self.holder)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl PostgresLease {
+    /// The lease `name`, for holder `holder` (one name per instance).
+    #[must_use]
+    pub fn new(pool: deadpool_postgres::Pool, name: &str, holder: &str) -> Self {
+        PostgresLease {
+            pool,
+            name: name.to_owned(),
+            holder: holder.to_owned(),
+        }
+    }
+
+    async fn run(&self, sql: &str, ttl_ms: Option<f64>) -> Result<bool, LeaseError> {
+        let failed = |e: &dyn std::fmt::Display| {
+            LeaseError::Backend(e.to_string().chars().take(200).collect())
+        };
+        let client = self.pool.get().await.map_err(|e| failed(&e))?;
+        let rows = match ttl_ms {
+            Some(ms) => client.execute(sql, &[&self.name, &self.holder, &ms]).await,
+            None => client.execute(sql, &[&self.name, &self.holder]).await,
+        }
+        .map_err(|e| failed(&e))?;
+        Ok(rows == 1)
+    }
+}
+
+#[cfg(feature = "postgres")]
+const PG_ACQUIRE: &str = "INSERT INTO keel_graph_leases (name, holder, expires_at) \
+     VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3::float8 / 1000.0)) \
+     ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at \
+     WHERE keel_graph_leases.holder = EXCLUDED.holder OR keel_graph_leases.expires_at < clock_timestamp()";
+
+#[cfg(feature = "postgres")]
+const PG_RELEASE: &str = "DELETE FROM keel_graph_leases WHERE name = $1 AND holder = $2";
+
+#[cfg(feature = "postgres")]
+impl Lease for PostgresLease {
+    fn acquire<'a>(&'a self, ttl: Duration) -> LeaseFuture<'a> {
+        let ttl_ms = ttl.as_secs_f64() * 1000.0;
+        Box::pin(self.run(PG_ACQUIRE, Some(ttl_ms.max(1.0))))
+    }
+
+    fn release<'a>(&'a self) -> LeaseFuture<'a> {
+        Box::pin(self.run(PG_RELEASE, None))
+    }
+}

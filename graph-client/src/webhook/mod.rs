@@ -27,6 +27,7 @@
 //! and a handler that runs a delta round is idempotent anyway.
 
 mod decrypt;
+mod keep_current;
 mod lease;
 mod notification;
 mod queue;
@@ -38,6 +39,9 @@ mod validation;
 mod worker;
 
 pub use decrypt::{DecryptError, NotificationDecryptor};
+pub use keep_current::{KeepCurrent, KeepCurrentError};
+#[cfg(feature = "postgres")]
+pub use lease::PostgresLease;
 #[cfg(feature = "redis")]
 pub use lease::RedisLease;
 pub use lease::{Lease, LeaseError, LeaseFuture, SoleLease};

@@ -363,3 +363,107 @@ async fn hostile_delta_tokens_are_refused_with_graph_errors() {
         assert!(body["error"]["message"].is_string(), "{query}: {body}");
     }
 }
+
+/// Memberships kept by a groups delta: members by group.
+async fn memberships(client: &GraphClient) -> BTreeMap<String, std::collections::BTreeSet<String>> {
+    let groups: Vec<keel_graph_client::model::Group> =
+        client.groups("contoso").try_collect().await.unwrap();
+    let mut all = BTreeMap::new();
+    for group in groups {
+        let members: std::collections::BTreeSet<String> = client
+            .group_members("contoso", &group.id)
+            .map_ok(|m| m.id)
+            .try_collect()
+            .await
+            .unwrap();
+        all.insert(group.id, members);
+    }
+    all
+}
+
+#[tokio::test]
+async fn group_rounds_follow_members_spread_over_pages_and_membership_changes() {
+    use keel_graph_client::delta::GroupChange;
+    let graph = Emulator::start_default().await.unwrap();
+    let client = built(&graph, |b| b);
+    let tracker = DeltaTracker::new(
+        client.clone(),
+        "contoso",
+        DeltaQuery::groups()
+            .select(["displayName", "members"])
+            .page_size(2),
+        Arc::new(MemoryDeltaStore::new()),
+        "contoso/groups",
+    );
+    let copy: std::sync::Mutex<BTreeMap<String, std::collections::BTreeSet<String>>> =
+        Default::default();
+    let names: std::sync::Mutex<BTreeMap<String, Option<String>>> = Default::default();
+    let round = || {
+        tracker.round(|page: DeltaPage<GroupChange>| {
+            let mut copy = copy.lock().unwrap();
+            if page.resync {
+                copy.clear();
+            }
+            for change in page.changed {
+                let members = copy.entry(change.group.id.clone()).or_default();
+                for member in change.members {
+                    if member.is_removed() {
+                        members.remove(&member.id);
+                    } else {
+                        members.insert(member.id);
+                    }
+                }
+                names
+                    .lock()
+                    .unwrap()
+                    .insert(change.group.id, change.group.display_name);
+            }
+            async { Ok::<(), std::io::Error>(()) }
+        })
+    };
+    // Six groups of five members, two members an occurrence: each group comes three
+    // times, on three pages.
+    let first = round().await.unwrap();
+    assert!(first.full);
+    assert!(first.pages >= 9, "{first:?}");
+    let want = memberships(&client).await;
+    assert_eq!(*copy.lock().unwrap(), want);
+    assert!(want.values().all(|m| m.len() == 5));
+
+    // Membership changes, a rename, and a member deleted from the directory.
+    let groups: Vec<String> = want.keys().cloned().collect();
+    let newcomer = graph.add_user(TENANT, "Newcomer").unwrap();
+    assert!(graph.set_group_member(TENANT, &groups[0], &newcomer, true));
+    let leaver = want[&groups[1]].iter().next().unwrap().clone();
+    assert!(graph.set_group_member(TENANT, &groups[1], &leaver, false));
+    assert!(graph.update_group(
+        TENANT,
+        &groups[2],
+        serde_json::json!({"displayName": "Renamed"})
+    ));
+    let deleted = want[&groups[3]].iter().last().unwrap().clone();
+    assert!(graph.delete_user(TENANT, &deleted, true));
+    // Added then removed again within the round: the net change is nothing.
+    let passer = graph.add_user(TENANT, "Passer-by").unwrap();
+    assert!(graph.set_group_member(TENANT, &groups[4], &passer, true));
+    assert!(graph.set_group_member(TENANT, &groups[4], &passer, false));
+
+    let changes = round().await.unwrap();
+    assert!(!changes.full);
+    let want = memberships(&client).await;
+    assert_eq!(*copy.lock().unwrap(), want);
+    assert!(copy.lock().unwrap()[&groups[0]].contains(&newcomer));
+    assert!(!copy.lock().unwrap()[&groups[1]].contains(&leaver));
+    assert!(!copy.lock().unwrap()[&groups[3]].contains(&deleted));
+    assert_eq!(
+        names.lock().unwrap()[&groups[2]].as_deref(),
+        Some("Renamed")
+    );
+
+    // A 410 in the middle: a full listing again, and the same memberships.
+    graph.reset_delta(TENANT, DeltaReset::Gone);
+    let resynced = round().await.unwrap();
+    assert_eq!((resynced.resyncs, resynced.full), (1, true));
+    let want = memberships(&client).await;
+    assert_eq!(*copy.lock().unwrap(), want);
+}
