@@ -45,6 +45,48 @@ fn certificate() -> (String, String) {
     (STANDARD.encode(certificate.der()), pem)
 }
 
+/// A PKCS#12 file of `key_pem` and `certificate` (base64 DER), written by Python's
+/// `cryptography`.
+#[cfg(feature = "pkcs12")]
+fn pkcs12_from_python(key_pem: &str, certificate: &str, password: &str, legacy: bool) -> Vec<u8> {
+    let script = r"
+import base64, sys
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
+key_pem, cert_b64, password, legacy = sys.stdin.read().split('\x00')
+key = serialization.load_pem_private_key(key_pem.encode(), None)
+cert = x509.load_der_x509_certificate(base64.b64decode(cert_b64))
+if legacy == '1':
+    encryption = (serialization.PrivateFormat.PKCS12.encryption_builder()
+        .key_cert_algorithm(pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC)
+        .build(password.encode()))
+else:
+    encryption = serialization.BestAvailableEncryption(password.encode())
+sys.stdout.write(base64.b64encode(pkcs12.serialize_key_and_certificates(b'notify', key, cert, None, encryption)).decode())
+";
+    let mut child = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with cryptography (apt-get install python3-cryptography)");
+    use std::io::Write as _;
+    let input = format!(
+        "{key_pem}\0{certificate}\0{password}\0{}",
+        if legacy { "1" } else { "0" }
+    );
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "python3 failed");
+    STANDARD.decode(out.stdout).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rich_notifications_are_believed_on_their_validation_tokens_and_decrypted() {
     let graph = Emulator::builder()
@@ -138,6 +180,30 @@ async fn rich_notifications_are_believed_on_their_validation_tokens_and_decrypte
         serde_json::from_slice(&decryptor.decrypt(&content).unwrap()).unwrap();
     assert_eq!(user["id"], id.as_str());
     assert_eq!(user["displayName"], "Encrypted Ada");
+    #[cfg(feature = "pkcs12")]
+    {
+        // The same key from PKCS#12 files written by Python's `cryptography` (an
+        // independent implementation): modern (AES-256, PBKDF2) and legacy (3DES).
+        for legacy in [false, true] {
+            let pfx = pkcs12_from_python(&private_key, &certificate, "p12-secret", legacy);
+            let from_pfx = NotificationDecryptor::new()
+                .certificate_pkcs12("notify-2026", &pfx, "p12-secret")
+                .unwrap();
+            let again: serde_json::Value =
+                serde_json::from_slice(&from_pfx.decrypt(&content).unwrap()).unwrap();
+            assert_eq!(again, user, "legacy: {legacy}");
+            assert!(
+                NotificationDecryptor::new()
+                    .certificate_pkcs12("notify-2026", &pfx, "wrong")
+                    .is_err()
+            );
+        }
+        assert!(
+            NotificationDecryptor::new()
+                .certificate_pkcs12("x", b"not a pfx", "p")
+                .is_err()
+        );
+    }
 
     // What the emulator signed passes; a token for another app, a token not issued to
     // Graph's publisher, and a forged signature do not.

@@ -81,10 +81,41 @@ impl NotificationDecryptor {
     ///
     /// # Errors
     /// [`DecryptError::Key`] when the PEM is not an RSA private key in PKCS#8.
-    pub fn certificate(mut self, id: &str, private_key_pem: &str) -> Result<Self, DecryptError> {
+    pub fn certificate(self, id: &str, private_key_pem: &str) -> Result<Self, DecryptError> {
         let bad = || DecryptError::Key(id.chars().take(64).collect());
         let der = pem_body(private_key_pem, "PRIVATE KEY").ok_or_else(bad)?;
-        let key = PrivateDecryptingKey::from_pkcs8(&der).map_err(|_| bad())?;
+        self.pkcs8(id, &der)
+    }
+
+    /// Adds the private key of a PKCS#12 file (`.pfx`, as Azure Key Vault and Windows
+    /// export certificates: AES-256 with PBKDF2, or the legacy 3DES) protected by
+    /// `password`, for the certificate given as `encryptionCertificateId` = `id`
+    /// (feature `pkcs12`).
+    ///
+    /// # Errors
+    /// [`DecryptError::Key`] when the file does not open with the password or holds no
+    /// RSA private key.
+    #[cfg(feature = "pkcs12")]
+    pub fn certificate_pkcs12(
+        self,
+        id: &str,
+        pfx: &[u8],
+        password: &str,
+    ) -> Result<Self, DecryptError> {
+        let bad = || DecryptError::Key(id.chars().take(64).collect());
+        let store = p12_keystore::KeyStore::from_pkcs12(
+            pfx,
+            password,
+            p12_keystore::Pkcs12ImportPolicy::Relaxed,
+        )
+        .map_err(|_| bad())?;
+        let (_, chain) = store.private_key_chain().ok_or_else(bad)?;
+        self.pkcs8(id, chain.key().as_der())
+    }
+
+    fn pkcs8(mut self, id: &str, der: &[u8]) -> Result<Self, DecryptError> {
+        let bad = || DecryptError::Key(id.chars().take(64).collect());
+        let key = PrivateDecryptingKey::from_pkcs8(der).map_err(|_| bad())?;
         let key = OaepPrivateDecryptingKey::new(key).map_err(|_| bad())?;
         self.keys.retain(|(known, _)| known != id);
         self.keys.push((id.to_owned(), key));
