@@ -745,6 +745,13 @@ impl SubscriptionManager {
                 due
             };
             next = next.min(after);
+            // What the alert on subscriptions about to expire watches.
+            if let Ok(Some(current)) = self.get(&name).await
+                && let Ok(at) = current.expires.duration_since(std::time::UNIX_EPOCH)
+            {
+                metrics::gauge!("graph_subscription_expiry_timestamp_seconds", "name" => name.clone())
+                    .set(at.as_secs_f64());
+            }
         }
         next
     }

@@ -329,7 +329,13 @@ impl<P: TokenProvider + 'static> CachingProvider<P> {
                 shared.challenge_seq.load(Ordering::Acquire),
             )
         };
-        let token = shared.provider.token(request).await?;
+        let fetched = shared.provider.token(request).await;
+        metrics::counter!(
+            "keel_token_client_requests_total",
+            "outcome" => if fetched.is_ok() { "ok" } else { "error" }
+        )
+        .increment(1);
+        let token = fetched?;
         let challenged = request.claims_json().is_some();
         shared.store(&key, &token, issued, seen, challenged);
         Ok(token)
