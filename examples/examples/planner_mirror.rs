@@ -392,7 +392,10 @@ async fn main() -> Result<(), Error> {
         .get("users")
         .await?
         .ok_or("the subscription is gone")?;
-    check(again.id != subscription.id, "a new subscription")?;
+    check(
+        again.id != subscription.id,
+        &format!("a new subscription ({} then {})", subscription.id, again.id),
+    )?;
     println!(
         "5. subscriptionRemoved: re-created as {}; the round caught up",
         again.id

@@ -405,3 +405,74 @@ async fn keep_current_applies_each_notified_change_before_acknowledging_it() {
     assert_eq!(graph.subscription_count(), 1);
     feed.stop().await;
 }
+
+/// A store whose next load of a subscription reads the value at once but answers only
+/// when released: a `resume` that read before a `create` wrote, and answers after.
+struct HeldStore {
+    inner: MemoryDeltaStore,
+    hold: std::sync::atomic::AtomicBool,
+    release: tokio::sync::Notify,
+}
+
+impl DeltaStore for HeldStore {
+    fn load<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> keel_graph_client::delta::StoreFuture<'a, Option<String>> {
+        Box::pin(async move {
+            let value = self.inner.load(key).await?;
+            if key.starts_with("subscriptions/contoso/")
+                && self.hold.swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                self.release.notified().await;
+            }
+            Ok(value)
+        })
+    }
+    fn save<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a str,
+    ) -> keel_graph_client::delta::StoreFuture<'a, ()> {
+        self.inner.save(key, value)
+    }
+    fn remove<'a>(&'a self, key: &'a str) -> keel_graph_client::delta::StoreFuture<'a, ()> {
+        self.inner.remove(key)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_that_read_before_a_create_does_not_put_the_old_subscription_back() {
+    let graph = Emulator::start_default().await.unwrap();
+    let client = client(&graph);
+    let store = Arc::new(HeldStore {
+        inner: MemoryDeltaStore::new(),
+        hold: std::sync::atomic::AtomicBool::new(false),
+        release: tokio::sync::Notify::new(),
+    });
+    let manager = SubscriptionManager::new(client, "contoso", store.clone());
+    let (url, _queue) = receive(Arc::new(manager.clone())).await;
+    let spec = SubscriptionSpec::new("users", &url);
+    let old = manager.ensure("users", &spec).await.unwrap();
+
+    store.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    let resuming = {
+        let manager = manager.clone();
+        tokio::spawn(async move { manager.resume().await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await; // resume has read `old`
+    let creating = {
+        let (manager, spec) = (manager.clone(), spec.clone());
+        tokio::spawn(async move { manager.create("users", &spec).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    store.release.notify_one();
+    resuming.await.unwrap().unwrap();
+    let new = creating.await.unwrap().unwrap();
+    assert_ne!(new.id, old.id);
+    let known = manager.get("users").await.unwrap().unwrap();
+    assert_eq!(
+        known.id, new.id,
+        "the stale read was put back over the new subscription"
+    );
+}

@@ -58,6 +58,28 @@ use super::{DeltaPage, DeltaTracker};
 #[derive(Clone)]
 pub struct ChangeFeed {
     inner: Arc<Inner>,
+    /// Dropped with the last handle: the feed's task stops.
+    _owner: Arc<Owner>,
+}
+
+/// Stops the feed's task when the last [`ChangeFeed`] handle goes.
+struct Owner(Arc<Inner>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0.stopping.store(true, Ordering::SeqCst);
+        self.0.wake.notify_one();
+    }
+}
+
+/// Marks the feed stopped however its task ends (a return, a panic, a runtime shut
+/// down), so no waiter waits for ever.
+struct StoppedOnExit(Arc<Inner>);
+
+impl Drop for StoppedOnExit {
+    fn drop(&mut self) {
+        self.0.done.send_modify(|d| d.stopped = true);
+    }
 }
 
 impl std::fmt::Debug for ChangeFeed {
@@ -177,7 +199,10 @@ impl ChangeFeedBuilder {
             failures: AtomicU64::new(0),
         });
         tokio::spawn(run(inner.clone(), self, apply));
-        ChangeFeed { inner }
+        ChangeFeed {
+            _owner: Arc::new(Owner(inner.clone())),
+            inner,
+        }
     }
 }
 
@@ -218,6 +243,16 @@ impl ChangeFeed {
         self.ask();
     }
 
+    /// Asks for a round without waiting, or [`FeedError::Stopped`] when the feed no
+    /// longer runs them.
+    pub fn try_request(&self) -> Result<(), FeedError> {
+        if self.inner.done.borrow().stopped || self.inner.stopping.load(Ordering::SeqCst) {
+            return Err(FeedError::Stopped);
+        }
+        self.ask();
+        Ok(())
+    }
+
     /// Asks for a round; the request's generation.
     fn ask(&self) -> u64 {
         let mine = self.inner.requested.fetch_add(1, Ordering::SeqCst) + 1;
@@ -255,6 +290,7 @@ where
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
 {
+    let _stopped = StoppedOnExit(inner.clone());
     let (first_backoff, max_backoff) = options.backoff;
     let mut backoff = first_backoff;
     let mut poll_due = false;
@@ -278,7 +314,13 @@ where
             }
             continue;
         }
-        match options.tracker.round(&mut apply).await {
+        // A handler that panics fails the round (it is tried again), not the feed.
+        let round = std::panic::AssertUnwindSafe(options.tracker.round(&mut apply));
+        let outcome = match futures_util::FutureExt::catch_unwind(round).await {
+            Ok(outcome) => outcome.map_err(|e| e.to_string()),
+            Err(_) => Err("the page handler panicked".to_owned()),
+        };
+        match outcome {
             Ok(summary) => {
                 inner.rounds.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("graph_delta_feed_rounds_total", "outcome" => "ok").increment(1);
@@ -321,5 +363,4 @@ where
             }
         }
     }
-    inner.done.send_modify(|d| d.stopped = true);
 }

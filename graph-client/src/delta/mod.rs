@@ -20,9 +20,12 @@
 //! listing; an incremental round resumes at the page that failed.
 //!
 //! An item Graph repeats within a round (it may) is given again only when it changed:
-//! an identical repeat of one of the round's last 10,000 items is dropped (memory stays
-//! bounded; an older repeat is given again, the same state applied twice). Within a
-//! page, each id comes once (its last occurrence).
+//! an item identical to the last one given for its id (among the round's last 10,000
+//! ids) is dropped — memory stays bounded, an older repeat is given again (the same
+//! state applied twice), and a change undone within the round (A, B, A) reaches you each
+//! time. An item carrying operations (a group's `members@delta`) is never dropped.
+//! Within a page, each id comes once (its last occurrence, with the `…@delta` arrays of
+//! all its occurrences).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -200,8 +203,8 @@ impl DeltaQuery {
 #[non_exhaustive]
 pub struct DeltaPage<T> {
     /// Items created or changed (restored ones too), each id once in the page (its last
-    /// occurrence); an identical repeat of an item given earlier in the round (within
-    /// its last 10,000 items) is dropped.
+    /// occurrence); an item identical to the last one given for its id earlier in the
+    /// round is dropped (see the module's documentation).
     pub changed: Vec<T>,
     /// Items removed, each id once in the page.
     pub removed: Vec<Removed>,
@@ -531,7 +534,12 @@ fn parse<T: DeserializeOwned>(body: &[u8], given: &mut Given) -> Result<Parsed<T
         if last.get(id) != Some(&i) {
             continue;
         }
-        if !given.insert(fingerprint(&item)) {
+        // A repeat is dropped only when it is what was last given for its id; an item
+        // that carries operations (`members@delta`) is never dropped.
+        let operations = item
+            .as_object()
+            .is_some_and(|o| o.keys().any(|k| k.ends_with("@delta")));
+        if !operations && !given.insert(id_hash(id), fingerprint(&item)) {
             continue;
         }
         match item.get("@removed") {
@@ -620,32 +628,44 @@ fn merge_annotations(items: &mut [Value], last: &HashMap<String, usize>) {
     }
 }
 
-/// The items given lately in a round, by fingerprint: at most [`REPEAT_WINDOW`].
+/// What was last given for each of the round's latest ids (at most [`REPEAT_WINDOW`]
+/// ids): an item is a repeat only when it is identical to the last one given for its
+/// id, so a change and its undoing (A, B, A) all reach the handler.
 #[derive(Default)]
 struct Given {
-    seen: std::collections::HashSet<u64>,
+    last: HashMap<u64, u64>,
     order: std::collections::VecDeque<u64>,
 }
 
 impl Given {
-    /// False when `item` was given lately.
-    fn insert(&mut self, fingerprint: u64) -> bool {
-        if !self.seen.insert(fingerprint) {
-            return false;
+    /// False when `fingerprint` is what was last given for `id`.
+    fn insert(&mut self, id: u64, fingerprint: u64) -> bool {
+        match self.last.insert(id, fingerprint) {
+            Some(previous) if previous == fingerprint => return false,
+            Some(_) => return true,
+            None => {}
         }
-        self.order.push_back(fingerprint);
+        self.order.push_back(id);
         if self.order.len() > REPEAT_WINDOW
             && let Some(oldest) = self.order.pop_front()
         {
-            self.seen.remove(&oldest);
+            self.last.remove(&oldest);
         }
         true
     }
 
     fn clear(&mut self) {
-        self.seen.clear();
+        self.last.clear();
         self.order.clear();
     }
+}
+
+/// A hash of an id.
+fn id_hash(id: &str) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::hash::DefaultHasher::new();
+    id.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// A hash of an item as sent (a fixed hasher: the same item, the same hash).
@@ -729,6 +749,26 @@ mod tests {
             .map(|m| (m.id.as_str(), m.is_removed()))
             .collect();
         assert_eq!(members, [("u1", false), ("u2", false), ("u3", true)]);
+    }
+
+    #[test]
+    fn a_change_undone_within_a_round_reaches_the_handler_each_time() {
+        let mut given = Given::default();
+        let page = |name: &str| {
+            format!(r#"{{"value":[{{"id":"a","displayName":"{name}"}}]}}"#).into_bytes()
+        };
+        for (name, given_again) in [("A", true), ("B", true), ("A", true), ("A", false)] {
+            let parsed = parse::<Item>(&page(name), &mut given).unwrap();
+            assert_eq!(parsed.changed.len() == 1, given_again, "{name}");
+        }
+        // Operations are never taken for repeats: add, remove, add again.
+        let ops = |op: &str| {
+            format!(r#"{{"value":[{{"id":"g","members@delta":[{{"id":"u"{op}}}]}}]}}"#).into_bytes()
+        };
+        for op in ["", r#","@removed":{"reason":"deleted"}"#, ""] {
+            let parsed = parse::<GroupChange>(&ops(op), &mut given).unwrap();
+            assert_eq!(parsed.changed.len(), 1);
+        }
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub(crate) fn routes() -> Router<Arc<State>> {
 }
 
 /// What a delta or skip token carries (opaque to clients: base64 of this JSON).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Position {
     /// The delta epoch it belongs to.
     e: u64,
@@ -74,6 +74,10 @@ struct Position {
     /// Groups: the members of group `c` already given in this round.
     #[serde(default, skip_serializing_if = "is_zero")]
     m: usize,
+    /// What the token belongs to (`users`, `groups`, `plan:{id}`): a token is refused
+    /// elsewhere.
+    #[serde(default)]
+    r: String,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -81,8 +85,11 @@ fn is_zero(n: &usize) -> bool {
 }
 
 impl Position {
-    fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap_or_default())
+    /// The token of this position on `scope`.
+    fn encode(&self, scope: &str) -> String {
+        let mut scoped = self.clone();
+        scope.clone_into(&mut scoped.r);
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&scoped).unwrap_or_default())
     }
 
     fn decode(token: &str) -> Option<Position> {
@@ -96,6 +103,14 @@ impl Position {
             .as_ref()
             .is_none_or(|s| s.len() <= MAX_SELECT && s.iter().all(|f| f.len() <= 64));
         select_ok.then_some(position)
+    }
+}
+
+/// `start`, unless it is a position of another resource's tokens.
+fn scoped(start: Start, scope: &str) -> Result<Start, String> {
+    match &start {
+        Start::Delta(p) | Start::Skip(p) if p.r != scope => Err("Invalid delta token.".into()),
+        _ => Ok(start),
     }
 }
 
@@ -185,7 +200,7 @@ async fn users_delta(
         Ok((tenant, _)) => tenant,
         Err(refused) => return *refused,
     };
-    let start = match parse(query.as_deref()) {
+    let start = match parse(query.as_deref()).and_then(|s| scoped(s, "users")) {
         Ok(start) => start,
         Err(message) => return bad_request(&state, &headers, &message),
     };
@@ -195,7 +210,7 @@ async fn users_delta(
         format!(
             "{}/{version}/users/delta?{kind}={}",
             state.base,
-            position.encode()
+            position.encode("users")
         )
     };
     let position = match start {
@@ -206,6 +221,7 @@ async fn users_delta(
             c: 0,
             sel,
             m: 0,
+            r: String::new(),
         },
         Start::Latest(sel) => {
             let now = Position {
@@ -215,6 +231,7 @@ async fn users_delta(
                 c: 0,
                 sel,
                 m: 0,
+                r: String::new(),
             };
             let body = json!({
                 "@odata.context": context(&state.base, &version, now.sel.as_deref()),
@@ -234,6 +251,7 @@ async fn users_delta(
             c: 0,
             sel: p.sel,
             m: 0,
+            r: String::new(),
         },
         Start::Skip(p) => p,
     };
@@ -260,6 +278,7 @@ async fn users_delta(
                 c: 0,
                 sel: position.sel,
                 m: 0,
+                r: String::new(),
             };
             body.insert("@odata.deltaLink".into(), json!(link("$deltatoken", &done)));
         }
@@ -399,7 +418,8 @@ async fn tasks_delta(
             "Resource not found for the segment 'delta'.",
         );
     }
-    let start = match parse_tokens(query.as_deref()) {
+    let scope = format!("plan:{plan}");
+    let start = match parse_tokens(query.as_deref()).and_then(|s| scoped(s, &scope)) {
         Ok(start) => start,
         Err(message) => return bad_request(&state, &headers, &message),
     };
@@ -410,7 +430,8 @@ async fn tasks_delta(
         return super::graph::not_found(&state, &headers, &plan);
     }
     let base = format!("{}/{version}/planner/plans/{plan}/tasks/delta", state.base);
-    let link = |kind: &str, position: &Position| format!("{base}?{kind}={}", position.encode());
+    let link =
+        |kind: &str, position: &Position| format!("{base}?{kind}={}", position.encode(&scope));
     let now = planner.current();
     let position = match start {
         Start::Fresh(_) => Position {
@@ -420,6 +441,7 @@ async fn tasks_delta(
             c: 0,
             sel: None,
             m: 0,
+            r: String::new(),
         },
         Start::Latest(_) => {
             return bad_request(&state, &headers, "Invalid delta token.");
@@ -436,6 +458,7 @@ async fn tasks_delta(
             c: usize::try_from(p.s).unwrap_or(usize::MAX),
             sel: None,
             m: 0,
+            r: String::new(),
         },
         Start::Skip(p) => p,
     };
@@ -473,6 +496,7 @@ async fn tasks_delta(
             c: 0,
             sel: None,
             m: 0,
+            r: String::new(),
         };
         body.insert("@odata.deltaLink".into(), json!(link("$deltatoken", &done)));
     }
@@ -567,13 +591,16 @@ async fn groups_delta(
         Ok((tenant, _)) => tenant,
         Err(refused) => return *refused,
     };
-    let start = match parse_for(query.as_deref(), GROUP_DELTA_FIELDS, "group", true) {
+    let start = match parse_for(query.as_deref(), GROUP_DELTA_FIELDS, "group", true)
+        .and_then(|s| scoped(s, "groups"))
+    {
         Ok(start) => start,
         Err(message) => return bad_request(&state, &headers, &message),
     };
     let size = page_size(&headers);
     let base = format!("{}/{version}/groups/delta", state.base);
-    let link = |kind: &str, position: &Position| format!("{base}?{kind}={}", position.encode());
+    let link =
+        |kind: &str, position: &Position| format!("{base}?{kind}={}", position.encode("groups"));
     let groups = tenant.groups();
     let position = match start {
         Start::Fresh(sel) => Position {
@@ -583,6 +610,7 @@ async fn groups_delta(
             c: 0,
             sel,
             m: 0,
+            r: String::new(),
         },
         Start::Latest(sel) => {
             let now = Position {
@@ -592,6 +620,7 @@ async fn groups_delta(
                 c: 0,
                 sel,
                 m: 0,
+                r: String::new(),
             };
             drop(groups);
             let body = json!({"@odata.deltaLink": link("$deltatoken", &now), "value": []});
@@ -614,6 +643,7 @@ async fn groups_delta(
             c: 0,
             sel: p.sel,
             m: 0,
+            r: String::new(),
         },
         Start::Skip(p) => p,
     };
@@ -642,18 +672,33 @@ async fn groups_delta(
             }
         };
         if first_round {
+            // The members as they were at the round's snapshot `u`, in a stable order:
+            // a change between pages neither shifts nor hides anyone (it is the next
+            // round's).
             let id = groups.list[i]
                 .get("id")
                 .and_then(Value::as_str)
                 .unwrap_or_default();
-            groups
+            let mut at_snapshot: std::collections::BTreeSet<usize> = groups
                 .members
                 .get(id)
                 .into_iter()
                 .flatten()
-                .filter(|&&u| users.entries.get(u).is_some_and(|e| e.removed.is_none()))
-                .map(|&u| user(u, true))
-                .collect()
+                .copied()
+                .collect();
+            for &(seq, g, u, added) in groups.log.iter().rev() {
+                if seq <= position.u {
+                    break;
+                }
+                if g == i {
+                    if added {
+                        at_snapshot.remove(&u);
+                    } else {
+                        at_snapshot.insert(u);
+                    }
+                }
+            }
+            at_snapshot.into_iter().map(|u| user(u, true)).collect()
         } else {
             // The net change of each member in (s, u]: the last one wins.
             let mut net: std::collections::BTreeMap<usize, bool> =
@@ -677,7 +722,9 @@ async fn groups_delta(
     let mut items = Vec::new();
     let (mut i, mut offset) = (position.c, position.m);
     let mut next = None;
-    while i < groups.list.len() && items.len() < size {
+    // The page's budget counts groups and members alike.
+    let mut given = 0usize;
+    while i < groups.list.len() && items.len() < size && given < size {
         if !wanted(i) {
             i += 1;
             offset = 0;
@@ -700,7 +747,9 @@ async fn groups_delta(
             }
         };
         let members = member_delta(i);
-        let end = (offset + size).min(members.len());
+        let room = size.saturating_sub(given).max(1);
+        let end = offset.saturating_add(room).min(members.len());
+        given += 1 + end.saturating_sub(offset);
         if offset < end {
             group.insert(
                 "members@delta".into(),
@@ -742,6 +791,7 @@ async fn groups_delta(
                 c: 0,
                 sel: position.sel,
                 m: 0,
+                r: String::new(),
             };
             body.insert("@odata.deltaLink".into(), json!(link("$deltatoken", &done)));
         }

@@ -658,6 +658,14 @@ async fn write(
         plain.remove("prefer");
         return written(state, &plain, version, context, &Map::new());
     }
+    if matches!(target, Target::Task)
+        && changes
+            .get("planId")
+            .is_some_and(|plan| Some(plan) != current.data.get("planId"))
+    {
+        drop(planner);
+        return bad_request(state, headers, "A task cannot be moved to another plan.");
+    }
     let mut updated = current;
     merge(&mut updated.data, changes);
     if matches!(target, Target::Task) {

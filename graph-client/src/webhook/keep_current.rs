@@ -10,12 +10,19 @@ use super::subscriptions::{SubscriptionError, SubscriptionManager};
 
 /// The handler to give [`NotificationWorker::run`](super::NotificationWorker::run)
 /// when notifications only say "something changed" and a [`ChangeFeed`]'s delta rounds
-/// say what: each notification waits for a round that started after it arrived (a
-/// burst of them shares one round), and a lifecycle event goes first to the
-/// [`SubscriptionManager`] (`reauthorizationRequired` renews, `subscriptionRemoved`
-/// creates the subscription again), then to a round that catches up with what was
-/// missed. The notification is acknowledged only once the round is applied; a round
-/// that fails fails the notification, which the worker retries and then dead-letters.
+/// say what: a lifecycle event goes first to the [`SubscriptionManager`]
+/// (`reauthorizationRequired` renews, `subscriptionRemoved` creates the subscription
+/// again), then every notification asks the feed for a round and is acknowledged. A
+/// burst of notifications makes one round, however long it takes (a first full listing
+/// can take longer than the worker's time limits).
+///
+/// Acknowledging before the round is applied loses nothing: the feed stores its place
+/// only after your handler took a page, tries a failed round again by itself (with a
+/// backoff; its [`status`](ChangeFeed::status) and `graph_delta_feed_rounds_total`
+/// show it), and its first round after a restart covers what a crash left unapplied.
+/// A lifecycle action that keeps failing fails the notification, which the worker
+/// retries and then dead-letters. Stop the worker before the feed: a notification
+/// handled after the feed stopped fails with [`FeedError::Stopped`].
 ///
 /// ```no_run
 /// use std::sync::Arc;
@@ -85,7 +92,7 @@ impl KeepCurrent {
             {
                 manager.on_lifecycle(&notification).await?;
             }
-            feed.changed().await?;
+            feed.try_request()?;
             Ok(())
         }
     }

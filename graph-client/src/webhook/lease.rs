@@ -199,7 +199,8 @@ const PG_RELEASE: &str = "DELETE FROM keel_graph_leases WHERE name = $1 AND hold
 #[cfg(feature = "postgres")]
 impl Lease for PostgresLease {
     fn acquire<'a>(&'a self, ttl: Duration) -> LeaseFuture<'a> {
-        let ttl_ms = ttl.as_secs_f64() * 1000.0;
+        // Within what an interval holds (a day is far more than any renewal period).
+        let ttl_ms = ttl.min(Duration::from_secs(86_400)).as_secs_f64() * 1000.0;
         Box::pin(self.run(PG_ACQUIRE, Some(ttl_ms.max(1.0))))
     }
 

@@ -360,6 +360,9 @@ impl SubscriptionManager {
     /// # Errors
     /// [`SubscriptionError::Store`].
     pub async fn resume(&self) -> Result<usize, SubscriptionError> {
+        // Not between a create, renew or delete's store write and its update of what
+        // is known here: the swap below would put back what they replaced.
+        let _one = self.inner.operating.lock().await;
         let names = self.names().await?;
         let mut stored = HashMap::new();
         for name in names {

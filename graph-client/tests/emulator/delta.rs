@@ -467,3 +467,85 @@ async fn group_rounds_follow_members_spread_over_pages_and_membership_changes() 
     let want = memberships(&client).await;
     assert_eq!(*copy.lock().unwrap(), want);
 }
+
+#[tokio::test]
+async fn a_member_removed_while_a_full_listing_is_half_way_neither_hides_nor_shifts_another() {
+    use keel_graph_client::delta::GroupChange;
+    let graph = Emulator::start_default().await.unwrap();
+    let client = built(&graph, |b| b);
+    let before = memberships(&client).await;
+    let first_group = before.keys().next().unwrap().clone();
+    let leaver = before[&first_group].iter().nth(3).unwrap().clone();
+    let tracker = DeltaTracker::new(
+        client.clone(),
+        "contoso",
+        DeltaQuery::groups().select(["members"]).page_size(2),
+        Arc::new(MemoryDeltaStore::new()),
+        "contoso/groups",
+    );
+    let copy: std::sync::Mutex<BTreeMap<String, std::collections::BTreeSet<String>>> =
+        Default::default();
+    let apply = |page: DeltaPage<GroupChange>| {
+        let mut copy = copy.lock().unwrap();
+        for change in page.changed {
+            let members = copy.entry(change.group.id).or_default();
+            for member in change.members {
+                if member.is_removed() {
+                    members.remove(&member.id);
+                } else {
+                    members.insert(member.id);
+                }
+            }
+        }
+    };
+    let mut pages = 0;
+    tracker
+        .round(|page: DeltaPage<GroupChange>| {
+            pages += 1;
+            if pages == 1 {
+                // Between the first group's first and second page of members.
+                assert!(graph.set_group_member(TENANT, &first_group, &leaver, false));
+            }
+            apply(page);
+            async { Ok::<(), std::io::Error>(()) }
+        })
+        .await
+        .unwrap();
+    // The listing is the memberships as they were when it started: all five.
+    assert_eq!(*copy.lock().unwrap(), before);
+    // The next round brings the removal.
+    tracker
+        .round(|page: DeltaPage<GroupChange>| {
+            apply(page);
+            async { Ok::<(), std::io::Error>(()) }
+        })
+        .await
+        .unwrap();
+    let now = memberships(&client).await;
+    assert!(!now[&first_group].contains(&leaver));
+    assert_eq!(*copy.lock().unwrap(), now);
+}
+
+#[tokio::test]
+async fn a_delta_token_is_refused_on_another_resource() {
+    let graph = Emulator::start_default().await.unwrap();
+    let token = super::token(&graph, TENANT, "secret").await.unwrap();
+    let http = reqwest::Client::new();
+    let get = |url: String| {
+        http.get(url)
+            .bearer_auth(&token)
+            .header("prefer", "odata.maxpagesize=5")
+            .send()
+    };
+    let page: serde_json::Value = get(format!("{}/v1.0/users/delta", graph.base_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let next = page["@odata.nextLink"].as_str().unwrap();
+    assert_eq!(get(next.to_owned()).await.unwrap().status(), 200);
+    // The same token on groups: refused, not read as a position among groups.
+    let elsewhere = next.replace("/users/delta", "/groups/delta");
+    assert_eq!(get(elsewhere).await.unwrap().status(), 400);
+}

@@ -295,6 +295,7 @@ fn red_metrics_are_labelled_by_method_route_template_and_status() {
     });
     let mut counts = Vec::new();
     let mut timed = 0;
+    let mut tokens = 0;
     for (key, _, _, value) in snapshotter.snapshot().into_vec() {
         let labels: Vec<(String, String)> = key
             .key()
@@ -317,6 +318,15 @@ fn red_metrics_are_labelled_by_method_route_template_and_status() {
             ) => {
                 timed += v.len();
             }
+            // keel-token-manager's client counts its requests to the token endpoint
+            // (what the token alert of docs/ops watches): one, then the cache.
+            (
+                "keel_token_client_requests_total",
+                metrics_util::debugging::DebugValue::Counter(n),
+            ) => {
+                assert_eq!(labels, [("outcome".to_owned(), "ok".to_owned())]);
+                tokens += n;
+            }
             _ => {}
         }
     }
@@ -338,6 +348,7 @@ fn red_metrics_are_labelled_by_method_route_template_and_status() {
         .find(|(l, _)| label(l, "status") == "404")
         .expect("a 404 series");
     assert_eq!(missing.1, 1);
+    assert_eq!(tokens, 1, "one token request, then the cache");
     assert_eq!(timed, 4);
 }
 

@@ -341,3 +341,104 @@ async fn the_polling_mode_picks_up_changes_nobody_announced() {
     .expect("the change arrives by polling");
     feed.stop().await;
 }
+
+#[tokio::test]
+async fn a_token_of_one_plan_is_refused_on_another_and_tasks_do_not_change_plan() {
+    let (graph, client, plan) = emulator(30).await;
+    let groups: Vec<_> = client.groups("contoso").try_collect().await.unwrap();
+    let other: Vec<_> = client
+        .plans("contoso", &groups[1].id)
+        .try_collect()
+        .await
+        .unwrap();
+    let token = super::token(&graph, TENANT, "secret").await.unwrap();
+    let http = reqwest::Client::new();
+    let get = |url: String| {
+        http.get(url)
+            .bearer_auth(&token)
+            .header("prefer", "odata.maxpagesize=5")
+            .send()
+    };
+    let page: serde_json::Value = get(format!(
+        "{}/beta/planner/plans/{plan}/tasks/delta",
+        graph.base_url()
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let next = page["@odata.nextLink"].as_str().unwrap();
+    assert_eq!(get(next.to_owned()).await.unwrap().status(), 200);
+    let elsewhere = next.replace(&plan, &other[0].id);
+    assert_eq!(get(elsewhere).await.unwrap().status(), 400);
+
+    // Moving a task to another plan is refused (its plan's delta would never learn).
+    let tasks: Vec<PlannerTask> = client.tasks("contoso", &plan).try_collect().await.unwrap();
+    let moved = client
+        .update_task(
+            "contoso",
+            &tasks[0],
+            &serde_json::json!({"planId": other[0].id}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(moved.status().map(|s| s.as_u16()), Some(400));
+}
+
+#[tokio::test]
+async fn a_panicking_handler_fails_its_round_not_the_feed() {
+    let (_graph, client, plan) = emulator(0).await;
+    let panics = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let copy = Arc::new(Mutex::new(Copy::default()));
+    let (local, panicking) = (copy.clone(), panics.clone());
+    let feed = ChangeFeed::builder(tracker(&client, &plan))
+        .backoff(Duration::from_millis(20), Duration::from_millis(50))
+        .spawn(move |page| {
+            assert!(
+                !panicking.load(std::sync::atomic::Ordering::SeqCst),
+                "a handler bug"
+            );
+            local.lock().unwrap().apply(page);
+            async { Ok::<(), std::io::Error>(()) }
+        });
+    let error = feed.changed().await.unwrap_err();
+    assert!(
+        matches!(&error, FeedError::Round(m) if m.contains("panicked")),
+        "{error}"
+    );
+    panics.store(false, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_secs(10), feed.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    let want = truth(&client, &plan).await;
+    assert_eq!(copy.lock().unwrap().tasks, want);
+}
+
+#[tokio::test]
+async fn dropping_the_last_handle_stops_the_feed() {
+    let (graph, client, plan) = emulator(0).await;
+    let feed = ChangeFeed::builder(tracker(&client, &plan))
+        .poll_every(Duration::from_secs(1))
+        .spawn(|_page: DeltaPage<PlannerTask>| async { Ok::<(), std::io::Error>(()) });
+    feed.changed().await.unwrap();
+    let clone = feed.clone();
+    drop(feed);
+    // A clone keeps it running: it polls.
+    let before = graph.graph_requests();
+    tokio::time::sleep(Duration::from_millis(2_300)).await;
+    assert!(
+        graph.graph_requests() > before,
+        "a clone keeps the feed alive"
+    );
+    drop(clone);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after_drop = graph.graph_requests();
+    tokio::time::sleep(Duration::from_millis(2_300)).await;
+    assert_eq!(
+        graph.graph_requests(),
+        after_drop,
+        "no handle: no more polling"
+    );
+}
