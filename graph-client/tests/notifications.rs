@@ -476,3 +476,116 @@ async fn a_resume_that_read_before_a_create_does_not_put_the_old_subscription_ba
         "the stale read was put back over the new subscription"
     );
 }
+
+/// Renewal on tokio's paused time: the manager's loop sleeps on tokio's clock and
+/// decides what is due on a wall clock moved in step with it, so days pass in no time.
+/// Graph (the emulator) and the receiver run on a runtime of their own, in a blocking
+/// task: while it runs, tokio does not auto-advance the paused clock, and time moves
+/// only when the test advances it — never while a request is in flight.
+#[tokio::test(start_paused = true)]
+async fn subscriptions_renew_ahead_of_expiry_under_paused_time() {
+    let clock = ManualClock::starting_now();
+    let (graph_tx, graph_rx) = tokio::sync::oneshot::channel::<Emulator>();
+    let (states_tx, states_rx) = tokio::sync::oneshot::channel::<Arc<dyn ClientStates>>();
+    let (url_tx, url_rx) = tokio::sync::oneshot::channel::<String>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let emulator_clock = clock.clone();
+    let outside = tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let graph = Emulator::builder()
+                .tenant(
+                    keel_graph_client::emulator::TenantSeed::new(
+                        "7b1c2a4e-0f1d-4c55-9a3e-2d6f1b0c0001",
+                        TENANT,
+                    )
+                    .client("app", "secret", ["User.Read.All"])
+                    .users(5),
+                )
+                .clock(Arc::new(emulator_clock))
+                .start()
+                .await
+                .unwrap();
+            graph_tx.send(graph).map_err(|_| ()).unwrap();
+            let states = states_rx.await.unwrap();
+            let (url, _queue) = receive(states).await;
+            url_tx.send(url).unwrap();
+            let _ = stop_rx.await;
+        });
+    });
+    let graph = graph_rx.await.unwrap();
+    let manager =
+        SubscriptionManager::new(client(&graph), "contoso", Arc::new(MemoryDeltaStore::new()))
+            .with_clock(Arc::new(clock.clone()));
+    states_tx
+        .send(Arc::new(manager.clone()))
+        .map_err(|_| ())
+        .unwrap();
+    let url = url_rx.await.unwrap();
+    let created = manager
+        .ensure("users", &SubscriptionSpec::new("users", &url))
+        .await
+        .unwrap();
+    let running = {
+        let manager = manager.clone();
+        tokio::spawn(async move { manager.run().await })
+    };
+    // Waits (in real time, at most 10 s) for the manager's task to get somewhere.
+    let settle = |renewals: u64| {
+        let manager = manager.clone();
+        async move {
+            let started = Instant::now();
+            while manager.renewals() < renewals {
+                assert!(started.elapsed() < Duration::from_secs(10), "no renewal");
+                tokio::task::yield_now().await;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    };
+    let day = Duration::from_secs(86_400);
+    let advance = |by: Duration| {
+        clock.advance(by);
+        tokio::time::advance(by)
+    };
+
+    // Two weeks: not due yet (users live 29 days, renewed at half-life).
+    for _ in 0..14 {
+        advance(day).await;
+    }
+    settle(0).await;
+    assert_eq!(manager.renewals(), 0);
+    // Past half-life: renewed on the next pass, well before expiry.
+    advance(day).await;
+    advance(Duration::from_secs(20)).await;
+    settle(1).await;
+    let renewed = manager.get("users").await.unwrap().unwrap();
+    assert_eq!(renewed.id, created.id);
+    assert!(renewed.expires > created.expires);
+    // Ninety days on: renewed again and again, alive throughout.
+    let lifetime = keel_graph_client::webhook::max_lifetime("users", false);
+    for _ in 0..90 {
+        let before = manager.renewals();
+        advance(day).await;
+        advance(Duration::from_secs(20)).await;
+        let current = manager.get("users").await.unwrap().unwrap();
+        if current.renew_at(lifetime) <= clock.now() {
+            settle(before + 1).await; // the pass under way renews it
+        }
+        assert_eq!(
+            graph.subscription_count(),
+            1,
+            "expired at {:?}",
+            clock.now()
+        );
+    }
+    assert!(manager.renewals() >= 6, "{} renewals", manager.renewals());
+    assert!(clock.now() > created.expires + 60 * day);
+    running.abort();
+    let _ = stop_tx.send(());
+    drop(graph);
+    outside.await.unwrap();
+}

@@ -1,7 +1,8 @@
 //! The emulator checked by Microsoft's own clients from npm (`graph-client/tests/js`,
 //! installed by `.ci/run` with `npm ci`): MSAL for Node acquires a client-credentials
 //! token through the emulator's discovery over HTTPS, and Microsoft's JavaScript Graph
-//! client pages through the users and sends a JSON batch. Our own client also runs over
+//! client pages through the users, sends a JSON batch, and follows a groups delta
+//! (members over several pages) and a Planner tasks delta to their delta links. Our own client also runs over
 //! the same HTTPS emulator.
 
 use std::process::Command;
@@ -31,8 +32,13 @@ async fn msal_and_microsofts_graph_client_speak_to_the_emulator_over_https() {
                 "7b1c2a4e-0f1d-4c55-9a3e-2d6f1b0c00aa",
                 "litware.onmicrosoft.com",
             )
-            .client("js-app", "js-secret", ["User.Read.All"])
-            .users(230),
+            .client(
+                "js-app",
+                "js-secret",
+                ["User.Read.All", "Group.Read.All", "Tasks.Read.All"],
+            )
+            .users(230)
+            .groups(4),
         )
         .start()
         .await
@@ -70,7 +76,13 @@ async fn msal_and_microsofts_graph_client_speak_to_the_emulator_over_https() {
     let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(
         summary,
-        serde_json::json!({"users": 230, "batch": {"1": 200, "2": 200, "3": 400}})
+        serde_json::json!({
+            "users": 230,
+            "batch": {"1": 200, "2": 200, "3": 400},
+            "groups": 4,
+            "members": 20,
+            "tasks": 4,
+        })
     );
     // MSAL's token request and the Graph calls reached the emulator: 3 pages, 1 batch of
     // 3 items.

@@ -3,13 +3,16 @@
 // the emulator's OpenID discovery; Microsoft's Graph client
 // (@microsoft/microsoft-graph-client 3.0.7), with its default middleware chain, pages
 // through every user with PageIterator and sends one JSON batch built and read with
-// BatchRequestContent and BatchResponseContent.
+// BatchRequestContent and BatchResponseContent; then follows a groups delta round
+// (`members@delta` spread over pages of two) and a Planner plan's tasks delta on `beta`
+// to their delta links with PageIterator.
 //
 // Usage (from this folder, after `npm ci`; the emulator's certificate trusted through
 // NODE_EXTRA_CA_CERTS):
 //   EMULATOR_BASE=https://127.0.0.1:<port> TENANT=<tenant id> CLIENT_ID=<app id> \
 //   CLIENT_SECRET=<secret> EXPECTED_USERS=<n> NODE_EXTRA_CA_CERTS=<pem file> node graph_client.mjs
-// Success: one JSON line on stdout, `{"users":n,"batch":{"1":200,"2":200,"3":400}}`, exit 0.
+// Success: one JSON line on stdout,
+// `{"users":n,"batch":{"1":200,"2":200,"3":400},"groups":g,"members":m,"tasks":t}`, exit 0.
 // A failed check or an unexpected error: the reason on stderr, exit 1 (also after 30 s).
 //
 // The Graph client sends its bearer token only to https:// hosts it knows: the emulator's
@@ -143,8 +146,63 @@ async function main() {
     `step 3: no error.code: ${JSON.stringify(three.body)}`,
   );
 
+  // f. A groups delta round, two objects a page: a group's members@delta may come in
+  // several pieces (merged by group id); the round ends with a delta link, which then
+  // answers nothing new.
+  const small = { headers: { Prefer: 'odata.maxpagesize=2' } };
+  const firstDelta = await client
+    .api('/groups/delta')
+    .header('Prefer', 'odata.maxpagesize=2')
+    .select(['displayName', 'members'])
+    .get();
+  const members = new Map();
+  const groupPages = new PageIterator(
+    client,
+    firstDelta,
+    (group) => {
+      const set = members.get(group.id) ?? new Set();
+      members.set(group.id, set);
+      for (const member of group['members@delta'] ?? []) {
+        if (member['@removed']) set.delete(member.id);
+        else set.add(member.id);
+      }
+      return true;
+    },
+    small,
+  );
+  await groupPages.iterate();
+  check(groupPages.isComplete(), 'the groups delta stopped before its last page');
+  const deltaLink = groupPages.getDeltaLink();
+  check(typeof deltaLink === 'string' && deltaLink.includes('deltatoken='), `no delta link: ${deltaLink}`);
+  const memberCount = [...members.values()].reduce((n, set) => n + set.size, 0);
+  const quiet = await client.api(deltaLink).get();
+  check(Array.isArray(quiet.value) && quiet.value.length === 0, `the delta link answered changes: ${JSON.stringify(quiet.value)}`);
+  check(typeof quiet['@odata.deltaLink'] === 'string', 'the quiet round has no delta link');
+
+  // g. The first group's plan, its tasks by delta on beta.
+  const firstGroup = [...members.keys()].sort()[0];
+  const plans = await client.api(`/groups/${firstGroup}/planner/plans`).get();
+  check(plans.value.length === 1, `group ${firstGroup} has ${plans.value.length} plans`);
+  const firstTasks = await client.api(`/planner/plans/${plans.value[0].id}/tasks/delta`).version('beta').get();
+  const tasks = new Set();
+  const taskPages = new PageIterator(client, firstTasks, (task) => {
+    check(typeof task['@odata.etag'] === 'string', 'a task without its ETag');
+    tasks.add(task.id);
+    return true;
+  });
+  await taskPages.iterate();
+  check(typeof taskPages.getDeltaLink() === 'string', 'the tasks delta has no delta link');
+
   // e. The summary.
-  console.log(JSON.stringify({ users: distinct, batch: { 1: one.status, 2: two.status, 3: three.status } }));
+  console.log(
+    JSON.stringify({
+      users: distinct,
+      batch: { 1: one.status, 2: two.status, 3: three.status },
+      groups: members.size,
+      members: memberCount,
+      tasks: tasks.size,
+    }),
+  );
 }
 
 setTimeout(() => {
