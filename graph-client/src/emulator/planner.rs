@@ -309,6 +309,24 @@ fn merge(data: &mut Map<String, Value>, body: Map<String, Value>) {
     }
 }
 
+/// Planner's limits on a task's fields: a title of at most 255 characters, a
+/// `percentComplete` from 0 to 100; Graph's 400 otherwise.
+fn invalid_task(state: &State, headers: &HeaderMap, task: &Map<String, Value>) -> Option<Response> {
+    let title_ok = task
+        .get("title")
+        .is_none_or(|t| t.as_str().is_some_and(|t| t.chars().count() <= 255));
+    let percent_ok = task
+        .get("percentComplete")
+        .is_none_or(|p| p.as_u64().is_some_and(|p| p <= 100));
+    (!title_ok || !percent_ok).then(|| {
+        bad_request(
+            state,
+            headers,
+            "Invalid value: a task's title has at most 255 characters and percentComplete lies between 0 and 100.",
+        )
+    })
+}
+
 /// Planner sets `completedDateTime` when a task reaches 100%.
 fn complete(data: &mut Map<String, Value>) {
     if data.get("percentComplete").and_then(Value::as_u64) == Some(100) {
@@ -520,6 +538,9 @@ async fn create_task(
         Ok(body) => body,
         Err(refused) => return *refused,
     };
+    if let Some(refused) = invalid_task(&state, &headers, &body) {
+        return refused;
+    }
     let plan = body
         .get("planId")
         .and_then(Value::as_str)
@@ -657,6 +678,12 @@ async fn write(
         let mut plain = headers.clone();
         plain.remove("prefer");
         return written(state, &plain, version, context, &Map::new());
+    }
+    if matches!(target, Target::Task)
+        && let Some(refused) = invalid_task(state, headers, &changes)
+    {
+        drop(planner);
+        return refused;
     }
     if matches!(target, Target::Task)
         && changes

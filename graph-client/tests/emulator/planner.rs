@@ -285,3 +285,31 @@ async fn a_write_whose_answer_is_lost_is_sent_again_only_when_a_repeat_is_harmle
         Some(75)
     );
 }
+
+#[tokio::test]
+async fn planner_refuses_a_title_over_255_characters_and_progress_over_100() {
+    let graph = Emulator::start_default().await.unwrap();
+    let client = client(&graph);
+    let (_, plan) = first_plan(&client).await;
+    let tasks: Vec<PlannerTask> = client.tasks("contoso", &plan).try_collect().await.unwrap();
+    for changes in [
+        json!({"title": "x".repeat(256)}),
+        json!({"percentComplete": 101}),
+        json!({"title": 7}),
+    ] {
+        let refused = client
+            .update_task("contoso", &tasks[0], &changes)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.status().map(|s| s.as_u16()), Some(400), "{changes}");
+    }
+    let created = client
+        .create_task("contoso", &plan, None, &"y".repeat(256))
+        .await
+        .unwrap_err();
+    assert_eq!(created.status().map(|s| s.as_u16()), Some(400));
+    client
+        .update_task("contoso", &tasks[0], &json!({"title": "z".repeat(255)}))
+        .await
+        .unwrap();
+}
