@@ -27,6 +27,7 @@ mod app;
 mod auth;
 mod config;
 mod graph;
+mod load;
 mod smoke;
 
 use std::sync::Arc;
@@ -252,17 +253,26 @@ pub(crate) async fn start(
             )
             .tags([Tag::Ready]),
         );
+    // Redis and PostgreSQL are shown, not required: without them the service serves
+    // from memory and Graph (degraded, still ready).
+    let shown = || [Tag::Custom("dependencies".into())];
     if let Some(url) = &config.redis_url {
-        health = health.register(Registration::new(
-            "redis",
-            keel_health::checks::RedisCheck::new(redis::Client::open(url.as_str())?),
-        ));
+        health = health.register(
+            Registration::new(
+                "redis",
+                keel_health::checks::RedisCheck::new(redis::Client::open(url.as_str())?),
+            )
+            .tags(shown()),
+        );
     }
     if let Some(pool) = &postgres {
-        health = health.register(Registration::new(
-            "postgres",
-            keel_health::checks::PostgresCheck::new(pool.clone()),
-        ));
+        health = health.register(
+            Registration::new(
+                "postgres",
+                keel_health::checks::PostgresCheck::new(pool.clone()),
+            )
+            .tags(shown()),
+        );
     }
 
     let app = app::App {
@@ -323,16 +333,27 @@ pub(crate) async fn start(
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let smoke = std::env::args().any(|a| a == "--smoke");
+    let load = std::env::args().any(|a| a == "--load");
     let mut logs = LogConfig::builder();
     if let Ok(filter) = std::env::var("RUST_LOG") {
         logs = logs.filter(filter);
     }
-    if smoke {
+    if smoke || load {
         logs = logs.writer(std::io::stderr());
     }
     let _guard = keel_observability::init(logs.build()?)?;
     let metrics = PrometheusMetrics::install()?;
-    let config = Config::from_env(smoke).map_err(|e| -> Error { e.to_string().into() })?;
+    let mut config =
+        Config::from_env(smoke || load).map_err(|e| -> Error { e.to_string().into() })?;
+    // `--load` runs on a private redis-server it can kill and restart.
+    let mut redis = if load {
+        let server = keel_testkit::RedisServer::start()?;
+        config.redis_url = Some(server.url());
+        config.database_url = None;
+        Some(server)
+    } else {
+        None
+    };
     let shared = shared(&config).await?;
     let poll = if smoke {
         Duration::from_secs(1)
@@ -366,6 +387,19 @@ async fn main() -> Result<(), Error> {
         "    TOKEN=$(curl -s -XPOST {base}/login -H 'content-type: application/json' -d '{{\"username\":\"ada\",\"password\":\"lovelace\"}}' | sed 's/.*\"access_token\":\"\\([^\"]*\\)\".*/\\1/')"
     );
     println!("    curl -s -H \"authorization: Bearer $TOKEN\" {base}/plans");
+    if let Some(redis) = redis.as_mut() {
+        let seconds = std::env::var("KEEL_LOAD_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10);
+        if !load::run(&shared, &instance, redis, Duration::from_secs(seconds)).await? {
+            return Err(
+                "load: a client saw an error, a write was lost or the service was not ready".into(),
+            );
+        }
+        println!("load run passed its checks");
+        return Ok(());
+    }
     if smoke {
         smoke::run(&config, &shared, &metrics, &instance).await?;
         println!("smoke scenario passed");
