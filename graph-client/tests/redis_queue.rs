@@ -156,3 +156,50 @@ async fn pushes_are_whole_within_capacity_and_foreign_entries_are_skipped() {
     again.remove("contoso/users").await.unwrap();
     assert_eq!(store.load("contoso/users").await.unwrap(), None);
 }
+
+/// Redis restarted without its data (no persistence): the stream and its consumer group
+/// are gone. The queue creates them again and goes on; found by the flagship's load run,
+/// where the worker failed with `NOGROUP` for good after a restart.
+#[tokio::test]
+async fn the_queue_goes_on_after_redis_comes_back_without_its_data() {
+    let mut redis = RedisServer::start().unwrap();
+    let connection = RedisConnection::single(&redis.url()).await.unwrap();
+    let queue = RedisQueue::new(connection.clone(), "q", "w").await.unwrap();
+    let parse = |resource: &str| {
+        keel_graph_client::webhook::parse_notifications(
+            serde_json::json!({"value": [notification(resource)]})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap()
+        .notifications
+    };
+    queue.push(parse("users/1")).await.unwrap();
+    let first = queue.next().await.unwrap().unwrap();
+    queue.ack(&first).await.unwrap();
+
+    redis.restart().unwrap();
+    assert_eq!(text(&redis.command(&["EXISTS", "q"]).unwrap()), "Integer(0)");
+    // The connection reconnects; the first push may meet the broken connection.
+    let mut pushed = false;
+    for _ in 0..50 {
+        if queue.push(parse("users/2")).await.is_ok() {
+            pushed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(pushed, "no push after the restart");
+    let mut next = None;
+    for _ in 0..50 {
+        match tokio::time::timeout(Duration::from_secs(5), queue.next()).await {
+            Ok(Ok(Some(delivery))) => {
+                next = Some(delivery);
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let next = next.expect("the queue reads again after the restart");
+    assert_eq!(next.notification.resource.as_deref(), Some("users/2"));
+}

@@ -66,27 +66,34 @@ impl RedisQueue {
         key: &str,
         consumer: &str,
     ) -> Result<Self, QueueError> {
-        let mut c = connection.clone();
+        let queue = RedisQueue {
+            connection,
+            key: key.to_owned(),
+            consumer: consumer.to_owned(),
+            capacity: 100_000,
+            claim_after_ms: 300_000,
+        };
+        queue.ensure_group().await?;
+        Ok(queue)
+    }
+
+    /// Creates the stream and its consumer group unless they exist: at start, and again
+    /// when Redis lost them (restarted without its data).
+    async fn ensure_group(&self) -> Result<(), QueueError> {
+        let mut c = self.connection.clone();
         let created: Result<Value, _> = redis::cmd("XGROUP")
             .arg("CREATE")
-            .arg(key)
+            .arg(&self.key)
             .arg(GROUP)
             .arg("0")
             .arg("MKSTREAM")
             .query_async(&mut c)
             .await;
         match created {
-            Ok(_) => {}
-            Err(e) if e.code() == Some("BUSYGROUP") => {}
-            Err(e) => return Err(backend(&e)),
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(backend(&e)),
         }
-        Ok(RedisQueue {
-            connection,
-            key: key.to_owned(),
-            consumer: consumer.to_owned(),
-            capacity: 100_000,
-            claim_after_ms: 300_000,
-        })
     }
 
     /// Entries a worker took and did not acknowledge within `after` are given to
@@ -211,7 +218,7 @@ impl NotificationQueue for RedisQueue {
             loop {
                 let mut c = self.connection.clone();
                 // An entry another worker took and never acknowledged, first.
-                let claimed: Value = redis::cmd("XAUTOCLAIM")
+                let claimed: Result<Value, _> = redis::cmd("XAUTOCLAIM")
                     .arg(&self.key)
                     .arg(GROUP)
                     .arg(&self.consumer)
@@ -220,12 +227,22 @@ impl NotificationQueue for RedisQueue {
                     .arg("COUNT")
                     .arg(1)
                     .query_async(&mut c)
-                    .await
-                    .map_err(|e| backend(&e))?;
+                    .await;
+                let claimed = match claimed {
+                    Ok(claimed) => claimed,
+                    // Redis came back without the group (a restart without its data):
+                    // create it again, and read on.
+                    Err(e) if e.code() == Some("NOGROUP") => {
+                        tracing::warn!(key = %self.key, "webhook: the notification stream's group was gone (Redis lost its data); created again");
+                        self.ensure_group().await?;
+                        continue;
+                    }
+                    Err(e) => return Err(backend(&e)),
+                };
                 let entry = match Self::first_entry(&claimed, true) {
                     Some(entry) => Some(entry.clone()),
                     None => {
-                        let read: Value = redis::cmd("XREADGROUP")
+                        let read: Result<Value, _> = redis::cmd("XREADGROUP")
                             .arg("GROUP")
                             .arg(GROUP)
                             .arg(&self.consumer)
@@ -237,8 +254,15 @@ impl NotificationQueue for RedisQueue {
                             .arg(&self.key)
                             .arg(">")
                             .query_async(&mut c)
-                            .await
-                            .map_err(|e| backend(&e))?;
+                            .await;
+                        let read = match read {
+                            Ok(read) => read,
+                            Err(e) if e.code() == Some("NOGROUP") => {
+                                self.ensure_group().await?;
+                                continue;
+                            }
+                            Err(e) => return Err(backend(&e)),
+                        };
                         Self::first_entry(&read, false).cloned()
                     }
                 };
