@@ -99,7 +99,9 @@ impl Classify for TokenError {
 }
 
 /// `N` bytes from the system's random generator; a transient [`TokenError`] from
-/// `provider` when it fails.
+/// `provider` when it fails. (Used by the user sign-in, session and shared-cache
+/// modules, which need feature `http` or `redis`.)
+#[cfg(any(feature = "http", feature = "redis"))]
 pub(crate) fn random_bytes<const N: usize>(provider: &'static str) -> Result<[u8; N], TokenError> {
     use ring::rand::SecureRandom as _;
     let mut bytes = [0_u8; N];
