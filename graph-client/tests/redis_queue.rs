@@ -179,7 +179,10 @@ async fn the_queue_goes_on_after_redis_comes_back_without_its_data() {
     queue.ack(&first).await.unwrap();
 
     redis.restart().unwrap();
-    assert_eq!(text(&redis.command(&["EXISTS", "q"]).unwrap()), "Integer(0)");
+    assert_eq!(
+        text(&redis.command(&["EXISTS", "q"]).unwrap()),
+        "Integer(0)"
+    );
     // The connection reconnects; the first push may meet the broken connection.
     let mut pushed = false;
     for _ in 0..50 {

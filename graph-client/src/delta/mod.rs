@@ -771,6 +771,114 @@ mod tests {
         }
     }
 
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// JSON with the keys a delta page has, nested, odd values anywhere.
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                "[a-c]{0,3}".prop_map(Value::String),
+                Just(Value::String(
+                    "https://graph.microsoft.com/v1.0/users/delta?$skiptoken=x".into()
+                )),
+            ];
+            leaf.prop_recursive(4, 64, 8, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                    prop::collection::btree_map(
+                        prop_oneof![
+                            Just("value".to_owned()),
+                            Just("id".to_owned()),
+                            Just("@removed".to_owned()),
+                            Just("reason".to_owned()),
+                            Just("members@delta".to_owned()),
+                            Just("displayName".to_owned()),
+                            Just("@odata.nextLink".to_owned()),
+                            Just("@odata.deltaLink".to_owned()),
+                            "[a-z]{1,4}",
+                        ],
+                        inner,
+                        0..6
+                    )
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// Pages shaped like Graph's: items with a few ids (repeats likely), some
+        /// removed, some with members@delta.
+        fn page() -> impl Strategy<Value = Value> {
+            let item = (
+                "[a-d]",
+                prop::option::of("[a-z]{0,4}"),
+                any::<bool>(),
+                prop::option::of(prop::collection::vec("[u-z]", 0..4)),
+            )
+                .prop_map(|(id, name, removed, members)| {
+                    let mut item = serde_json::json!({"id": id});
+                    if let Some(name) = name {
+                        item["displayName"] = Value::String(name);
+                    }
+                    if removed {
+                        item["@removed"] = serde_json::json!({"reason": "deleted"});
+                    }
+                    if let Some(members) = members {
+                        item["members@delta"] = members
+                            .into_iter()
+                            .map(|m| serde_json::json!({"id": m}))
+                            .collect();
+                    }
+                    item
+                });
+            (prop::collection::vec(item, 0..12), any::<bool>()).prop_map(|(items, last)| {
+                let link = if last { "@odata.deltaLink" } else { "@odata.nextLink" };
+                serde_json::json!({"value": items, link: "https://graph.microsoft.com/v1.0/groups/delta?$x=1"})
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Any JSON: a page or a typed error, never a panic.
+            #[test]
+            fn any_json_is_a_page_or_a_typed_error(body in json_value()) {
+                let bytes = serde_json::to_vec(&body).unwrap();
+                let _ = parse::<GroupChange>(&bytes, &mut Given::default());
+                let _ = parse::<serde_json::Map<String, Value>>(&bytes, &mut Given::default());
+            }
+
+            /// Graph-shaped pages: each id once; every member of every occurrence of a
+            /// kept id given, in order.
+            #[test]
+            fn each_id_once_and_no_member_lost(body in page()) {
+                let bytes = serde_json::to_vec(&body).unwrap();
+                let parsed = parse::<GroupChange>(&bytes, &mut Given::default()).unwrap();
+                let mut ids: Vec<&str> = parsed.changed.iter().map(|c| c.group.id.as_str())
+                    .chain(parsed.removed.iter().map(|r| r.id.as_str()))
+                    .collect();
+                let all = ids.len();
+                ids.sort_unstable();
+                ids.dedup();
+                prop_assert_eq!(ids.len(), all);
+                let items = body["value"].as_array().unwrap();
+                for change in &parsed.changed {
+                    let expected: Vec<String> = items
+                        .iter()
+                        .filter(|i| i["id"] == change.group.id.as_str())
+                        .flat_map(|i| i["members@delta"].as_array().cloned().unwrap_or_default())
+                        .map(|m| m["id"].as_str().unwrap().to_owned())
+                        .collect();
+                    let given: Vec<String> = change.members.iter().map(|m| m.id.clone()).collect();
+                    prop_assert_eq!(given, expected);
+                }
+            }
+        }
+    }
+
     #[test]
     fn hostile_pages_are_typed_errors() {
         for body in [
