@@ -41,6 +41,13 @@ fn client(graph: &Emulator) -> GraphClient {
         .unwrap()
 }
 
+/// An emulated tenant of `users` users whose app may read them.
+fn tenant(users: usize) -> keel_graph_client::emulator::TenantSeed {
+    keel_graph_client::emulator::TenantSeed::new("7b1c2a4e-0f1d-4c55-9a3e-2d6f1b0c0001", TENANT)
+        .client("app", "secret", ["User.Read.All"])
+        .users(users)
+}
+
 /// Serves a receiver believing `states`; its URL and queue.
 async fn receive(states: Arc<dyn ClientStates>) -> (String, Arc<MemoryQueue>) {
     let queue = Arc::new(MemoryQueue::new(1_000));
@@ -71,14 +78,7 @@ async fn wait_for(mut done: impl FnMut() -> bool) {
 async fn notifications_drive_delta_rounds_that_keep_a_local_copy_current() {
     let clock = ManualClock::starting_now();
     let graph = Emulator::builder()
-        .tenant(
-            keel_graph_client::emulator::TenantSeed::new(
-                "7b1c2a4e-0f1d-4c55-9a3e-2d6f1b0c0001",
-                TENANT,
-            )
-            .client("app", "secret", ["User.Read.All"])
-            .users(30),
-        )
+        .tenant(tenant(30))
         .clock(Arc::new(clock.clone()))
         .start()
         .await
@@ -318,14 +318,7 @@ async fn notifications_drive_delta_rounds_that_keep_a_local_copy_current() {
 #[tokio::test]
 async fn keep_current_applies_each_notified_change_before_acknowledging_it() {
     let graph = Emulator::builder()
-        .tenant(
-            keel_graph_client::emulator::TenantSeed::new(
-                "7b1c2a4e-0f1d-4c55-9a3e-2d6f1b0c0001",
-                TENANT,
-            )
-            .client("app", "secret", ["User.Read.All"])
-            .users(12),
-        )
+        .tenant(tenant(12))
         .start()
         .await
         .unwrap();
@@ -498,14 +491,7 @@ async fn subscriptions_renew_ahead_of_expiry_under_paused_time() {
             .unwrap();
         runtime.block_on(async move {
             let graph = Emulator::builder()
-                .tenant(
-                    keel_graph_client::emulator::TenantSeed::new(
-                        "7b1c2a4e-0f1d-4c55-9a3e-2d6f1b0c0001",
-                        TENANT,
-                    )
-                    .client("app", "secret", ["User.Read.All"])
-                    .users(5),
-                )
+                .tenant(tenant(5))
                 .clock(Arc::new(emulator_clock))
                 .start()
                 .await

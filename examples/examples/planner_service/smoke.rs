@@ -40,6 +40,15 @@ where
     }
 }
 
+/// The `ETag` of an answer.
+fn etag_of(headers: &reqwest::header::HeaderMap) -> Result<String, Error> {
+    Ok(headers
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .ok_or("no ETag")?
+        .to_owned())
+}
+
 struct Api {
     http: reqwest::Client,
     base: String,
@@ -167,11 +176,7 @@ pub(crate) async fn run(
     // 3. A read with its ETag, an update with it, then the stale one refused.
     let id = tasks[0]["id"].as_str().ok_or("a task id")?.to_owned();
     let (status, headers, _) = api.get(&format!("/tasks/{id}")).await?;
-    let etag = headers
-        .get("etag")
-        .and_then(|v| v.to_str().ok())
-        .ok_or("no ETag")?
-        .to_owned();
+    let etag = etag_of(&headers)?;
     check(status == 200, "GET /tasks/{id} with its ETag")?;
     let (status, updated) = api
         .patch(
@@ -239,11 +244,7 @@ pub(crate) async fn run(
     // 6. A write Graph refuses for good lands in the dead-letter queue; replaying it
     //    fails again, and it stays.
     let (_, headers, _) = api.get(&format!("/tasks/{id}")).await?;
-    let etag = headers
-        .get("etag")
-        .and_then(|v| v.to_str().ok())
-        .ok_or("no ETag")?
-        .to_owned();
+    let etag = etag_of(&headers)?;
     let (status, refused) = api
         .patch(&id, &etag, json!({"title": "x".repeat(300)}))
         .await?;
@@ -338,11 +339,7 @@ pub(crate) async fn run(
             "B reads what A wrote",
         )?;
         let (_, headers, _) = api.get(&format!("/tasks/{id}")).await?;
-        let etag = headers
-            .get("etag")
-            .and_then(|v| v.to_str().ok())
-            .ok_or("no ETag")?
-            .to_owned();
+        let etag = etag_of(&headers)?;
         let (status, _) = api.patch(&id, &etag, json!({"title": "Through A"})).await?;
         check(status == 200, "A updates the task")?;
         let path = format!("/tasks/{id}");

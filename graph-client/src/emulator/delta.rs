@@ -256,35 +256,9 @@ async fn users_delta(
         Start::Skip(p) => p,
     };
     let (items, next) = page(&users, &position, page_size);
-    let mut body = Map::new();
-    body.insert(
-        "@odata.context".into(),
-        json!(context(&state.base, &version, position.sel.as_deref())),
-    );
-    match next {
-        Some(c) => {
-            let next = Position {
-                c,
-                sel: position.sel.clone(),
-                ..position
-            };
-            body.insert("@odata.nextLink".into(), json!(link("$skiptoken", &next)));
-        }
-        None => {
-            let done = Position {
-                e: position.e,
-                s: position.u,
-                u: position.u,
-                c: 0,
-                sel: position.sel,
-                m: 0,
-                r: String::new(),
-            };
-            body.insert("@odata.deltaLink".into(), json!(link("$deltatoken", &done)));
-        }
-    }
-    body.insert("value".into(), Value::Array(items));
-    let mut response = ok(&state, &headers, &Value::Object(body));
+    let context = context(&state.base, &version, position.sel.as_deref());
+    let body = round_page(&context, position, next.map(|c| (c, 0)), items, link);
+    let mut response = ok(&state, &headers, &body);
     if headers.contains_key("prefer")
         && page_size != DEFAULT_PAGE
         && let Ok(value) = HeaderValue::from_str(&format!("odata.maxpagesize={page_size}"))
@@ -768,11 +742,25 @@ async fn groups_delta(
     if next.is_none() && (i..groups.list.len()).any(wanted) {
         next = Some((i, 0));
     }
+    drop(users);
+    drop(groups);
+    let context = format!("{}/{version}/$metadata#groups", state.base);
+    let body = round_page(&context, position, next, items, link);
+    ok(&state, &headers, &body)
+}
+
+/// A page of a round: its items, and the next link to `next` (an entry, and for groups
+/// the members of it already given) or, at the end, the delta link where the next round
+/// starts (changes after the round's snapshot `u`).
+fn round_page(
+    context: &str,
+    position: Position,
+    next: Option<(usize, usize)>,
+    items: Vec<Value>,
+    link: impl Fn(&str, &Position) -> String,
+) -> Value {
     let mut body = Map::new();
-    body.insert(
-        "@odata.context".into(),
-        json!(format!("{}/{version}/$metadata#groups", state.base)),
-    );
+    body.insert("@odata.context".into(), json!(context));
     match next {
         Some((c, m)) => {
             let next = Position {
@@ -796,8 +784,6 @@ async fn groups_delta(
             body.insert("@odata.deltaLink".into(), json!(link("$deltatoken", &done)));
         }
     }
-    drop(users);
-    drop(groups);
     body.insert("value".into(), Value::Array(items));
-    ok(&state, &headers, &Value::Object(body))
+    Value::Object(body)
 }
