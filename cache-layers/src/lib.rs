@@ -64,8 +64,9 @@
 //! | feature | default | what |
 //! |---|---|---|
 //! | `redis` | yes | [`RedisL2`], the backplane, the distributed lock and write-behind to L2 |
+//! | `problem` | no | keel-observability's `IntoProblem` for [`CacheError`]: handlers return cache errors as RFC 9457 problems |
 //!
-//! MSRV: the workspace's `rust-version` (1.88).
+//! MSRV: the workspace's `rust-version` (1.95).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

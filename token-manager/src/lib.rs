@@ -36,8 +36,9 @@
 //! same successor (sealed with AES-256-GCM under a rotating key ring), revocation,
 //! session listing and cleanup, on the in-memory store, on Redis (feature `redis`: one
 //! Lua script, one round trip per rotation; Redis Cluster too) and on PostgreSQL (feature `postgres`: one
-//! transaction per rotation, migrations shipped). Still being built: the client side (the Entra ID OAuth client and the
-//! `TokenProvider` trait that `keel-graph-client` consumes).
+//! transaction per rotation, migrations shipped); and the client side ([`client`]): the
+//! `TokenProvider` trait that `keel-graph-client` consumes, an MSAL-style token cache, and
+//! Entra ID's credentials and flows.
 //!
 //! | feature | what |
 //! |---|---|

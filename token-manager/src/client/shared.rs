@@ -298,7 +298,8 @@ impl Mode {
 }
 
 impl<P: TokenProvider> SharedTokenCache<P> {
-    /// `provider`'s tokens shared through a single Redis node. `namespace` tells apart
+    /// `provider`'s tokens shared through Redis (a single node or a cluster, as the
+    /// connection is). `namespace` tells apart
     /// the services sharing one Redis (the service's name, or its client id): keys also
     /// hold the provider's [`identity`](TokenProvider::identity) when it has one, but a
     /// system-assigned managed identity or a provider made with
