@@ -6,7 +6,7 @@
 //!   in a file that survives restarts;
 //! - the users by change notifications: a subscription (validation handshake, random
 //!   `clientState`, lifecycle URL) posts to a webhook receiver on loopback, and each
-//!   notification waits for a delta round (`KeepCurrent`) before it is acknowledged.
+//!   notification asks for a delta round (`KeepCurrent`; a burst makes one round).
 //!
 //! Then it survives what Graph does to such a service: Graph forgets the delta state
 //! (`410 Gone`: a full resynchronization), removes the subscription (a lifecycle event:

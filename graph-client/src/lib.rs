@@ -2,8 +2,8 @@
 //!
 //! A Microsoft Graph client for services.
 //!
-//! **Status:** the client, batching and the emulator have landed (issue 15); delta
-//! and webhooks come next (issue 16).
+//! **Status:** ready: the client, batching and the emulator (issue 15); delta, the
+//! change feed, webhooks and subscriptions (issue 16).
 //!
 //! - [`GraphClient`]: a token provider per tenant, `client-request-id` and `SdkVersion`
 //!   on every call, every call (next links and `$batch` requests too) through one

@@ -123,8 +123,7 @@ impl DeltaQuery {
     /// `beta`, the only version that serves it, whatever the client's version. Planner
     /// takes no `$select` and no `$deltatoken=latest` on delta: leave them out. Graph
     /// sends no change notifications for Planner, so run its rounds on a timer
-    /// ([`ChangeFeed::poll_every`](crate::webhook::ChangeFeed::poll_every) with feature
-    /// `webhooks`).
+    /// ([`ChangeFeedBuilder::poll_every`]).
     ///
     /// ```
     /// use keel_graph_client::delta::DeltaQuery;

@@ -17,7 +17,6 @@
 //! | not Graph's notifications (not JSON, wrong types, an unknown `changeType`, over 1,000 items) | 400 | `malformed`, `bad_item`, `too_many` |
 //! | every notification with a wrong `clientState` | 403 | `client_state` (each) |
 //! | a queue that cannot take them | 503 with `Retry-After` | `queue` |
-//!
 //! | more than 64 POSTs at once | 503 with `Retry-After` | `busy` |
 //!
 //! Duplicates — a notification delivered again, known by its subscription and Graph's
