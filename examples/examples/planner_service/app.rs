@@ -48,6 +48,8 @@ pub(crate) fn router(app: App) -> Router {
         .route("/tasks/{id}", patch(update))
         .route("/admin/dead-letters", get(dead_letters))
         .route("/admin/dead-letters/replay", post(replay))
+        // Writes are small: a task's title and progress.
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(app)
 }
 
@@ -150,26 +152,17 @@ async fn update(
             .with_detail("Send the task's ETag as If-Match (GET /tasks/{id} gives it).")
             .into_response();
     };
-    // Only these fields; Graph judges their values.
-    let mut changes = serde_json::Map::new();
-    for field in ["title", "percentComplete"] {
-        if let Some(value) = body.get(field) {
-            changes.insert(field.to_owned(), value.clone());
+    let changes = match changes_of(&body) {
+        Ok(changes) => changes,
+        Err(detail) => {
+            return Problem::new(ErrorCode::VAL_INVALID_REQUEST)
+                .with_detail(detail)
+                .into_response();
         }
-    }
-    if changes.is_empty() {
-        return Problem::new(ErrorCode::VAL_INVALID_REQUEST)
-            .with_detail("Nothing to change: send title or percentComplete.")
-            .into_response();
-    }
+    };
     match app
         .graph
-        .update(
-            &id,
-            etag,
-            Value::Object(changes),
-            Some(correlation.to_string()),
-        )
+        .update(&id, etag, changes, Some(correlation.to_string()))
         .await
     {
         Ok(task) => with_etag(
@@ -198,6 +191,31 @@ async fn update(
         }
         Err(WriteError::Unavailable(e)) => unavailable(e),
     }
+}
+
+/// The changes a PATCH may make, checked here (Planner's limits: a title of 1 to 255
+/// characters, a `percentComplete` from 0 to 100), so that bad input is the caller's 400,
+/// not a write Graph refuses.
+fn changes_of(body: &Value) -> Result<Value, &'static str> {
+    let Value::Object(fields) = body else {
+        return Err("The body is a JSON object: {\"title\"?, \"percentComplete\"?}.");
+    };
+    if fields.is_empty() {
+        return Err("Nothing to change: send title or percentComplete.");
+    }
+    for (name, value) in fields {
+        let ok = match name.as_str() {
+            "title" => value
+                .as_str()
+                .is_some_and(|t| !t.trim().is_empty() && t.chars().count() <= 255),
+            "percentComplete" => value.as_u64().is_some_and(|p| p <= 100),
+            _ => return Err("Only title and percentComplete can be changed."),
+        };
+        if !ok {
+            return Err("title: 1 to 255 characters; percentComplete: an integer from 0 to 100.");
+        }
+    }
+    Ok(body.clone())
 }
 
 /// `GET /admin/dead-letters`: what failed for good, oldest first.

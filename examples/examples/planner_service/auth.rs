@@ -17,8 +17,20 @@ use serde_json::{Value, json};
 
 pub(crate) const ISSUER: &str = "urn:keel:planner-service";
 pub(crate) const AUDIENCE: &str = "planner-api";
-/// The scopes a session gets.
-pub(crate) const SCOPES: &str = "tasks:read tasks:write tasks:admin";
+/// The demo users (on the emulator, or with `KEEL_DEMO_LOGIN=1`): name, password, and
+/// the scopes their sessions get. A real deployment puts its own user store here.
+const DEMO_USERS: &[(&str, &str, &str)] = &[
+    ("ada", "lovelace", "tasks:read tasks:write"),
+    ("grace", "hopper", "tasks:read tasks:write tasks:admin"),
+];
+
+/// The scopes of `subject`'s sessions (none for an unknown subject).
+fn scopes_of(subject: &str) -> &'static str {
+    DEMO_USERS
+        .iter()
+        .find(|(name, _, _)| *name == subject)
+        .map_or("", |(_, _, scopes)| scopes)
+}
 
 /// Keys, issuer, validator and the refresh-token engine.
 pub(crate) struct Auth {
@@ -26,6 +38,8 @@ pub(crate) struct Auth {
     pub(crate) access: AccessTokenIssuer,
     pub(crate) validator: Validator,
     pub(crate) sessions: RefreshTokens<Arc<dyn RefreshTokenStore>>,
+    /// Whether the demo users may log in.
+    pub(crate) demo_logins: bool,
 }
 
 impl Auth {
@@ -34,6 +48,7 @@ impl Auth {
         key: SigningKey,
         sealing: SealingKeys,
         store: Arc<dyn RefreshTokenStore>,
+        demo_logins: bool,
     ) -> Result<Auth, Box<dyn std::error::Error>> {
         let keys = KeyRing::new(key);
         Ok(Auth {
@@ -45,6 +60,7 @@ impl Auth {
                 RefreshConfig::default().grace_period(Duration::from_secs(2)),
             )?,
             keys,
+            demo_logins,
         })
     }
 }
@@ -58,16 +74,17 @@ fn oauth_error(status: StatusCode, code: &str, description: &str) -> Response {
 }
 
 fn tokens_for(auth: &Auth, subject: &str, refresh: &str) -> Response {
+    let scopes = scopes_of(subject);
     match auth
         .access
-        .issue(&Grant::new(subject, "planner-web").scope(SCOPES))
+        .issue(&Grant::new(subject, "planner-web").scope(scopes))
     {
         Ok(access) => Json(json!({
             "token_type": "Bearer",
             "access_token": access.token,
             "expires_in": 900,
             "refresh_token": refresh,
-            "scope": SCOPES,
+            "scope": scopes,
         }))
         .into_response(),
         Err(e) => {
@@ -101,17 +118,21 @@ fn refused(e: &RefreshError) -> Response {
     oauth_error(status, e.oauth_error(), description)
 }
 
-/// `POST /login {"username", "password"}` — the demo user is `ada` / `lovelace`.
+/// `POST /login {"username", "password"}`: the demo users `ada` / `lovelace` (read and
+/// write) and `grace` / `hopper` (and admin), when demo logins are on.
 pub(crate) async fn login(State(auth): State<Arc<Auth>>, Json(body): Json<Value>) -> Response {
-    if body["username"] != "ada" || body["password"] != "lovelace" {
+    let user = DEMO_USERS
+        .iter()
+        .find(|(name, password, _)| body["username"] == *name && body["password"] == *password);
+    let Some((name, _, _)) = user.filter(|_| auth.demo_logins) else {
         return oauth_error(
             StatusCode::UNAUTHORIZED,
             "invalid_grant",
             "wrong username or password",
         );
-    }
-    match auth.sessions.issue("ada", "planner-web").await {
-        Ok(refresh) => tokens_for(&auth, "ada", &refresh.token),
+    };
+    match auth.sessions.issue(name, "planner-web").await {
+        Ok(refresh) => tokens_for(&auth, name, &refresh.token),
         Err(e) => refused(&e),
     }
 }

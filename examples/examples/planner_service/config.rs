@@ -13,6 +13,8 @@ use std::net::SocketAddr;
 /// | `GRAPH_TENANT`, `GRAPH_CLIENT_ID`, `GRAPH_CLIENT_SECRET` | none: the embedded emulator | a real tenant and its app registration |
 /// | `GRAPH_NOTIFICATION_URL` | the service's own `/graph/notify` | the public HTTPS URL Graph posts to |
 /// | `KEEL_SIGNING_KEY_PEM` | generated | the PKCS#8 Ed25519 key the service signs its session tokens with (share it between instances) |
+/// | `KEEL_SEALING_KEY` | generated | 64 hex digits: the key that seals refresh-token successors for the grace period (share it between instances) |
+/// | `KEEL_DEMO_LOGIN` | on with the emulator, off with a real tenant | `1`: the demo users may log in |
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
     pub(crate) addr: SocketAddr,
@@ -22,6 +24,8 @@ pub(crate) struct Config {
     pub(crate) tenant: Option<RealTenant>,
     pub(crate) notification_url: Option<String>,
     pub(crate) signing_key_pem: Option<String>,
+    pub(crate) sealing_key_hex: Option<String>,
+    pub(crate) demo_logins: bool,
 }
 
 /// A real tenant: Graph and Entra ID instead of the emulator.
@@ -74,6 +78,13 @@ impl Config {
                 );
             }
         };
+        if tenant.is_some() && var("GRAPH_NOTIFICATION_URL").is_none() {
+            return Err(
+                "with a real tenant, set GRAPH_NOTIFICATION_URL: the public HTTPS URL of /graph/notify that Graph can reach"
+                    .into(),
+            );
+        }
+        let demo_logins = var("KEEL_DEMO_LOGIN").map_or(tenant.is_none(), |v| v == "1");
         Ok(Config {
             addr,
             redis_url: var("REDIS_URL"),
@@ -82,6 +93,8 @@ impl Config {
             tenant,
             notification_url: var("GRAPH_NOTIFICATION_URL"),
             signing_key_pem: var("KEEL_SIGNING_KEY_PEM"),
+            sealing_key_hex: var("KEEL_SEALING_KEY"),
+            demo_logins,
         })
     }
 }

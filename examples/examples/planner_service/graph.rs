@@ -71,6 +71,9 @@ pub(crate) struct ReadError(pub(crate) String);
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Write {
     pub(crate) task: String,
+    /// The ETag the caller wrote against: a replay uses it, so it never overwrites a
+    /// change made since.
+    pub(crate) etag: String,
     pub(crate) changes: serde_json::Value,
 }
 
@@ -205,7 +208,10 @@ impl GraphSide {
         match loaded {
             Ok(task) => Ok(Some(task)),
             Err(e) => match find_graph_error(&e) {
+                // No such task, or an id that cannot be one (the client refuses to put
+                // it in a path).
                 Some(g) if g.status() == Some(StatusCode::NOT_FOUND) => Ok(None),
+                Some(GraphError::Request(_)) => Ok(None),
                 _ => Err(ReadError(e.to_string())),
             },
         }
@@ -242,6 +248,18 @@ impl GraphSide {
         changes: serde_json::Value,
         correlation: Option<String>,
     ) -> Result<TaskView, WriteError> {
+        self.write(id, etag, changes, Some(correlation)).await
+    }
+
+    /// [`update`](Self::update); a refused write is dead-lettered only when `keep` is
+    /// given (with the request's correlation id).
+    async fn write(
+        &self,
+        id: &str,
+        etag: &str,
+        changes: serde_json::Value,
+        keep: Option<Option<String>>,
+    ) -> Result<TaskView, WriteError> {
         let mut task = PlannerTask::default();
         id.clone_into(&mut task.id);
         task.etag = Some(etag.to_owned());
@@ -264,10 +282,21 @@ impl GraphSide {
                 let current = self.task(id).await.ok().flatten().map(|t| (*t).clone());
                 Err(WriteError::Conflict(Box::new(current)))
             }
-            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Err(WriteError::NotFound),
-            Err(e) if e.status().is_some_and(|s| s.is_client_error()) => {
+            Err(e)
+                if e.status() == Some(StatusCode::NOT_FOUND)
+                    || matches!(e, GraphError::Request(_)) =>
+            {
+                Err(WriteError::NotFound)
+            }
+            // Refused for good (not throttling, not an outage: those are the caller's
+            // to retry later): kept for an operator.
+            Err(e) if keel_resilience::Classify::class(&e) == ErrorClass::Permanent => {
+                let Some(correlation) = keep else {
+                    return Err(WriteError::Refused(e.to_string()));
+                };
                 let payload = serde_json::to_vec(&Write {
                     task: id.to_owned(),
+                    etag: etag.to_owned(),
                     changes,
                 })
                 .unwrap_or_default();
@@ -290,18 +319,19 @@ impl GraphSide {
         }
     }
 
-    /// Applies a dead-lettered write again, on the task's current version.
+    /// Applies a dead-lettered write again, against the version it was written for: a
+    /// task changed since is not overwritten (the letter stays for a person to decide).
     pub(crate) async fn replay(&self, write: &Write) -> Result<(), String> {
-        let current = self
-            .client
-            .task(TENANT, &write.task)
+        match self
+            .write(&write.task, &write.etag, write.changes.clone(), None)
             .await
-            .map_err(|e| e.to_string())?;
-        self.client
-            .update_task_returning(TENANT, &current, &write.changes)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        {
+            Ok(_) => Ok(()),
+            Err(WriteError::Conflict(_)) => {
+                Err("the task changed since; apply the change by hand".into())
+            }
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 

@@ -62,6 +62,24 @@ pub(crate) struct Instance {
     pub(crate) app: app::App,
     pub(crate) manager: SubscriptionManager,
     pub(crate) subscription_id: String,
+    health: HealthRegistry,
+    stop: Arc<tokio::sync::Notify>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Instance {
+    /// Drains (readiness fails, `period` for load balancers to notice), then stops
+    /// accepting and lets the requests under way finish (10 s at most).
+    pub(crate) async fn shut_down(self, period: Duration) {
+        self.health.drain(period).await;
+        self.stop.notify_one();
+        if tokio::time::timeout(Duration::from_secs(10), self.server)
+            .await
+            .is_err()
+        {
+            tracing::warn!("requests still running after 10 s; stopping anyway");
+        }
+    }
 }
 
 /// What instances of one deployment share: Graph, the session keys.
@@ -117,7 +135,22 @@ pub(crate) async fn shared(config: &Config) -> Result<Shared, Error> {
         Some(pem) => SigningKey::from_pem("planner", Algorithm::EdDSA, pem)?,
         None => SigningKey::generate("planner", Algorithm::EdDSA)?,
     };
-    let auth = auth::Auth::new(key, SealingKeys::generate(1)?, store)
+    let sealing = match &config.sealing_key_hex {
+        Some(hex) => {
+            let bytes = (0..hex.len())
+                .step_by(2)
+                .map(|i| {
+                    hex.get(i..i + 2)
+                        .and_then(|b| u8::from_str_radix(b, 16).ok())
+                })
+                .collect::<Option<Vec<u8>>>()
+                .filter(|b| b.len() == 32)
+                .ok_or("KEEL_SEALING_KEY: 64 hex digits")?;
+            SealingKeys::new(&[(1, &bytes)])?
+        }
+        None => SealingKeys::generate(1)?,
+    };
+    let auth = auth::Auth::new(key, sealing, store, config.demo_logins)
         .map_err(|e| -> Error { e.to_string().into() })?;
     Ok(Shared {
         emulator,
@@ -221,14 +254,21 @@ pub(crate) async fn start(
         None => Arc::new(MemoryQueue::new(10_000)),
     };
     let receiver = WebhookReceiver::builder(Arc::new(manager.clone()), queue.clone()).build();
-    let worker = NotificationWorker::new(
-        queue,
-        DeadLetterQueue::new("planner-notifications", MemoryDeadLetters::new()),
-    );
+    let notification_letters = match &postgres {
+        Some(pool) => DeadLetterQueue::new(
+            "planner-notifications",
+            PostgresDeadLetters::new(pool.clone(), "planner-notifications"),
+        ),
+        None => DeadLetterQueue::new("planner-notifications", MemoryDeadLetters::new()),
+    };
+    let worker = NotificationWorker::new(queue, notification_letters);
     let keep = KeepCurrent::new(users_feed).subscriptions(manager.clone());
     tokio::spawn(async move { worker.run(move |n| keep.handle(n)).await });
 
-    // Health: the copy is current (every feed's last round succeeded), and the stores.
+    // Health: ready once the copy is loaded (warning while a feed fails: the cached copy
+    // is served); Redis and PostgreSQL shown.
+    let loaded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let copy_loaded = loaded.clone();
     let mut health = HealthRegistry::builder()
         .cache_ttl(Duration::from_secs(2))
         .service("planner-service", env!("CARGO_PKG_VERSION"))
@@ -236,12 +276,15 @@ pub(crate) async fn start(
             Registration::new(
                 "graph-copy",
                 check_fn(move || {
+                    let loading = !copy_loaded.load(std::sync::atomic::Ordering::Acquire);
                     let failing = feeds
                         .iter()
                         .filter(|f| f.status().last_error.is_some())
                         .count();
                     async move {
-                        if failing == 0 {
+                        if loading {
+                            CheckResult::fail("loading the copy of Graph")
+                        } else if failing == 0 {
                             CheckResult::pass()
                         } else {
                             CheckResult::warn(format!(
@@ -253,8 +296,9 @@ pub(crate) async fn start(
             )
             .tags([Tag::Ready]),
         );
-    // Redis and PostgreSQL are shown, not required: without them the service serves
-    // from memory and Graph (degraded, still ready).
+    // Redis and PostgreSQL are shown, not required for readiness once running: while
+    // they are down the service serves from memory and Graph (degraded). They must be
+    // reachable at start.
     let shown = || [Tag::Custom("dependencies".into())];
     if let Some(url) = &config.redis_url {
         health = health.register(
@@ -279,16 +323,24 @@ pub(crate) async fn start(
         graph: side.clone(),
         auth: shared.auth.clone(),
     };
+    let health = health.build();
+    // Probes and metrics stay out of the RED metrics (and the SLO).
     let router = app::router(app.clone())
         .merge(receiver.router("/graph/notify"))
-        .merge(health_router(health.build(), keel_health::Details::Shown))
         .layer(RedLayer::new())
+        .merge(health_router(health.clone(), keel_health::Details::Shown))
         .merge(metrics.router())
         .layer(CorrelationLayer::new());
     let listener = tokio::net::TcpListener::bind(config.addr).await?;
     let base = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stopping = stop.clone();
+    let server = tokio::spawn(async move {
+        let shutdown = async move { stopping.notified().await };
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
             tracing::error!(error = %e, "server stopped");
         }
     });
@@ -322,11 +374,16 @@ pub(crate) async fn start(
     tokio::spawn(async move { renewing.run_with(lease, Duration::from_secs(10)).await });
 
     side.ready().await?;
+    loaded.store(true, std::sync::atomic::Ordering::Release);
+    health.mark_started();
     Ok(Instance {
         base,
         app,
         manager,
         subscription_id: subscription.id,
+        health,
+        stop,
+        server,
     })
 }
 
@@ -406,6 +463,7 @@ async fn main() -> Result<(), Error> {
         return Ok(());
     }
     tokio::signal::ctrl_c().await?;
-    tracing::info!("shutting down");
+    tracing::info!("shutting down: draining for 5 s");
+    instance.shut_down(Duration::from_secs(5)).await;
     Ok(())
 }

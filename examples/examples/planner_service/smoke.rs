@@ -241,30 +241,77 @@ pub(crate) async fn run(
     )
     .await?;
 
-    // 6. A write Graph refuses for good lands in the dead-letter queue; replaying it
-    //    fails again, and it stays.
+    // 6. Bad input is the caller's 400, not a write sent to Graph.
     let (_, headers, _) = api.get(&format!("/tasks/{id}")).await?;
     let etag = etag_of(&headers)?;
+    for bad in [
+        json!({"title": "x".repeat(300)}),
+        json!({"percentComplete": 101}),
+        json!({"percentComplete": "abc"}),
+        json!({"dueDateTime": "2026-12-01"}),
+        json!({}),
+    ] {
+        let (status, _) = api.patch(&id, &etag, bad.clone()).await?;
+        check(status == 400, &format!("PATCH {bad}: 400"))?;
+    }
+    let (status, _, _) = api.get("/tasks/a%2Fb").await?;
+    check(status == 404, "an id that cannot be a task's: 404")?;
+
+    // 7. A write Graph refuses for good (here a 403 it answers once) lands in the
+    //    dead-letter queue; an admin lists it and replays it against the version it
+    //    was written for, and it goes through.
+    emulator.faults().add(
+        keel_graph_client::emulator::FaultRule::path(&format!("/v1.0/planner/tasks/{id}"))
+            .status(reqwest::StatusCode::FORBIDDEN)
+            .times(1),
+    );
     let (status, refused) = api
-        .patch(&id, &etag, json!({"title": "x".repeat(300)}))
+        .patch(&id, &etag, json!({"title": "Kept for an operator"}))
         .await?;
     check(
         status == 422 && refused["deadLetter"].is_string(),
-        "a title Graph refuses: 422, kept as a dead letter",
+        "a write Graph refuses: 422, kept as a dead letter",
     )?;
-    let (status, _, letters) = api.get("/admin/dead-letters").await?;
+    let (status, _, _) = api.get("/admin/dead-letters").await?;
+    check(status == 403, "ada is no admin: 403")?;
+    let admin_login: Value = http
+        .post(format!("{}/login", a.base))
+        .json(&json!({"username": "grace", "password": "hopper"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let admin = Api {
+        http: http.clone(),
+        base: a.base.clone(),
+        token: admin_login["access_token"]
+            .as_str()
+            .ok_or("no admin token")?
+            .to_owned(),
+    };
+    let (status, _, letters) = admin.get("/admin/dead-letters").await?;
     let letters = letters["value"].as_array().cloned().unwrap_or_default();
     check(
         status == 200 && letters.len() == 1 && letters[0]["write"]["task"] == id.as_str(),
         "the admin route lists it",
     )?;
-    let (status, report) = api.post("/admin/dead-letters/replay", json!({})).await?;
+    let (status, report) = admin.post("/admin/dead-letters/replay", json!({})).await?;
     check(
-        status == 200 && report["failed"] == 1 && report["delivered"] == 0,
-        "a replay tries it again (Graph still refuses)",
+        status == 200 && report["delivered"] == 1 && report["failed"] == 0,
+        "a replay applies it (Graph accepts it now)",
+    )?;
+    let (_, _, task) = api.get(&format!("/tasks/{id}")).await?;
+    check(
+        task["title"] == "Kept for an operator",
+        "the replayed write is in place",
+    )?;
+    let (_, _, letters) = admin.get("/admin/dead-letters").await?;
+    check(
+        letters["value"].as_array().is_some_and(Vec::is_empty),
+        "and the queue is empty",
     )?;
 
-    // 7. Refresh rotation: a new pair; the spent token used again revokes the session.
+    // 8. Refresh rotation: a new pair; the spent token used again revokes the session.
     let rotated: Value = http
         .post(format!("{}/refresh", a.base))
         .json(&json!({"refresh_token": refresh}))
@@ -301,9 +348,14 @@ pub(crate) async fn run(
         "the JWKS publishes the Ed25519 key",
     )?;
 
-    // 8. Health and metrics.
-    let ready = http.get(format!("{}/health/ready", a.base)).send().await?;
-    check(ready.status() == 200, "/health/ready is 200")?;
+    // 9. Health and metrics.
+    for probe in ["live", "ready", "startup"] {
+        let answer = http
+            .get(format!("{}/health/{probe}", a.base))
+            .send()
+            .await?;
+        check(answer.status() == 200, &format!("/health/{probe} is 200"))?;
+    }
     let text = http
         .get(format!("{}/metrics", a.base))
         .send()
@@ -321,7 +373,7 @@ pub(crate) async fn run(
         check(text.contains(metric), &format!("/metrics has {metric}"))?;
     }
 
-    // 9. A second instance sharing Redis (and PostgreSQL): an update through one is
+    // 10. A second instance sharing Redis (and PostgreSQL): an update through one is
     //    seen through the other.
     if config.redis_url.is_some() {
         let mut second = config.clone();
@@ -335,7 +387,7 @@ pub(crate) async fn run(
         };
         let (_, _, seen) = api_b.get(&format!("/tasks/{id}")).await?;
         check(
-            seen["title"] == "Renamed by the smoke test",
+            seen["title"] == "Kept for an operator",
             "B reads what A wrote",
         )?;
         let (_, headers, _) = api.get(&format!("/tasks/{id}")).await?;
