@@ -56,6 +56,8 @@
 //! | `emulator` | [`emulator::Emulator`]: Graph and the Entra ID token endpoint in process, on loopback, with fault injection |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(test)]
+mod arbitrary_json;
 mod autobatch;
 mod batch;
 mod budget;

@@ -1,16 +1,14 @@
 //! The scripted scenario of `--smoke`: every feature through the HTTP API, checked.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt as _;
-use keel_graph_client::GraphClient;
 use keel_graph_client::model::PlannerTask;
 use keel_observability::PrometheusMetrics;
-use keel_token_manager::client::{Authority, CachingProvider, ClientSecretCredential};
 use serde_json::{Value, json};
 
 use crate::config::Config;
+use crate::graph::TENANT;
 use crate::{EMULATED, Error, Instance, Shared};
 
 fn check(ok: bool, what: &str) -> Result<(), Error> {
@@ -96,24 +94,6 @@ impl Api {
         let status = response.status().as_u16();
         Ok((status, response.json().await.unwrap_or(Value::Null)))
     }
-}
-
-/// Another app editing the tenant directly through Graph.
-fn elsewhere(shared: &Shared) -> Result<Option<GraphClient>, Error> {
-    let Some(emulator) = &shared.emulator else {
-        return Ok(None);
-    };
-    let credential = ClientSecretCredential::new(
-        Authority::Custom(emulator.base_url().to_owned()),
-        EMULATED,
-        "planner-service",
-        "planner-secret",
-    )?;
-    Ok(Some(
-        GraphClient::builder(emulator.cloud())
-            .tenant("other", Arc::new(CachingProvider::new(credential)))
-            .build()?,
-    ))
 }
 
 pub(crate) async fn run(
@@ -225,11 +205,12 @@ pub(crate) async fn run(
     .await?;
 
     // 5. Another app edits a task in Graph: the plan's delta round brings it in.
-    let other = elsewhere(shared)?.ok_or("no emulator")?;
-    let current: Vec<PlannerTask> = other.tasks("other", &plan).try_collect().await?;
+    // A client of its own, as another app editing the tenant directly through Graph.
+    let other = crate::graph_client(config, shared)?;
+    let current: Vec<PlannerTask> = other.tasks(TENANT, &plan).try_collect().await?;
     let target = current.iter().find(|t| t.id != id).ok_or("another task")?;
     other
-        .update_task("other", target, &json!({"title": "Edited elsewhere"}))
+        .update_task(TENANT, target, &json!({"title": "Edited elsewhere"}))
         .await?;
     let target_path = format!("/tasks/{}", target.id);
     eventually(

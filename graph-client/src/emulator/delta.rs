@@ -85,6 +85,20 @@ fn is_zero(n: &usize) -> bool {
 }
 
 impl Position {
+    /// The first position of a round of epoch `e` that reports changes after `s` up to
+    /// the snapshot `u`.
+    fn round(e: u64, s: u64, u: u64, sel: Option<Vec<String>>) -> Position {
+        Position {
+            e,
+            s,
+            u,
+            c: 0,
+            sel,
+            m: 0,
+            r: String::new(),
+        }
+    }
+
     /// The token of this position on `scope`.
     fn encode(&self, scope: &str) -> String {
         let mut scoped = self.clone();
@@ -214,25 +228,9 @@ async fn users_delta(
         )
     };
     let position = match start {
-        Start::Fresh(sel) => Position {
-            e: users.epoch,
-            s: 0,
-            u: users.seq,
-            c: 0,
-            sel,
-            m: 0,
-            r: String::new(),
-        },
+        Start::Fresh(sel) => Position::round(users.epoch, 0, users.seq, sel),
         Start::Latest(sel) => {
-            let now = Position {
-                e: users.epoch,
-                s: users.seq,
-                u: users.seq,
-                c: 0,
-                sel,
-                m: 0,
-                r: String::new(),
-            };
+            let now = Position::round(users.epoch, users.seq, users.seq, sel);
             let body = json!({
                 "@odata.context": context(&state.base, &version, now.sel.as_deref()),
                 "@odata.deltaLink": link("$deltatoken", &now),
@@ -244,15 +242,7 @@ async fn users_delta(
             return refuse_old(&state, &headers, &version, &users, p.sel.as_deref());
         }
         // A new round: changes since the last one's snapshot, up to now.
-        Start::Delta(p) => Position {
-            e: p.e,
-            s: p.u,
-            u: users.seq,
-            c: 0,
-            sel: p.sel,
-            m: 0,
-            r: String::new(),
-        },
+        Start::Delta(p) => Position::round(p.e, p.u, users.seq, p.sel),
         Start::Skip(p) => p,
     };
     let (items, next) = page(&users, &position, page_size);
@@ -408,15 +398,7 @@ async fn tasks_delta(
         |kind: &str, position: &Position| format!("{base}?{kind}={}", position.encode(&scope));
     let now = planner.current();
     let position = match start {
-        Start::Fresh(_) => Position {
-            e: planner.delta_epoch,
-            s: 0,
-            u: now,
-            c: 0,
-            sel: None,
-            m: 0,
-            r: String::new(),
-        },
+        Start::Fresh(_) => Position::round(planner.delta_epoch, 0, now, None),
         Start::Latest(_) => {
             return bad_request(&state, &headers, "Invalid delta token.");
         }
@@ -425,14 +407,10 @@ async fn tasks_delta(
             drop(planner);
             return refuse(&state, &headers, how, &base);
         }
+        // Planner's cursor is a version: the round starts after the last one reported.
         Start::Delta(p) => Position {
-            e: p.e,
-            s: p.s,
-            u: p.u,
             c: usize::try_from(p.s).unwrap_or(usize::MAX),
-            sel: None,
-            m: 0,
-            r: String::new(),
+            ..Position::round(p.e, p.s, p.u, None)
         },
         Start::Skip(p) => p,
     };
@@ -463,15 +441,7 @@ async fn tasks_delta(
         body.insert("@odata.nextLink".into(), json!(link("$skiptoken", &next)));
     } else {
         // Nothing in the plan changed after `last` up to `now`: the next round starts there.
-        let done = Position {
-            e: position.e,
-            s: now,
-            u: now,
-            c: 0,
-            sel: None,
-            m: 0,
-            r: String::new(),
-        };
+        let done = Position::round(position.e, now, now, None);
         body.insert("@odata.deltaLink".into(), json!(link("$deltatoken", &done)));
     }
     body.insert(
@@ -577,25 +547,9 @@ async fn groups_delta(
         |kind: &str, position: &Position| format!("{base}?{kind}={}", position.encode("groups"));
     let groups = tenant.groups();
     let position = match start {
-        Start::Fresh(sel) => Position {
-            e: groups.epoch,
-            s: 0,
-            u: groups.seq,
-            c: 0,
-            sel,
-            m: 0,
-            r: String::new(),
-        },
+        Start::Fresh(sel) => Position::round(groups.epoch, 0, groups.seq, sel),
         Start::Latest(sel) => {
-            let now = Position {
-                e: groups.epoch,
-                s: groups.seq,
-                u: groups.seq,
-                c: 0,
-                sel,
-                m: 0,
-                r: String::new(),
-            };
+            let now = Position::round(groups.epoch, groups.seq, groups.seq, sel);
             drop(groups);
             let body = json!({"@odata.deltaLink": link("$deltatoken", &now), "value": []});
             return ok(&state, &headers, &body);
@@ -610,15 +564,7 @@ async fn groups_delta(
             }
             return refuse(&state, &headers, how, &fresh);
         }
-        Start::Delta(p) => Position {
-            e: p.e,
-            s: p.u,
-            u: groups.seq,
-            c: 0,
-            sel: p.sel,
-            m: 0,
-            r: String::new(),
-        },
+        Start::Delta(p) => Position::round(p.e, p.u, groups.seq, p.sel),
         Start::Skip(p) => p,
     };
     let users = tenant.users();
@@ -772,15 +718,7 @@ fn round_page(
             body.insert("@odata.nextLink".into(), json!(link("$skiptoken", &next)));
         }
         None => {
-            let done = Position {
-                e: position.e,
-                s: position.u,
-                u: position.u,
-                c: 0,
-                sel: position.sel,
-                m: 0,
-                r: String::new(),
-            };
+            let done = Position::round(position.e, position.u, position.u, position.sel);
             body.insert("@odata.deltaLink".into(), json!(link("$deltatoken", &done)));
         }
     }

@@ -431,44 +431,28 @@ mod tests {
     use proptest::prelude::*;
 
     fn json_value() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            any::<i64>().prop_map(Value::from),
-            "[a-zA-Z0-9 ]{0,12}".prop_map(Value::String),
-            prop_oneof![
-                Just("created"),
-                Just("updated"),
-                Just("deleted"),
-                Just("missed"),
-                Just("subscriptionRemoved"),
-                Just("reauthorizationRequired"),
-                Just("x")
-            ]
-            .prop_map(|s| Value::String(s.to_owned())),
-        ];
-        leaf.prop_recursive(4, 64, 8, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
-                prop::collection::btree_map(
-                    prop_oneof![
-                        Just("value".to_owned()),
-                        Just("subscriptionId".to_owned()),
-                        Just("changeType".to_owned()),
-                        Just("lifecycleEvent".to_owned()),
-                        Just("clientState".to_owned()),
-                        Just("resourceData".to_owned()),
-                        Just("encryptedContent".to_owned()),
-                        Just("validationTokens".to_owned()),
-                        Just("data".to_owned()),
-                        "[a-z]{1,6}",
-                    ],
-                    inner,
-                    0..8
-                )
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
-            ]
-        })
+        crate::arbitrary_json::json_value(
+            &[
+                "value",
+                "subscriptionId",
+                "changeType",
+                "lifecycleEvent",
+                "clientState",
+                "resourceData",
+                "encryptedContent",
+                "validationTokens",
+                "data",
+            ],
+            &[
+                "created",
+                "updated",
+                "deleted",
+                "missed",
+                "subscriptionRemoved",
+                "reauthorizationRequired",
+                "x",
+            ],
+        )
     }
 
     /// Bodies shaped like Graph's, with odd values here and there.
