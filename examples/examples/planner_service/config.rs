@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 /// | `KEEL_SIGNING_KEY_PEM` | generated | the PKCS#8 Ed25519 key the service signs its session tokens with (share it between instances) |
 /// | `KEEL_SEALING_KEY` | generated | 64 hex digits: the key that seals refresh-token successors for the grace period (share it between instances) |
 /// | `KEEL_DEMO_LOGIN` | on with the emulator, off with a real tenant | `1`: the demo users may log in |
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) addr: SocketAddr,
     pub(crate) redis_url: Option<String>,
@@ -26,6 +26,21 @@ pub(crate) struct Config {
     pub(crate) signing_key_pem: Option<String>,
     pub(crate) sealing_key_hex: Option<String>,
     pub(crate) demo_logins: bool,
+}
+
+impl std::fmt::Debug for Config {
+    // Without the session keys.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("addr", &self.addr)
+            .field("redis", &self.redis_url.is_some())
+            .field("postgres", &self.database_url.is_some())
+            .field("instance", &self.instance)
+            .field("tenant", &self.tenant)
+            .field("notification_url", &self.notification_url)
+            .field("demo_logins", &self.demo_logins)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A real tenant: Graph and Entra ID instead of the emulator.
